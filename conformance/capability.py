@@ -1,0 +1,94 @@
+"""Generate the CapabilityStatement (``/metadata``) from the declaration, never by hand.
+
+See https://hl7.org/fhir/R4/capabilitystatement.html.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conformance.declaration import (
+    COMMON_PARAMS,
+    CUSTOM_SEARCH_PARAMETERS,
+    RESOURCE_TYPES,
+    SearchParam,
+)
+
+__all__ = ["capability_statement", "search_parameter_resource"]
+
+SOFTWARE_VERSION = "0.1.0"
+
+
+def _param(p: SearchParam) -> dict[str, Any]:
+    return {"name": p.name, "definition": p.url, "type": p.type, "documentation": p.description}
+
+
+def capability_statement(*, base_url: str, released: str) -> dict[str, Any]:
+    resources = []
+    for decl in RESOURCE_TYPES.values():
+        params = [*COMMON_PARAMS.values(), *decl.params.values()]
+        references = [p for p in decl.params.values() if p.type == "reference"]
+        incoming = [
+            f"{other.type}:{p.name}"
+            for other in RESOURCE_TYPES.values()
+            for p in other.params.values()
+            if p.type == "reference" and decl.type in p.targets
+        ]
+        resources.append(
+            {
+                "type": decl.type,
+                "profile": f"http://hl7.org/fhir/StructureDefinition/{decl.type}",
+                "interaction": [{"code": code} for code in decl.interactions],
+                "versioning": "versioned-update",
+                "readHistory": True,
+                "updateCreate": True,
+                "conditionalCreate": decl.conditional_create,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": decl.conditional_update,
+                "conditionalDelete": decl.conditional_delete,
+                "searchInclude": [f"{decl.type}:{p.name}" for p in references] + [f"{decl.type}:*"],
+                "searchRevInclude": incoming,
+                "searchParam": [_param(p) for p in params],
+            }
+        )
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": released,
+        "publisher": "fhir-sched",
+        "kind": "instance",
+        "software": {"name": "fhir-sched", "version": SOFTWARE_VERSION},
+        "implementation": {"description": "fhir-sched FHIR scheduling server", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }
+        ],
+    }
+
+
+def search_parameter_resource(sp_id: str) -> dict[str, Any] | None:
+    """The SearchParameter resource for a custom parameter this server defines."""
+    found = CUSTOM_SEARCH_PARAMETERS.get(sp_id)
+    if found is None:
+        return None
+    base, p = found
+    return {
+        "resourceType": "SearchParameter",
+        "id": sp_id,
+        "url": p.url,
+        "name": f"{base}{p.name.title()}",
+        "status": "active",
+        "description": p.description,
+        "code": p.name,
+        "base": [base],
+        "type": p.type,
+        "expression": f"{base}.{'.'.join(p.paths)}",
+        "xpathUsage": "normal",
+        "comparator": ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"],
+    }

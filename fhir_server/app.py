@@ -1,0 +1,160 @@
+"""``create_app(settings)``: the ASGI application.
+
+Everything is built here from the settings passed in (database, key ring, store); nothing is
+read from the environment at import time.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_server.errors import (
+    BadRequest,
+    FHIRError,
+    MethodNotAllowed,
+    NotFound,
+)
+from fhir_server.handlers import Context
+from fhir_server.http import Services, error_response
+from fhir_server.logging import get_logger
+from fhir_server.routes import metadata, resources
+from fhir_server.settings import Settings
+from resources.service import Paging
+from resources.sql.engine import Database, migrate
+from resources.store import Store
+from security.crypto import KeyRing, load_keyring
+
+__all__ = ["create_app"]
+
+log = get_logger("fhir_server.app")
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware: request id, structlog context, one access event per request.
+
+    Only the path is logged, never the query string (search values can be PHI).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else None
+        request_id = request_id or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            log.info(
+                "http.request",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FHIRError)
+    async def fhir_error(request: Request, exc: FHIRError) -> Response:
+        log.info("http.error", status=exc.status, message_id=exc.message_id)
+        return error_response(exc, _request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        err: FHIRError
+        if exc.status_code == 405:
+            err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        elif exc.status_code == 404:
+            err = NotFound(f"nothing is served at {request.url.path}")
+        else:
+            err = BadRequest(str(exc.detail))
+            err.status = exc.status_code  # type: ignore[misc]
+        return error_response(err, _request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(
+            BadRequest(f"invalid request: {exc.errors()[:3]}"), _request_id(request)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        error_id = uuid.uuid4().hex[:12]
+        log.error(
+            "http.unexpected_error", error_id=error_id, error_type=type(exc).__name__, exc_info=exc
+        )
+        err = FHIRError(
+            f"an unexpected error occurred; quote error id {error_id} when reporting it"
+        )
+        err.headers["X-Error-ID"] = error_id
+        return error_response(err, _request_id(request))
+
+
+def create_app(
+    settings: Settings,
+    *,
+    keys: KeyRing | None = None,
+    db: Database | None = None,
+) -> FastAPI:
+    """Build the FHIR server for ``settings`` (a key ring or database may be injected)."""
+    keys = keys or load_keyring(
+        key_file=settings.key_file,
+        keys_json=settings.keys.get_secret_value() if settings.keys else None,
+    )
+    db = db or Database(settings.database_url)
+    migrate(db)
+    store = Store(keys, base_url=settings.fhir_base)
+    ctx = Context(
+        store=store,
+        base_url=settings.fhir_base,
+        paging=Paging(settings.default_page_size, settings.max_page_size),
+    )
+    app = FastAPI(
+        title="fhir-sched",
+        version="0.1.0",
+        description="FHIR R4 scheduling server",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.services = Services(settings=settings, db=db, store=store, ctx=ctx)
+    app.include_router(metadata.health)
+    app.include_router(metadata.router, prefix="/fhir")
+    app.include_router(resources.router, prefix="/fhir")
+    app.add_route("/fhir", _base_redirect_guard, methods=["GET"])
+    _install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+async def _base_redirect_guard(request: Request) -> Response:
+    raise MethodNotAllowed("GET on the FHIR base is not supported; try /fhir/metadata")

@@ -1,0 +1,180 @@
+"""The ``fhir-sched`` command.
+
+Examples::
+
+    fhir-sched demo                      # SQLite + demo clinic, prints the FHIR base URL
+    fhir-sched serve --port 8080         # serve what is in the configured database
+    fhir-sched db upgrade                # apply migrations
+    fhir-sched keys rotate               # add a KEK and rewrap every row (server may run)
+    fhir-sched keys retire KEY_ID        # drop an old KEK once no row uses it
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from fhir_server.settings import Settings
+
+__all__ = ["main"]
+
+
+def _settings(**overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@click.group()
+def main() -> None:
+    """fhir-sched: a FHIR R4 scheduling server for clinics."""
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from fhir_server.app import create_app
+    from fhir_server.logging import configure_logging
+
+    settings.check_bind()
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    click.echo(f"FHIR base URL: {settings.fhir_base}", err=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1)")
+@click.option("--port", type=int, default=None, help="Port (default 8080)")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the FHIR API on the configured database."""
+    _serve(_settings(host=host, port=port))
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1)")
+@click.option("--port", type=int, default=None, help="Port (default 8080)")
+@click.option("--days", type=int, default=14, show_default=True, help="Days of Slots to create")
+def demo(host: str | None, port: int | None, days: int) -> None:
+    """Load the demo clinic (idempotent) and serve it."""
+    from fhir_server.demo import load_demo
+
+    settings = _settings(host=host, port=port)
+    counts = load_demo(settings, days=days)
+    click.echo("demo clinic: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())), err=True)
+    _serve(settings)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply Alembic migrations up to the newest schema."""
+    from resources.sql.engine import Database, migrate
+
+    settings = _settings()
+    database = Database(settings.database_url)
+    migrate(database)
+    click.echo("schema is up to date")
+
+
+@main.group()
+def keys() -> None:
+    """Encryption keys."""
+
+
+def _key_store(settings: Settings) -> tuple[object, object]:
+    from resources.sql.engine import Database, migrate
+    from resources.store import Store
+    from security.crypto import load_keyring
+
+    if settings.keys is not None:
+        raise click.ClickException(
+            "keys come from FHIRSCHED_KEYS; rotate them where that value is managed"
+        )
+    ring = load_keyring(key_file=settings.key_file, keys_json=None)
+    database = Database(settings.database_url)
+    migrate(database)
+    return database, Store(ring, base_url=settings.fhir_base)
+
+
+@keys.command("rotate")
+@click.option("--batch", type=int, default=500, show_default=True)
+def keys_rotate(batch: int) -> None:
+    """Add a new key-encryption key, make it active and rewrap every stored row under it.
+
+    A running server picks the new key up from the key file on its next write or unknown key.
+    """
+    from resources.sql.engine import Database
+    from resources.store import Store
+    from security.crypto import rotate_key_file
+
+    settings = _settings()
+    database, store = _key_store(settings)
+    assert isinstance(database, Database) and isinstance(store, Store)
+    new_id = rotate_key_file(settings.key_file)
+    store.keys.refresh(force=True)
+    click.echo(f"active key is now {new_id}; rewrapping", err=True)
+    total = 0
+    while True:
+        with database.write() as conn:
+            done = store.rewrap_batch(conn, limit=batch)
+        total += done
+        if done == 0:
+            # Servers may still be finishing writes under the old key: look once more.
+            time.sleep(2.5)
+            with database.write() as conn:
+                done = store.rewrap_batch(conn, limit=batch)
+            total += done
+            if done == 0:
+                break
+    with database.read() as conn:
+        usage = store.kek_usage(conn)
+    click.echo(json.dumps({"rewrapped": total, "active": new_id, "rows_by_key": usage}))
+
+
+@keys.command("retire")
+@click.argument("key_id")
+def keys_retire(key_id: str) -> None:
+    """Remove an old key-encryption key once no stored row still needs it."""
+    from resources.sql.engine import Database
+    from resources.store import Store
+    from security.crypto import retire_key
+
+    settings = _settings()
+    database, store = _key_store(settings)
+    assert isinstance(database, Database) and isinstance(store, Store)
+    with database.read() as conn:
+        usage = store.kek_usage(conn)
+    if usage.get(key_id):
+        raise click.ClickException(
+            f"{usage[key_id]} rows still use {key_id}; run `fhir-sched keys rotate` first"
+        )
+    retire_key(settings.key_file, key_id)
+    click.echo(f"retired {key_id}")
+
+
+@keys.command("status")
+def keys_status() -> None:
+    """Show the active key and how many rows each key wraps."""
+    from resources.sql.engine import Database
+    from resources.store import Store
+
+    settings = _settings()
+    database, store = _key_store(settings)
+    assert isinstance(database, Database) and isinstance(store, Store)
+    with database.read() as conn:
+        usage = store.kek_usage(conn)
+    click.echo(json.dumps({"active": store.keys.active, "rows_by_key": usage}))

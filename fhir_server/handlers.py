@@ -1,0 +1,353 @@
+"""Interactions as framework-free request → response functions.
+
+The FastAPI routes and the Bundle processor both call these, so a bundle entry behaves exactly
+like the same request sent alone.  Bodies are built as plain dicts (or stored JSON bytes spliced
+in with ``orjson.Fragment``) and serialised once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy import Connection
+
+from fhir_server.errors import BadRequest, operation_outcome
+from fhir_server.shaping import apply_elements, apply_summary
+from resources import service
+from resources.fhirdate import parse_fhir_date
+from resources.search.engine import SearchResult
+from resources.search.query import SearchQuery
+from resources.service import Outcome, Paging
+from resources.store import Store, StoredVersion, format_instant
+
+__all__ = ["Context", "FHIRResponse", "Prefer", "parse_prefer"]
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every interaction needs besides the connection."""
+
+    store: Store
+    base_url: str
+    paging: Paging
+
+
+@dataclass(frozen=True, slots=True)
+class Prefer:
+    ret: str = "representation"  # minimal | representation | OperationOutcome
+    strict: bool = False
+
+
+def parse_prefer(value: str | None) -> Prefer:
+    """``Prefer: return=minimal, handling=strict`` (RFC 7240, FHIR http.html#ops)."""
+    ret, strict = "representation", False
+    for part in (value or "").replace(";", ",").split(","):
+        key, _, val = part.strip().partition("=")
+        val = val.strip().strip('"')
+        if key == "return" and val in ("minimal", "representation", "OperationOutcome"):
+            ret = val
+        elif key == "handling":
+            strict = val == "strict"
+    return Prefer(ret, strict)
+
+
+@dataclass
+class FHIRResponse:
+    status: int
+    body: Any = None  # dict, bytes (already JSON) or None
+    headers: dict[str, str] = field(default_factory=dict)
+    stored: StoredVersion | None = None
+
+    def content(self) -> bytes:
+        if self.body is None:
+            return b""
+        if isinstance(self.body, bytes):
+            return self.body
+        return orjson.dumps(self.body)
+
+
+def version_headers(stored: StoredVersion) -> dict[str, str]:
+    return {
+        "ETag": stored.etag,
+        "Last-Modified": format_datetime(stored.last_updated.astimezone(UTC), usegmt=True),
+    }
+
+
+def resource_response(
+    ctx: Context, outcome: Outcome, prefer: Prefer, *, location: bool = False
+) -> FHIRResponse:
+    stored = outcome.stored
+    headers: dict[str, str] = {}
+    body: Any = None
+    if stored is not None:
+        headers |= version_headers(stored)
+        if location:
+            headers["Location"] = (
+                f"{ctx.base_url}/{stored.res_type}/{stored.res_id}/_history/{stored.version}"
+            )
+        if prefer.ret == "representation":
+            body = stored.body
+        elif prefer.ret == "OperationOutcome":
+            verb = "created" if outcome.created else "updated"
+            body = operation_outcome(
+                severity="information",
+                code="informational",
+                diagnostics=f"{stored.res_type}/{stored.res_id} {verb} (version {stored.version})",
+            )
+    return FHIRResponse(outcome.status, body, headers, stored)
+
+
+def _shape(stored: StoredVersion, query: SearchQuery) -> Any:
+    if query.summary in ("true", "text", "data"):
+        return apply_summary(stored.resource(), query.summary)
+    if query.elements:
+        return apply_elements(stored.resource(), query.elements)
+    assert stored.body is not None
+    return orjson.Fragment(stored.body)
+
+
+def _link_params(params: list[tuple[str, str]], **override: str) -> str:
+    kept = [(k, v) for k, v in params if k not in ("_cursor", *override)]
+    kept.extend(override.items())
+    return urlencode(kept)
+
+
+def searchset(
+    ctx: Context,
+    *,
+    resource_type: str,
+    params: list[tuple[str, str]],
+    query: SearchQuery,
+    result: SearchResult,
+) -> dict[str, Any]:
+    """A searchset Bundle with total, self/next links, matches, includes and an outcome."""
+    url = f"{ctx.base_url}/{resource_type}"
+    links = [{"relation": "self", "url": f"{url}?{_link_params(params)}"}]
+    if result.next_cursor:
+        links.append(
+            {"relation": "next", "url": f"{url}?{_link_params(params, _cursor=result.next_cursor)}"}
+        )
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": f"{ctx.base_url}/{s.res_type}/{s.res_id}",
+            "resource": _shape(s, query),
+            "search": {"mode": "match"},
+        }
+        for s in result.matches
+    ]
+    entries.extend(
+        {
+            "fullUrl": f"{ctx.base_url}/{s.res_type}/{s.res_id}",
+            "resource": orjson.Fragment(s.body or b"{}"),
+            "search": {"mode": "include"},
+        }
+        for s in result.included
+    )
+    if query.unknown:
+        entries.append(
+            {
+                "resource": operation_outcome(
+                    severity="warning",
+                    code="not-supported",
+                    diagnostics="ignored unknown search parameter(s): " + ", ".join(query.unknown),
+                    expression=query.unknown,
+                    message_id="FS-0403",
+                ),
+                "search": {"mode": "outcome"},
+            }
+        )
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if result.total is not None:
+        bundle["total"] = result.total
+    bundle["link"] = links
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+# -- interactions ------------------------------------------------------------------------------
+def read(
+    ctx: Context, conn: Connection, rtype: str, rid: str, params: list[tuple[str, str]]
+) -> FHIRResponse:
+    outcome = service.read(conn, store=ctx.store, resource_type=rtype, resource_id=rid)
+    response = resource_response(ctx, outcome, Prefer())
+    summary = dict(params).get("_summary")
+    elements = dict(params).get("_elements")
+    if (summary and summary != "false") or elements:
+        assert outcome.stored is not None
+        resource = outcome.stored.resource()
+        if summary and summary != "false":
+            if summary not in ("true", "text", "data"):
+                raise BadRequest("_summary on a read must be true, text, data or false")
+            resource = apply_summary(resource, summary)
+        elif elements:
+            resource = apply_elements(resource, [e.strip() for e in elements.split(",")])
+        response.body = resource
+    return response
+
+
+def vread(ctx: Context, conn: Connection, rtype: str, rid: str, vid: str) -> FHIRResponse:
+    outcome = service.vread(
+        conn, store=ctx.store, resource_type=rtype, resource_id=rid, version=vid
+    )
+    return resource_response(ctx, outcome, Prefer())
+
+
+def search(
+    ctx: Context, conn: Connection, rtype: str, params: list[tuple[str, str]], prefer: Prefer
+) -> FHIRResponse:
+    query, result = service.search(
+        conn,
+        store=ctx.store,
+        resource_type=rtype,
+        params=params,
+        paging=ctx.paging,
+        strict=prefer.strict,
+    )
+    bundle = searchset(ctx, resource_type=rtype, params=params, query=query, result=result)
+    return FHIRResponse(200, bundle)
+
+
+def create(
+    ctx: Context, conn: Connection, rtype: str, body: Any, headers: Mapping[str, str]
+) -> FHIRResponse:
+    outcome = service.create(
+        conn,
+        store=ctx.store,
+        resource_type=rtype,
+        resource=body,
+        if_none_exist=headers.get("if-none-exist"),
+    )
+    prefer = parse_prefer(headers.get("prefer"))
+    return resource_response(ctx, outcome, prefer, location=True)
+
+
+def update(
+    ctx: Context, conn: Connection, rtype: str, rid: str, body: Any, headers: Mapping[str, str]
+) -> FHIRResponse:
+    outcome = service.update(
+        conn,
+        store=ctx.store,
+        resource_type=rtype,
+        resource_id=rid,
+        resource=body,
+        if_match=headers.get("if-match"),
+    )
+    prefer = parse_prefer(headers.get("prefer"))
+    return resource_response(ctx, outcome, prefer, location=outcome.created)
+
+
+def conditional_update(
+    ctx: Context,
+    conn: Connection,
+    rtype: str,
+    params: list[tuple[str, str]],
+    body: Any,
+    headers: Mapping[str, str],
+) -> FHIRResponse:
+    if not params:
+        raise BadRequest("PUT on a type needs search criteria (conditional update)")
+    outcome = service.conditional_update(
+        conn,
+        store=ctx.store,
+        resource_type=rtype,
+        criteria=urlencode(params),
+        resource=body,
+        if_match=headers.get("if-match"),
+    )
+    prefer = parse_prefer(headers.get("prefer"))
+    return resource_response(ctx, outcome, prefer, location=outcome.created)
+
+
+def patch(
+    ctx: Context, conn: Connection, rtype: str, rid: str, body: Any, headers: Mapping[str, str]
+) -> FHIRResponse:
+    outcome = service.patch(
+        conn,
+        store=ctx.store,
+        resource_type=rtype,
+        resource_id=rid,
+        operations=body,
+        if_match=headers.get("if-match"),
+    )
+    return resource_response(ctx, outcome, parse_prefer(headers.get("prefer")))
+
+
+def delete(ctx: Context, conn: Connection, rtype: str, rid: str) -> FHIRResponse:
+    service.delete(conn, store=ctx.store, resource_type=rtype, resource_id=rid)
+    return FHIRResponse(204)
+
+
+def history(
+    ctx: Context,
+    conn: Connection,
+    rtype: str,
+    rid: str | None,
+    params: list[tuple[str, str]],
+) -> FHIRResponse:
+    args = dict(params)
+    count = ctx.paging.default_count
+    if "_count" in args:
+        if not args["_count"].isdigit() or int(args["_count"]) < 1:
+            raise BadRequest("_count must be a positive whole number")
+        count = min(int(args["_count"]), ctx.paging.max_count)
+    since = None
+    if "_since" in args:
+        try:
+            since = parse_fhir_date(args["_since"]).low
+        except ValueError as exc:
+            raise BadRequest(f"_since: {exc}") from exc
+    cursor = _history_cursor(args.get("_cursor"))
+    page, nxt = service.history(
+        conn,
+        store=ctx.store,
+        resource_type=rtype,
+        resource_id=rid,
+        count=count,
+        since=since,
+        cursor=cursor,
+    )
+    url = f"{ctx.base_url}/{rtype}" + (f"/{rid}" if rid else "") + "/_history"
+    links = [{"relation": "self", "url": f"{url}?{_link_params(params)}"}]
+    if nxt is not None:
+        token = orjson.dumps([nxt[0].isoformat(), nxt[1], nxt[2]]).hex()
+        links.append({"relation": "next", "url": f"{url}?{_link_params(params, _cursor=token)}"})
+    entries = []
+    for v in page:
+        entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{v.res_type}/{v.res_id}"}
+        if v.body is not None:
+            entry["resource"] = orjson.Fragment(v.body)
+        entry["request"] = {
+            "method": v.method,
+            "url": f"{v.res_type}/{v.res_id}" if v.method != "POST" else v.res_type,
+        }
+        entry["response"] = {
+            "status": {"POST": "201", "DELETE": "204"}.get(v.method, "200"),
+            "etag": v.etag,
+            "lastModified": format_instant(v.last_updated),
+        }
+        entries.append(entry)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
+    if entries:
+        bundle["entry"] = entries
+    return FHIRResponse(200, bundle)
+
+
+def _history_cursor(raw: str | None) -> tuple[Any, ...] | None:
+    if not raw:
+        return None
+    from datetime import datetime
+
+    try:
+        lu, rid, ver = orjson.loads(bytes.fromhex(raw))
+        return (datetime.fromisoformat(lu), str(rid), int(ver))
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise BadRequest("the _cursor value is not one this server issued") from exc

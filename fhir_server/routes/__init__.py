@@ -1,0 +1,1 @@
+"""HTTP routes: thin handlers that parse, make one call and shape the answer."""

@@ -1,0 +1,68 @@
+"""Runtime configuration: one pydantic-settings object, built once and passed in.
+
+Every field can be set from the environment with the ``FHIRSCHED_`` prefix, e.g.
+``FHIRSCHED_DATABASE_URL=postgresql+psycopg://app@db/fhir``.  Nothing reads the environment
+at import time: ``Settings()`` is called by the CLI or by whoever builds the app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class Settings(BaseSettings):
+    """Server settings (environment prefix ``FHIRSCHED_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRSCHED_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./data/fhir-sched.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
+    )
+    key_file: Path = Field(
+        default=Path("./data/keys.json"),
+        description="Key file (created with mode 0600 on first run) unless FHIRSCHED_KEYS is set",
+    )
+    keys: SecretStr | None = Field(
+        default=None, description="The key file's JSON content, given through the environment"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allow_remote: bool = Field(
+        default=False,
+        description="Must be true to listen beyond loopback (no authorization server yet)",
+    )
+    base_url: str | None = Field(
+        default=None, description="Public FHIR base URL; default http://{host}:{port}/fhir"
+    )
+    default_page_size: int = Field(default=20, ge=1, le=1000)
+    max_page_size: int = Field(default=500, ge=1, le=10000)
+    log_level: str = "info"
+    audit_enabled: bool = True
+
+    @field_validator("host")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    def check_bind(self) -> None:
+        """Refuse a non-loopback bind unless it was asked for explicitly."""
+        if self.host not in _LOOPBACK and not self.allow_remote:
+            raise ValueError(
+                f"refusing to listen on {self.host}: until SMART authorization is enabled the "
+                "server binds to loopback only; set FHIRSCHED_ALLOW_REMOTE=true to override"
+            )
+
+    @property
+    def fhir_base(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/fhir"

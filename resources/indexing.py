@@ -1,0 +1,176 @@
+"""Turn a resource into search-index rows, following ``conformance.declaration``.
+
+Plain values go to ``idx_string``/``idx_token``/``idx_date``/``idx_reference``; values of
+``phi=True`` parameters go only to ``idx_blind`` as keyed digests (see :mod:`resources.blind`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.declaration import RESOURCE_TYPES, SearchParam
+from resources import blind
+from resources.fhirdate import MAX_INSTANT, MIN_INSTANT, DateRange, parse_fhir_date
+from resources.normalize import norm_string, norm_token_code
+from security.crypto import KeyRing
+
+__all__ = ["IndexRows", "element_values", "index_resource", "split_reference"]
+
+STRING_PARTS = ("text", "family", "given", "prefix", "suffix")
+ADDRESS_PARTS = ("text", "line", "city", "district", "state", "postalCode", "country")
+
+
+@dataclass
+class IndexRows:
+    string: list[dict[str, Any]] = field(default_factory=list)
+    token: list[dict[str, Any]] = field(default_factory=list)
+    date: list[dict[str, Any]] = field(default_factory=list)
+    reference: list[dict[str, Any]] = field(default_factory=list)
+    blind: list[dict[str, Any]] = field(default_factory=list)
+
+
+def element_values(resource: dict[str, Any], path: str) -> list[Any]:
+    """Values at a dotted path, flattening lists: ``element_values(p, "name.given")``."""
+    nodes: list[Any] = [resource]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for node in nodes:
+            if isinstance(node, dict) and part in node:
+                value = node[part]
+                if isinstance(value, list):
+                    nxt.extend(value)
+                else:
+                    nxt.append(value)
+        nodes = nxt
+    return nodes
+
+
+def _param_values(resource: dict[str, Any], param: SearchParam) -> Iterator[Any]:
+    for path in param.paths:
+        for value in element_values(resource, path):
+            if param.where is not None:
+                key, expected = param.where
+                if not (isinstance(value, dict) and value.get(key) == expected):
+                    continue
+            yield value
+
+
+def string_values(value: Any) -> list[str]:
+    """Strings a FHIR string parameter matches in a value (HumanName and Address parts)."""
+    if isinstance(value, str):
+        return [value]
+    out: list[str] = []
+    if isinstance(value, dict):
+        for part in (*STRING_PARTS, *ADDRESS_PARTS):
+            item = value.get(part)
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, list):
+                out.extend(x for x in item if isinstance(x, str))
+    return out
+
+
+def token_values(value: Any) -> list[tuple[str | None, str]]:
+    """(system, code) pairs of a Coding, CodeableConcept, Identifier, ContactPoint or code."""
+    if isinstance(value, bool):
+        return [(None, "true" if value else "false")]
+    if isinstance(value, str):
+        return [(None, value)]
+    if not isinstance(value, dict):
+        return []
+    if "coding" in value:
+        return [
+            (c.get("system"), c["code"])
+            for c in value["coding"]
+            if isinstance(c, dict) and isinstance(c.get("code"), str)
+        ]
+    if isinstance(value.get("code"), str):
+        return [(value.get("system"), value["code"])]
+    if isinstance(value.get("value"), str):
+        system = value.get("system")
+        return [(system, norm_token_code(system, value["value"]))]
+    return []
+
+
+def date_ranges(value: Any) -> list[DateRange]:
+    if isinstance(value, str):
+        try:
+            return [parse_fhir_date(value)]
+        except ValueError:
+            return []
+    if isinstance(value, dict) and ("start" in value or "end" in value):
+        low = parse_fhir_date(value["start"]).low if value.get("start") else MIN_INSTANT
+        high = parse_fhir_date(value["end"]).high if value.get("end") else MAX_INSTANT
+        return [DateRange(low, high, "period")]
+    return []
+
+
+def split_reference(reference: str, base_url: str = "") -> tuple[str | None, str] | None:
+    """``Patient/1`` → ("Patient", "1"); our own absolute URL likewise; others → (None, url)."""
+    if reference.startswith("#"):
+        return None
+    if base_url and reference.startswith(base_url.rstrip("/") + "/"):
+        reference = reference[len(base_url.rstrip("/")) + 1 :]
+    if "://" in reference or reference.startswith("urn:"):
+        return (None, reference)
+    parts = reference.split("/")
+    if len(parts) >= 2 and parts[-2] == "_history" and len(parts) >= 4:
+        parts = parts[:-2]
+    if len(parts) == 2 and parts[0] and parts[1]:
+        return (parts[0], parts[1])
+    return None
+
+
+def index_resource(
+    resource: dict[str, Any], *, seq: int, keys: KeyRing, base_url: str = ""
+) -> IndexRows:
+    """Index rows for every declared parameter of this resource's type."""
+    rtype = resource["resourceType"]
+    rows = IndexRows()
+    decl = RESOURCE_TYPES[rtype]
+    for param in decl.params.values():
+        base = {"seq": seq, "res_type": rtype, "param": param.name}
+        values = list(_param_values(resource, param))
+        if not values:
+            continue
+        if param.type == "string":
+            strings = [s for v in values for s in string_values(v)]
+            if param.phi:
+                digests = {d for s in strings for d in blind.string_digests(keys, rtype, param, s)}
+                rows.blind.extend({**base, "digest": d} for d in digests)
+            else:
+                seen = {(norm_string(s), s) for s in strings}
+                rows.string.extend({**base, "value_norm": n, "value_exact": s} for n, s in seen)
+        elif param.type == "token":
+            pairs = {p for v in values for p in token_values(v)}
+            if param.phi:
+                digests = {
+                    d for s, c in pairs for d in blind.token_digests(keys, rtype, param, s, c)
+                }
+                rows.blind.extend({**base, "digest": d} for d in digests)
+            else:
+                rows.token.extend({**base, "system": s, "code": c} for s, c in pairs)
+        elif param.type == "date":
+            ranges = [r for v in values for r in date_ranges(v)]
+            if param.phi:
+                digests = {d for r in ranges for d in blind.date_digests(keys, rtype, param, r)}
+                rows.blind.extend({**base, "digest": d} for d in digests)
+            else:
+                rows.date.extend({**base, "low": r.low, "high": r.high} for r in ranges)
+        elif param.type == "reference":
+            seen_refs: set[tuple[str | None, str]] = set()
+            for v in values:
+                if not (isinstance(v, dict) and isinstance(v.get("reference"), str)):
+                    continue
+                target = split_reference(v["reference"], base_url)
+                if target is None:
+                    continue
+                if target[0] is not None and param.targets and target[0] not in param.targets:
+                    continue
+                seen_refs.add(target)
+            rows.reference.extend(
+                {**base, "target_type": tt, "target_id": ti} for tt, ti in seen_refs
+            )
+    return rows

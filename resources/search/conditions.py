@@ -1,0 +1,252 @@
+"""Search clauses → SQL conditions over the ``resource`` table and the index tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Table, and_, false, not_, or_, select, true
+
+from conformance.declaration import SearchParam
+from fhir_server.errors import BadRequest
+from resources import blind
+from resources.fhirdate import DateRange, parse_fhir_date
+from resources.indexing import split_reference
+from resources.normalize import norm_phone, norm_string
+from resources.search.query import Clause
+from resources.store import INDEX_TABLES, R
+from security.crypto import KeyRing
+
+__all__ = ["clause_condition", "resource_filter"]
+
+BLIND_DATE_FLOOR = date(1850, 1, 1)
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class ConditionBuilder:
+    def __init__(self, keys: KeyRing, base_url: str, *, now: datetime | None = None) -> None:
+        self.keys = keys
+        self.base_url = base_url
+        self.now = now or datetime.now(UTC)
+
+    # -- entry points -----------------------------------------------------------------------
+    def resource_filter(self, rtype: str, clauses: list[Clause]) -> ColumnElement[bool]:
+        conds: list[ColumnElement[bool]] = [R.c.res_type == rtype, R.c.deleted == false()]
+        conds.extend(self.clause(rtype, c) for c in clauses)
+        return and_(*conds)
+
+    def clause(self, rtype: str, clause: Clause) -> ColumnElement[bool]:
+        param = clause.param
+        if clause.chain is not None:
+            return self._chain(rtype, clause)
+        if param.name == "_id":
+            cond = R.c.res_id.in_(clause.values)
+            return not_(cond) if clause.modifier == "not" else cond
+        if param.name == "_lastUpdated":
+            if clause.modifier == "missing":
+                return true() if clause.values[0] == "false" else false()
+            return or_(
+                *(
+                    self._date(R.c.last_updated, R.c.last_updated, v, point=True)
+                    for v in clause.values
+                )
+            )
+        table_kind = "blind" if param.phi else param.type
+        table = INDEX_TABLES[table_kind]
+        base = [table.c.res_type == rtype, table.c.param == param.name]
+        if clause.modifier == "missing":
+            present = R.c.seq.in_(select(table.c.seq).where(*base))
+            return not_(present) if clause.values[0] == "true" else present
+        value_cond = or_(*(self._value(rtype, table, param, clause, v) for v in clause.values))
+        matching = R.c.seq.in_(select(table.c.seq).where(*base, value_cond))
+        return not_(matching) if clause.modifier == "not" else matching
+
+    # -- per type ---------------------------------------------------------------------------
+    def _value(
+        self, rtype: str, table: Table, param: SearchParam, clause: Clause, value: str
+    ) -> ColumnElement[bool]:
+        if param.type == "string":
+            return self._string(rtype, table, param, clause.modifier, value)
+        if param.type == "token":
+            return self._token(rtype, table, param, value)
+        if param.type == "date":
+            if param.phi:
+                return self._blind_date(rtype, table, param, value)
+            return self._date(table.c.low, table.c.high, value, point=param.point)
+        if param.type == "reference":
+            return self._reference(table, clause, value)
+        raise BadRequest(f"search on {param.type} parameter {param.name} is not supported")
+
+    def _string(
+        self, rtype: str, table: Table, param: SearchParam, modifier: str | None, value: str
+    ) -> ColumnElement[bool]:
+        if param.phi:
+            if modifier == "exact":
+                return table.c.digest == blind.exact_digest(self.keys, rtype, param, value)
+            return table.c.digest == blind.prefix_digest(self.keys, rtype, param, value)
+        if modifier == "exact":
+            return table.c.value_exact == value
+        needle = _like_escape(norm_string(value))
+        pattern = f"%{needle}%" if modifier == "contains" else f"{needle}%"
+        return table.c.value_norm.like(pattern, escape="\\")
+
+    def _token(
+        self, rtype: str, table: Table, param: SearchParam, value: str
+    ) -> ColumnElement[bool]:
+        system: str | None
+        code: str | None
+        if "|" in value:
+            system, code = value.split("|", 1)
+            code = code or None
+        else:
+            system, code = None, value
+        codes = _token_code_variants(param, code)
+        if param.phi:
+            if system is None:
+                digests = [
+                    blind.token_query_digest(self.keys, rtype, param, None, c) for c in codes
+                ]
+            elif code is None:
+                digests = [blind.token_query_digest(self.keys, rtype, param, system, None)]
+            else:
+                digests = [
+                    blind.token_query_digest(self.keys, rtype, param, system, c) for c in codes
+                ]
+            return table.c.digest.in_(digests)
+        conds: list[ColumnElement[bool]] = []
+        if code is not None:
+            conds.append(table.c.code.in_(codes))
+        if system == "":
+            conds.append(table.c.system.is_(None))
+        elif system is not None:
+            conds.append(table.c.system == system)
+        return and_(*conds)
+
+    def _parse_date(self, value: str) -> tuple[str, DateRange]:
+        prefix = "eq"
+        if value[:2].isalpha():
+            prefix, value = value[:2], value[2:]
+        try:
+            return prefix, parse_fhir_date(value)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+
+    def _date(self, low: Any, high: Any, value: str, *, point: bool) -> ColumnElement[bool]:
+        """R4 range semantics (search.html#prefix); instants compare as points on ``low``."""
+        prefix, rng = self._parse_date(value)
+        ql, qh = rng.low, rng.high
+        if prefix == "ap":
+            slack = max(
+                abs(self.now - ql) * 0.1,
+                timedelta(days=1) if rng.precision != "second" else timedelta(minutes=1),
+            )
+            ql, qh = ql - slack, qh + slack
+            return and_(low < qh, high > ql) if not point else and_(low >= ql, low < qh)
+        table: dict[str, ColumnElement[bool]]
+        if point:
+            table = {
+                "eq": and_(low >= ql, low < qh),
+                "ne": or_(low < ql, low >= qh),
+                "gt": low >= qh,
+                "sa": low >= qh,
+                "lt": low < ql,
+                "eb": low < ql,
+                "ge": low >= ql,
+                "le": low < qh,
+            }
+            return table[prefix]
+        eq = and_(low >= ql, high <= qh)
+        table = {
+            "eq": eq,
+            "ne": not_(eq),
+            "gt": high > qh,
+            "lt": low < ql,
+            "ge": or_(high > qh, eq),
+            "le": or_(low < ql, eq),
+            "sa": low >= qh,
+            "eb": high <= ql,
+        }
+        return table[prefix]
+
+    def _blind_date(
+        self, rtype: str, table: Table, param: SearchParam, value: str
+    ) -> ColumnElement[bool]:
+        """Birth dates are digests: a range becomes the set of year/month/day tokens tiling it."""
+        prefix, rng = self._parse_date(value)
+        lo, hi = rng.low.date(), rng.high.date()
+        ceiling = self.now.date() + timedelta(days=366)
+        spans = {
+            "eq": [(lo, hi)],
+            "ne": [(BLIND_DATE_FLOOR, lo), (hi, ceiling)],
+            "gt": [(hi, ceiling)],
+            "sa": [(hi, ceiling)],
+            "ge": [(lo, ceiling)],
+            "lt": [(BLIND_DATE_FLOOR, lo)],
+            "eb": [(BLIND_DATE_FLOOR, lo)],
+            "le": [(BLIND_DATE_FLOOR, hi)],
+            "ap": [(lo - timedelta(days=365), hi + timedelta(days=365))],
+        }[prefix]
+        purpose = f"{rtype}.{param.name}"
+        if prefix == "eq":
+            token = blind.date_token(
+                rng.precision if rng.precision in ("year", "month") else "day", lo
+            )
+            return table.c.digest == self.keys.blind(purpose, token)
+        tokens = [t for a, b in spans if a < b for t in blind.date_cover_tokens(a, b)]
+        if not tokens:
+            return false()
+        return table.c.digest.in_([self.keys.blind(purpose, t) for t in tokens])
+
+    def _reference(self, table: Table, clause: Clause, value: str) -> ColumnElement[bool]:
+        target = split_reference(value, self.base_url)
+        if target is None:
+            # a bare id: any target type the parameter allows (or the :Type given)
+            cond = table.c.target_id == value
+            if clause.target_type:
+                cond = and_(cond, table.c.target_type == clause.target_type)
+            return cond
+        ttype, tid = target
+        if clause.target_type and ttype and ttype != clause.target_type:
+            return false()
+        conds = [table.c.target_id == tid]
+        if ttype is not None:
+            conds.append(table.c.target_type == ttype)
+        return and_(*conds)
+
+    def _chain(self, rtype: str, clause: Clause) -> ColumnElement[bool]:
+        assert clause.chain is not None and clause.target_type is not None
+        inner = select(R.c.res_id).where(self.resource_filter(clause.target_type, [clause.chain]))
+        table = INDEX_TABLES["reference"]
+        refs: Select[Any] = select(table.c.seq).where(
+            table.c.res_type == rtype,
+            table.c.param == clause.param.name,
+            table.c.target_type == clause.target_type,
+            table.c.target_id.in_(inner),
+        )
+        return R.c.seq.in_(refs)
+
+
+def _token_code_variants(param: SearchParam, code: str | None) -> list[str]:
+    """Query codes to try: telecom values are stored normalised (see normalize.norm_token_code)."""
+    if code is None:
+        return []
+    if param.name in ("phone",) or (param.where and param.where[1] == "phone"):
+        return [norm_phone(code)]
+    if param.name == "email":
+        return [code.strip().casefold()]
+    if param.name == "telecom":
+        return sorted({code, norm_phone(code), code.strip().casefold()} - {""})
+    return [code]
+
+
+def resource_filter(
+    keys: KeyRing, base_url: str, rtype: str, clauses: list[Clause]
+) -> ColumnElement[bool]:
+    return ConditionBuilder(keys, base_url).resource_filter(rtype, clauses)
+
+
+def clause_condition(keys: KeyRing, base_url: str, rtype: str, clause: Clause) -> Any:
+    return ConditionBuilder(keys, base_url).clause(rtype, clause)

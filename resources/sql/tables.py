@@ -1,0 +1,152 @@
+"""The storage schema, as SQLAlchemy 2 declarative tables.
+
+``resource`` holds one row per logical resource (its current version pointer); every version's
+sealed body lives in ``resource_version`` and is never rewritten (only its wrapped data key is,
+by key rotation).  Search index tables hold the *current* version's values, keyed by
+``resource.seq``.  PHI search values go only to ``idx_blind`` as keyed digests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Base",
+    "IdxBlind",
+    "IdxDate",
+    "IdxReference",
+    "IdxString",
+    "IdxToken",
+    "ResourceRow",
+    "ResourceVersion",
+]
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ResourceRow(Base):
+    """Current-version pointer for one logical resource."""
+
+    __tablename__ = "resource"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    res_type: Mapped[str] = mapped_column(String(64))
+    res_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (
+        UniqueConstraint("res_type", "res_id"),
+        Index("ix_resource_type_updated", "res_type", "last_updated", "seq"),
+    )
+
+
+class ResourceVersion(Base):
+    """One immutable version: sealed body (NULL for a delete) and its wrapped data key."""
+
+    __tablename__ = "resource_version"
+    res_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    res_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    method: Mapped[str] = mapped_column(String(8))  # POST, PUT, PATCH, DELETE
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    kek_id: Mapped[str | None] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    nonce: Mapped[bytes | None] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    __table_args__ = (
+        Index("ix_version_type_updated", "res_type", "last_updated"),
+        Index("ix_version_kek", "kek_id"),
+    )
+
+
+class IdxString(Base):
+    """Plain (non-PHI) string values: normalised for starts-with/contains, and exact."""
+
+    __tablename__ = "idx_string"
+    pk: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    res_type: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value_norm: Mapped[str] = mapped_column(Text)
+    value_exact: Mapped[str] = mapped_column(Text)
+    __table_args__ = (Index("ix_idx_string_lookup", "res_type", "param", "value_norm", "seq"),)
+
+
+class IdxToken(Base):
+    """Plain token values (system, code)."""
+
+    __tablename__ = "idx_token"
+    pk: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    res_type: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    system: Mapped[str | None] = mapped_column(Text)
+    code: Mapped[str] = mapped_column(Text)
+    __table_args__ = (Index("ix_idx_token_lookup", "res_type", "param", "code", "seq"),)
+
+
+class IdxDate(Base):
+    """Date ranges as UTC instants: ``low`` inclusive, ``high`` exclusive."""
+
+    __tablename__ = "idx_date"
+    pk: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    res_type: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    low: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    high: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (Index("ix_idx_date_lookup", "res_type", "param", "low", "seq"),)
+
+
+class IdxReference(Base):
+    """References; ``target_type`` is NULL for absolute URLs outside this server."""
+
+    __tablename__ = "idx_reference"
+    pk: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    res_type: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str | None] = mapped_column(String(64))
+    target_id: Mapped[str] = mapped_column(Text)
+    __table_args__ = (
+        Index("ix_idx_reference_lookup", "res_type", "param", "target_id", "seq"),
+        Index("ix_idx_reference_target", "target_id", "target_type"),
+    )
+
+
+class IdxBlind(Base):
+    """Keyed digests of PHI search values (see security.crypto.KeyRing.blind)."""
+
+    __tablename__ = "idx_blind"
+    pk: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    res_type: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[bytes] = mapped_column(LargeBinary(16))
+    __table_args__ = (Index("ix_idx_blind_lookup", "res_type", "param", "digest", "seq"),)

@@ -1,0 +1,320 @@
+"""The only code that writes resource rows: versions, history, soft delete, optimistic locking.
+
+Bodies are the resource's JSON (with ``id`` and ``meta``) sealed by :class:`KeyRing`, AAD
+``type|id|version``.  Every write replaces the resource's search-index rows in the same
+transaction as the version it indexes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import Connection, Table, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from resources.indexing import IndexRows, index_resource
+from resources.sql.tables import (
+    IdxBlind,
+    IdxDate,
+    IdxReference,
+    IdxString,
+    IdxToken,
+    ResourceRow,
+    ResourceVersion,
+)
+from security.crypto import KeyRing, Sealed
+
+__all__ = ["Current", "Store", "StoredVersion", "VersionConflict", "format_instant"]
+
+R = cast(Table, ResourceRow.__table__)
+V = cast(Table, ResourceVersion.__table__)
+INDEX_TABLES: dict[str, Table] = {
+    "string": cast(Table, IdxString.__table__),
+    "token": cast(Table, IdxToken.__table__),
+    "date": cast(Table, IdxDate.__table__),
+    "reference": cast(Table, IdxReference.__table__),
+    "blind": cast(Table, IdxBlind.__table__),
+}
+
+
+class VersionConflict(Exception):
+    """The row changed (or appeared) since the caller looked: optimistic lock lost."""
+
+
+def format_instant(value: datetime) -> str:
+    """FHIR instant in UTC with millisecond precision: ``2026-11-22T16:00:00.123Z``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def now_ms() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def aad(rtype: str, rid: str, version: int) -> bytes:
+    return f"{rtype}|{rid}|{version}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    seq: int
+    version: int
+    last_updated: datetime
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version as read back: ``body`` is the exact JSON bytes (None when deleted)."""
+
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: datetime
+    method: str
+    deleted: bool
+    body: bytes | None
+
+    def resource(self) -> dict[str, Any]:
+        if self.body is None:
+            raise ValueError("a deleted version has no body")
+        value: dict[str, Any] = orjson.loads(self.body)
+        return value
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+
+class Store:
+    """Resource rows over one database, sealed with one key ring."""
+
+    def __init__(self, keys: KeyRing, *, base_url: str = "") -> None:
+        self.keys = keys
+        self.base_url = base_url
+
+    # -- reads ------------------------------------------------------------------------------
+    def current(self, conn: Connection, rtype: str, rid: str) -> Current | None:
+        row = conn.execute(
+            select(R.c.seq, R.c.version, R.c.last_updated, R.c.deleted).where(
+                R.c.res_type == rtype, R.c.res_id == rid
+            )
+        ).first()
+        if row is None:
+            return None
+        return Current(row.seq, row.version, _utc(row.last_updated), bool(row.deleted))
+
+    def read(self, conn: Connection, rtype: str, rid: str) -> StoredVersion | None:
+        """The current version (possibly a deletion marker), or None if it never existed."""
+        row = conn.execute(
+            select(V)
+            .join(
+                R,
+                and_(
+                    R.c.res_type == V.c.res_type,
+                    R.c.res_id == V.c.res_id,
+                    R.c.version == V.c.version,
+                ),
+            )
+            .where(R.c.res_type == rtype, R.c.res_id == rid)
+        ).first()
+        return self._open(row) if row is not None else None
+
+    def vread(self, conn: Connection, rtype: str, rid: str, version: int) -> StoredVersion | None:
+        row = conn.execute(
+            select(V).where(V.c.res_type == rtype, V.c.res_id == rid, V.c.version == version)
+        ).first()
+        return self._open(row) if row is not None else None
+
+    def read_many(self, conn: Connection, seqs: Sequence[int]) -> dict[int, StoredVersion]:
+        """Current versions by ``resource.seq`` (for search pages and includes)."""
+        if not seqs:
+            return {}
+        rows = conn.execute(
+            select(R.c.seq, V)
+            .join(
+                V,
+                and_(
+                    R.c.res_type == V.c.res_type,
+                    R.c.res_id == V.c.res_id,
+                    R.c.version == V.c.version,
+                ),
+            )
+            .where(R.c.seq.in_(list(seqs)))
+        ).all()
+        return {row.seq: self._open(row) for row in rows}
+
+    def history_rows(self, rows: Iterable[Any]) -> list[StoredVersion]:
+        return [self._open(row) for row in rows]
+
+    def _open(self, row: Any) -> StoredVersion:
+        body: bytes | None = None
+        if not row.deleted:
+            body = self.keys.open(
+                Sealed(row.kek_id, row.wrapped_key, row.nonce, row.ciphertext),
+                aad=aad(row.res_type, row.res_id, row.version),
+            )
+        return StoredVersion(
+            row.res_type,
+            row.res_id,
+            row.version,
+            _utc(row.last_updated),
+            row.method,
+            bool(row.deleted),
+            body,
+        )
+
+    # -- writes -----------------------------------------------------------------------------
+    def write(
+        self,
+        conn: Connection,
+        *,
+        resource: dict[str, Any],
+        method: str,
+        expected: Current | None,
+    ) -> StoredVersion:
+        """Write a new version of ``resource`` (its ``id`` set by the caller).
+
+        ``expected`` is what the caller read as current (None: the resource must not exist).
+        Raises :class:`VersionConflict` if that is no longer true.
+        """
+        rtype, rid = resource["resourceType"], resource["id"]
+        version = 1 if expected is None else expected.version + 1
+        when = now_ms()
+        resource["meta"] = {
+            **(resource.get("meta") or {}),
+            "versionId": str(version),
+            "lastUpdated": format_instant(when),
+        }
+        body = orjson.dumps(resource)
+        seq = self._advance(conn, rtype, rid, expected, version, when, deleted=False)
+        self._insert_version(conn, rtype, rid, version, when, method, body)
+        self._reindex(
+            conn, seq, index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
+        )
+        return StoredVersion(rtype, rid, version, when, method, False, body)
+
+    def delete(self, conn: Connection, *, rtype: str, rid: str, expected: Current) -> int:
+        """Soft delete: a new version marked deleted; index rows removed. Returns version."""
+        version = expected.version + 1
+        when = now_ms()
+        seq = self._advance(conn, rtype, rid, expected, version, when, deleted=True)
+        self._insert_version(conn, rtype, rid, version, when, "DELETE", None)
+        self._reindex(conn, seq, IndexRows())
+        return version
+
+    def _advance(
+        self,
+        conn: Connection,
+        rtype: str,
+        rid: str,
+        expected: Current | None,
+        version: int,
+        when: datetime,
+        *,
+        deleted: bool,
+    ) -> int:
+        if expected is None:
+            try:
+                with conn.begin_nested():
+                    result = conn.execute(
+                        insert(R).values(
+                            res_type=rtype,
+                            res_id=rid,
+                            version=version,
+                            last_updated=when,
+                            deleted=deleted,
+                        )
+                    )
+            except IntegrityError as exc:
+                raise VersionConflict(f"{rtype}/{rid} already exists") from exc
+            pk = result.inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
+        done = conn.execute(
+            update(R)
+            .where(R.c.seq == expected.seq, R.c.version == expected.version)
+            .values(version=version, last_updated=when, deleted=deleted)
+        )
+        if done.rowcount != 1:
+            raise VersionConflict(f"{rtype}/{rid} changed since version {expected.version}")
+        return expected.seq
+
+    def _insert_version(
+        self,
+        conn: Connection,
+        rtype: str,
+        rid: str,
+        version: int,
+        when: datetime,
+        method: str,
+        body: bytes | None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "res_type": rtype,
+            "res_id": rid,
+            "version": version,
+            "last_updated": when,
+            "method": method,
+            "deleted": body is None,
+        }
+        if body is not None:
+            sealed = self.keys.seal(body, aad=aad(rtype, rid, version))
+            values |= {
+                "kek_id": sealed.kek_id,
+                "wrapped_key": sealed.wrapped_key,
+                "nonce": sealed.nonce,
+                "ciphertext": sealed.ciphertext,
+            }
+        conn.execute(insert(V).values(**values))
+
+    def _reindex(self, conn: Connection, seq: int, rows: IndexRows) -> None:
+        for kind, table in INDEX_TABLES.items():
+            conn.execute(delete(table).where(table.c.seq == seq))
+            values = getattr(rows, kind)
+            if values:
+                conn.execute(insert(table), values)
+
+    # -- key rotation -----------------------------------------------------------------------
+    def rewrap_batch(self, conn: Connection, *, limit: int = 500) -> int:
+        """Rewrap up to ``limit`` versions not under the active KEK. Returns how many."""
+        active = self.keys.active
+        rows = conn.execute(
+            select(V.c.res_type, V.c.res_id, V.c.version, V.c.kek_id, V.c.wrapped_key)
+            .where(V.c.kek_id.is_not(None), V.c.kek_id != active)
+            .limit(limit)
+        ).all()
+        done = 0
+        for row in rows:
+            new_kek, wrapped = self.keys.rewrap(
+                row.wrapped_key, kek_id=row.kek_id, aad=aad(row.res_type, row.res_id, row.version)
+            )
+            result = conn.execute(
+                update(V)
+                .where(
+                    V.c.res_type == row.res_type,
+                    V.c.res_id == row.res_id,
+                    V.c.version == row.version,
+                    V.c.kek_id == row.kek_id,
+                )
+                .values(kek_id=new_kek, wrapped_key=wrapped)
+            )
+            done += result.rowcount
+        return done
+
+    def kek_usage(self, conn: Connection) -> dict[str, int]:
+        from sqlalchemy import func
+
+        rows = conn.execute(
+            select(V.c.kek_id, func.count()).where(V.c.kek_id.is_not(None)).group_by(V.c.kek_id)
+        ).all()
+        return {str(k): int(n) for k, n in rows}
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

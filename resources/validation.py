@@ -1,0 +1,73 @@
+"""Validate incoming resources against the fhir.resources R4B models (R4 wire format).
+
+The stored body is the client's JSON (plus ``id`` and ``meta``), not a model dump: validation
+checks, it never rewrites, so a resource reads back as it was sent.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from conformance.declaration import RESOURCE_TYPES
+from fhir_server.errors import InvalidResource
+
+__all__ = ["parse_json", "validate_resource"]
+
+MAX_ERRORS = 10
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body; malformed JSON is a 400 saying where it broke."""
+    if not body or not body.strip():
+        raise InvalidResource("the request body is empty; send a FHIR JSON resource")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidResource(f"the request body is not valid JSON: {exc}") from exc
+
+
+@functools.cache
+def _model(resource_type: str) -> Any:
+    return get_fhir_model_class(resource_type)
+
+
+def _expression(resource_type: str, loc: tuple[int | str, ...]) -> str:
+    out = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith(("function-", "value_error")):
+            out += f".{part}"
+    return out
+
+
+def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[str, Any]:
+    """Check ``data`` is a valid R4 resource of a served type; return it unchanged.
+
+    Raises :class:`InvalidResource` naming the offending elements (FHIRPath-like paths).
+    """
+    if not isinstance(data, dict):
+        raise InvalidResource("the body must be a JSON object holding one FHIR resource")
+    rtype = data.get("resourceType")
+    if not isinstance(rtype, str):
+        raise InvalidResource("the resource has no resourceType", expression=["resourceType"])
+    if expected_type is not None and rtype != expected_type:
+        raise InvalidResource(
+            f"the body is a {rtype} but the URL is for {expected_type}",
+            expression=["resourceType"],
+        )
+    if rtype not in RESOURCE_TYPES:
+        raise InvalidResource(f"resource type {rtype} is not served here")
+    try:
+        _model(rtype).model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()[:MAX_ERRORS]
+        paths = [_expression(rtype, tuple(e["loc"])) for e in errors]
+        detail = "; ".join(f"{p}: {e['msg']}" for p, e in zip(paths, errors, strict=True))
+        raise InvalidResource(f"invalid {rtype}: {detail}", expression=paths) from exc
+    return data

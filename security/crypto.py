@@ -1,0 +1,268 @@
+"""Key ring, AES-256-GCM envelope encryption and keyed blind indexes.
+
+Every resource version is sealed with its own random 256-bit data key (DEK) under AES-256-GCM
+with a fresh 96-bit nonce and AAD ``type|id|version``; the DEK is wrapped by a key-encryption key
+(KEK) with AAD naming the row and the KEK id.  Rotating the KEK rewraps only the 60-byte wrapped
+DEKs, never the bodies.  Blind-index keys are derived with HKDF from a separate index secret, so
+rotating KEKs never changes a search digest and no index key is ever an encryption key.
+
+Key file format (JSON, mode 0600)::
+
+    {"version": 1,
+     "active": "k-20261122-ab12",
+     "keks": {"k-20261122-ab12": "<base64 32 bytes>", ...},
+     "index_secret": "<base64 32 bytes>"}
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "DecryptionError",
+    "KeyRing",
+    "Sealed",
+    "generate_key_material",
+    "load_keyring",
+    "retire_key",
+    "rotate_key_file",
+    "write_key_file",
+]
+
+NONCE_BYTES = 12
+KEY_BYTES = 32
+DIGEST_BYTES = 16
+REFRESH_SECONDS = 1.0
+
+
+class DecryptionError(Exception):
+    """A sealed value did not open: wrong key, wrong row, or tampered bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """What is stored for one sealed body."""
+
+    kek_id: str
+    wrapped_key: bytes  # nonce || AESGCM(kek).encrypt(dek)
+    nonce: bytes
+    ciphertext: bytes
+
+
+def _b64d(value: str) -> bytes:
+    raw = base64.b64decode(value)
+    if len(raw) != KEY_BYTES:
+        raise ValueError("every key in the key file must be 32 bytes (base64)")
+    return raw
+
+
+def _b64e(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def new_kek_id() -> str:
+    return f"k-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+
+
+def generate_key_material() -> dict[str, Any]:
+    """A fresh key document: one KEK (active) and one index secret."""
+    kek_id = new_kek_id()
+    return {
+        "version": 1,
+        "active": kek_id,
+        "keks": {kek_id: _b64e(AESGCM.generate_key(bit_length=256))},
+        "index_secret": _b64e(secrets.token_bytes(KEY_BYTES)),
+    }
+
+
+@dataclass
+class KeyRing:
+    """KEKs by id, the active one, and the blind-index secret.
+
+    If built from a file, an unknown KEK id triggers one reload of the file, so a server keeps
+    opening rows rewrapped by ``fhir-sched keys rotate`` running in another process.
+    """
+
+    keks: dict[str, bytes]
+    active: str
+    index_secret: bytes
+    path: Path | None = None
+    _mtime: float = 0.0
+    _checked: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _index_keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _aead: dict[str, AESGCM] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any], path: Path | None = None) -> KeyRing:
+        keks = {str(k): _b64d(str(v)) for k, v in dict(doc["keks"]).items()}
+        active = str(doc["active"])
+        if active not in keks:
+            raise ValueError(f"active key {active!r} is not among the key file's keks")
+        ring = cls(keks=keks, active=active, index_secret=_b64d(str(doc["index_secret"])))
+        ring.path = path
+        if path is not None:
+            ring._mtime = path.stat().st_mtime
+        return ring
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "active": self.active,
+            "keks": {k: _b64e(v) for k, v in self.keks.items()},
+            "index_secret": _b64e(self.index_secret),
+        }
+
+    # -- reload -----------------------------------------------------------------------------
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read the key file if it changed on disk. Returns True if anything was loaded."""
+        if self.path is None or not self.path.exists():
+            return False
+        mtime = self.path.stat().st_mtime
+        if not force and mtime == self._mtime:
+            return False
+        with self._lock:
+            doc = json.loads(self.path.read_text())
+            fresh = KeyRing.from_document(doc)
+            self.keks = fresh.keks
+            self.active = fresh.active
+            self._mtime = mtime
+            self._aead = {}
+        return True
+
+    def _maybe_refresh(self) -> None:
+        """Notice a rotation done by another process within ``REFRESH_SECONDS``."""
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if now - self._checked >= REFRESH_SECONDS:
+            self._checked = now
+            self.refresh()
+
+    def _kek(self, kek_id: str) -> AESGCM:
+        aead = self._aead.get(kek_id)
+        if aead is None:
+            key = self.keks.get(kek_id)
+            if key is None and self.refresh(force=True):
+                key = self.keks.get(kek_id)
+            if key is None:
+                raise DecryptionError(f"key {kek_id} is not in the key ring")
+            aead = AESGCM(key)
+            self._aead[kek_id] = aead
+        return aead
+
+    # -- envelope encryption ------------------------------------------------------------------
+    def seal(self, plaintext: bytes, *, aad: bytes) -> Sealed:
+        """Encrypt ``plaintext`` under a fresh DEK wrapped by the active KEK."""
+        self._maybe_refresh()
+        dek = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(NONCE_BYTES)
+        ciphertext = AESGCM(dek).encrypt(nonce, plaintext, aad)
+        kek_id = self.active
+        return Sealed(kek_id, self._wrap(dek, kek_id=kek_id, aad=aad), nonce, ciphertext)
+
+    def open(self, sealed: Sealed, *, aad: bytes) -> bytes:
+        """Decrypt; raises :class:`DecryptionError` if the row, key or bytes do not match."""
+        dek = self._unwrap(sealed.wrapped_key, kek_id=sealed.kek_id, aad=aad)
+        try:
+            return AESGCM(dek).decrypt(sealed.nonce, sealed.ciphertext, aad)
+        except InvalidTag as exc:
+            raise DecryptionError("sealed body does not open for this row") from exc
+
+    def rewrap(self, wrapped_key: bytes, *, kek_id: str, aad: bytes) -> tuple[str, bytes]:
+        """Re-encrypt a wrapped DEK under the active KEK. Returns (new kek id, wrapped key)."""
+        dek = self._unwrap(wrapped_key, kek_id=kek_id, aad=aad)
+        return self.active, self._wrap(dek, kek_id=self.active, aad=aad)
+
+    def _wrap(self, dek: bytes, *, kek_id: str, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._kek(kek_id).encrypt(nonce, dek, aad + b"|" + kek_id.encode())
+
+    def _unwrap(self, wrapped: bytes, *, kek_id: str, aad: bytes) -> bytes:
+        try:
+            return self._kek(kek_id).decrypt(
+                wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad + b"|" + kek_id.encode()
+            )
+        except InvalidTag as exc:
+            raise DecryptionError("data key does not unwrap for this row") from exc
+
+    # -- blind indexes ----------------------------------------------------------------------
+    def index_key(self, purpose: str) -> bytes:
+        """HKDF-SHA256 key for one index purpose (e.g. ``Patient.name``)."""
+        key = self._index_keys.get(purpose)
+        if key is None:
+            key = HKDF(
+                algorithm=hashes.SHA256(),
+                length=KEY_BYTES,
+                salt=b"fhir-sched blind index v1",
+                info=purpose.encode(),
+            ).derive(self.index_secret)
+            self._index_keys[purpose] = key
+        return key
+
+    def blind(self, purpose: str, value: str) -> bytes:
+        """Keyed digest (HMAC-SHA256, truncated to 16 bytes) of a normalised value."""
+        return hmac.new(self.index_key(purpose), value.encode(), hashlib.sha256).digest()[
+            :DIGEST_BYTES
+        ]
+
+
+def write_key_file(path: Path, doc: dict[str, Any]) -> None:
+    """Write the key document atomically with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_keyring(*, key_file: Path, keys_json: str | None) -> KeyRing:
+    """Keys from the environment if given, else from the key file (created on first run)."""
+    if keys_json:
+        return KeyRing.from_document(json.loads(keys_json))
+    if not key_file.exists():
+        write_key_file(key_file, generate_key_material())
+    return KeyRing.from_document(json.loads(key_file.read_text()), path=key_file)
+
+
+def rotate_key_file(path: Path) -> str:
+    """Add a fresh KEK to the key file and make it active. Returns its id."""
+    doc = json.loads(path.read_text())
+    kek_id = new_kek_id()
+    while kek_id in doc["keks"]:
+        kek_id = new_kek_id()
+    doc["keks"][kek_id] = _b64e(AESGCM.generate_key(bit_length=256))
+    doc["active"] = kek_id
+    write_key_file(path, doc)
+    return kek_id
+
+
+def retire_key(path: Path, kek_id: str) -> None:
+    """Remove a KEK that is not active (the caller checks no row still uses it)."""
+    doc = json.loads(path.read_text())
+    if doc["active"] == kek_id:
+        raise ValueError("the active key cannot be retired; rotate first")
+    if kek_id not in doc["keks"]:
+        raise ValueError(f"no key {kek_id} in the key file")
+    del doc["keks"][kek_id]
+    write_key_file(path, doc)

@@ -1,0 +1,124 @@
+"""Shared fixtures: every storage-touching test runs on SQLite and on PostgreSQL.
+
+PostgreSQL is the real server on 127.0.0.1:5432 (database ``test``); each test session works in
+its own schema.  If PostgreSQL cannot be reached the PostgreSQL-parametrised tests fail loudly:
+they are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from fhir_server.app import create_app
+from fhir_server.logging import configure_logging
+from fhir_server.settings import Settings
+from resources.sql.engine import Database, migrate
+from resources.sql.tables import Base
+from resources.store import Store
+from security.crypto import KeyRing, generate_key_material
+
+PG_URL = os.environ.get(
+    "FHIRSCHED_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ["sqlite", "postgresql"]
+FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure_logging("warning")
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[str]:
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = Database(PG_URL)
+    try:
+        with admin.engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        raise RuntimeError(
+            f"PostgreSQL at {PG_URL} is unreachable ({exc}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+        ) from exc
+    yield schema
+    with admin.engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def pg_database(schema: str, **kwargs: Any) -> Database:
+    return Database(PG_URL, connect_args={"options": f"-csearch_path={schema}"}, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def _session_dbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    made: dict[str, Any] = {}
+    yield made
+    for db in made.values():
+        db.dispose()
+
+
+def _truncate(db: Database) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with db.engine.begin() as conn:
+        if db.is_sqlite:
+            for name in tables:
+                conn.execute(text(f"DELETE FROM {name}"))
+        else:
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
+
+
+@pytest.fixture(params=BACKENDS)
+def db(
+    request: pytest.FixtureRequest,
+    _session_dbs: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Database:
+    """A migrated, empty database on each backend."""
+    backend: str = request.param
+    if backend not in _session_dbs:
+        if backend == "sqlite":
+            path = tmp_path_factory.mktemp("sqlite") / "fhir.db"
+            database = Database(f"sqlite:///{path}")
+        else:
+            database = pg_database(request.getfixturevalue("pg_schema"))
+        migrate(database)
+        _session_dbs[backend] = database
+    database = _session_dbs[backend]
+    _truncate(database)
+    return database  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def keys() -> KeyRing:
+    return KeyRing.from_document(generate_key_material())
+
+
+@pytest.fixture
+def store(keys: KeyRing) -> Store:
+    return Store(keys, base_url="http://testserver/fhir")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path}/unused.db",
+        key_file=tmp_path / "keys.json",
+        base_url="http://testserver/fhir",
+    )
+
+
+@pytest.fixture
+def client(db: Database, keys: KeyRing, settings: Settings) -> Iterator[TestClient]:
+    """A TestClient over the app on each backend (in-process; see integration/ for uvicorn)."""
+    app = create_app(settings, keys=keys, db=db)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
