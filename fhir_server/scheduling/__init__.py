@@ -1,0 +1,4 @@
+"""The scheduling domain: clinic configuration, availability, rules and booking.
+
+Nothing here imports a web framework.
+"""

@@ -1,0 +1,328 @@
+"""The clinic configuration file (YAML), validated by pydantic.
+
+A clinic writes down how it really works; :func:`load_clinic_config` refuses a bad file with
+the path of the offending field and a plain explanation.  See ``docs/clinic-config.md`` and the
+demo clinic in ``fhir_server/scheduling/demo_clinic.yaml``.
+"""
+
+from __future__ import annotations
+
+from datetime import date, time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Buffer",
+    "ClinicConfig",
+    "ClinicConfigError",
+    "DailyCap",
+    "Exclusion",
+    "Hours",
+    "Location",
+    "NewPatientWindow",
+    "Practitioner",
+    "Rules",
+    "TimeOff",
+    "VisitType",
+    "load_clinic_config",
+    "parse_clinic_config",
+]
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,48}$")]
+
+
+class ClinicConfigError(ValueError):
+    """A clinic file that cannot be used; ``problems`` lists (field path, explanation)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path}: {why}" for path, why in problems)
+        super().__init__(f"{source} is not a valid clinic file:\n{lines}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Coding(_Model):
+    system: str
+    code: str
+    display: str | None = None
+
+
+class Identifier(_Model):
+    system: str
+    value: str
+
+
+class Location(_Model):
+    id: Id
+    name: str
+    address: list[str] = Field(default_factory=list, description="address lines")
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    phone: str | None = None
+
+
+class Practitioner(_Model):
+    id: Id
+    family: str
+    given: list[str] = Field(default_factory=list)
+    prefix: list[str] = Field(default_factory=list)
+    identifiers: list[Identifier] = Field(default_factory=list)
+    specialties: list[Coding] = Field(default_factory=list)
+
+
+class VisitType(_Model):
+    code: Id
+    display: str
+    minutes: int = Field(gt=0, le=8 * 60)
+    patients: Literal["new", "existing", "any"] = "any"
+    practitioners: list[Id] | None = Field(
+        default=None, description="who offers it; omitted means every practitioner"
+    )
+    specialty: Coding | None = None
+
+
+def _parse_hhmm(value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, int):  # YAML reads 09:00 as sexagesimal 540 in YAML 1.1
+        return time(value // 60, value % 60)
+    try:
+        hh, mm = str(value).split(":")
+        return time(int(hh), int(mm))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a time of day like 09:00") from exc
+
+
+class _Window(_Model):
+    days: list[Weekday] = Field(min_length=1)
+    start: time
+    end: time
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> time:
+        return _parse_hhmm(value)
+
+    @model_validator(mode="after")
+    def _order(self) -> _Window:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end:%H:%M} must be after start {self.start:%H:%M}")
+        return self
+
+
+class Hours(_Window):
+    """Weekly hours: one practitioner at one location on some weekdays."""
+
+    practitioner: Id
+    location: Id
+    valid_from: date | None = None
+    valid_until: date | None = None
+
+
+class TimeOff(_Model):
+    """A day or range of days off (holiday, leave), whole days or part of a day."""
+
+    name: str
+    start_date: date
+    end_date: date | None = None
+    practitioners: list[Id] | None = Field(default=None, description="omitted: everyone")
+    start: time | None = None
+    end: time | None = None
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> time | None:
+        return None if value is None else _parse_hhmm(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeOff:
+        if self.end_date is not None and self.end_date < self.start_date:
+            raise ValueError("end_date is before start_date")
+        if (self.start is None) != (self.end is None):
+            raise ValueError("give both start and end for a part-day exception, or neither")
+        if self.start and self.end and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class Buffer(_Model):
+    """Keep free time after a visit type (e.g. 15 minutes after procedures)."""
+
+    after: list[Id] = Field(min_length=1, description="visit type codes")
+    minutes: int = Field(gt=0, le=240)
+    practitioners: list[Id] | None = None
+
+
+class NewPatientWindow(_Model):
+    """New patients may be booked only inside these windows (per practitioner)."""
+
+    practitioners: list[Id] | None = None
+    days: list[Weekday] = Field(min_length=1)
+    start: time
+    end: time
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> time:
+        return _parse_hhmm(value)
+
+
+class Exclusion(_Model):
+    """A practitioner does not offer some visit types (or new patients) on some days."""
+
+    practitioner: Id
+    visit_types: list[Id] | None = None
+    patients: Literal["new", "existing", "any"] = "any"
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS))
+
+
+class DailyCap(_Model):
+    visit_type: Id
+    max: int = Field(ge=0)
+    practitioners: list[Id] | None = None
+
+
+class Rules(_Model):
+    buffers: list[Buffer] = Field(default_factory=list)
+    new_patient_windows: list[NewPatientWindow] = Field(default_factory=list)
+    exclusions: list[Exclusion] = Field(default_factory=list)
+    daily_caps: list[DailyCap] = Field(default_factory=list)
+    min_notice_minutes: int = Field(default=120, ge=0)
+    booking_horizon_days: int = Field(default=56, ge=1, le=730)
+    cancellation_notice_hours: int = Field(default=24, ge=0)
+    max_find_window_days: int = Field(default=31, ge=1, le=366)
+
+
+class ClinicConfig(_Model):
+    """The whole clinic file."""
+
+    name: str
+    timezone: str
+    slot_minutes: int = Field(default=15, gt=0, le=120)
+    horizon_weeks: int = Field(default=8, ge=1, le=104)
+    hold_seconds: int = Field(default=90, ge=10, le=3600)
+    locations: list[Location] = Field(min_length=1)
+    practitioners: list[Practitioner] = Field(min_length=1)
+    visit_types: list[VisitType] = Field(min_length=1)
+    hours: list[Hours] = Field(default_factory=list)
+    exceptions: list[TimeOff] = Field(default_factory=list)
+    rules: Rules = Field(default_factory=Rules)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"{value!r} is not an IANA time zone name such as America/New_York"
+            ) from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @model_validator(mode="after")
+    def _references(self) -> ClinicConfig:
+        """Every id a section names must be defined, and ids must be unique."""
+        for section, ids in (
+            ("locations", [x.id for x in self.locations]),
+            ("practitioners", [x.id for x in self.practitioners]),
+            ("visit_types", [x.code for x in self.visit_types]),
+        ):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"{section}: duplicate id(s) {', '.join(dupes)}")
+        locs = {x.id for x in self.locations}
+        pracs = {x.id for x in self.practitioners}
+        visits = {x.code for x in self.visit_types}
+
+        def check(kind: str, known: set[str], used: list[str] | None, where: str) -> None:
+            for item in used or []:
+                if item not in known:
+                    raise ValueError(f"{where} names unknown {kind} {item!r}")
+
+        for i, h in enumerate(self.hours):
+            check("practitioner", pracs, [h.practitioner], f"hours[{i}]")
+            check("location", locs, [h.location], f"hours[{i}]")
+        for i, v in enumerate(self.visit_types):
+            check("practitioner", pracs, v.practitioners, f"visit_types[{i}]")
+        for i, e in enumerate(self.exceptions):
+            check("practitioner", pracs, e.practitioners, f"exceptions[{i}]")
+        r = self.rules
+        for i, b in enumerate(r.buffers):
+            check("visit type", visits, b.after, f"rules.buffers[{i}]")
+            check("practitioner", pracs, b.practitioners, f"rules.buffers[{i}]")
+        for i, w in enumerate(r.new_patient_windows):
+            check("practitioner", pracs, w.practitioners, f"rules.new_patient_windows[{i}]")
+        for i, x in enumerate(r.exclusions):
+            check("practitioner", pracs, [x.practitioner], f"rules.exclusions[{i}]")
+            check("visit type", visits, x.visit_types, f"rules.exclusions[{i}]")
+        for i, c in enumerate(r.daily_caps):
+            check("visit type", visits, [c.visit_type], f"rules.daily_caps[{i}]")
+            check("practitioner", pracs, c.practitioners, f"rules.daily_caps[{i}]")
+        for v in self.visit_types:
+            if v.minutes % self.slot_minutes:
+                raise ValueError(
+                    f"visit type {v.code} lasts {v.minutes} min, not a multiple of "
+                    f"slot_minutes ({self.slot_minutes})"
+                )
+        return self
+
+    def visit_type(self, code: str) -> VisitType | None:
+        return next((v for v in self.visit_types if v.code == code), None)
+
+    def offers(self, visit: VisitType, practitioner: str) -> bool:
+        return visit.practitioners is None or practitioner in visit.practitioners
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(file)"
+
+
+def parse_clinic_config(data: Any, *, source: str = "clinic file") -> ClinicConfig:
+    try:
+        return ClinicConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            (_path(tuple(e["loc"])), str(e["msg"]).removeprefix("Value error, "))
+            for e in exc.errors()
+        ]
+        raise ClinicConfigError(source, problems) from exc
+
+
+def load_clinic_config(path: Path) -> ClinicConfig:
+    """Read and validate a clinic YAML file."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ClinicConfigError(str(path), [("(file)", f"not valid YAML: {exc}")]) from exc
+    if not isinstance(data, dict):
+        raise ClinicConfigError(str(path), [("(file)", "the file must be a YAML mapping")])
+    return parse_clinic_config(data, source=str(path))
