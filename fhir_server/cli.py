@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
@@ -63,14 +64,18 @@ def serve(host: str | None, port: int | None) -> None:
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1)")
 @click.option("--port", type=int, default=None, help="Port (default 8080)")
-@click.option("--days", type=int, default=14, show_default=True, help="Days of Slots to create")
-def demo(host: str | None, port: int | None, days: int) -> None:
-    """Load the demo clinic (idempotent) and serve it."""
+@click.option("--weeks", type=int, default=2, show_default=True, help="Weeks of Slots to create")
+def demo(host: str | None, port: int | None, weeks: int) -> None:
+    """Load the demo clinic and patients (idempotent) and serve them."""
     from fhir_server.demo import load_demo
 
     settings = _settings(host=host, port=port)
-    counts = load_demo(settings, days=days)
-    click.echo("demo clinic: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())), err=True)
+    report, patients = load_demo(settings, weeks=weeks)
+    click.echo(
+        f"demo clinic: {report.created} resources created, {report.unchanged} unchanged, "
+        f"{report.slots_created} Slots created, {patients['Patient']} patients added",
+        err=True,
+    )
     _serve(settings)
 
 
@@ -178,3 +183,48 @@ def keys_status() -> None:
     with database.read() as conn:
         usage = store.kek_usage(conn)
     click.echo(json.dumps({"active": store.keys.active, "rows_by_key": usage}))
+
+
+@main.group()
+def clinic() -> None:
+    """Clinic configuration (see docs/clinic-config.md)."""
+
+
+@clinic.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--weeks", type=int, default=None, help="Horizon (default: the file's horizon_weeks)")
+def clinic_load(file: Path, weeks: int | None) -> None:
+    """Create or update the clinic's resources from FILE and materialise its Slots.
+
+    Loading the same file again changes nothing; changed hours regenerate free Slots only, and
+    busy Slots that fall outside the new hours are reported, never deleted.
+    """
+    from datetime import datetime
+
+    from fhir_server.scheduling.clinic import load_clinic
+    from fhir_server.scheduling.config import ClinicConfigError, load_clinic_config
+    from resources.sql.engine import Database, migrate
+    from resources.store import Store
+    from security.crypto import load_keyring
+
+    try:
+        config = load_clinic_config(file)
+    except ClinicConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    settings = _settings()
+    keys_json = settings.keys.get_secret_value() if settings.keys else None
+    ring = load_keyring(key_file=settings.key_file, keys_json=keys_json)
+    database = Database(settings.database_url)
+    migrate(database)
+    store = Store(ring, base_url=settings.fhir_base)
+    with database.write() as conn:
+        report = load_clinic(
+            conn, store=store, config=config, today=datetime.now(config.tz).date(), weeks=weeks
+        )
+    click.echo(json.dumps(report.as_dict(), indent=2))
+    if report.outside_hours:
+        click.echo(
+            f"warning: {len(report.outside_hours)} busy Slot(s) fall outside the new hours; "
+            "they were kept — reschedule those appointments",
+            err=True,
+        )

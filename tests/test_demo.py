@@ -1,7 +1,8 @@
-"""The demo clinic loads, is idempotent, and is served by the `fhir-sched` command."""
+"""The demo clinic loads, is idempotent, and the `fhir-sched` commands work."""
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 
@@ -10,12 +11,13 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from fhir_server.cli import main
-from fhir_server.demo import load_demo
+from fhir_server.demo import DEMO_CLINIC, load_demo
+from fhir_server.scheduling.config import load_clinic_config
 from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from resources.store import V
 
-MONDAY = date(2026, 11, 23)
+MONDAY = date(2026, 11, 30)
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -31,26 +33,44 @@ def _versions(settings: Settings) -> int:
         db.dispose()
 
 
-def test_demo_clinic_contents(tmp_path: Path) -> None:
-    counts = load_demo(_settings(tmp_path), days=14, start_day=MONDAY)
-    assert 2 <= counts["Practitioner"] <= 3
-    assert counts["Patient"] >= 3
-    assert counts["Schedule"] == counts["Practitioner"]
-    # 10 weekdays x 16 half-hour slots x each practitioner
-    assert counts["Slot"] == 10 * 16 * counts["Practitioner"]
+def test_demo_clinic_exercises_every_rule() -> None:
+    cfg = load_clinic_config(DEMO_CLINIC)
+    assert 2 <= len(cfg.practitioners) <= 3
+    rules = cfg.rules
+    assert rules.buffers
+    assert rules.new_patient_windows
+    assert rules.exclusions
+    assert rules.daily_caps
+    assert cfg.exceptions
+    assert {v.patients for v in cfg.visit_types} == {"new", "existing", "any"}
+
+
+def test_demo_contents(tmp_path: Path) -> None:
+    report, patients = load_demo(_settings(tmp_path), weeks=2, start_day=MONDAY)
+    assert patients["Patient"] == 4
+    # 2 locations, 5 services, 3 practitioners, 3 roles, 3 schedules
+    assert report.created == 16
+    # two weeks: smith 10 days x 32, evans 8 x 32 + 2 x 16, nguyen 6 x 32, minus the staff
+    # meeting on Wed 2 Dec (one hour: 4 slots for smith and for evans; nguyen 4)
+    assert report.slots_created == 320 + 288 + 192 - 12
 
 
 def test_demo_load_is_idempotent(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    first = load_demo(settings, days=14, start_day=MONDAY)
+    load_demo(settings, weeks=2, start_day=MONDAY)
     before = _versions(settings)
-    assert before == sum(first.values())
-    load_demo(settings, days=14, start_day=MONDAY)
+    report, patients = load_demo(settings, weeks=2, start_day=MONDAY)
+    assert (report.created, report.updated, report.slots_created, patients["Patient"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
     assert _versions(settings) == before
 
 
 def test_key_file_is_private(tmp_path: Path) -> None:
-    load_demo(_settings(tmp_path), days=1, start_day=MONDAY)
+    load_demo(_settings(tmp_path), weeks=1, start_day=MONDAY)
     assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
 
 
@@ -59,6 +79,27 @@ def test_db_upgrade_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     result = CliRunner().invoke(main, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
     assert "up to date" in result.output
+
+
+def test_clinic_load_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIRSCHED_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.setenv("FHIRSCHED_KEY_FILE", str(tmp_path / "keys.json"))
+    first = CliRunner().invoke(main, ["clinic", "load", str(DEMO_CLINIC), "--weeks", "1"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["created"] == 16
+    again = CliRunner().invoke(main, ["clinic", "load", str(DEMO_CLINIC), "--weeks", "1"])
+    assert json.loads(again.output)["unchanged"] == 16
+    assert json.loads(again.output)["slots_created"] == 0
+
+
+def test_clinic_load_refuses_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIRSCHED_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO_CLINIC.read_text().replace("America/New_York", "America/Atlantis"))
+    result = CliRunner().invoke(main, ["clinic", "load", str(bad)])
+    assert result.exit_code != 0
+    assert "timezone" in result.output
+    assert "IANA" in result.output
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3"], ids=["any", "private"])

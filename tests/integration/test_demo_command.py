@@ -27,7 +27,7 @@ def test_demo_command_serves_and_prints_base_url(tmp_path: Path) -> None:
     }
     exe = Path(sys.executable).with_name("fhir-sched")
     proc = subprocess.Popen(
-        [str(exe), "demo", "--port", str(port), "--days", "3"],
+        [str(exe), "demo", "--port", str(port), "--weeks", "1"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
