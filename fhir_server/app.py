@@ -7,6 +7,7 @@ read from the environment at import time.
 from __future__ import annotations
 
 import time
+import traceback
 import uuid
 
 import structlog
@@ -111,7 +112,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         error_id = uuid.uuid4().hex[:12]
         log.error(
-            "http.unexpected_error", error_id=error_id, error_type=type(exc).__name__, exc_info=exc
+            "http.unexpected_error",
+            error_id=error_id,
+            request_id=_request_id(request),
+            error_type=type(exc).__name__,
+            # frames only: exception messages can quote request data (PHI)
+            where=[
+                f"{f.filename}:{f.lineno}:{f.name}"
+                for f in traceback.extract_tb(exc.__traceback__)
+            ][-8:],
         )
         err = FHIRError(
             f"an unexpected error occurred; quote error id {error_id} when reporting it"

@@ -272,17 +272,30 @@ def patch(
         raise PreconditionFailed(
             f'If-Match {if_match} does not match the current version W/"{current.stored.version}"'
         )
-    if not isinstance(operations, list):
-        raise BadRequest("a JSON Patch body is a JSON array of operations")
+    if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+        raise BadRequest("a JSON Patch body is a JSON array of operation objects")
+    # Messages never echo the exception text: jsonpatch quotes the whole document (PHI).
+    paths = ", ".join(str(op.get("path")) for op in operations)
     try:
         document = jsonpatch.JsonPatch(operations)
+    except (jsonpatch.InvalidJsonPatch, TypeError) as exc:
+        raise BadRequest(
+            "malformed JSON Patch: each operation needs a known op (add, remove, replace, "
+            "move, copy, test), a path and, where required, a value or from"
+        ) from exc
+    try:
         patched = document.apply(current.stored.resource())
     except jsonpatch.JsonPatchTestFailed as exc:
-        raise Unprocessable(f"JSON Patch test failed: {exc}") from exc
-    except jsonpatch.JsonPatchConflict as exc:
-        raise Unprocessable(f"JSON Patch cannot be applied: {exc}") from exc
-    except (jsonpatch.InvalidJsonPatch, jsonpatch.JsonPointerException, TypeError) as exc:
-        raise BadRequest(f"malformed JSON Patch: {exc}") from exc
+        raise Unprocessable(f"JSON Patch test operation failed (paths: {paths})") from exc
+    except (
+        jsonpatch.JsonPatchConflict,
+        jsonpatch.JsonPointerException,
+        jsonpatch.InvalidJsonPatch,
+    ) as exc:
+        raise Unprocessable(
+            f"JSON Patch cannot be applied to this resource: a path does not exist or does not "
+            f"fit (paths: {paths})"
+        ) from exc
     if not isinstance(patched, dict):
         raise Unprocessable("the patch replaced the whole resource with a non-object")
     if patched.get("id") != resource_id or patched.get("resourceType") != resource_type:
