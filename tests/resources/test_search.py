@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 
 from tests.builders import (
     FHIR_JSON,
-    create,
     make_appointment,
     make_patient,
     make_practitioner,
