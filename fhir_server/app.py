@@ -118,8 +118,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             error_type=type(exc).__name__,
             # frames only: exception messages can quote request data (PHI)
             where=[
-                f"{f.filename}:{f.lineno}:{f.name}"
-                for f in traceback.extract_tb(exc.__traceback__)
+                f"{f.filename}:{f.lineno}:{f.name}" for f in traceback.extract_tb(exc.__traceback__)
             ][-8:],
         )
         err = FHIRError(
@@ -159,11 +158,6 @@ def create_app(
     app.include_router(metadata.health)
     app.include_router(metadata.router, prefix="/fhir")
     app.include_router(resources.router, prefix="/fhir")
-    app.add_route("/fhir", _base_redirect_guard, methods=["GET"])
     _install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     return app
-
-
-async def _base_redirect_guard(request: Request) -> Response:
-    raise MethodNotAllowed("GET on the FHIR base is not supported; try /fhir/metadata")

@@ -22,6 +22,7 @@ from fhir_server.errors import BadRequest, FHIRError, MethodNotAllowed, Precondi
 from fhir_server.handlers import Context, FHIRResponse, Prefer
 from resources import service
 from resources.service import new_id
+from resources.store import format_instant
 from resources.validation import validate_resource
 
 __all__ = ["process_bundle"]
@@ -132,7 +133,7 @@ def _response_entry(ctx: Context, resp: FHIRResponse, prefer: Prefer) -> dict[st
         response["location"] = resp.headers["Location"]
     if resp.stored is not None:
         response["etag"] = resp.stored.etag
-        response["lastModified"] = resp.stored.last_updated.isoformat()
+        response["lastModified"] = format_instant(resp.stored.last_updated)
     entry: dict[str, Any] = {}
     if resp.stored is not None:
         entry["fullUrl"] = f"{ctx.base_url}/{resp.stored.res_type}/{resp.stored.res_id}"

@@ -20,6 +20,37 @@ __all__ = ["parse_json", "validate_resource"]
 
 MAX_ERRORS = 10
 
+# Required bindings the R4B models do not enforce (they check only the code pattern).
+# See the "Binding" column of each resource's page, e.g. https://hl7.org/fhir/R4/slot.html.
+_CONTACT = ("phone", "fax", "email", "pager", "url", "sms", "other")
+REQUIRED_CODES: dict[str, dict[str, tuple[str, ...]]] = {
+    "Patient": {
+        "gender": ("male", "female", "other", "unknown"),
+        "telecom.system": _CONTACT,
+    },
+    "Practitioner": {"gender": ("male", "female", "other", "unknown"), "telecom.system": _CONTACT},
+    "Location": {"status": ("active", "suspended", "inactive"), "mode": ("instance", "kind")},
+    "Slot": {
+        "status": ("busy", "free", "busy-unavailable", "busy-tentative", "entered-in-error"),
+    },
+    "Appointment": {
+        "status": (
+            "proposed",
+            "pending",
+            "booked",
+            "arrived",
+            "fulfilled",
+            "cancelled",
+            "noshow",
+            "entered-in-error",
+            "checked-in",
+            "waitlist",
+        ),
+        "participant.status": ("accepted", "declined", "tentative", "needs-action"),
+        "participant.required": ("required", "optional", "information-only"),
+    },
+}
+
 
 def parse_json(body: bytes) -> Any:
     """Parse a request body; malformed JSON is a 400 saying where it broke."""
@@ -70,4 +101,17 @@ def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[st
         paths = [_expression(rtype, tuple(e["loc"])) for e in errors]
         detail = "; ".join(f"{p}: {e['msg']}" for p, e in zip(paths, errors, strict=True))
         raise InvalidResource(f"invalid {rtype}: {detail}", expression=paths) from exc
+    _check_codes(rtype, data)
     return data
+
+
+def _check_codes(rtype: str, data: dict[str, Any]) -> None:
+    from resources.indexing import element_values
+
+    for path, allowed in REQUIRED_CODES.get(rtype, {}).items():
+        for value in element_values(data, path):
+            if value not in allowed:
+                raise InvalidResource(
+                    f"invalid {rtype}: {rtype}.{path} must be one of {', '.join(allowed)}",
+                    expression=[f"{rtype}.{path}"],
+                )

@@ -19,7 +19,7 @@ def _headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-@router.post("/", summary="Transaction or batch Bundle")
+@router.post("", summary="Transaction or batch Bundle")
 async def bundle(request: Request, services: ServicesDep) -> Response:
     body = await json_body(request)
     prefer = parse_prefer(request.headers.get("prefer"))

@@ -146,13 +146,22 @@ def test_json_patch_with_test_op(client: TestClient) -> None:
     ("ops", "status"),
     [
         ([{"op": "test", "path": "/name/0/family", "value": "Nope"}], 422),
-        ([{"op": "replace", "path": "/gender", "value": "banana"}], 422),
+        ([{"op": "replace", "path": "/birthDate", "value": "soon"}], 422),
+        ([{"op": "add", "path": "/gender", "value": "banana"}], 422),
         ([{"op": "replace", "path": "/id", "value": "x"}], 422),
         ([{"op": "remove", "path": "/nothing/here"}], 422),
         ([{"op": "explode", "path": "/gender"}], 400),
         ({"op": "replace"}, 400),
     ],
-    ids=["test-fails", "invalid-result", "changes-id", "bad-path", "unknown-op", "not-array"],
+    ids=[
+        "test-fails",
+        "invalid-result",
+        "bad-code",
+        "changes-id",
+        "bad-path",
+        "unknown-op",
+        "not-array",
+    ],
 )
 def test_json_patch_failures(client: TestClient, ops: Any, status: int) -> None:
     p = create(client, make_patient("Smith"))
