@@ -1,0 +1,44 @@
+"""/metadata is generated from the declaration and valid against the R4B models."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.searchparameter import SearchParameter
+
+from conformance.declaration import COMMON_PARAMS, CUSTOM_SEARCH_PARAMETERS, RESOURCE_TYPES
+
+
+def test_capability_statement_matches_declaration(client: TestClient) -> None:
+    r = client.get("/fhir/metadata")
+    assert r.status_code == 200
+    body = r.json()
+    CapabilityStatement.model_validate(body)
+    assert body["fhirVersion"] == "4.0.1"
+    rest = body["rest"][0]
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch"}
+    served = {res["type"]: res for res in rest["resource"]}
+    assert set(served) == set(RESOURCE_TYPES)
+    for rtype, decl in RESOURCE_TYPES.items():
+        res = served[rtype]
+        assert [i["code"] for i in res["interaction"]] == list(decl.interactions)
+        declared = {*decl.params, *COMMON_PARAMS}
+        assert {p["name"] for p in res["searchParam"]} == declared
+        for p in res["searchParam"]:
+            assert p["definition"].startswith(("http://hl7.org/fhir/SearchParameter/", "urn:"))
+    slot_end = next(p for p in served["Slot"]["searchParam"] if p["name"] == "end")
+    assert slot_end["type"] == "date"
+    assert "Slot:schedule" in served["Slot"]["searchInclude"]
+    assert "Slot:schedule" in served["Schedule"]["searchRevInclude"]
+
+
+def test_custom_search_parameter_is_served(client: TestClient) -> None:
+    for sp_id, (base, param) in CUSTOM_SEARCH_PARAMETERS.items():
+        r = client.get(f"/fhir/SearchParameter/{sp_id}")
+        assert r.status_code == 200
+        sp = r.json()
+        SearchParameter.model_validate(sp)
+        assert sp["url"] == param.url
+        assert sp["base"] == [base]
+        assert sp["code"] == param.name
+    assert client.get("/fhir/SearchParameter/nope").status_code == 404
