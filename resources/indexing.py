@@ -13,7 +13,7 @@ from typing import Any
 from conformance.declaration import RESOURCE_TYPES, SearchParam
 from resources import blind
 from resources.fhirdate import MAX_INSTANT, MIN_INSTANT, DateRange, parse_fhir_date
-from resources.normalize import norm_string, norm_token_code
+from resources.normalize import PHONE_SYSTEMS, norm_string, norm_token_code, phone_variants
 from security.crypto import KeyRing
 
 __all__ = ["IndexRows", "element_values", "index_resource", "split_reference"]
@@ -90,6 +90,8 @@ def token_values(value: Any) -> list[tuple[str | None, str]]:
         return [(value.get("system"), value["code"])]
     if isinstance(value.get("value"), str):
         system = value.get("system")
+        if system in PHONE_SYSTEMS:
+            return [(system, v) for v in sorted(phone_variants(value["value"]))]
         return [(system, norm_token_code(system, value["value"]))]
     return []
 
