@@ -14,6 +14,7 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server.errors import (
@@ -84,6 +85,16 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
+def _allowed_methods(request: Request) -> str:
+    """The methods some route serves at this path (Starlette reports only the first route's)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(r.matches(scope)[0] == Match.FULL for r in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FHIRError)
     async def fhir_error(request: Request, exc: FHIRError) -> Response:
@@ -94,7 +105,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         err: FHIRError
         if exc.status_code == 405:
-            err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            err = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}",
+                headers={"Allow": _allowed_methods(request)},  # RFC 9110 §15.5.6
+            )
         elif exc.status_code == 404:
             err = NotFound(f"nothing is served at {request.url.path}")
         else:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +16,9 @@ from resources.sql.engine import Database
 from resources.store import Store
 from resources.validation import parse_json
 
-__all__ = ["Services", "ServicesDep", "fhir_response", "json_body", "run_sync"]
+__all__ = ["Services", "ServicesDep", "fhir_response", "json_body", "run_lookup", "run_sync"]
+
+T = TypeVar("T")
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 PATCH_TYPES = ("application/json-patch+json",)
@@ -29,7 +32,7 @@ class Services:
     ctx: Context
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -77,3 +80,16 @@ def error_response(exc: FHIRError, request_id: str | None = None) -> Response:
 
 async def run_sync(fn: Any, *args: Any) -> Any:
     return await run_in_threadpool(fn, *args)
+
+
+async def run_lookup(services: Services, fn: Callable[[], T]) -> T:
+    """Run a bounded primary-key lookup.
+
+    On the embedded SQLite database the call is an in-process B-tree read that never waits for
+    a lock (WAL readers do not block), so it runs inline: a thread hop costs more than the read
+    and halves throughput (see BENCHMARKS.md). PostgreSQL lookups wait on the network, so they
+    go to the thread pool like everything else.
+    """
+    if services.db.is_sqlite:
+        return fn()
+    return await run_in_threadpool(fn)

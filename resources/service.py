@@ -278,7 +278,7 @@ def patch(
     paths = ", ".join(str(op.get("path")) for op in operations)
     try:
         document = jsonpatch.JsonPatch(operations)
-    except (jsonpatch.InvalidJsonPatch, TypeError) as exc:
+    except (jsonpatch.InvalidJsonPatch, jsonpatch.JsonPointerException, TypeError) as exc:
         raise BadRequest(
             "malformed JSON Patch: each operation needs a known op (add, remove, replace, "
             "move, copy, test), a path and, where required, a value or from"
@@ -287,11 +287,11 @@ def patch(
         patched = document.apply(current.stored.resource())
     except jsonpatch.JsonPatchTestFailed as exc:
         raise Unprocessable(f"JSON Patch test operation failed (paths: {paths})") from exc
-    except (
-        jsonpatch.JsonPatchConflict,
-        jsonpatch.JsonPointerException,
-        jsonpatch.InvalidJsonPatch,
-    ) as exc:
+    except jsonpatch.InvalidJsonPatch as exc:  # an operation lacks its value or from
+        raise BadRequest(
+            f"malformed JSON Patch: an operation lacks a required value or from (paths: {paths})"
+        ) from exc
+    except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPointerException) as exc:
         raise Unprocessable(
             f"JSON Patch cannot be applied to this resource: a path does not exist or does not "
             f"fit (paths: {paths})"

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, Table, and_, delete, insert, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from resources.indexing import IndexRows, index_resource
@@ -39,6 +39,21 @@ INDEX_TABLES: dict[str, Table] = {
     "reference": cast(Table, IdxReference.__table__),
     "blind": cast(Table, IdxBlind.__table__),
 }
+
+
+# Built once: the hot read path skips statement construction and cache-key work.
+_READ_CURRENT = (
+    select(V)
+    .join(
+        R,
+        and_(
+            R.c.res_type == V.c.res_type,
+            R.c.res_id == V.c.res_id,
+            R.c.version == V.c.version,
+        ),
+    )
+    .where(R.c.res_type == bindparam("rtype"), R.c.res_id == bindparam("rid"))
+)
 
 
 class VersionConflict(Exception):
@@ -110,18 +125,7 @@ class Store:
 
     def read(self, conn: Connection, rtype: str, rid: str) -> StoredVersion | None:
         """The current version (possibly a deletion marker), or None if it never existed."""
-        row = conn.execute(
-            select(V)
-            .join(
-                R,
-                and_(
-                    R.c.res_type == V.c.res_type,
-                    R.c.res_id == V.c.res_id,
-                    R.c.version == V.c.version,
-                ),
-            )
-            .where(R.c.res_type == rtype, R.c.res_id == rid)
-        ).first()
+        row = conn.execute(_READ_CURRENT, {"rtype": rtype, "rid": rid}).first()
         return self._open(row) if row is not None else None
 
     def vread(self, conn: Connection, rtype: str, rid: str, version: int) -> StoredVersion | None:

@@ -6,7 +6,14 @@ from fastapi import APIRouter, Request, Response
 
 from fhir_server import bundles, handlers
 from fhir_server.handlers import parse_prefer
-from fhir_server.http import PATCH_TYPES, ServicesDep, fhir_response, json_body, run_sync
+from fhir_server.http import (
+    PATCH_TYPES,
+    ServicesDep,
+    fhir_response,
+    json_body,
+    run_lookup,
+    run_sync,
+)
 
 router = APIRouter()
 
@@ -84,9 +91,14 @@ def type_history(rtype: str, request: Request, services: ServicesDep) -> Respons
 
 
 @router.get("/{rtype}/{rid}", summary="Read")
-def read(rtype: str, rid: str, request: Request, services: ServicesDep) -> Response:
-    with services.db.read() as conn:
-        return fhir_response(handlers.read(services.ctx, conn, rtype, rid, _params(request)))
+async def read(rtype: str, rid: str, request: Request, services: ServicesDep) -> Response:
+    params = _params(request)
+
+    def run() -> handlers.FHIRResponse:
+        with services.db.read() as conn:
+            return handlers.read(services.ctx, conn, rtype, rid, params)
+
+    return fhir_response(await run_lookup(services, run))
 
 
 @router.put("/{rtype}/{rid}", summary="Update (or create with this id)")
@@ -126,6 +138,9 @@ def instance_history(rtype: str, rid: str, request: Request, services: ServicesD
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
-def vread(rtype: str, rid: str, vid: str, services: ServicesDep) -> Response:
-    with services.db.read() as conn:
-        return fhir_response(handlers.vread(services.ctx, conn, rtype, rid, vid))
+async def vread(rtype: str, rid: str, vid: str, services: ServicesDep) -> Response:
+    def run() -> handlers.FHIRResponse:
+        with services.db.read() as conn:
+            return handlers.vread(services.ctx, conn, rtype, rid, vid)
+
+    return fhir_response(await run_lookup(services, run))

@@ -25,7 +25,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 class Database:
     """An engine plus the two kinds of unit of work: ``read()`` and ``write()``."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, pool_size: int | None = None, **engine_kwargs: Any) -> None:
         parsed = make_url(url)
         self.url = url
         self.dialect = parsed.get_backend_name()
@@ -35,14 +35,19 @@ class Database:
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"timeout": 30, "check_same_thread": False},
-                pool_size=pool_size,
-                max_overflow=20,
+                # one connection per worker thread: opening SQLite connections is not free
+                pool_size=pool_size or 40,
+                max_overflow=10,
                 **engine_kwargs,
             )
             _sqlite_pragmas(self.engine)
         else:
             self.engine = create_engine(
-                url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, **engine_kwargs
+                url,
+                pool_size=pool_size or 10,
+                max_overflow=30,
+                pool_recycle=1800,
+                **engine_kwargs,
             )
 
     @property
