@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): see BENCHMARKS.md for the commands and results."""
