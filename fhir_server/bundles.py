@@ -220,7 +220,8 @@ def _create_with_id(ctx: Context, conn: Connection, e: Entry) -> FHIRResponse:
     rtype = segs[0]
     service.check_type(rtype)
     resource = validate_resource(e.resource, expected_type=rtype)
-    stored = service._write(conn, ctx.store, resource, "POST", None)
+    # ids were minted by _resolve_creates (new UUIDs), so no duplicate is possible
+    stored = service._write(conn, ctx.store, resource, "POST", None, fresh_id=True)
     outcome = service.Outcome(201, stored, created=True)
     return handlers.resource_response(ctx, outcome, Prefer(), location=True)
 

@@ -156,9 +156,13 @@ def _write(
     resource: dict[str, Any],
     method: str,
     expected: Current | None,
+    *,
+    fresh_id: bool = False,
 ) -> StoredVersion:
     try:
-        return store.write(conn, resource=resource, method=method, expected=expected)
+        return store.write(
+            conn, resource=resource, method=method, expected=expected, fresh_id=fresh_id
+        )
     except VersionConflict as exc:
         raise Conflict(f"{exc}; read it again and retry") from exc
 
@@ -184,7 +188,8 @@ def create(
         if found:
             return Outcome(200, found[0])
     resource["id"] = new_id()
-    return Outcome(201, _write(conn, store, resource, "POST", None), created=True)
+    stored = _write(conn, store, resource, "POST", None, fresh_id=True)
+    return Outcome(201, stored, created=True)
 
 
 def update(

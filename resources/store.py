@@ -56,6 +56,21 @@ _READ_CURRENT = (
 )
 
 
+_INSERT_HEAD = insert(R).returning(R.c.seq)
+_ADVANCE_HEAD = (
+    update(R)
+    .where(R.c.seq == bindparam("seq_"), R.c.version == bindparam("old"))
+    .values(
+        version=bindparam("version"),
+        last_updated=bindparam("last_updated"),
+        deleted=bindparam("deleted"),
+    )
+)
+_INSERT_VERSION = insert(V)
+_DELETE_INDEX = {k: delete(t).where(t.c.seq == bindparam("seq_")) for k, t in INDEX_TABLES.items()}
+_INSERT_INDEX = {k: insert(t) for k, t in INDEX_TABLES.items()}
+
+
 class VersionConflict(Exception):
     """The row changed (or appeared) since the caller looked: optimistic lock lost."""
 
@@ -180,10 +195,12 @@ class Store:
         resource: dict[str, Any],
         method: str,
         expected: Current | None,
+        fresh_id: bool = False,
     ) -> StoredVersion:
         """Write a new version of ``resource`` (its ``id`` set by the caller).
 
         ``expected`` is what the caller read as current (None: the resource must not exist).
+        ``fresh_id`` says the id was just generated here (a UUID), so it cannot collide.
         Raises :class:`VersionConflict` if that is no longer true.
         """
         rtype, rid = resource["resourceType"], resource["id"]
@@ -195,11 +212,12 @@ class Store:
             "lastUpdated": format_instant(when),
         }
         body = orjson.dumps(resource)
-        seq = self._advance(conn, rtype, rid, expected, version, when, deleted=False)
-        self._insert_version(conn, rtype, rid, version, when, method, body)
-        self._reindex(
-            conn, seq, index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
+        seq = self._advance(
+            conn, rtype, rid, expected, version, when, deleted=False, fresh_id=fresh_id
         )
+        self._insert_version(conn, rtype, rid, version, when, method, body)
+        rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
+        self._reindex(conn, seq, rows, new=expected is None)
         return StoredVersion(rtype, rid, version, when, method, False, body)
 
     def delete(self, conn: Connection, *, rtype: str, rid: str, expected: Current) -> int:
@@ -221,28 +239,32 @@ class Store:
         when: datetime,
         *,
         deleted: bool,
+        fresh_id: bool = False,
     ) -> int:
         if expected is None:
+            head = {
+                "res_type": rtype,
+                "res_id": rid,
+                "version": version,
+                "last_updated": when,
+                "deleted": deleted,
+            }
+            if fresh_id:  # a new UUID: no savepoint needed to survive a duplicate
+                return int(conn.execute(_INSERT_HEAD, head).scalar_one())
             try:
                 with conn.begin_nested():
-                    result = conn.execute(
-                        insert(R).values(
-                            res_type=rtype,
-                            res_id=rid,
-                            version=version,
-                            last_updated=when,
-                            deleted=deleted,
-                        )
-                    )
+                    return int(conn.execute(_INSERT_HEAD, head).scalar_one())
             except IntegrityError as exc:
                 raise VersionConflict(f"{rtype}/{rid} already exists") from exc
-            pk = result.inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
         done = conn.execute(
-            update(R)
-            .where(R.c.seq == expected.seq, R.c.version == expected.version)
-            .values(version=version, last_updated=when, deleted=deleted)
+            _ADVANCE_HEAD,
+            {
+                "seq_": expected.seq,
+                "old": expected.version,
+                "version": version,
+                "last_updated": when,
+                "deleted": deleted,
+            },
         )
         if done.rowcount != 1:
             raise VersionConflict(f"{rtype}/{rid} changed since version {expected.version}")
@@ -274,14 +296,17 @@ class Store:
                 "nonce": sealed.nonce,
                 "ciphertext": sealed.ciphertext,
             }
-        conn.execute(insert(V).values(**values))
+        if body is None:
+            values |= {"kek_id": None, "wrapped_key": None, "nonce": None, "ciphertext": None}
+        conn.execute(_INSERT_VERSION, values)
 
-    def _reindex(self, conn: Connection, seq: int, rows: IndexRows) -> None:
-        for kind, table in INDEX_TABLES.items():
-            conn.execute(delete(table).where(table.c.seq == seq))
+    def _reindex(self, conn: Connection, seq: int, rows: IndexRows, *, new: bool = False) -> None:
+        for kind in INDEX_TABLES:
+            if not new:  # a brand-new resource has no index rows yet
+                conn.execute(_DELETE_INDEX[kind], {"seq_": seq})
             values = getattr(rows, kind)
             if values:
-                conn.execute(insert(table), values)
+                conn.execute(_INSERT_INDEX[kind], values)
 
     # -- key rotation -----------------------------------------------------------------------
     def rewrap_batch(self, conn: Connection, *, limit: int = 500) -> int:
