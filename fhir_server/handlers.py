@@ -227,7 +227,15 @@ def create(
         if_none_exist=headers.get("if-none-exist"),
     )
     prefer = parse_prefer(headers.get("prefer"))
-    return resource_response(ctx, outcome, prefer, location=True)
+    response = resource_response(ctx, outcome, prefer, location=True)
+    if not outcome.created and outcome.stored is not None and prefer.ret == "OperationOutcome":
+        stored = outcome.stored  # If-None-Exist matched: nothing was created or updated
+        response.body = operation_outcome(
+            severity="information",
+            code="informational",
+            diagnostics=f"{stored.res_type}/{stored.res_id} matches If-None-Exist; nothing created",
+        )
+    return response
 
 
 def update(
