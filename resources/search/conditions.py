@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,12 @@ def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+@dataclass
+class Plan:
+    sets: list[Select[Any]] = field(default_factory=list)
+    conds: list[ColumnElement[bool]] = field(default_factory=list)
+
+
 class ConditionBuilder:
     def __init__(self, keys: KeyRing, base_url: str, *, now: datetime | None = None) -> None:
         self.keys = keys
@@ -34,33 +41,64 @@ class ConditionBuilder:
 
     # -- entry points -----------------------------------------------------------------------
     def resource_filter(self, rtype: str, clauses: list[Clause]) -> ColumnElement[bool]:
-        conds: list[ColumnElement[bool]] = [R.c.res_type == rtype, R.c.deleted == false()]
+        """All clauses as one condition on ``resource`` (used for chains and simple callers)."""
+        plan = self.plan(rtype, clauses)
+        return and_(
+            R.c.res_type == rtype,
+            R.c.deleted == false(),
+            *(R.c.seq.in_(s) for s in plan.sets),
+            *plan.conds,
+        )
+
+    def plan(self, rtype: str, clauses: list[Clause]) -> Plan:
+        """Split clauses into candidate ``seq`` sets (index lookups) and other conditions.
+
+        The engine intersects the sets and joins ``resource`` to that small result, so the
+        database drives the search from the index tables instead of scanning ``resource``.
+        """
+        plan = Plan()
         ranges: dict[str, list[Clause]] = {}
         for c in clauses:
             if _is_point_range(c):
                 ranges.setdefault(c.param.name, []).append(c)
+                continue
+            found = self.clause_set(rtype, c)
+            if found is not None:
+                plan.sets.append(found)
             else:
-                conds.append(self.clause(rtype, c))
-        conds.extend(self._point_range(rtype, group) for group in ranges.values())
-        return and_(*conds)
+                plan.conds.append(self.clause(rtype, c))
+        plan.sets.extend(self._point_range(rtype, group) for group in ranges.values())
+        return plan
 
-    def _point_range(self, rtype: str, group: list[Clause]) -> ColumnElement[bool]:
+    def _point_range(self, rtype: str, group: list[Clause]) -> Select[Any]:
         """``start=ge…&start=lt…`` on an instant as ONE index range scan, not two big sets.
 
         For a single-valued instant this is the same as ANDing the clauses one by one.
         """
         table = INDEX_TABLES["date"]
         bounds = [self._date(table.c.low, table.c.high, c.values[0], point=True) for c in group]
-        return R.c.seq.in_(
-            select(table.c.seq).where(
-                table.c.res_type == rtype, table.c.param == group[0].param.name, *bounds
-            )
+        return select(table.c.seq).where(
+            table.c.res_type == rtype, table.c.param == group[0].param.name, *bounds
+        )
+
+    def clause_set(self, rtype: str, clause: Clause) -> Select[Any] | None:
+        """The ``seq`` values a positive index clause matches, or None if it is not one."""
+        param = clause.param
+        if clause.chain is not None:
+            return self._chain_set(rtype, clause)
+        if param.name in ("_id", "_lastUpdated") or clause.modifier in ("missing", "not"):
+            return None
+        table = INDEX_TABLES["blind" if param.phi else param.type]
+        value_cond = or_(*(self._value(rtype, table, param, clause, v) for v in clause.values))
+        return select(table.c.seq).where(
+            table.c.res_type == rtype, table.c.param == param.name, value_cond
         )
 
     def clause(self, rtype: str, clause: Clause) -> ColumnElement[bool]:
         param = clause.param
-        if clause.chain is not None:
-            return self._chain(rtype, clause)
+        found = self.clause_set(rtype, clause)
+        if found is not None:
+            return R.c.seq.in_(found)
         if param.name == "_id":
             cond = R.c.res_id.in_(clause.values)
             return not_(cond) if clause.modifier == "not" else cond
@@ -235,17 +273,17 @@ class ConditionBuilder:
             conds.append(table.c.target_type == ttype)
         return and_(*conds)
 
-    def _chain(self, rtype: str, clause: Clause) -> ColumnElement[bool]:
-        assert clause.chain is not None and clause.target_type is not None
+    def _chain_set(self, rtype: str, clause: Clause) -> Select[Any]:
+        assert clause.chain is not None
+        assert clause.target_type is not None
         inner = select(R.c.res_id).where(self.resource_filter(clause.target_type, [clause.chain]))
         table = INDEX_TABLES["reference"]
-        refs: Select[Any] = select(table.c.seq).where(
+        return select(table.c.seq).where(
             table.c.res_type == rtype,
             table.c.param == clause.param.name,
             table.c.target_type == clause.target_type,
             table.c.target_id.in_(inner),
         )
-        return R.c.seq.in_(refs)
 
 
 def _is_point_range(clause: Clause) -> bool:

@@ -12,7 +12,19 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    FromClause,
+    and_,
+    false,
+    func,
+    intersect,
+    or_,
+    select,
+    true,
+    tuple_,
+)
 
 from fhir_server.errors import BadRequest
 from resources.fhirdate import MAX_INSTANT, MIN_INSTANT
@@ -92,18 +104,38 @@ def run_search(
 ) -> SearchResult:
     """Execute ``query``; ``extra`` conditions (e.g. scope filters) AND onto it."""
     builder = ConditionBuilder(store.keys, store.base_url)
-    where = builder.resource_filter(query.resource_type, query.clauses)
-    if extra:
-        where = and_(where, *extra)
+    plan = builder.plan(query.resource_type, query.clauses)
+    source: FromClause = R
+    seq_col: Any = R.c.seq
+    where: ColumnElement[bool]
+    if plan.sets:
+        # drive from the (small) intersection of index lookups
+        cand = (plan.sets[0] if len(plan.sets) == 1 else intersect(*plan.sets)).subquery("cand")
+        seq_col = cand.c.seq
+        if plan.conds or extra or query.sort:
+            source = R.join(cand, R.c.seq == cand.c.seq)
+        else:
+            # Index rows exist only for live resources of their own type (deletes remove
+            # them), so the candidates need no join: it would tempt the planner into walking
+            # all of resource in key order.
+            source = cand
+    if source is R or plan.conds or extra or query.sort:
+        where = and_(
+            R.c.res_type == query.resource_type,
+            R.c.deleted == false(),
+            *plan.conds,
+            *(extra or []),
+        )
+    else:
+        where = true()
     result = SearchResult()
     if query.total != "none" or query.summary == "count":
-        result.total = int(
-            conn.execute(select(func.count()).select_from(R).where(where)).scalar_one()
-        )
+        total = conn.execute(select(func.count()).select_from(source).where(where)).scalar_one()
+        result.total = int(total)
     if query.summary == "count":
         return result
 
-    exprs = [_sort_expr(k) for k in query.sort] + [R.c.seq]
+    exprs = [_sort_expr(k) for k in query.sort] + [seq_col]
     desc = [k.descending for k in query.sort] + [False]
     page_where = where
     if query.cursor:
@@ -111,7 +143,11 @@ def run_search(
     labelled = [e.label(f"k{i}") for i, e in enumerate(exprs)]
     order = [e.desc() if d else e.asc() for e, d in zip(exprs, desc, strict=True)]
     rows = conn.execute(
-        select(*labelled).where(page_where).order_by(*order).limit(query.count + 1)
+        select(*labelled)
+        .select_from(source)
+        .where(page_where)
+        .order_by(*order)
+        .limit(query.count + 1)
     ).all()
     more = len(rows) > query.count
     rows = rows[: query.count]
