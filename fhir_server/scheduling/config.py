@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -112,15 +113,13 @@ def _parse_hhmm(value: Any) -> time:
         raise ValueError(f"{value!r} is not a time of day like 09:00") from exc
 
 
+TimeOfDay = Annotated[time, BeforeValidator(_parse_hhmm)]
+
+
 class _Window(_Model):
     days: list[Weekday] = Field(min_length=1)
-    start: time
-    end: time
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _time(cls, value: Any) -> time:
-        return _parse_hhmm(value)
+    start: TimeOfDay
+    end: TimeOfDay
 
     @model_validator(mode="after")
     def _order(self) -> _Window:
@@ -145,13 +144,8 @@ class TimeOff(_Model):
     start_date: date
     end_date: date | None = None
     practitioners: list[Id] | None = Field(default=None, description="omitted: everyone")
-    start: time | None = None
-    end: time | None = None
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _time(cls, value: Any) -> time | None:
-        return None if value is None else _parse_hhmm(value)
+    start: TimeOfDay | None = None
+    end: TimeOfDay | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TimeOff:
@@ -172,18 +166,10 @@ class Buffer(_Model):
     practitioners: list[Id] | None = None
 
 
-class NewPatientWindow(_Model):
+class NewPatientWindow(_Window):
     """New patients may be booked only inside these windows (per practitioner)."""
 
     practitioners: list[Id] | None = None
-    days: list[Weekday] = Field(min_length=1)
-    start: time
-    end: time
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _time(cls, value: Any) -> time:
-        return _parse_hhmm(value)
 
 
 class Exclusion(_Model):
