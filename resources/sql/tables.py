@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Index,
     Integer,
@@ -26,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
+    "BusyTime",
     "IdxBlind",
     "IdxDate",
     "IdxReference",
@@ -150,3 +152,27 @@ class IdxBlind(Base):
     param: Mapped[str] = mapped_column(String(64))
     digest: Mapped[bytes] = mapped_column(LargeBinary(16))
     __table_args__ = (Index("ix_idx_blind_lookup", "res_type", "param", "digest", "seq"),)
+
+
+class BusyTime(Base):
+    """Time taken on a Schedule: booked visits, buffers and unexpired holds.
+
+    The double-booking guard lives here, in the database: on PostgreSQL an exclusion
+    constraint over (schedule, time range); on SQLite a trigger that refuses any row overlapping
+    another on the same schedule (writes are serialised by ``BEGIN IMMEDIATE``, so the check and
+    the insert cannot race).  Code that bypasses the booking service is refused all the same.
+    """
+
+    __tablename__ = "busy_time"
+    pk: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[str] = mapped_column(String(64))
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    appointment_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # booked | buffer | held
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (
+        CheckConstraint('start < "end"', name="ck_busy_time_positive"),
+        Index("ix_busy_time_schedule_start", "schedule_id", "start"),
+        Index("ix_busy_time_appointment", "appointment_id"),
+    )
