@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 import traceback
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -29,6 +31,7 @@ from fhir_server.logging import get_logger
 from fhir_server.routes import metadata, resources
 from fhir_server.settings import Settings
 from resources.service import Paging
+from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database, migrate
 from resources.store import Store
 from security.crypto import KeyRing, load_keyring
@@ -161,14 +164,27 @@ def create_app(
         base_url=settings.fhir_base,
         paging=Paging(settings.default_page_size, settings.max_page_size),
     )
+    reader = AsyncReader(db.url) if db.dialect == "postgresql" else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if reader is not None:
+            await reader.open()
+        try:
+            yield
+        finally:
+            if reader is not None:
+                await reader.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="fhir-sched",
         version="0.1.0",
         description="FHIR R4 scheduling server",
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.services = Services(settings=settings, db=db, store=store, ctx=ctx)
+    app.state.services = Services(settings=settings, db=db, store=store, ctx=ctx, reader=reader)
     app.include_router(metadata.health)
     app.include_router(metadata.router, prefix="/fhir")
     app.include_router(resources.router, prefix="/fhir")

@@ -24,6 +24,7 @@ from resources.fhirdate import parse_fhir_date
 from resources.search.engine import SearchResult
 from resources.search.query import SearchQuery
 from resources.service import Outcome, Paging
+from resources.sql.async_reads import AsyncReader
 from resources.store import Store, StoredVersion, format_instant
 
 __all__ = ["Context", "FHIRResponse", "Prefer", "parse_prefer"]
@@ -178,6 +179,21 @@ def read(
     ctx: Context, conn: Connection, rtype: str, rid: str, params: list[tuple[str, str]]
 ) -> FHIRResponse:
     outcome = service.read(conn, store=ctx.store, resource_type=rtype, resource_id=rid)
+    return read_response(ctx, outcome, params)
+
+
+async def read_async(
+    ctx: Context, reader: AsyncReader, rtype: str, rid: str, params: list[tuple[str, str]]
+) -> FHIRResponse:
+    """Read-by-id over an async PostgreSQL connection (same answers as :func:`read`)."""
+    service.check_type(rtype)
+    row = await reader.current(rtype, rid)
+    stored = ctx.store.open_row(row) if row is not None else None
+    outcome = service.read_outcome(stored, resource_type=rtype, resource_id=rid)
+    return read_response(ctx, outcome, params)
+
+
+def read_response(ctx: Context, outcome: Outcome, params: list[tuple[str, str]]) -> FHIRResponse:
     response = resource_response(ctx, outcome, Prefer())
     summary = dict(params).get("_summary")
     elements = dict(params).get("_elements")

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from fhir_server.errors import FHIRError, UnsupportedMediaType
 from fhir_server.handlers import FHIR_JSON, Context, FHIRResponse
 from fhir_server.settings import Settings
+from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.store import Store
 from resources.validation import parse_json
@@ -30,6 +31,7 @@ class Services:
     db: Database
     store: Store
     ctx: Context
+    reader: AsyncReader | None = None  # PostgreSQL only: async read-by-id
 
 
 async def get_services(request: Request) -> Services:

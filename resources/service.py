@@ -40,6 +40,7 @@ __all__ = [
     "parse_etag",
     "patch",
     "read",
+    "read_outcome",
     "search",
     "update",
     "vread",
@@ -88,7 +89,15 @@ def check_id(resource_id: str) -> None:
 # -- reads ---------------------------------------------------------------------------------
 def read(conn: Connection, *, store: Store, resource_type: str, resource_id: str) -> Outcome:
     check_type(resource_type)
-    stored = store.read(conn, resource_type, resource_id)
+    return read_outcome(
+        store.read(conn, resource_type, resource_id),
+        resource_type=resource_type,
+        resource_id=resource_id,
+    )
+
+
+def read_outcome(stored: StoredVersion | None, *, resource_type: str, resource_id: str) -> Outcome:
+    """What a read answers, given the current version as fetched (None: never existed)."""
     if stored is None:
         raise NotFound(f"{resource_type}/{resource_id} does not exist")
     if stored.deleted:

@@ -141,13 +141,13 @@ class Store:
     def read(self, conn: Connection, rtype: str, rid: str) -> StoredVersion | None:
         """The current version (possibly a deletion marker), or None if it never existed."""
         row = conn.execute(_READ_CURRENT, {"rtype": rtype, "rid": rid}).first()
-        return self._open(row) if row is not None else None
+        return self.open_row(row) if row is not None else None
 
     def vread(self, conn: Connection, rtype: str, rid: str, version: int) -> StoredVersion | None:
         row = conn.execute(
             select(V).where(V.c.res_type == rtype, V.c.res_id == rid, V.c.version == version)
         ).first()
-        return self._open(row) if row is not None else None
+        return self.open_row(row) if row is not None else None
 
     def read_many(self, conn: Connection, seqs: Sequence[int]) -> dict[int, StoredVersion]:
         """Current versions by ``resource.seq`` (for search pages and includes)."""
@@ -165,12 +165,13 @@ class Store:
             )
             .where(R.c.seq.in_(list(seqs)))
         ).all()
-        return {row.seq: self._open(row) for row in rows}
+        return {row.seq: self.open_row(row) for row in rows}
 
     def history_rows(self, rows: Iterable[Any]) -> list[StoredVersion]:
-        return [self._open(row) for row in rows]
+        return [self.open_row(row) for row in rows]
 
-    def _open(self, row: Any) -> StoredVersion:
+    def open_row(self, row: Any) -> StoredVersion:
+        """Open a ``resource_version`` row (any object with its column attributes)."""
         body: bytes | None = None
         if not row.deleted:
             body = self.keys.open(

@@ -54,8 +54,13 @@ def pg_schema() -> Iterator[str]:
     admin.dispose()
 
 
+def pg_url(schema: str) -> str:
+    """The PostgreSQL URL confined to ``schema`` (libpq ``options``, as a deployment would)."""
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
 def pg_database(schema: str, **kwargs: Any) -> Database:
-    return Database(PG_URL, connect_args={"options": f"-csearch_path={schema}"}, **kwargs)
+    return Database(pg_url(schema), **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -93,6 +93,10 @@ def type_history(rtype: str, request: Request, services: ServicesDep) -> Respons
 @router.get("/{rtype}/{rid}", summary="Read")
 async def read(rtype: str, rid: str, request: Request, services: ServicesDep) -> Response:
     params = _params(request)
+    if services.reader is not None:
+        return fhir_response(
+            await handlers.read_async(services.ctx, services.reader, rtype, rid, params)
+        )
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:

@@ -1,0 +1,74 @@
+"""Primary-key reads on PostgreSQL through psycopg's asyncio connections.
+
+The rest of the server runs synchronous SQLAlchemy in the thread pool; for the hottest request,
+read-by-id, a thread hop costs more than the query (see BENCHMARKS.md), so on PostgreSQL it
+awaits an async connection instead.  The SQL is the same join the Store runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import namedtuple_row
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.engine import make_url
+
+__all__ = ["AsyncReader"]
+
+_COLUMNS = (
+    "v.res_type, v.res_id, v.version, v.last_updated, v.method, v.deleted, "
+    "v.kek_id, v.wrapped_key, v.nonce, v.ciphertext"
+)
+_CURRENT = (
+    f"SELECT {_COLUMNS} FROM resource_version v JOIN resource r "  # noqa: S608 - constant text
+    "ON r.res_type = v.res_type AND r.res_id = v.res_id AND r.version = v.version "
+    "WHERE r.res_type = %s AND r.res_id = %s"
+)
+_VERSION = (
+    f"SELECT {_COLUMNS} FROM resource_version v "  # noqa: S608 - constant text
+    "WHERE v.res_type = %s AND v.res_id = %s AND v.version = %s"
+)
+
+
+def conninfo(url: str) -> str:
+    """A libpq connection string from a SQLAlchemy ``postgresql+psycopg://`` URL."""
+    u = make_url(url)
+    extra = {k: v if isinstance(v, str) else v[-1] for k, v in u.query.items()}
+    return make_conninfo(
+        host=u.host or "",
+        port=u.port or "",
+        dbname=u.database or "",
+        user=u.username or "",
+        password=u.password or "",
+        **extra,
+    )
+
+
+class AsyncReader:
+    """A small pool of async connections for read-by-id and vread."""
+
+    def __init__(self, url: str, *, max_size: int = 10) -> None:
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo(url),
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            kwargs={"row_factory": namedtuple_row, "autocommit": True},
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def current(self, rtype: str, rid: str) -> Any:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_CURRENT, (rtype, rid))
+            return await cur.fetchone()
+
+    async def version(self, rtype: str, rid: str, version: int) -> Any:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_VERSION, (rtype, rid, version))
+            return await cur.fetchone()
