@@ -170,6 +170,7 @@ class BusyTime(Base):
     end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     appointment_id: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))  # booked | buffer | held
+    visit_type: Mapped[str | None] = mapped_column(String(64))  # for per-day caps and buffers
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (
         CheckConstraint('start < "end"', name="ck_busy_time_positive"),

@@ -26,6 +26,7 @@ def busy(schedule: str, start_min: int, end_min: int, appt: str = "a1") -> dict[
         "end": T0 + timedelta(minutes=end_min),
         "appointment_id": appt,
         "kind": "booked",
+        "visit_type": "follow-up",
         "expires_at": None,
     }
 

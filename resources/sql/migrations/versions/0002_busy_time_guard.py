@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("end", sa.DateTime(timezone=True), nullable=False),
         sa.Column("appointment_id", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("visit_type", sa.String(length=64), nullable=True),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("pk", name=op.f("pk_busy_time")),
         sa.CheckConstraint('start < "end"', name="ck_busy_time_positive"),
