@@ -28,7 +28,8 @@ from fhir_server.errors import (
 from fhir_server.handlers import Context
 from fhir_server.http import Services, error_response
 from fhir_server.logging import get_logger
-from fhir_server.routes import metadata, resources
+from fhir_server.routes import metadata, operations, resources
+from fhir_server.scheduling.config import load_clinic_config
 from fhir_server.settings import Settings
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
@@ -184,9 +185,17 @@ def create_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.services = Services(settings=settings, db=db, store=store, ctx=ctx, reader=reader)
+    app.state.services = Services(
+        settings=settings,
+        db=db,
+        store=store,
+        ctx=ctx,
+        reader=reader,
+        clinic=load_clinic_config(settings.clinic_file) if settings.clinic_file else None,
+    )
     app.include_router(metadata.health)
     app.include_router(metadata.router, prefix="/fhir")
+    app.include_router(operations.router, prefix="/fhir")
     app.include_router(resources.router, prefix="/fhir")
     _install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)

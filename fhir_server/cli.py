@@ -67,9 +67,11 @@ def serve(host: str | None, port: int | None) -> None:
 @click.option("--weeks", type=int, default=2, show_default=True, help="Weeks of Slots to create")
 def demo(host: str | None, port: int | None, weeks: int) -> None:
     """Load the demo clinic and patients (idempotent) and serve them."""
-    from fhir_server.demo import load_demo
+    from fhir_server.demo import DEMO_CLINIC, load_demo
 
     settings = _settings(host=host, port=port)
+    if settings.clinic_file is None:  # $find applies the demo clinic's rules
+        settings = settings.model_copy(update={"clinic_file": DEMO_CLINIC})
     report, patients = load_demo(settings, weeks=weeks)
     click.echo(
         f"demo clinic: {report.created} resources created, {report.unchanged} unchanged, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -17,7 +17,9 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection
 
-from fhir_server.errors import BadRequest, operation_outcome
+from fhir_server.errors import BadRequest, Unprocessable, operation_outcome
+from fhir_server.scheduling.config import ClinicConfig
+from fhir_server.scheduling.find import find_options, parse_find, proposed_appointment
 from fhir_server.shaping import apply_elements, apply_summary
 from resources import service
 from resources.fhirdate import parse_fhir_date
@@ -375,3 +377,30 @@ def _history_cursor(raw: str | None) -> tuple[Any, ...] | None:
         return (datetime.fromisoformat(lu), str(rid), int(ver))
     except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         raise BadRequest("the _cursor value is not one this server issued") from exc
+
+
+def find(
+    ctx: Context,
+    conn: Connection,
+    config: ClinicConfig | None,
+    params: list[tuple[str, Any]],
+    *,
+    now: datetime,
+) -> FHIRResponse:
+    """Appointment/$find: a searchset Bundle of proposed Appointments, ordered by start."""
+    if config is None:
+        raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
+    request = parse_find(params, max_count=ctx.paging.max_count)
+    options = find_options(conn, store=ctx.store, config=config, request=request, now=now)
+    patient = request.patient_id
+    entries = [
+        {
+            "resource": proposed_appointment(config, o, patient_id=patient),
+            "search": {"mode": "match"},
+        }
+        for o in options[: request.count]
+    ]
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(options)}
+    if entries:
+        bundle["entry"] = entries
+    return FHIRResponse(200, bundle)

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_server.errors import FHIRError, UnsupportedMediaType
 from fhir_server.handlers import FHIR_JSON, Context, FHIRResponse
+from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import Settings
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
@@ -32,6 +33,7 @@ class Services:
     store: Store
     ctx: Context
     reader: AsyncReader | None = None  # PostgreSQL only: async read-by-id
+    clinic: ClinicConfig | None = None  # the rules $find applies
 
 
 async def get_services(request: Request) -> Services:

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=500, ge=1, le=10000)
     log_level: str = "info"
     audit_enabled: bool = True
+    clinic_file: Path | None = Field(
+        default=None,
+        description="Clinic file whose rules $find applies (see docs/clinic-config.md)",
+    )
 
     @field_validator("host")
     @classmethod

@@ -1,0 +1,34 @@
+"""Scheduling operations: ``Appointment/$find`` (IHE ITI-115)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request, Response
+
+from fhir_server import handlers
+from fhir_server.http import ServicesDep, fhir_response, json_body, run_sync
+from fhir_server.scheduling.find import parameters_pairs
+
+router = APIRouter()
+
+
+@router.get("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
+def find_get(request: Request, services: ServicesDep) -> Response:
+    params = list(request.query_params.multi_items())
+    with services.db.read() as conn:
+        resp = handlers.find(
+            services.ctx, conn, services.clinic, list(params), now=datetime.now(UTC)
+        )
+    return fhir_response(resp)
+
+
+@router.post("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
+async def find_post(request: Request, services: ServicesDep) -> Response:
+    pairs = parameters_pairs(await json_body(request))
+
+    def run() -> handlers.FHIRResponse:
+        with services.db.read() as conn:
+            return handlers.find(services.ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
+
+    return fhir_response(await run_sync(run))
