@@ -23,7 +23,6 @@ from fhir_server.handlers import Context, FHIRResponse, Prefer
 from resources import service
 from resources.service import new_id
 from resources.store import format_instant
-from resources.validation import validate_resource
 
 __all__ = ["process_bundle"]
 
@@ -165,7 +164,7 @@ def _resolve_creates(
         rtype = segs[0]
         target_id = None
         if "if-none-exist" in e.headers:
-            found = service._conditional_matches(
+            found = service.conditional_matches(
                 conn, store=ctx.store, resource_type=rtype, criteria=e.headers["if-none-exist"]
             )
             if len(found) > 1:
@@ -217,12 +216,13 @@ def transaction(
 def _create_with_id(ctx: Context, conn: Connection, e: Entry) -> FHIRResponse:
     """A transaction POST whose id was assigned while resolving urn:uuid references."""
     segs, _ = _split(e.url, ctx.base_url)
-    rtype = segs[0]
-    service.check_type(rtype)
-    resource = validate_resource(e.resource, expected_type=rtype)
-    # ids were minted by _resolve_creates (new UUIDs), so no duplicate is possible
-    stored = service._write(conn, ctx.store, resource, "POST", None, fresh_id=True)
-    outcome = service.Outcome(201, stored, created=True)
+    outcome = service.create(
+        conn,
+        store=ctx.store,
+        resource_type=segs[0],
+        resource=e.resource,
+        assigned_id=e.resource["id"],
+    )
     return handlers.resource_response(ctx, outcome, Prefer(), location=True)
 
 

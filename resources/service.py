@@ -33,6 +33,7 @@ from resources.validation import validate_resource
 
 __all__ = [
     "Outcome",
+    "conditional_matches",
     "create",
     "delete",
     "history",
@@ -143,7 +144,7 @@ def search(
     return query, run_search(conn, store=store, query=query)
 
 
-def _conditional_matches(
+def conditional_matches(
     conn: Connection, *, store: Store, resource_type: str, criteria: str
 ) -> list[StoredVersion]:
     params = parse_qsl(criteria.lstrip("?"), keep_blank_values=True)
@@ -183,20 +184,22 @@ def create(
     resource_type: str,
     resource: Any,
     if_none_exist: str | None = None,
+    assigned_id: str | None = None,
 ) -> Outcome:
     """POST [base]/[type]: a new resource with a server-assigned id (client ids are ignored)."""
     check_type(resource_type)
     resource = validate_resource(resource, expected_type=resource_type)
     if if_none_exist:
         _lock_conditional(conn, store, resource_type, if_none_exist)
-        found = _conditional_matches(
+        found = conditional_matches(
             conn, store=store, resource_type=resource_type, criteria=if_none_exist
         )
         if len(found) > 1:
             raise PreconditionFailed(f"If-None-Exist matched several {resource_type} resources")
         if found:
             return Outcome(200, found[0])
-    resource["id"] = new_id()
+    # ``assigned_id``: a transaction minted it already (a new UUID) to resolve urn:uuid refs
+    resource["id"] = assigned_id or new_id()
     stored = _write(conn, store, resource, "POST", None, fresh_id=True)
     return Outcome(201, stored, created=True)
 
@@ -248,7 +251,7 @@ def conditional_update(
     check_type(resource_type)
     resource = validate_resource(resource, expected_type=resource_type)
     _lock_conditional(conn, store, resource_type, criteria)
-    found = _conditional_matches(conn, store=store, resource_type=resource_type, criteria=criteria)
+    found = conditional_matches(conn, store=store, resource_type=resource_type, criteria=criteria)
     if len(found) > 1:
         raise PreconditionFailed(f"the criteria matched several {resource_type} resources")
     if found:
