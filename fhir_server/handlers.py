@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import Connection
 
 from fhir_server.errors import BadRequest, Unprocessable, operation_outcome
+from fhir_server.scheduling import booking
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.scheduling.find import find_options, parse_find, proposed_appointment
 from fhir_server.shaping import apply_elements, apply_summary
@@ -404,3 +405,56 @@ def find(
     if entries:
         bundle["entry"] = entries
     return FHIRResponse(200, bundle)
+
+
+def _operation_appointment(params: list[tuple[str, Any]]) -> tuple[Any, str | None]:
+    values = dict(params)
+    resource = values.get("appointment-resource") or values.get("appt-resource")
+    reference = values.get("appointment-reference") or values.get("appt-id")
+    if resource is None and reference is None:
+        raise BadRequest("give appointment-resource or appointment-reference")
+    return resource, reference
+
+
+def hold(
+    ctx: Context,
+    conn: Connection,
+    config: ClinicConfig | None,
+    params: list[tuple[str, Any]],
+    *,
+    now: datetime,
+) -> FHIRResponse:
+    """Appointment/$hold (ITI-116): a pending Appointment and an ``Expires`` header."""
+    if config is None:
+        raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
+    resource, _ = _operation_appointment(params)
+    stored, expires = booking.hold(
+        conn, store=ctx.store, config=config, appointment=resource, now=now
+    )
+    headers = {
+        "Expires": format_datetime(expires.astimezone(UTC), usegmt=True),
+        **version_headers(stored),
+    }
+    return FHIRResponse(200, stored.body, headers, stored)
+
+
+def book(
+    ctx: Context,
+    conn: Connection,
+    config: ClinicConfig | None,
+    params: list[tuple[str, Any]],
+    *,
+    now: datetime,
+) -> FHIRResponse:
+    """Appointment/$book (ITI-117), new bookings: 201 with the booked Appointment."""
+    if config is None:
+        raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
+    resource, reference = _operation_appointment(params)
+    stored = booking.book_new(
+        conn, store=ctx.store, config=config, appointment=resource, reference=reference, now=now
+    )
+    headers = {
+        **version_headers(stored),
+        "Location": f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}",
+    }
+    return FHIRResponse(201, stored.body, headers, stored)

@@ -1,4 +1,4 @@
-"""Scheduling operations: ``Appointment/$find`` (IHE ITI-115)."""
+"""Scheduling operations: ``Appointment/$find``, ``$hold`` and ``$book`` (IHE ITI-115/116/117)."""
 
 from __future__ import annotations
 
@@ -30,5 +30,27 @@ async def find_post(request: Request, services: ServicesDep) -> Response:
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:
             return handlers.find(services.ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
+
+    return fhir_response(await run_sync(run))
+
+
+@router.post("/Appointment/$hold", summary="Hold a proposed appointment (IHE ITI-116)")
+async def hold(request: Request, services: ServicesDep) -> Response:
+    pairs = parameters_pairs(await json_body(request))
+
+    def run() -> handlers.FHIRResponse:
+        with services.db.write() as conn:
+            return handlers.hold(services.ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
+
+    return fhir_response(await run_sync(run))
+
+
+@router.post("/Appointment/$book", summary="Book an appointment (IHE ITI-117)")
+async def book(request: Request, services: ServicesDep) -> Response:
+    pairs = parameters_pairs(await json_body(request))
+
+    def run() -> handlers.FHIRResponse:
+        with services.db.write() as conn:
+            return handlers.book(services.ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
 
     return fhir_response(await run_sync(run))

@@ -166,7 +166,13 @@ def _free_slots(
 
 
 def find_options(
-    conn: Connection, *, store: Store, config: ClinicConfig, request: FindRequest, now: datetime
+    conn: Connection,
+    *,
+    store: Store,
+    config: ClinicConfig,
+    request: FindRequest,
+    now: datetime,
+    ignore_hold: str | None = None,
 ) -> list[Option]:
     """Every bookable option in the window, ordered by start (then practitioner)."""
     _check_window(config, request)
@@ -185,7 +191,11 @@ def find_options(
     all_scheds = [
         schedule_id(p, loc) for p, loc in {(h.practitioner, h.location) for h in config.hours}
     ]
-    busy_rows = _busy(conn, all_scheds, day_start, day_end, now)
+    busy_rows = [
+        b
+        for b in _busy(conn, all_scheds, day_start, day_end, now)
+        if not (ignore_hold and b.kind == "held" and b.appointment_id == ignore_hold)
+    ]
     options: list[Option] = []
     for practitioner, location in pairs:
         sched = schedule_id(practitioner, location)

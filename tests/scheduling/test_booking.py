@@ -1,0 +1,146 @@
+"""Appointment/$hold and $book (new bookings) over HTTP, on both databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, insert, select
+
+from fhir_server.scheduling.config import ClinicConfig
+from resources.sql.engine import Database
+from resources.sql.tables import BusyTime
+from tests.builders import FHIR_JSON
+from tests.scheduling.test_find import MONDAY, existing_patient, find
+
+BT = BusyTime.__table__
+
+
+def params(**values: Any) -> dict[str, Any]:
+    out = []
+    for name, value in values.items():
+        name = name.replace("_", "-")
+        if isinstance(value, dict):
+            out.append({"name": name, "resource": value})
+        else:
+            out.append({"name": name, "valueReference": {"reference": value}})
+    return {"resourceType": "Parameters", "parameter": out}
+
+
+def first_option(client: TestClient, cfg: ClinicConfig, pid: str) -> dict[str, Any]:
+    b = find(client, cfg, MONDAY, "follow-up", **{"patient-reference": pid, "_count": "1"})
+    appt: dict[str, Any] = b.json()["entry"][0]["resource"]
+    return appt
+
+
+def op(client: TestClient, name: str, **values: Any) -> Any:
+    return client.post(f"/fhir/Appointment/${name}", json=params(**values), headers=FHIR_JSON)
+
+
+def count_appointments(client: TestClient, status: str) -> int:
+    r = client.get("/fhir/Appointment", params={"status": status, "_summary": "count"})
+    return int(r.json()["total"])
+
+
+def test_hold_then_book_by_reference(app_client: TestClient, cfg: ClinicConfig) -> None:
+    pid = existing_patient(app_client)
+    proposed = first_option(app_client, cfg, pid)
+    held = op(app_client, "hold", appointment_resource=proposed)
+    assert held.status_code == 200, held.text
+    assert held.json()["status"] == "pending"
+    expires = parsedate_to_datetime(held.headers["expires"])
+    assert timedelta(seconds=60) < expires - datetime.now(UTC) <= timedelta(seconds=91)
+    # held time is invisible to the next $find
+    after_hold = find(app_client, cfg, MONDAY, "follow-up", **{"patient-reference": pid}).json()
+    starts = {
+        (e["resource"]["participant"][0]["actor"]["reference"], e["resource"]["start"])
+        for e in after_hold["entry"]
+    }
+    mine = (proposed["participant"][0]["actor"]["reference"], proposed["start"])
+    assert mine not in starts
+    booked = op(app_client, "book", appointment_reference=f"Appointment/{held.json()['id']}")
+    assert booked.status_code == 201, booked.text
+    appt = booked.json()
+    assert appt["status"] == "booked"
+    assert appt["id"] == held.json()["id"]
+    assert {p["status"] for p in appt["participant"]} == {"accepted"}
+    for slot in appt["slot"]:
+        assert app_client.get(f"/fhir/{slot['reference']}").json()["status"] == "busy"
+
+
+def test_second_booking_of_the_same_time_is_409(app_client: TestClient, cfg: ClinicConfig) -> None:
+    pid = existing_patient(app_client)
+    proposed = first_option(app_client, cfg, pid)
+    first = op(app_client, "book", appointment_resource=proposed)
+    assert first.status_code == 201, first.text
+    second = op(app_client, "book", appointment_resource=proposed)
+    assert second.status_code == 409
+    issue = second.json()["issue"][0]
+    assert issue["code"] == "conflict"
+    assert proposed["start"] in issue["diagnostics"]
+    assert count_appointments(app_client, "booked") == 1
+
+
+def test_held_time_is_not_bookable_by_anyone_else(
+    app_client: TestClient, cfg: ClinicConfig
+) -> None:
+    pid = existing_patient(app_client)
+    proposed = first_option(app_client, cfg, pid)
+    assert op(app_client, "hold", appointment_resource=proposed).status_code == 200
+    other = op(app_client, "book", appointment_resource=proposed)
+    assert other.status_code == 409
+    failed_hold = op(app_client, "hold", appointment_resource=proposed)
+    assert failed_hold.status_code == 404
+    issue = failed_hold.json()["issue"][0]
+    assert (issue["severity"], issue["code"]) == ("fatal", "not-found")
+
+
+def test_an_expired_hold_frees_itself(
+    app_client: TestClient, db: Database, cfg: ClinicConfig
+) -> None:
+    pid = existing_patient(app_client)
+    proposed = first_option(app_client, cfg, pid)
+    start = datetime.fromisoformat(proposed["start"]).astimezone(UTC)
+    with db.write() as conn:  # someone's hold that ran out a second ago; no sweeper runs
+        conn.execute(
+            insert(BT).values(
+                schedule_id="sched-evans-main",
+                start=start,
+                end=start + timedelta(minutes=30),
+                appointment_id="stale",
+                kind="held",
+                visit_type="follow-up",
+                expires_at=datetime.now(UTC) - timedelta(seconds=1),
+            )
+        )
+    booked = op(app_client, "book", appointment_resource=proposed)
+    assert booked.status_code == 201, booked.text
+    with db.read() as conn:
+        kinds = conn.execute(select(BT.c.kind, func.count()).group_by(BT.c.kind)).all()
+    assert dict(kinds) == {"booked": 1}
+
+
+def test_rules_are_checked_again_at_booking(app_client: TestClient, cfg: ClinicConfig) -> None:
+    proposed = first_option(app_client, cfg, existing_patient(app_client))
+    stranger = {**proposed, "participant": proposed["participant"][:2]}  # a new patient now
+    r = op(app_client, "book", appointment_resource=stranger)
+    assert r.status_code == 409
+    assert count_appointments(app_client, "booked") == 0
+
+
+def test_bad_book_requests(app_client: TestClient) -> None:
+    assert op(app_client, "book").status_code == 400
+    r = op(app_client, "book", appointment_reference="Appointment/nope")
+    assert r.status_code == 404
+    r = op(
+        app_client,
+        "book",
+        appointment_resource={
+            "resourceType": "Appointment",
+            "status": "proposed",
+            "participant": [],
+        },
+    )
+    assert r.status_code == 400
