@@ -1,0 +1,91 @@
+"""50 concurrent $book calls for the same time against a real uvicorn: one wins, 49 get 409."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import yaml
+
+from tests.integration.server import running_server, server_env
+
+TZ = ZoneInfo("America/New_York")
+CLINIC = {
+    "name": "Race clinic",
+    "timezone": "America/New_York",
+    "locations": [{"id": "main", "name": "Main"}],
+    "practitioners": [{"id": "smith", "family": "Smith"}],
+    "visit_types": [{"code": "visit", "display": "Visit", "minutes": 30}],
+    "hours": [
+        {
+            "practitioner": "smith",
+            "location": "main",
+            "days": ["mon", "tue", "wed", "thu", "fri"],
+            "start": "09:00",
+            "end": "12:00",
+        }
+    ],
+}
+CALLERS = 50
+
+
+def _monday() -> datetime:
+    day = datetime.now(TZ).date() + timedelta(days=7)
+    day += timedelta(days=(7 - day.weekday()) % 7)
+    return datetime.combine(day, time(0, 0), tzinfo=TZ)
+
+
+def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -> None:
+    clinic = tmp_path / "clinic.yaml"
+    clinic.write_text(yaml.safe_dump(CLINIC))
+    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(clinic))
+    with running_server(tmp_path, env) as server:
+        loaded = server.cli("clinic", "load", str(clinic), "--weeks", "3")
+        assert loaded.returncode == 0, loaded.stderr
+        monday = _monday()
+        found = httpx.get(
+            f"{server.base}/Appointment/$find",
+            params={
+                "start": monday.isoformat(),
+                "end": (monday + timedelta(days=1)).isoformat(),
+                "visit-type": "visit",
+                "_count": "1",
+            },
+            timeout=30,
+        ).json()
+        proposed = found["entry"][0]["resource"]
+        body = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "appointment-resource", "resource": proposed}],
+        }
+        statuses: list[int] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(CALLERS)
+
+        def call() -> None:
+            with httpx.Client(timeout=60) as client:
+                barrier.wait()
+                r = client.post(
+                    f"{server.base}/Appointment/$book",
+                    json=body,
+                    headers={"content-type": "application/fhir+json"},
+                )
+            with lock:
+                statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(CALLERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert sorted(statuses) == [201] + [409] * (CALLERS - 1)
+        booked: Any = httpx.get(
+            f"{server.base}/Appointment", params={"status": "booked", "_summary": "count"}
+        ).json()
+        assert booked["total"] == 1
+        start = datetime.fromisoformat(proposed["start"]).astimezone(UTC)
+        assert start.astimezone(TZ).hour == 9
