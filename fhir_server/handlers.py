@@ -446,10 +446,25 @@ def book(
     *,
     now: datetime,
 ) -> FHIRResponse:
-    """Appointment/$book (ITI-117), new bookings: 201 with the booked Appointment."""
+    """Appointment/$book (ITI-117): book (201), cancel (status cancelled, 200), or reschedule
+    (``cancelled-appt-id``: the old one is cancelled only if the new one is booked; 201)."""
     if config is None:
         raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
     resource, reference = _operation_appointment(params)
+    values = dict(params)
+    if isinstance(resource, dict) and resource.get("status") == "cancelled":
+        if not resource.get("id"):
+            raise BadRequest("a cancellation names the Appointment by its id")
+        stored = booking.cancel(
+            conn,
+            store=ctx.store,
+            appointment_id=str(resource["id"]),
+            reason=resource.get("cancelationReason"),
+        )
+        return FHIRResponse(200, stored.body, version_headers(stored), stored)
+    old = values.get("cancelled-appointment-id") or values.get("cancelled-appt-id")
+    if old:  # one transaction: if the new booking fails, the cancellation rolls back with it
+        booking.cancel(conn, store=ctx.store, appointment_id=str(old).split("/")[-1])
     stored = booking.book_new(
         conn, store=ctx.store, config=config, appointment=resource, reference=reference, now=now
     )

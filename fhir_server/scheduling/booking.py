@@ -25,7 +25,7 @@ from resources.fhirdate import parse_fhir_date
 from resources.sql.tables import BusyTime
 from resources.store import Store, StoredVersion
 
-__all__ = ["HoldFailed", "book_new", "hold"]
+__all__ = ["HoldFailed", "book_new", "cancel", "hold"]
 
 BT = cast(Table, BusyTime.__table__)
 
@@ -230,3 +230,39 @@ def book_new(
 
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cancel(
+    conn: Connection, *, store: Store, appointment_id: str, reason: Any = None
+) -> StoredVersion:
+    """Cancel a booked Appointment: its busy time and buffer are released, its Slots freed."""
+    stored = store.read(conn, "Appointment", appointment_id)
+    if stored is None or stored.deleted:
+        raise NotFound(f"Appointment/{appointment_id} does not exist")
+    appt = stored.resource()
+    if appt.get("status") not in ("booked", "pending"):
+        raise BadRequest(
+            f"Appointment/{appointment_id} is {appt.get('status')}; "
+            "only booked or pending appointments can be cancelled"
+        )
+    conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
+    for slot in appt.get("slot", []):
+        sid = slot["reference"].split("/")[-1]
+        current = store.read(conn, "Slot", sid)
+        if current is not None and not current.deleted:
+            body = {**current.resource(), "status": "free"}
+            body.pop("meta", None)
+            service.update(conn, store=store, resource_type="Slot", resource_id=sid, resource=body)
+    cancelled = {**appt, "status": "cancelled"}
+    cancelled.pop("meta", None)
+    if reason is not None:
+        cancelled["cancelationReason"] = reason
+    outcome = service.update(
+        conn,
+        store=store,
+        resource_type="Appointment",
+        resource_id=appointment_id,
+        resource=cancelled,
+    )
+    assert outcome.stored is not None
+    return outcome.stored

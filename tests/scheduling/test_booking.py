@@ -144,3 +144,41 @@ def test_bad_book_requests(app_client: TestClient) -> None:
         },
     )
     assert r.status_code == 400
+
+
+def test_cancel_frees_the_time(app_client: TestClient, cfg: ClinicConfig) -> None:
+    pid = existing_patient(app_client)
+    proposed = first_option(app_client, cfg, pid)
+    booked = op(app_client, "book", appointment_resource=proposed).json()
+    cancelled = op(app_client, "book", appointment_resource={**booked, "status": "cancelled"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    for slot in booked["slot"]:
+        assert app_client.get(f"/fhir/{slot['reference']}").json()["status"] == "free"
+    again = op(app_client, "book", appointment_resource=proposed)
+    assert again.status_code == 201
+
+
+def _later(client: TestClient, cfg: ClinicConfig, pid: str) -> dict[str, Any]:
+    b = find(client, cfg, MONDAY, "follow-up", **{"patient-reference": pid, "_count": "8"})
+    appt: dict[str, Any] = b.json()["entry"][-1]["resource"]
+    return appt
+
+
+def test_reschedule_is_one_transaction(app_client: TestClient, cfg: ClinicConfig) -> None:
+    pid = existing_patient(app_client)
+    first = op(app_client, "book", appointment_resource=first_option(app_client, cfg, pid)).json()
+    later = _later(app_client, cfg, pid)
+    body = params(appointment_resource=later)
+    body["parameter"].append({"name": "cancelled-appointment-id", "valueId": first["id"]})
+    moved = app_client.post("/fhir/Appointment/$book", json=body, headers=FHIR_JSON)
+    assert moved.status_code == 201, moved.text
+    assert app_client.get(f"/fhir/Appointment/{first['id']}").json()["status"] == "cancelled"
+    # a reschedule onto a taken time changes nothing: the old booking stays booked
+    other = op(app_client, "book", appointment_resource=first_option(app_client, cfg, pid)).json()
+    body = params(appointment_resource=later)
+    body["parameter"].append({"name": "cancelled-appointment-id", "valueId": other["id"]})
+    refused = app_client.post("/fhir/Appointment/$book", json=body, headers=FHIR_JSON)
+    assert refused.status_code == 409
+    assert app_client.get(f"/fhir/Appointment/{other['id']}").json()["status"] == "booked"
+    assert count_appointments(app_client, "booked") == 2
