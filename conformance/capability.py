@@ -13,6 +13,7 @@ from conformance.declaration import (
     RESOURCE_TYPES,
     SearchParam,
 )
+from conformance.operations import OPERATIONS
 
 __all__ = ["capability_statement", "search_parameter_resource"]
 
@@ -49,6 +50,17 @@ def capability_statement(*, base_url: str, released: str) -> dict[str, Any]:
                 "searchInclude": [f"{decl.type}:{p.name}" for p in references] + [f"{decl.type}:*"],
                 "searchRevInclude": incoming,
                 "searchParam": [_param(p) for p in params],
+                **(
+                    {"operation": ops}
+                    if (
+                        ops := [
+                            {"name": op.code, "definition": op.url}
+                            for op in OPERATIONS.values()
+                            if op.resource == decl.type
+                        ]
+                    )
+                    else {}
+                ),
             }
         )
     return {

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection
 
+from conformance.operations import OPERATIONS, parse_operation
 from fhir_server.errors import BadRequest, Unprocessable, operation_outcome
 from fhir_server.scheduling import booking
 from fhir_server.scheduling.config import ClinicConfig
@@ -407,13 +408,15 @@ def find(
     return FHIRResponse(200, bundle)
 
 
-def _operation_appointment(params: list[tuple[str, Any]]) -> tuple[Any, str | None]:
-    values = dict(params)
-    resource = values.get("appointment-resource") or values.get("appt-resource")
-    reference = values.get("appointment-reference") or values.get("appt-id")
+def _operation_appointment(
+    op_id: str, params: list[tuple[str, Any]]
+) -> tuple[Any, str | None, dict[str, list[Any]]]:
+    values = parse_operation(OPERATIONS[op_id], params)
+    resource = values.get("appointment-resource", [None])[0]
+    reference = values.get("appointment-reference", [None])[0]
     if resource is None and reference is None:
         raise BadRequest("give appointment-resource or appointment-reference")
-    return resource, reference
+    return resource, reference, values
 
 
 def hold(
@@ -427,7 +430,7 @@ def hold(
     """Appointment/$hold (ITI-116): a pending Appointment and an ``Expires`` header."""
     if config is None:
         raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
-    resource, _ = _operation_appointment(params)
+    resource, _, _ = _operation_appointment("appointment-hold", params)
     stored, expires = booking.hold(
         conn, store=ctx.store, config=config, appointment=resource, now=now
     )
@@ -450,8 +453,7 @@ def book(
     (``cancelled-appt-id``: the old one is cancelled only if the new one is booked; 201)."""
     if config is None:
         raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
-    resource, reference = _operation_appointment(params)
-    values = dict(params)
+    resource, reference, values = _operation_appointment("appointment-book", params)
     if isinstance(resource, dict) and resource.get("status") == "cancelled":
         if not resource.get("id"):
             raise BadRequest("a cancellation names the Appointment by its id")
@@ -462,7 +464,7 @@ def book(
             reason=resource.get("cancelationReason"),
         )
         return FHIRResponse(200, stored.body, version_headers(stored), stored)
-    old = values.get("cancelled-appointment-id") or values.get("cancelled-appt-id")
+    old = values.get("cancelled-appointment-id", [None])[0]
     if old:  # one transaction: if the new booking fails, the cancellation rolls back with it
         booking.cancel(conn, store=ctx.store, appointment_id=str(old).split("/")[-1])
     stored = booking.book_new(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 from sqlalchemy import text
 
 from conformance.capability import capability_statement, search_parameter_resource
+from conformance.operations import OPERATIONS, operation_definition
 from fhir_server.errors import NotFound
 from fhir_server.handlers import FHIRResponse
 from fhir_server.http import ServicesDep, fhir_response
@@ -27,6 +28,14 @@ def read_search_parameter(sp_id: str) -> Response:
     if found is None:
         raise NotFound(f"SearchParameter/{sp_id} is not defined by this server")
     return fhir_response(FHIRResponse(200, found))
+
+
+@router.get("/OperationDefinition/{op_id}", summary="Read an OperationDefinition")
+def read_operation_definition(op_id: str) -> Response:
+    op = OPERATIONS.get(op_id)
+    if op is None:
+        raise NotFound(f"OperationDefinition/{op_id} is not defined by this server")
+    return fhir_response(FHIRResponse(200, operation_definition(op)))
 
 
 @health.get("/healthz", summary="Liveness")

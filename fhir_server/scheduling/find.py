@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, or_, select
 
+from conformance.operations import OPERATIONS, parse_operation
 from fhir_server.errors import BadRequest
 from fhir_server.scheduling.availability import schedule_id
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
@@ -286,31 +287,6 @@ def proposed_appointment(
     }
 
 
-# IHE ITI-115 names, with the Argonaut Scheduling names accepted as aliases (never emitted).
-ALIASES = {
-    "startTime": "start",
-    "endTime": "end",
-    "provider": "practitioner",
-    "location": "location-reference",
-    "appt-type": "visit-type",
-    "patient-id": "patient-reference",
-}
-KNOWN = {
-    "start",
-    "end",
-    "specialty",
-    "visit-type",
-    "practitioner",
-    "organization",
-    "location-reference",
-    "location-string",
-    "patient-reference",
-    "patient-resource",
-    "reason",
-    "_count",
-}
-
-
 def _instant(name: str, raw: str) -> datetime:
     try:
         value = parse_fhir_date(raw)
@@ -331,15 +307,7 @@ def _ref_id(raw: str, rtype: str) -> str:
 
 def parse_find(params: list[tuple[str, Any]], *, max_count: int = 200) -> FindRequest:
     """Build a FindRequest from GET query pairs or POST Parameters (name, value) pairs."""
-    values: dict[str, list[Any]] = {}
-    for name, value in params:
-        name = ALIASES.get(name, name)
-        if name not in KNOWN:
-            raise BadRequest(f"$find has no parameter {name!r}", expression=[name])
-        values.setdefault(name, []).append(value)
-    for required in ("start", "end", "visit-type"):
-        if required not in values:
-            raise BadRequest(f"$find needs {required}", expression=[required])
+    values = parse_operation(OPERATIONS["appointment-find"], params)
     count = 50
     if "_count" in values:
         try:

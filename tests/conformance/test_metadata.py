@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.operationdefinition import OperationDefinition
 from fhir.resources.R4B.searchparameter import SearchParameter
 
 from conformance.declaration import COMMON_PARAMS, CUSTOM_SEARCH_PARAMETERS, RESOURCE_TYPES
+from conformance.operations import OPERATIONS, parse_operation
+from fhir_server.errors import BadRequest
 
 
 def test_capability_statement_matches_declaration(client: TestClient) -> None:
@@ -42,3 +46,38 @@ def test_custom_search_parameter_is_served(client: TestClient) -> None:
         assert sp["base"] == [base]
         assert sp["code"] == param.name
     assert client.get("/fhir/SearchParameter/nope").status_code == 404
+
+
+def test_operations_are_declared_served_and_listed(client: TestClient) -> None:
+    body = client.get("/fhir/metadata").json()
+    appointment = next(r for r in body["rest"][0]["resource"] if r["type"] == "Appointment")
+    listed = {o["name"]: o["definition"] for o in appointment["operation"]}
+    assert listed == {op.code: op.url for op in OPERATIONS.values()}
+    for op_id, op in OPERATIONS.items():
+        r = client.get(f"/fhir/OperationDefinition/{op_id}")
+        assert r.status_code == 200
+        OperationDefinition.model_validate(r.json())
+        assert r.json()["url"] == op.url
+        names = {p["name"] for p in r.json()["parameter"] if p["use"] == "in"}
+        assert names == {p.name for p in op.parameters}
+        assert not any(alias in names for p in op.parameters for alias in p.aliases)
+    assert client.get("/fhir/OperationDefinition/nope").status_code == 404
+
+
+def test_operation_input_follows_its_declaration() -> None:
+    find = OPERATIONS["appointment-find"]
+    got = parse_operation(
+        find,
+        [
+            ("startTime", "a"),
+            ("end", "b"),
+            ("appt-type", "v"),
+            ("provider", "x"),
+            ("provider", "y"),
+        ],
+    )
+    assert got == {"start": ["a"], "end": ["b"], "visit-type": ["v"], "practitioner": ["x", "y"]}
+    with pytest.raises(BadRequest, match="once"):
+        parse_operation(find, [("start", "a"), ("start", "b"), ("end", "c"), ("visit-type", "v")])
+    with pytest.raises(BadRequest, match="needs end"):
+        parse_operation(find, [("start", "a"), ("visit-type", "v")])

@@ -1,0 +1,168 @@
+"""The scheduling operations, declared once: served as OperationDefinitions, listed in
+``/metadata``, and used to parse each operation's input (names, aliases, cardinality).
+
+Parameter names follow IHE ITI Scheduling 1.0.0 (ITI-115/116/117); the Argonaut Scheduling
+names are accepted as aliases and never emitted.
+See https://profiles.ihe.net/ITI/Scheduling/ and https://hl7.org/fhir/R4/operationdefinition.html.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_server.errors import BadRequest
+
+__all__ = ["OPERATIONS", "OpParam", "OperationDecl", "operation_definition", "parse_operation"]
+
+BASE = "urn:fhir-sched:OperationDefinition/"
+IHE = "https://profiles.ihe.net/ITI/Scheduling/OperationDefinition/"
+
+
+@dataclass(frozen=True, slots=True)
+class OpParam:
+    name: str
+    type: str
+    min: int = 0
+    max: str = "1"
+    doc: str = ""
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OperationDecl:
+    id: str
+    code: str
+    title: str
+    description: str
+    affects_state: bool
+    parameters: tuple[OpParam, ...]
+    resource: str = "Appointment"
+    out: tuple[OpParam, ...] = field(default_factory=tuple)
+
+    @property
+    def url(self) -> str:
+        return BASE + self.id
+
+    def param(self, name: str) -> OpParam | None:
+        return next((p for p in self.parameters if name == p.name or name in p.aliases), None)
+
+
+_FIND = OperationDecl(
+    id="appointment-find",
+    code="find",
+    title="Find bookable appointments (IHE ITI-115)",
+    description="Proposed Appointments for a visit type in a window, after every clinic rule "
+    "for this patient; held and busy time are never offered.",
+    affects_state=False,
+    parameters=(
+        OpParam("start", "dateTime", 1, doc="window start, with an offset", aliases=("startTime",)),
+        OpParam("end", "dateTime", 1, doc="window end, with an offset", aliases=("endTime",)),
+        OpParam("specialty", "Coding", 0, "*", doc="practitioner specialty (system|code)"),
+        OpParam(
+            "visit-type",
+            "Coding",
+            1,
+            doc="a visit type code from the clinic file",
+            aliases=("appt-type",),
+        ),
+        OpParam("practitioner", "Reference", 0, "*", aliases=("provider",)),
+        OpParam("organization", "Reference", doc="accepted; this server serves one clinic"),
+        OpParam("location-reference", "Reference", 0, "*", aliases=("location",)),
+        OpParam("location-string", "string", doc="part of a location's name"),
+        OpParam("patient-reference", "Reference", aliases=("patient-id",)),
+        OpParam("patient-resource", "Patient", doc="matched by identifier or name + birth date"),
+        OpParam("reason", "CodeableConcept", 0, "*", doc="accepted, not used for matching"),
+        OpParam("_count", "integer", doc="most options to return"),
+    ),
+    out=(OpParam("return", "Bundle", 1, doc="searchset of proposed Appointments"),),
+)
+_APPOINTMENT_IN = (
+    OpParam(
+        "appointment-resource",
+        "Appointment",
+        aliases=("appt-resource",),
+        doc="a proposed Appointment from $find (or, for $book, one with status cancelled)",
+    ),
+    OpParam(
+        "appointment-reference",
+        "Reference",
+        aliases=("appt-id",),
+        doc="a pending (held) Appointment",
+    ),
+)
+_HOLD = OperationDecl(
+    id="appointment-hold",
+    code="hold",
+    title="Hold an appointment (IHE ITI-116)",
+    description="Hold a proposed Appointment for the clinic's hold time (Expires header).",
+    affects_state=True,
+    parameters=_APPOINTMENT_IN,
+    out=(OpParam("return", "Appointment", 1),),
+)
+_BOOK = OperationDecl(
+    id="appointment-book",
+    code="book",
+    title="Book, cancel or reschedule an appointment (IHE ITI-117)",
+    description="Book a proposed or held Appointment, cancel one (status cancelled), or "
+    "reschedule (cancelled-appointment-id) in one transaction.",
+    affects_state=True,
+    parameters=(
+        *_APPOINTMENT_IN,
+        OpParam(
+            "cancelled-appointment-id",
+            "id",
+            aliases=("cancelled-appt-id",),
+            doc="the booked Appointment this booking replaces",
+        ),
+    ),
+    out=(OpParam("return", "Appointment", 1),),
+)
+OPERATIONS: dict[str, OperationDecl] = {op.id: op for op in (_FIND, _HOLD, _BOOK)}
+
+
+def parse_operation(op: OperationDecl, pairs: list[tuple[str, Any]]) -> dict[str, list[Any]]:
+    """Input (name, value) pairs → values by declared name, checked against the declaration."""
+    values: dict[str, list[Any]] = {}
+    for name, value in pairs:
+        param = op.param(name)
+        if param is None:
+            raise BadRequest(f"${op.code} has no parameter {name!r}", expression=[name])
+        values.setdefault(param.name, []).append(value)
+    for param in op.parameters:
+        got = len(values.get(param.name, []))
+        if got < param.min:
+            raise BadRequest(f"${op.code} needs {param.name}", expression=[param.name])
+        if param.max == "1" and got > 1:
+            raise BadRequest(f"${op.code} takes {param.name} once", expression=[param.name])
+    return values
+
+
+def _param_json(p: OpParam, use: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": p.name, "use": use, "min": p.min, "max": p.max}
+    if p.doc:
+        out["documentation"] = p.doc
+    out["type"] = p.type
+    return out
+
+
+def operation_definition(op: OperationDecl) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationDefinition",
+        "id": op.id,
+        "url": op.url,
+        "name": op.title.split(" (")[0].title().replace(" ", ""),
+        "title": op.title,
+        "status": "active",
+        "kind": "operation",
+        "description": op.description,
+        "affectsState": op.affects_state,
+        "code": op.code,
+        "base": IHE + op.id,
+        "resource": [op.resource],
+        "system": False,
+        "type": True,
+        "instance": False,
+        "parameter": [_param_json(p, "in") for p in op.parameters]
+        + [_param_json(p, "out") for p in op.out],
+    }
