@@ -448,12 +448,20 @@ def book(
     params: list[tuple[str, Any]],
     *,
     now: datetime,
+    idempotency_key: str | None = None,
 ) -> FHIRResponse:
     """Appointment/$book (ITI-117): book (201), cancel (status cancelled, 200), or reschedule
     (``cancelled-appt-id``: the old one is cancelled only if the new one is booked; 201)."""
     if config is None:
         raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
     resource, reference, values = _operation_appointment("appointment-book", params)
+    key = _idempotency_key(idempotency_key, resource)
+    if key is not None:
+        prior = booking.claim_key(conn, key, now)
+        if prior is not None:  # a retry: the first result, never a second booking
+            first = ctx.store.vread(conn, prior.res_type, prior.res_id, prior.version)
+            assert first is not None
+            return FHIRResponse(int(prior.status), first.body, version_headers(first), first)
     if isinstance(resource, dict) and resource.get("status") == "cancelled":
         if not resource.get("id"):
             raise BadRequest("a cancellation names the Appointment by its id")
@@ -463,6 +471,8 @@ def book(
             appointment_id=str(resource["id"]),
             reason=resource.get("cancelationReason"),
         )
+        if key is not None:
+            booking.remember(conn, key, 200, stored)
         return FHIRResponse(200, stored.body, version_headers(stored), stored)
     old = values.get("cancelled-appointment-id", [None])[0]
     if old:  # one transaction: if the new booking fails, the cancellation rolls back with it
@@ -470,8 +480,34 @@ def book(
     stored = booking.book_new(
         conn, store=ctx.store, config=config, appointment=resource, reference=reference, now=now
     )
+    if key is not None:
+        booking.remember(conn, key, 201, stored)
     headers = {
         **version_headers(stored),
         "Location": f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}",
     }
     return FHIRResponse(201, stored.body, headers, stored)
+
+
+def _idempotency_key(header: str | None, resource: Any) -> str | None:
+    """``Idempotency-Key`` header, else the Appointment's first identifier (system|value)."""
+    if header:
+        return f"header:{header.strip()[:150]}"
+    if isinstance(resource, dict):
+        for ident in resource.get("identifier", []):
+            if isinstance(ident, dict) and ident.get("value"):
+                return f"identifier:{ident.get('system', '')}|{ident['value']}"[:200]
+    return None
+
+
+def replay_book(
+    ctx: Context, conn: Connection, key_header: str | None, params: list[tuple[str, Any]]
+) -> FHIRResponse | None:
+    """After losing a race on the idempotency key: the winner's result."""
+    resource = dict(params).get("appointment-resource")
+    key = _idempotency_key(key_header, resource)
+    found = booking.replay(conn, ctx.store, key) if key else None
+    if found is None:
+        return None
+    status, stored = found
+    return FHIRResponse(status, stored.body, version_headers(stored), stored)

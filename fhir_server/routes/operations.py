@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request, Response
 
 from fhir_server import handlers
+from fhir_server.errors import Conflict
 from fhir_server.http import ServicesDep, fhir_response, json_body, run_sync
+from fhir_server.scheduling.booking import KeyInFlight
 from fhir_server.scheduling.find import parameters_pairs
 
 router = APIRouter()
@@ -48,9 +50,20 @@ async def hold(request: Request, services: ServicesDep) -> Response:
 @router.post("/Appointment/$book", summary="Book an appointment (IHE ITI-117)")
 async def book(request: Request, services: ServicesDep) -> Response:
     pairs = parameters_pairs(await json_body(request))
+    key = request.headers.get("idempotency-key")
 
     def run() -> handlers.FHIRResponse:
-        with services.db.write() as conn:
-            return handlers.book(services.ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        try:
+            with services.db.write() as conn:
+                return handlers.book(
+                    services.ctx, conn, services.clinic, pairs, now=now, idempotency_key=key
+                )
+        except KeyInFlight:
+            with services.db.read() as conn:
+                replayed = handlers.replay_book(services.ctx, conn, key, pairs)
+            if replayed is None:
+                raise Conflict("a request with this idempotency key is still in progress") from None
+            return replayed
 
     return fhir_response(await run_sync(run))

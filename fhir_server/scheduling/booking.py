@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, delete, insert, or_
+from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import BadRequest, Conflict, FHIRError, NotFound
@@ -22,12 +22,22 @@ from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.scheduling.find import FindRequest, find_options
 from resources import service
 from resources.fhirdate import parse_fhir_date
-from resources.sql.tables import BusyTime
+from resources.sql.tables import BusyTime, IdempotencyKey
 from resources.store import Store, StoredVersion
 
-__all__ = ["HoldFailed", "book_new", "cancel", "hold"]
+__all__ = [
+    "HoldFailed",
+    "KeyInFlight",
+    "book_new",
+    "cancel",
+    "claim_key",
+    "hold",
+    "remember",
+    "replay",
+]
 
 BT = cast(Table, BusyTime.__table__)
+IK = cast(Table, IdempotencyKey.__table__)
 
 
 class HoldFailed(FHIRError):
@@ -266,3 +276,52 @@ def cancel(
     )
     assert outcome.stored is not None
     return outcome.stored
+
+
+class KeyInFlight(Exception):
+    """Another request with the same idempotency key committed first: replay its result."""
+
+
+def claim_key(conn: Connection, key: str, now: datetime) -> Any:
+    """The first result recorded under ``key``, or None after reserving it for this request.
+
+    The reservation is a row insert: a concurrent request with the same key waits on it and
+    then fails with :class:`KeyInFlight`, so a retried ``$book`` never books twice.
+    """
+    prior = conn.execute(select(IK).where(IK.c.key == key, IK.c.status > 0)).first()
+    if prior is not None:
+        return prior
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(IK).values(
+                    key=key,
+                    operation="book",
+                    status=0,
+                    res_type="",
+                    res_id="",
+                    version=0,
+                    created=now,
+                )
+            )
+    except DBAPIError as exc:
+        raise KeyInFlight(key) from exc
+    return None
+
+
+def remember(conn: Connection, key: str, status: int, stored: StoredVersion) -> None:
+    conn.execute(
+        update(IK)
+        .where(IK.c.key == key)
+        .values(
+            status=status, res_type=stored.res_type, res_id=stored.res_id, version=stored.version
+        )
+    )
+
+
+def replay(conn: Connection, store: Store, key: str) -> tuple[int, StoredVersion] | None:
+    prior = conn.execute(select(IK).where(IK.c.key == key, IK.c.status > 0)).first()
+    if prior is None:
+        return None
+    stored = store.vread(conn, prior.res_type, prior.res_id, prior.version)
+    return (int(prior.status), stored) if stored is not None else None

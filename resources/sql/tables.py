@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Base",
     "BusyTime",
+    "IdempotencyKey",
     "IdxBlind",
     "IdxDate",
     "IdxReference",
@@ -177,3 +178,16 @@ class BusyTime(Base):
         Index("ix_busy_time_schedule_start", "schedule_id", "start"),
         Index("ix_busy_time_appointment", "appointment_id"),
     )
+
+
+class IdempotencyKey(Base):
+    """The first result of a ``$book`` retried with the same key (header or identifier)."""
+
+    __tablename__ = "idempotency_key"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(32))
+    status: Mapped[int] = mapped_column(Integer)
+    res_type: Mapped[str] = mapped_column(String(64))
+    res_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -89,3 +89,53 @@ def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -
         assert booked["total"] == 1
         start = datetime.fromisoformat(proposed["start"]).astimezone(UTC)
         assert start.astimezone(TZ).hour == 9
+
+
+def test_concurrent_retries_with_one_key_book_once(tmp_path: Path, database_url: str) -> None:
+    clinic = tmp_path / "clinic.yaml"
+    clinic.write_text(yaml.safe_dump(CLINIC))
+    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(clinic))
+    with running_server(tmp_path, env) as server:
+        assert server.cli("clinic", "load", str(clinic), "--weeks", "3").returncode == 0
+        monday = _monday()
+        found = httpx.get(
+            f"{server.base}/Appointment/$find",
+            params={
+                "start": monday.isoformat(),
+                "end": (monday + timedelta(days=1)).isoformat(),
+                "visit-type": "visit",
+                "_count": "1",
+            },
+            timeout=30,
+        ).json()
+        body = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "appointment-resource", "resource": found["entry"][0]["resource"]}
+            ],
+        }
+        results: list[tuple[int, str]] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(10)
+
+        def call() -> None:
+            with httpx.Client(timeout=60) as client:
+                barrier.wait()
+                r = client.post(
+                    f"{server.base}/Appointment/$book",
+                    json=body,
+                    headers={
+                        "content-type": "application/fhir+json",
+                        "idempotency-key": "same-key",
+                    },
+                )
+            with lock:
+                results.append((r.status_code, r.json().get("id", "")))
+
+        threads = [threading.Thread(target=call) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert {status for status, _ in results} == {201}
+        assert len({rid for _, rid in results}) == 1

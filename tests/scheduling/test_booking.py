@@ -182,3 +182,29 @@ def test_reschedule_is_one_transaction(app_client: TestClient, cfg: ClinicConfig
     assert refused.status_code == 409
     assert app_client.get(f"/fhir/Appointment/{other['id']}").json()["status"] == "booked"
     assert count_appointments(app_client, "booked") == 2
+
+
+def test_retry_with_idempotency_key_books_once(app_client: TestClient, cfg: ClinicConfig) -> None:
+    proposed = first_option(app_client, cfg, existing_patient(app_client))
+    body = params(appointment_resource=proposed)
+    headers = {**FHIR_JSON, "idempotency-key": "retry-1"}
+    first = app_client.post("/fhir/Appointment/$book", json=body, headers=headers)
+    again = app_client.post("/fhir/Appointment/$book", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert count_appointments(app_client, "booked") == 1
+    other_key = app_client.post(
+        "/fhir/Appointment/$book", json=body, headers={**FHIR_JSON, "idempotency-key": "retry-2"}
+    )
+    assert other_key.status_code == 409
+
+
+def test_appointment_identifier_is_an_idempotency_key(
+    app_client: TestClient, cfg: ClinicConfig
+) -> None:
+    proposed = first_option(app_client, cfg, existing_patient(app_client))
+    proposed["identifier"] = [{"system": "urn:client", "value": "req-77"}]
+    first = op(app_client, "book", appointment_resource=proposed)
+    again = op(app_client, "book", appointment_resource=proposed)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert first.json()["id"] == again.json()["id"]
