@@ -1,0 +1,127 @@
+"""A random concurrent mix of 500+ book, cancel and reschedule calls on a real uvicorn.
+
+Afterwards no schedule has overlapping busy time (checked in SQL) and every booked
+Appointment's Slots are busy.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from sqlalchemy import text
+
+from resources.sql.engine import Database
+from tests.integration.server import running_server, server_env
+from tests.integration.test_booking_race import _monday
+
+H = {"content-type": "application/fhir+json"}
+CLINIC = {
+    "name": "Mix clinic",
+    "timezone": "America/New_York",
+    "locations": [{"id": "main", "name": "Main"}],
+    "practitioners": [{"id": "smith", "family": "Smith"}, {"id": "evans", "family": "Evans"}],
+    "visit_types": [{"code": "visit", "display": "Visit", "minutes": 30}],
+    "hours": [
+        {
+            "practitioner": p,
+            "location": "main",
+            "days": ["mon", "tue", "wed", "thu", "fri"],
+            "start": "09:00",
+            "end": "12:00",
+        }
+        for p in ("smith", "evans")
+    ],
+}
+WORKERS = 8
+CALLS_EACH = 70  # 560 calls in all
+
+OVERLAPS = """
+SELECT count(*) FROM busy_time a JOIN busy_time b
+  ON a.schedule_id = b.schedule_id AND a.pk < b.pk AND a.start < b."end" AND b.start < a."end"
+"""
+
+
+def _params(resource: dict[str, Any], old: str | None = None) -> dict[str, Any]:
+    p: list[dict[str, Any]] = [{"name": "appointment-resource", "resource": resource}]
+    if old:
+        p.append({"name": "cancelled-appointment-id", "valueId": old})
+    return {"resourceType": "Parameters", "parameter": p}
+
+
+def test_random_mix_leaves_no_overlap(tmp_path: Path, database_url: str) -> None:
+    clinic = tmp_path / "clinic.yaml"
+    clinic.write_text(yaml.safe_dump(CLINIC))
+    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(clinic))
+    with running_server(tmp_path, env) as server:
+        assert server.cli("clinic", "load", str(clinic), "--weeks", "3").returncode == 0
+        monday = _monday()
+        found = httpx.get(
+            f"{server.base}/Appointment/$find",
+            params={
+                "start": monday.isoformat(),
+                "end": (monday + timedelta(days=5)).isoformat(),
+                "visit-type": "visit",
+                "_count": "500",
+            },
+            timeout=60,
+        ).json()
+        options = [e["resource"] for e in found["entry"]]
+        assert len(options) == 2 * 5 * 11
+        booked: list[dict[str, Any]] = []
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def worker(seed: int) -> None:
+            rnd = random.Random(seed)
+            with httpx.Client(base_url=server.base, timeout=60) as c:
+                for _ in range(CALLS_EACH):
+                    kind = rnd.random()
+                    with lock:
+                        mine = rnd.choice(booked) if booked else None
+                    if kind < 0.5 or mine is None:
+                        r = c.post(
+                            "/Appointment/$book", json=_params(rnd.choice(options)), headers=H
+                        )
+                    elif kind < 0.75:
+                        r = c.post(
+                            "/Appointment/$book",
+                            json=_params({**mine, "status": "cancelled"}),
+                            headers=H,
+                        )
+                    else:
+                        r = c.post(
+                            "/Appointment/$book",
+                            json=_params(rnd.choice(options), mine["id"]),
+                            headers=H,
+                        )
+                    with lock:
+                        statuses.append(r.status_code)
+                        if r.status_code == 201:
+                            booked.append(r.json())
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert len(statuses) == WORKERS * CALLS_EACH
+        assert not [s for s in statuses if s >= 500]
+        assert statuses.count(201) > 20
+        db = Database(database_url)
+        try:
+            with db.read() as conn:
+                assert conn.execute(text(OVERLAPS)).scalar_one() == 0
+        finally:
+            db.dispose()
+        with httpx.Client(base_url=server.base, timeout=60) as c:
+            live = c.get("/Appointment", params={"status": "booked", "_count": "500"}).json()
+            assert live.get("total", 0) > 0
+            for entry in live.get("entry", []):
+                for slot in entry["resource"]["slot"]:
+                    assert c.get(f"/{slot['reference']}").json()["status"] == "busy"
