@@ -6,11 +6,13 @@ read from the environment at import time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -29,7 +31,8 @@ from fhir_server.handlers import Context
 from fhir_server.http import Services, error_response
 from fhir_server.logging import get_logger
 from fhir_server.routes import metadata, operations, resources
-from fhir_server.scheduling.config import load_clinic_config
+from fhir_server.scheduling.clinic import load_clinic
+from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from fhir_server.settings import Settings
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
@@ -68,7 +71,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)
 
@@ -83,6 +87,24 @@ class RequestContextMiddleware:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
+
+
+async def _extend_horizon(db: Database, store: Store, clinic: ClinicConfig, every: int) -> None:
+    """The scheduled job: keep the rolling Slot horizon materialised (idempotent)."""
+    while True:
+        await asyncio.sleep(every)
+
+        def run() -> None:
+            with db.write() as conn:
+                report = load_clinic(
+                    conn, store=store, config=clinic, today=datetime.now(clinic.tz).date()
+                )
+            log.info("clinic.horizon_extended", slots_created=report.slots_created)
+
+        try:
+            await asyncio.to_thread(run)
+        except Exception as exc:  # noqa: BLE001 - a failed run is logged and retried next time
+            log.error("clinic.horizon_failed", error_type=type(exc).__name__)
 
 
 def _request_id(request: Request) -> str | None:
@@ -171,9 +193,18 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if reader is not None:
             await reader.open()
+        job = None
+        clinic = app.state.services.clinic
+        if clinic is not None and settings.clinic_refresh_seconds:
+            job = asyncio.create_task(
+                _extend_horizon(db, store, clinic, settings.clinic_refresh_seconds)
+            )
         try:
             yield
         finally:
+            if job is not None:
+                job.cancel()
+                await asyncio.gather(job, return_exceptions=True)
             if reader is not None:
                 await reader.close()
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=500, ge=1, le=10000)
     log_level: str = "info"
     audit_enabled: bool = True
+    clinic_refresh_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="Extend the clinic's Slot horizon this often while serving (0: never)",
+    )
     clinic_file: Path | None = Field(
         default=None,
         description="Clinic file whose rules $find applies (see docs/clinic-config.md)",
