@@ -381,6 +381,12 @@ def _history_cursor(raw: str | None) -> tuple[Any, ...] | None:
         raise BadRequest("the _cursor value is not one this server issued") from exc
 
 
+def _clinic(config: ClinicConfig | None) -> ClinicConfig:
+    if config is None:
+        raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
+    return config
+
+
 def find(
     ctx: Context,
     conn: Connection,
@@ -390,8 +396,7 @@ def find(
     now: datetime,
 ) -> FHIRResponse:
     """Appointment/$find: a searchset Bundle of proposed Appointments, ordered by start."""
-    if config is None:
-        raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
+    config = _clinic(config)
     request = parse_find(params, max_count=ctx.paging.max_count)
     options = find_options(conn, store=ctx.store, config=config, request=request, now=now)
     patient = request.patient_id
@@ -428,8 +433,7 @@ def hold(
     now: datetime,
 ) -> FHIRResponse:
     """Appointment/$hold (ITI-116): a pending Appointment and an ``Expires`` header."""
-    if config is None:
-        raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
+    config = _clinic(config)
     resource, _, _ = _operation_appointment("appointment-hold", params)
     stored, expires = booking.hold(
         conn, store=ctx.store, config=config, appointment=resource, now=now
@@ -452,8 +456,7 @@ def book(
 ) -> FHIRResponse:
     """Appointment/$book (ITI-117): book (201), cancel (status cancelled, 200), or reschedule
     (``cancelled-appt-id``: the old one is cancelled only if the new one is booked; 201)."""
-    if config is None:
-        raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
+    config = _clinic(config)
     resource, reference, values = _operation_appointment("appointment-book", params)
     key = _idempotency_key(idempotency_key, resource)
     if key is not None:

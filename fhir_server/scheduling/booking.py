@@ -117,6 +117,17 @@ def _still_offered(
     return None
 
 
+def _set_slots(conn: Connection, store: Store, appt: dict[str, Any], status: str) -> None:
+    """Mark the Slots an Appointment takes busy (booked) or free (cancelled)."""
+    for slot in appt.get("slot", []):
+        sid = slot["reference"].split("/")[-1]
+        current = store.read(conn, "Slot", sid)
+        if current is not None and not current.deleted:
+            body = {**current.resource(), "status": status}
+            body.pop("meta", None)
+            service.update(conn, store=store, resource_type="Slot", resource_id=sid, resource=body)
+
+
 def _claim(
     conn: Connection,
     config: ClinicConfig,
@@ -228,13 +239,7 @@ def book_new(
         outcome = service.create(conn, store=store, resource_type="Appointment", resource=booked)
     assert outcome.stored is not None
     _claim(conn, config, w, outcome.stored.res_id, "booked", None, now)
-    for slot in appt.get("slot", []):
-        sid = slot["reference"].split("/")[-1]
-        current = store.read(conn, "Slot", sid)
-        if current is not None and not current.deleted:
-            body = {**current.resource(), "status": "busy"}
-            body.pop("meta", None)
-            service.update(conn, store=store, resource_type="Slot", resource_id=sid, resource=body)
+    _set_slots(conn, store, appt, "busy")
     return outcome.stored
 
 
@@ -256,13 +261,7 @@ def cancel(
             "only booked or pending appointments can be cancelled"
         )
     conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
-    for slot in appt.get("slot", []):
-        sid = slot["reference"].split("/")[-1]
-        current = store.read(conn, "Slot", sid)
-        if current is not None and not current.deleted:
-            body = {**current.resource(), "status": "free"}
-            body.pop("meta", None)
-            service.update(conn, store=store, resource_type="Slot", resource_id=sid, resource=body)
+    _set_slots(conn, store, appt, "free")
     cancelled = {**appt, "status": "cancelled"}
     cancelled.pop("meta", None)
     if reason is not None:

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from sqlalchemy import text
 
 from resources.sql.engine import Database
-from tests.integration.server import running_server, server_env
-from tests.integration.test_booking_race import _monday
+from tests.integration.test_booking_race import clinic_server, find_options
 
 H = {"content-type": "application/fhir+json"}
 CLINIC = {
@@ -55,23 +52,8 @@ def _params(resource: dict[str, Any], old: str | None = None) -> dict[str, Any]:
 
 
 def test_random_mix_leaves_no_overlap(tmp_path: Path, database_url: str) -> None:
-    clinic = tmp_path / "clinic.yaml"
-    clinic.write_text(yaml.safe_dump(CLINIC))
-    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(clinic))
-    with running_server(tmp_path, env) as server:
-        assert server.cli("clinic", "load", str(clinic), "--weeks", "3").returncode == 0
-        monday = _monday()
-        found = httpx.get(
-            f"{server.base}/Appointment/$find",
-            params={
-                "start": monday.isoformat(),
-                "end": (monday + timedelta(days=5)).isoformat(),
-                "visit-type": "visit",
-                "_count": "500",
-            },
-            timeout=60,
-        ).json()
-        options = [e["resource"] for e in found["entry"]]
+    with clinic_server(tmp_path, database_url, CLINIC) as server:
+        options = find_options(server, 5, 500)
         assert len(options) == 2 * 5 * 11
         booked: list[dict[str, Any]] = []
         statuses: list[int] = []

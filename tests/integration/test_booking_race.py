@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import yaml
 
-from tests.integration.server import running_server, server_env
+from tests.integration.server import Server, running_server, server_env
 
 TZ = ZoneInfo("America/New_York")
 CLINIC = {
@@ -39,25 +41,37 @@ def _monday() -> datetime:
     return datetime.combine(day, time(0, 0), tzinfo=TZ)
 
 
-def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -> None:
-    clinic = tmp_path / "clinic.yaml"
-    clinic.write_text(yaml.safe_dump(CLINIC))
-    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(clinic))
+@contextmanager
+def clinic_server(tmp_path: Path, database_url: str, clinic: dict[str, Any]) -> Iterator[Server]:
+    """A real server with ``clinic`` loaded three weeks ahead and its rules in force."""
+    path = tmp_path / "clinic.yaml"
+    path.write_text(yaml.safe_dump(clinic))
+    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(path))
     with running_server(tmp_path, env) as server:
-        loaded = server.cli("clinic", "load", str(clinic), "--weeks", "3")
+        loaded = server.cli("clinic", "load", str(path), "--weeks", "3")
         assert loaded.returncode == 0, loaded.stderr
-        monday = _monday()
-        found = httpx.get(
-            f"{server.base}/Appointment/$find",
-            params={
-                "start": monday.isoformat(),
-                "end": (monday + timedelta(days=1)).isoformat(),
-                "visit-type": "visit",
-                "_count": "1",
-            },
-            timeout=30,
-        ).json()
-        proposed = found["entry"][0]["resource"]
+        yield server
+
+
+def find_options(server: Server, days: int, count: int) -> list[dict[str, Any]]:
+    """$find for the next Monday onwards (visit type ``visit``)."""
+    monday = _monday()
+    found = httpx.get(
+        f"{server.base}/Appointment/$find",
+        params={
+            "start": monday.isoformat(),
+            "end": (monday + timedelta(days=days)).isoformat(),
+            "visit-type": "visit",
+            "_count": str(count),
+        },
+        timeout=60,
+    ).json()
+    return [e["resource"] for e in found["entry"]]
+
+
+def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -> None:
+    with clinic_server(tmp_path, database_url, CLINIC) as server:
+        proposed = find_options(server, 1, 1)[0]
         body = {
             "resourceType": "Parameters",
             "parameter": [{"name": "appointment-resource", "resource": proposed}],
@@ -92,27 +106,11 @@ def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -
 
 
 def test_concurrent_retries_with_one_key_book_once(tmp_path: Path, database_url: str) -> None:
-    clinic = tmp_path / "clinic.yaml"
-    clinic.write_text(yaml.safe_dump(CLINIC))
-    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(clinic))
-    with running_server(tmp_path, env) as server:
-        assert server.cli("clinic", "load", str(clinic), "--weeks", "3").returncode == 0
-        monday = _monday()
-        found = httpx.get(
-            f"{server.base}/Appointment/$find",
-            params={
-                "start": monday.isoformat(),
-                "end": (monday + timedelta(days=1)).isoformat(),
-                "visit-type": "visit",
-                "_count": "1",
-            },
-            timeout=30,
-        ).json()
+    with clinic_server(tmp_path, database_url, CLINIC) as server:
+        proposed = find_options(server, 1, 1)[0]
         body = {
             "resourceType": "Parameters",
-            "parameter": [
-                {"name": "appointment-resource", "resource": found["entry"][0]["resource"]}
-            ],
+            "parameter": [{"name": "appointment-resource", "resource": proposed}],
         }
         results: list[tuple[int, str]] = []
         lock = threading.Lock()
