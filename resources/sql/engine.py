@@ -16,8 +16,14 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from fhir_server.errors import Conflict
 
 __all__ = ["Database", "migrate"]
+
+# PostgreSQL: serialization_failure, deadlock_detected
+TRANSIENT_SQLSTATES = {"40001", "40P01"}
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -62,12 +68,23 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write unit of work: commits on success, rolls back on any exception."""
-        with self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn = conn.execution_options(sqlite_immediate=True)
-            with conn.begin():
-                yield conn
+        """A write unit of work: commits on success, rolls back on any exception.
+
+        A deadlock or serialization failure between concurrent writers is a conflict the
+        client may retry (409), not a server fault: it is translated here, once.
+        """
+        try:
+            with self.engine.connect() as conn:
+                if self.is_sqlite:
+                    conn = conn.execution_options(sqlite_immediate=True)
+                with conn.begin():
+                    yield conn
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+                raise Conflict(
+                    "a concurrent change to the same data got in the way; retry the request"
+                ) from exc
+            raise
 
     def dispose(self) -> None:
         self.engine.dispose()
