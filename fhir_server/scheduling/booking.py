@@ -23,7 +23,7 @@ from fhir_server.scheduling.find import FindRequest, find_options
 from resources import service
 from resources.fhirdate import parse_fhir_date
 from resources.sql.tables import BusyTime, IdempotencyKey
-from resources.store import Store, StoredVersion
+from resources.store import R, Store, StoredVersion
 
 __all__ = [
     "HoldFailed",
@@ -115,6 +115,25 @@ def _still_offered(
         if option.start == w.start and option.end == w.end:
             return option
     return None
+
+
+def _lock_slots(conn: Connection, appt: dict[str, Any]) -> None:
+    """Lock the Slots an Appointment names (in id order) for the rest of the transaction.
+
+    Bookings and cancellations touching the same Slots then run one after the other, and the
+    availability check that follows sees what the other committed (PostgreSQL runs READ
+    COMMITTED; SQLite writers are already serialised).
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    ids = sorted({s["reference"].split("/")[-1] for s in appt.get("slot", [])})
+    if ids:
+        conn.execute(
+            select(R.c.seq)
+            .where(R.c.res_type == "Slot", R.c.res_id.in_(ids))
+            .order_by(R.c.res_id)
+            .with_for_update()
+        ).all()
 
 
 def _set_slots(conn: Connection, store: Store, appt: dict[str, Any], status: str) -> None:
@@ -215,6 +234,7 @@ def book_new(
             )
     w = _wanted(appointment)  # refuses anything but an Appointment dict
     appt: dict[str, Any] = cast(dict[str, Any], appointment)
+    _lock_slots(conn, appt)
     if _still_offered(conn, store, config, w, now, ignore_hold=existing_id) is None:
         raise Conflict(
             f"the time at {w.start.astimezone(config.tz).isoformat()} with {w.practitioner} "
@@ -254,6 +274,8 @@ def cancel(
     stored = store.read(conn, "Appointment", appointment_id)
     if stored is None or stored.deleted:
         raise NotFound(f"Appointment/{appointment_id} does not exist")
+    _lock_slots(conn, stored.resource())
+    stored = store.read(conn, "Appointment", appointment_id) or stored  # after the lock
     appt = stored.resource()
     if appt.get("status") not in ("booked", "pending"):
         raise BadRequest(
