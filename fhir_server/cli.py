@@ -12,7 +12,6 @@ Examples::
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -47,7 +46,8 @@ def _serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        access_log=False,
+        access_log=False,  # its lines carry query strings, and search values can be PHI
+        log_config=None,  # uvicorn's records go through our JSON formatter (no tracebacks)
         loop="uvloop",
         http="httptools",
     )
@@ -118,38 +118,30 @@ def _key_store(settings: Settings) -> tuple[object, object]:
 
 
 @keys.command("rotate")
-@click.option("--batch", type=int, default=500, show_default=True)
+@click.option("--batch", type=int, default=500, show_default=True, help="Rows per transaction")
 def keys_rotate(batch: int) -> None:
     """Add a new key-encryption key, make it active and rewrap every stored row under it.
 
-    A running server picks the new key up from the key file on its next write or unknown key.
+    Running servers seal under the new key from their next write; the command returns once no
+    row is left under an older key (see resources/rotation.py), then `keys retire OLD_ID`.
     """
+    from resources.rotation import RotationIncomplete, rotate_keys
     from resources.sql.engine import Database
     from resources.store import Store
-    from security.crypto import rotate_key_file
 
     settings = _settings()
     database, store = _key_store(settings)
     assert isinstance(database, Database) and isinstance(store, Store)
-    new_id = rotate_key_file(settings.key_file)
-    store.keys.refresh(force=True)
-    click.echo(f"active key is now {new_id}; rewrapping", err=True)
-    total = 0
-    while True:
-        with database.write() as conn:
-            done = store.rewrap_batch(conn, limit=batch)
-        total += done
-        if done == 0:
-            # Servers may still be finishing writes under the old key: look once more.
-            time.sleep(2.5)
-            with database.write() as conn:
-                done = store.rewrap_batch(conn, limit=batch)
-            total += done
-            if done == 0:
-                break
-    with database.read() as conn:
-        usage = store.kek_usage(conn)
-    click.echo(json.dumps({"rewrapped": total, "active": new_id, "rows_by_key": usage}))
+    try:
+        report = rotate_keys(
+            database=database, store=store, key_file=settings.key_file, batch=batch
+        )
+    except RotationIncomplete as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report.as_dict()))
+    left = {k: n for k, n in report.rows_by_key.items() if k != report.active}
+    if left:
+        raise click.ClickException(f"rows still under older keys: {left}; run it again")
 
 
 @keys.command("retire")
@@ -163,13 +155,20 @@ def keys_retire(key_id: str) -> None:
     settings = _settings()
     database, store = _key_store(settings)
     assert isinstance(database, Database) and isinstance(store, Store)
+    if key_id == store.keys.active:
+        raise click.ClickException(
+            f"{key_id} is the active key; run `fhir-sched keys rotate` first"
+        )
     with database.read() as conn:
         usage = store.kek_usage(conn)
     if usage.get(key_id):
         raise click.ClickException(
             f"{usage[key_id]} rows still use {key_id}; run `fhir-sched keys rotate` first"
         )
-    retire_key(settings.key_file, key_id)
+    try:
+        retire_key(settings.key_file, key_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"retired {key_id}")
 
 

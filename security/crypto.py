@@ -6,6 +6,11 @@ with a fresh 96-bit nonce and AAD ``type|id|version``; the DEK is wrapped by a k
 DEKs, never the bodies.  Blind-index keys are derived with HKDF from a separate index secret, so
 rotating KEKs never changes a search digest and no index key is ever an encryption key.
 
+A key ring built from a file looks at the file (one ``stat``) before every seal and reloads it
+when it changed, so once ``fhir-sched keys rotate`` has replaced the file no transaction that
+starts afterwards seals under the old KEK; see :mod:`resources.rotation` for why that matters.
+Changes to the file (create, rotate, retire) are serialised by an ``flock`` on ``<file>.lock``.
+
 Key file format (JSON, mode 0600)::
 
     {"version": 1,
@@ -17,13 +22,15 @@ Key file format (JSON, mode 0600)::
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +55,6 @@ __all__ = [
 NONCE_BYTES = 12
 KEY_BYTES = 32
 DIGEST_BYTES = 16
-REFRESH_SECONDS = 1.0
 
 
 class DecryptionError(Exception):
@@ -91,34 +97,48 @@ def generate_key_material() -> dict[str, Any]:
     }
 
 
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes whenever the key file is replaced (a new inode, mtime and usually size)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 @dataclass
 class KeyRing:
     """KEKs by id, the active one, and the blind-index secret.
 
-    If built from a file, an unknown KEK id triggers one reload of the file, so a server keeps
-    opening rows rewrapped by ``fhir-sched keys rotate`` running in another process.
+    If built from a file, the ring follows the file: it is re-read before a seal whenever it
+    changed on disk, and on an unknown KEK id, so a server keeps sealing under the active key
+    and opening rows rewrapped by ``fhir-sched keys rotate`` running in another process.
     """
 
     keks: dict[str, bytes]
     active: str
     index_secret: bytes
     path: Path | None = None
-    _mtime: float = 0.0
-    _checked: float = 0.0
+    _signature: tuple[int, int, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _index_keys: dict[str, bytes] = field(default_factory=dict, repr=False)
     _aead: dict[str, AESGCM] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any], path: Path | None = None) -> KeyRing:
+    def from_document(cls, doc: dict[str, Any]) -> KeyRing:
         keks = {str(k): _b64d(str(v)) for k, v in dict(doc["keks"]).items()}
         active = str(doc["active"])
         if active not in keks:
             raise ValueError(f"active key {active!r} is not among the key file's keks")
-        ring = cls(keks=keks, active=active, index_secret=_b64d(str(doc["index_secret"])))
+        return cls(keks=keks, active=active, index_secret=_b64d(str(doc["index_secret"])))
+
+    @classmethod
+    def from_file(cls, path: Path) -> KeyRing:
+        """A ring that follows ``path``."""
+        signature = _signature(path)
+        ring = cls.from_document(json.loads(path.read_text()))
         ring.path = path
-        if path is not None:
-            ring._mtime = path.stat().st_mtime
+        ring._signature = signature
         return ring
 
     def to_document(self) -> dict[str, Any]:
@@ -132,34 +152,39 @@ class KeyRing:
     # -- reload -----------------------------------------------------------------------------
     def refresh(self, *, force: bool = False) -> bool:
         """Re-read the key file if it changed on disk. Returns True if anything was loaded."""
-        if self.path is None or not self.path.exists():
-            return False
-        mtime = self.path.stat().st_mtime
-        if not force and mtime == self._mtime:
-            return False
         with self._lock:
-            doc = json.loads(self.path.read_text())
-            fresh = KeyRing.from_document(doc)
-            self.keks = fresh.keks
-            self.active = fresh.active
-            self._mtime = mtime
-            self._aead = {}
+            return self._reload(force=force)
+
+    def _reload(self, *, force: bool) -> bool:
+        # Called with the lock held: the signature check and the load are one step, so two
+        # threads cannot interleave and leave an older document in place of a newer one.
+        if self.path is None:
+            return False
+        signature = _signature(self.path)
+        if signature is None or (not force and signature == self._signature):
+            return False
+        # The index secret is kept as loaded at start: changing it would orphan every digest.
+        fresh = KeyRing.from_document(json.loads(self.path.read_text()))
+        self.keks, self.active, self._signature = fresh.keks, fresh.active, signature
+        self._aead = {}
         return True
 
-    def _maybe_refresh(self) -> None:
-        """Notice a rotation done by another process within ``REFRESH_SECONDS``."""
-        if self.path is None:
-            return
-        now = time.monotonic()
-        if now - self._checked >= REFRESH_SECONDS:
-            self._checked = now
-            self.refresh()
+    def _active_kek(self) -> tuple[str, AESGCM]:
+        """The active KEK as the key file has it now (one ``stat`` per call)."""
+        with self._lock:
+            self._reload(force=False)
+            kek_id = self.active
+            return kek_id, self._kek_locked(kek_id)
 
     def _kek(self, kek_id: str) -> AESGCM:
+        with self._lock:
+            return self._kek_locked(kek_id)
+
+    def _kek_locked(self, kek_id: str) -> AESGCM:
         aead = self._aead.get(kek_id)
         if aead is None:
             key = self.keks.get(kek_id)
-            if key is None and self.refresh(force=True):
+            if key is None and self._reload(force=True):
                 key = self.keks.get(kek_id)
             if key is None:
                 raise DecryptionError(f"key {kek_id} is not in the key ring")
@@ -170,12 +195,11 @@ class KeyRing:
     # -- envelope encryption ------------------------------------------------------------------
     def seal(self, plaintext: bytes, *, aad: bytes) -> Sealed:
         """Encrypt ``plaintext`` under a fresh DEK wrapped by the active KEK."""
-        self._maybe_refresh()
+        kek_id, kek = self._active_kek()
         dek = AESGCM.generate_key(bit_length=256)
         nonce = os.urandom(NONCE_BYTES)
         ciphertext = AESGCM(dek).encrypt(nonce, plaintext, aad)
-        kek_id = self.active
-        return Sealed(kek_id, self._wrap(dek, kek_id=kek_id, aad=aad), nonce, ciphertext)
+        return Sealed(kek_id, _wrap(kek, dek, kek_id=kek_id, aad=aad), nonce, ciphertext)
 
     def open(self, sealed: Sealed, *, aad: bytes) -> bytes:
         """Decrypt; raises :class:`DecryptionError` if the row, key or bytes do not match."""
@@ -188,11 +212,8 @@ class KeyRing:
     def rewrap(self, wrapped_key: bytes, *, kek_id: str, aad: bytes) -> tuple[str, bytes]:
         """Re-encrypt a wrapped DEK under the active KEK. Returns (new kek id, wrapped key)."""
         dek = self._unwrap(wrapped_key, kek_id=kek_id, aad=aad)
-        return self.active, self._wrap(dek, kek_id=self.active, aad=aad)
-
-    def _wrap(self, dek: bytes, *, kek_id: str, aad: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._kek(kek_id).encrypt(nonce, dek, aad + b"|" + kek_id.encode())
+        active, kek = self._active_kek()
+        return active, _wrap(kek, dek, kek_id=active, aad=aad)
 
     def _unwrap(self, wrapped: bytes, *, kek_id: str, aad: bytes) -> bytes:
         try:
@@ -223,10 +244,25 @@ class KeyRing:
         ]
 
 
-def write_key_file(path: Path, doc: dict[str, Any]) -> None:
-    """Write the key document atomically with mode 0600."""
+def _wrap(kek: AESGCM, dek: bytes, *, kek_id: str, aad: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + kek.encrypt(nonce, dek, aad + b"|" + kek_id.encode())
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise changes to the key file across processes (two rotations must not race)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(doc, fh, indent=2)
@@ -236,33 +272,50 @@ def write_key_file(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_key_file(path: Path, doc: dict[str, Any]) -> None:
+    """Write the key document atomically with mode 0600."""
+    with _locked(path):
+        _write(path, doc)
+
+
 def load_keyring(*, key_file: Path, keys_json: str | None) -> KeyRing:
-    """Keys from the environment if given, else from the key file (created on first run)."""
+    """Keys from the environment if given, else from the key file (created on first run).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "keys.json"
+    >>> ring = load_keyring(key_file=path, keys_json=None)
+    >>> oct(path.stat().st_mode & 0o777), ring.active in ring.keks
+    ('0o600', True)
+    """
     if keys_json:
         return KeyRing.from_document(json.loads(keys_json))
     if not key_file.exists():
-        write_key_file(key_file, generate_key_material())
-    return KeyRing.from_document(json.loads(key_file.read_text()), path=key_file)
+        with _locked(key_file):  # two first runs at once must not each make their own keys
+            if not key_file.exists():
+                _write(key_file, generate_key_material())
+    return KeyRing.from_file(key_file)
 
 
 def rotate_key_file(path: Path) -> str:
     """Add a fresh KEK to the key file and make it active. Returns its id."""
-    doc = json.loads(path.read_text())
-    kek_id = new_kek_id()
-    while kek_id in doc["keks"]:
+    with _locked(path):
+        doc = json.loads(path.read_text())
         kek_id = new_kek_id()
-    doc["keks"][kek_id] = _b64e(AESGCM.generate_key(bit_length=256))
-    doc["active"] = kek_id
-    write_key_file(path, doc)
+        while kek_id in doc["keks"]:
+            kek_id = new_kek_id()
+        doc["keks"][kek_id] = _b64e(AESGCM.generate_key(bit_length=256))
+        doc["active"] = kek_id
+        _write(path, doc)
     return kek_id
 
 
 def retire_key(path: Path, kek_id: str) -> None:
     """Remove a KEK that is not active (the caller checks no row still uses it)."""
-    doc = json.loads(path.read_text())
-    if doc["active"] == kek_id:
-        raise ValueError("the active key cannot be retired; rotate first")
-    if kek_id not in doc["keks"]:
-        raise ValueError(f"no key {kek_id} in the key file")
-    del doc["keks"][kek_id]
-    write_key_file(path, doc)
+    with _locked(path):
+        doc = json.loads(path.read_text())
+        if doc["active"] == kek_id:
+            raise ValueError("the active key cannot be retired; rotate first")
+        if kek_id not in doc["keks"]:
+            raise ValueError(f"no key {kek_id} in the key file")
+        del doc["keks"][kek_id]
+        _write(path, doc)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
+from fhir_server.settings import Settings
 from security.crypto import (
     DecryptionError,
     KeyRing,
@@ -100,8 +102,63 @@ def test_index_keys_are_not_encryption_keys(ring: KeyRing) -> None:
     assert ring.blind("Patient.name", "p:smith") != ring.blind("Patient.family", "p:smith")
 
 
-def test_keys_from_environment_json(tmp_path: Path) -> None:
+def test_keys_from_environment_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     doc = generate_key_material()
-    ring = load_keyring(key_file=tmp_path / "absent.json", keys_json=json.dumps(doc))
+    monkeypatch.setenv("FHIRSCHED_KEYS", json.dumps(doc))
+    monkeypatch.setenv("FHIRSCHED_KEY_FILE", str(tmp_path / "absent.json"))
+    settings = Settings()
+    assert settings.keys is not None
+    ring = load_keyring(key_file=settings.key_file, keys_json=settings.keys.get_secret_value())
     assert ring.active == doc["active"]
+    assert ring.path is None  # nothing on disk to follow
+    assert ring.open(ring.seal(b"body", aad=AAD), aad=AAD) == b"body"
     assert not (tmp_path / "absent.json").exists()
+    assert doc["index_secret"] not in repr(settings)
+
+
+def test_key_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "keys.json"
+    rings: list[KeyRing] = []
+    threads = [
+        threading.Thread(target=lambda: rings.append(load_keyring(key_file=path, keys_json=None)))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len({r.active for r in rings}) == 1  # every first run got the same keys
+    assert len({r.index_secret for r in rings}) == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["keys.json", "keys.json.lock"]
+
+
+def test_concurrent_rotations_lose_no_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    load_keyring(key_file=path, keys_json=None)
+    made: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: made.append(rotate_key_file(path))) for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    doc = json.loads(path.read_text())
+    assert set(made) <= set(doc["keks"])
+    assert len(doc["keks"]) == 9
+    assert doc["active"] in made
+
+
+def test_ring_following_the_file_opens_rows_rewrapped_elsewhere(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    server = load_keyring(key_file=path, keys_json=None)
+    sealed = server.seal(b"body", aad=AAD)
+    rotator = load_keyring(key_file=path, keys_json=None)
+    new = rotate_key_file(path)
+    rotator.refresh(force=True)
+    kek, wrapped = rotator.rewrap(sealed.wrapped_key, kek_id=sealed.kek_id, aad=AAD)
+    assert kek == new
+    moved = Sealed(kek, wrapped, sealed.nonce, sealed.ciphertext)
+    assert server.open(moved, aad=AAD) == b"body"
+    assert server.seal(b"next", aad=AAD).kek_id == new
