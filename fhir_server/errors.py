@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BadRequest",
+    "BusinessRule",
     "Conflict",
     "FHIRError",
     "Gone",
@@ -134,6 +135,13 @@ class Unprocessable(FHIRError):
     status = 422
     code = "processing"
     message_id = "FS-0422"
+
+
+class BusinessRule(Unprocessable):
+    """A clinic rule refuses the request (e.g. a cancellation inside the notice period)."""
+
+    code = "business-rule"
+    message_id = "FS-0423"
 
 
 class ServiceUnavailable(FHIRError):

@@ -454,62 +454,90 @@ def book(
     now: datetime,
     idempotency_key: str | None = None,
 ) -> FHIRResponse:
-    """Appointment/$book (ITI-117): book (201), cancel (status cancelled, 200), or reschedule
-    (``cancelled-appt-id``: the old one is cancelled only if the new one is booked; 201)."""
+    """Appointment/$book (ITI-117): book (201), modify a booked one (200), cancel (status
+    cancelled, 200), or reschedule (``cancelled-appt-id``: the old one is cancelled only if the
+    new one is booked; 201)."""
     config = _clinic(config)
     resource, reference, values = _operation_appointment("appointment-book", params)
-    key = _idempotency_key(idempotency_key, resource)
+    old = values.get("cancelled-appointment-id", [None])[0]
+    action = _book_action(ctx, conn, resource, old)
+    key = _idempotency_key(idempotency_key, resource, action)
     if key is not None:
         prior = booking.claim_key(conn, key, now)
         if prior is not None:  # a retry: the first result, never a second booking
             first = ctx.store.vread(conn, prior.res_type, prior.res_id, prior.version)
             assert first is not None
             return FHIRResponse(int(prior.status), first.body, version_headers(first), first)
-    if isinstance(resource, dict) and resource.get("status") == "cancelled":
-        if not resource.get("id"):
-            raise BadRequest("a cancellation names the Appointment by its id")
+    status = 200
+    if action == "cancel":
         stored = booking.cancel(
             conn,
             store=ctx.store,
+            config=config,
             appointment_id=str(resource["id"]),
+            now=now,
             reason=resource.get("cancelationReason"),
         )
-        if key is not None:
-            booking.remember(conn, key, 200, stored)
-        return FHIRResponse(200, stored.body, version_headers(stored), stored)
-    old = values.get("cancelled-appointment-id", [None])[0]
-    if old:  # one transaction: if the new booking fails, the cancellation rolls back with it
-        booking.cancel(conn, store=ctx.store, appointment_id=str(old).split("/")[-1])
-    stored = booking.book_new(
-        conn, store=ctx.store, config=config, appointment=resource, reference=reference, now=now
-    )
+    elif action == "modify":
+        stored = booking.modify(conn, store=ctx.store, config=config, appointment=resource, now=now)
+    else:
+        if old:  # one transaction: if the new booking fails, the cancellation rolls back too
+            booking.cancel(
+                conn,
+                store=ctx.store,
+                config=config,
+                appointment_id=str(old).split("/")[-1],
+                now=now,
+            )
+        stored = booking.book_new(
+            conn,
+            store=ctx.store,
+            config=config,
+            appointment=resource,
+            reference=reference,
+            now=now,
+        )
+        status = 201
     if key is not None:
-        booking.remember(conn, key, 201, stored)
-    headers = {
-        **version_headers(stored),
-        "Location": f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}",
-    }
-    return FHIRResponse(201, stored.body, headers, stored)
+        booking.remember(conn, key, status, stored)
+    headers = version_headers(stored)
+    if status == 201:
+        location = f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}"
+        headers["Location"] = location
+    return FHIRResponse(status, stored.body, headers, stored)
 
 
-def _idempotency_key(header: str | None, resource: Any) -> str | None:
-    """``Idempotency-Key`` header, else the Appointment's first identifier (system|value)."""
+def _book_action(ctx: Context, conn: Connection, resource: Any, old: Any) -> str:
+    """What a ``$book`` asks for: ``cancel``, ``modify``, ``reschedule`` or ``book``."""
+    if isinstance(resource, dict) and resource.get("status") == "cancelled":
+        if not resource.get("id"):
+            raise BadRequest("a cancellation names the Appointment by its id")
+        return "cancel"
+    if old:
+        return f"reschedule:{str(old).split('/')[-1]}"
+    if isinstance(resource, dict) and resource.get("id"):
+        stored = ctx.store.read(conn, "Appointment", str(resource["id"]))
+        if stored and not stored.deleted and stored.resource().get("status") == "booked":
+            return "modify"
+    return "book"
+
+
+def _idempotency_key(header: str | None, resource: Any, action: str) -> str | None:
+    """``Idempotency-Key`` header, else the Appointment's first identifier (system|value) for
+    that action: a modification, whose content differs each time, needs the header."""
     if header:
         return f"header:{header.strip()[:150]}"
-    if isinstance(resource, dict):
+    if isinstance(resource, dict) and action != "modify":
         for ident in resource.get("identifier", []):
             if isinstance(ident, dict) and ident.get("value"):
-                return f"identifier:{ident.get('system', '')}|{ident['value']}"[:200]
+                prefix = "identifier" if action == "book" else f"identifier:{action}"
+                return f"{prefix}:{ident.get('system', '')}|{ident['value']}"[:200]
     return None
 
 
-def replay_book(
-    ctx: Context, conn: Connection, key_header: str | None, params: list[tuple[str, Any]]
-) -> FHIRResponse | None:
+def replay_book(ctx: Context, conn: Connection, key: str) -> FHIRResponse | None:
     """After losing a race on the idempotency key: the winner's result."""
-    resource = dict(params).get("appointment-resource")
-    key = _idempotency_key(key_header, resource)
-    found = booking.replay(conn, ctx.store, key) if key else None
+    found = booking.replay(conn, ctx.store, key)
     if found is None:
         return None
     status, stored = found

@@ -59,9 +59,9 @@ async def book(request: Request, services: ServicesDep) -> Response:
                 return handlers.book(
                     services.ctx, conn, services.clinic, pairs, now=now, idempotency_key=key
                 )
-        except KeyInFlight:
+        except KeyInFlight as exc:
             with services.db.read() as conn:
-                replayed = handlers.replay_book(services.ctx, conn, key, pairs)
+                replayed = handlers.replay_book(services.ctx, conn, exc.key)
             if replayed is None:
                 raise Conflict("a request with this idempotency key is still in progress") from None
             return replayed

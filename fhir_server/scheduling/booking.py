@@ -8,6 +8,7 @@ hold is ignored by ``$find`` and removed by the next claim on its time, so no sw
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -15,11 +16,12 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from fhir_server.errors import BadRequest, Conflict, FHIRError, NotFound
+from fhir_server.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound
 from fhir_server.scheduling.availability import schedule_id
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig
-from fhir_server.scheduling.find import FindRequest, find_options
+from fhir_server.scheduling.find import FindRequest, Option, find_options
+from fhir_server.scheduling.rules import buffer_after
 from resources import service
 from resources.fhirdate import parse_fhir_date
 from resources.sql.tables import BusyTime, IdempotencyKey
@@ -30,8 +32,11 @@ __all__ = [
     "KeyInFlight",
     "book_new",
     "cancel",
+    "check_notice",
     "claim_key",
+    "existing",
     "hold",
+    "modify",
     "remember",
     "replay",
 ]
@@ -100,7 +105,8 @@ def _still_offered(
     now: datetime,
     *,
     ignore_hold: str | None = None,
-) -> Any:
+    moving: str | None = None,
+) -> Option | None:
     request = FindRequest(
         start=w.start,
         end=w.end,
@@ -108,6 +114,7 @@ def _still_offered(
         practitioners=[w.practitioner],
         locations=[w.location],
         patient_id=w.patient,
+        moving=moving,
     )
     for option in find_options(
         conn, store=store, config=config, request=request, now=now, ignore_hold=ignore_hold
@@ -117,32 +124,68 @@ def _still_offered(
     return None
 
 
-def _lock_slots(conn: Connection, appt: dict[str, Any]) -> None:
-    """Lock the Slots an Appointment names (in id order) for the rest of the transaction.
+def _slot_ids(appt: dict[str, Any]) -> list[str]:
+    return [
+        str(s["reference"]).split("/")[-1]
+        for s in appt.get("slot", [])
+        if isinstance(s, dict) and s.get("reference")
+    ]
+
+
+def _lock_slots(conn: Connection, ids: Iterable[str]) -> None:
+    """Lock these Slots (in id order) for the rest of the transaction.
 
     Bookings and cancellations touching the same Slots then run one after the other, and the
     availability check that follows sees what the other committed (PostgreSQL runs READ
     COMMITTED; SQLite writers are already serialised).
     """
-    if conn.dialect.name != "postgresql":
+    wanted = sorted(set(ids))
+    if conn.dialect.name != "postgresql" or not wanted:
         return
-    ids = sorted({s["reference"].split("/")[-1] for s in appt.get("slot", [])})
-    if ids:
-        conn.execute(
-            select(R.c.seq)
-            .where(R.c.res_type == "Slot", R.c.res_id.in_(ids))
-            .order_by(R.c.res_id)
-            .with_for_update()
-        ).all()
+    conn.execute(
+        select(R.c.seq)
+        .where(R.c.res_type == "Slot", R.c.res_id.in_(wanted))
+        .order_by(R.c.res_id)
+        .with_for_update()
+    ).all()
 
 
-def _set_slots(conn: Connection, store: Store, appt: dict[str, Any], status: str) -> None:
-    """Mark the Slots an Appointment takes busy (booked) or free (cancelled)."""
-    for slot in appt.get("slot", []):
-        sid = slot["reference"].split("/")[-1]
+def _offered_locked(
+    conn: Connection,
+    store: Store,
+    config: ClinicConfig,
+    w: Wanted,
+    appt: dict[str, Any],
+    now: datetime,
+    *,
+    ignore_hold: str | None = None,
+    moving: str | None = None,
+) -> Option:
+    """The option still offered for ``w``, with its Slots locked; 409 if it is gone."""
+    named = set(_slot_ids(appt))
+    _lock_slots(conn, named)
+    option = _still_offered(conn, store, config, w, now, ignore_hold=ignore_hold, moving=moving)
+    if option is not None and conn.dialect.name == "postgresql" and set(option.slots) - named:
+        # the client named other Slots (or none): lock the real ones and look again
+        _lock_slots(conn, option.slots)
+        option = _still_offered(conn, store, config, w, now, ignore_hold=ignore_hold, moving=moving)
+    if option is None:
+        raise Conflict(
+            f"the time at {w.start.astimezone(config.tz).isoformat()} with {w.practitioner} "
+            "is no longer available; run $find again"
+        )
+    return option
+
+
+def _set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) -> None:
+    """Mark Slots busy (booked) or free (cancelled)."""
+    for sid in ids:
         current = store.read(conn, "Slot", sid)
-        if current is not None and not current.deleted:
-            body = {**current.resource(), "status": status}
+        if current is None or current.deleted:
+            continue
+        body = current.resource()
+        if body.get("status") != status:
+            body = {**body, "status": status}
             body.pop("meta", None)
             service.update(conn, store=store, resource_type="Slot", resource_id=sid, resource=body)
 
@@ -157,20 +200,21 @@ def _claim(
     now: datetime,
 ) -> None:
     sched = schedule_id(w.practitioner, w.location)
-    # expired holds on this time free themselves here, in the claiming transaction
+    # expired holds on this time, and this Appointment's own hold, free themselves here
     conn.execute(
         delete(BT).where(
-            BT.c.schedule_id == sched,
-            BT.c.start < w.end,
-            BT.c.end > w.start,
             or_(
-                and_(BT.c.kind == "held", BT.c.expires_at <= now),
+                and_(
+                    BT.c.schedule_id == sched,
+                    BT.c.start < w.end,
+                    BT.c.end > w.start,
+                    BT.c.kind == "held",
+                    BT.c.expires_at <= now,
+                ),
                 and_(BT.c.kind == "held", BT.c.appointment_id == appointment_id),
-            ),
+            )
         )
     )
-    from fhir_server.scheduling.rules import buffer_after
-
     rows = [
         {
             "schedule_id": sched,
@@ -202,13 +246,35 @@ def hold(
     if option is None:
         raise HoldFailed("that time is no longer available; run $find again")
     expires = now + timedelta(seconds=config.hold_seconds)
-    held = {**appointment, "status": "pending"}
+    held = {**appointment, "status": "pending", "slot": _slot_refs(option)}
     held.pop("id", None)
     held.pop("meta", None)
     outcome = service.create(conn, store=store, resource_type="Appointment", resource=held)
     assert outcome.stored is not None
     _claim(conn, config, w, outcome.stored.res_id, "held", expires, now)
     return outcome.stored, expires
+
+
+def _slot_refs(option: Option) -> list[dict[str, str]]:
+    return [{"reference": f"Slot/{s}"} for s in option.slots]
+
+
+def _as_booked(appt: dict[str, Any], option: Option) -> dict[str, Any]:
+    booked = {
+        **appt,
+        "status": "booked",
+        "slot": _slot_refs(option),
+        "participant": [{**p, "status": "accepted"} for p in appt["participant"]],
+    }
+    booked.pop("meta", None)
+    return booked
+
+
+def existing(conn: Connection, store: Store, appointment_id: str) -> dict[str, Any]:
+    stored = store.read(conn, "Appointment", appointment_id)
+    if stored is None or stored.deleted:
+        raise NotFound(f"Appointment/{appointment_id} does not exist")
+    return stored.resource()
 
 
 def book_new(
@@ -220,46 +286,36 @@ def book_new(
     reference: str | None,
     now: datetime,
 ) -> StoredVersion:
-    """Book a proposed or held Appointment (by resource or by reference)."""
-    existing_id: str | None = None
+    """Book a proposed or held Appointment (by resource, or a held one by reference or id)."""
+    held_id: str | None = None
     if reference:
-        existing_id = reference.split("/")[-1]
-        stored = store.read(conn, "Appointment", existing_id)
-        if stored is None or stored.deleted:
-            raise NotFound(f"Appointment/{existing_id} does not exist")
-        appointment = stored.resource()
-        if appointment.get("status") != "pending":
-            raise BadRequest(
-                f"Appointment/{existing_id} is {appointment.get('status')}, not pending"
-            )
+        held_id = reference.split("/")[-1]
+        appointment = existing(conn, store, held_id)
+    elif isinstance(appointment, dict) and appointment.get("id"):
+        stored = store.read(conn, "Appointment", str(appointment["id"]))
+        if stored is not None and not stored.deleted:
+            held_id = stored.res_id  # a held Appointment, as the client holds it
+            appointment = {**appointment, "status": stored.resource().get("status")}
     w = _wanted(appointment)  # refuses anything but an Appointment dict
     appt: dict[str, Any] = cast(dict[str, Any], appointment)
-    _lock_slots(conn, appt)
-    if _still_offered(conn, store, config, w, now, ignore_hold=existing_id) is None:
-        raise Conflict(
-            f"the time at {w.start.astimezone(config.tz).isoformat()} with {w.practitioner} "
-            "is no longer available; run $find again"
-        )
-    booked = {
-        **appt,
-        "status": "booked",
-        "participant": [{**p, "status": "accepted"} for p in appt["participant"]],
-    }
-    booked.pop("meta", None)
-    if existing_id:
+    if held_id is not None and appt.get("status") != "pending":
+        raise BadRequest(f"Appointment/{held_id} is {appt.get('status')}, not pending (held)")
+    option = _offered_locked(conn, store, config, w, appt, now, ignore_hold=held_id)
+    booked = _as_booked(appt, option)
+    if held_id:
         outcome = service.update(
             conn,
             store=store,
             resource_type="Appointment",
-            resource_id=existing_id,
-            resource={**booked, "id": existing_id},
+            resource_id=held_id,
+            resource={**booked, "id": held_id},
         )
     else:
         booked.pop("id", None)
         outcome = service.create(conn, store=store, resource_type="Appointment", resource=booked)
     assert outcome.stored is not None
     _claim(conn, config, w, outcome.stored.res_id, "booked", None, now)
-    _set_slots(conn, store, appt, "busy")
+    _set_slots(conn, store, option.slots, "busy")
     return outcome.stored
 
 
@@ -267,23 +323,49 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def check_notice(config: ClinicConfig, appt: dict[str, Any], now: datetime, what: str) -> None:
+    """Cancelling or moving a booked Appointment needs the clinic's cancellation notice."""
+    hours = config.rules.cancellation_notice_hours
+    start = parse_fhir_date(str(appt["start"])).low
+    if start - now < timedelta(hours=hours):
+        local = start.astimezone(config.tz).strftime("%A %d %B %Y at %H:%M")
+        raise BusinessRule(
+            f"{what} needs {hours} hours' notice and the appointment is on {local}; "
+            "please call the clinic"
+        )
+
+
+def _release(conn: Connection, store: Store, appointment_id: str, appt: dict[str, Any]) -> None:
+    """Give up an Appointment's time: its busy time and buffer, and its Slots."""
+    conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
+    _set_slots(conn, store, _slot_ids(appt), "free")
+
+
 def cancel(
-    conn: Connection, *, store: Store, appointment_id: str, reason: Any = None
+    conn: Connection,
+    *,
+    store: Store,
+    config: ClinicConfig,
+    appointment_id: str,
+    now: datetime,
+    reason: Any = None,
+    enforce_notice: bool = True,
 ) -> StoredVersion:
-    """Cancel a booked Appointment: its busy time and buffer are released, its Slots freed."""
-    stored = store.read(conn, "Appointment", appointment_id)
-    if stored is None or stored.deleted:
-        raise NotFound(f"Appointment/{appointment_id} does not exist")
-    _lock_slots(conn, stored.resource())
-    stored = store.read(conn, "Appointment", appointment_id) or stored  # after the lock
-    appt = stored.resource()
+    """Cancel a booked (or held) Appointment: its busy time and buffer go, its Slots are freed.
+
+    A booked one needs the clinic's cancellation notice (``enforce_notice``); a hold can always
+    be let go.
+    """
+    _lock_slots(conn, _slot_ids(existing(conn, store, appointment_id)))
+    appt = existing(conn, store, appointment_id)  # after the lock
     if appt.get("status") not in ("booked", "pending"):
         raise BadRequest(
             f"Appointment/{appointment_id} is {appt.get('status')}; "
             "only booked or pending appointments can be cancelled"
         )
-    conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
-    _set_slots(conn, store, appt, "free")
+    if enforce_notice and appt["status"] == "booked":
+        check_notice(config, appt, now, "cancelling")
+    _release(conn, store, appointment_id, appt)
     cancelled = {**appt, "status": "cancelled"}
     cancelled.pop("meta", None)
     if reason is not None:
@@ -299,8 +381,69 @@ def cancel(
     return outcome.stored
 
 
+def modify(
+    conn: Connection,
+    *,
+    store: Store,
+    config: ClinicConfig,
+    appointment: dict[str, Any],
+    now: datetime,
+    enforce_notice: bool = True,
+) -> StoredVersion:
+    """Change a booked Appointment in place (ITI-117 modify), keeping its id.
+
+    Details (comment, description, reason, instructions) change freely.  A new time,
+    practitioner, location or visit type is checked against every rule as a new booking would
+    be, its old time not counting against it, under the cancellation notice for the old time;
+    if the new time is refused nothing changes.  The patient cannot change.
+    """
+    appointment_id = str(appointment["id"])
+    _lock_slots(conn, _slot_ids(existing(conn, store, appointment_id)))
+    old = existing(conn, store, appointment_id)  # after the lock
+    if old.get("status") != "booked":
+        raise BadRequest(f"Appointment/{appointment_id} is {old.get('status')}, not booked")
+    was, w = _wanted(old), _wanted(appointment)
+    if w.patient != was.patient:
+        raise BadRequest(
+            "a booked appointment's patient cannot change; cancel it and book again",
+            expression=["Appointment.participant"],
+        )
+    if w == was:
+        body = {**appointment, "status": "booked", "slot": old.get("slot", [])}
+        body["participant"] = [{**p, "status": "accepted"} for p in appointment["participant"]]
+        body.pop("meta", None)
+        outcome = service.update(
+            conn,
+            store=store,
+            resource_type="Appointment",
+            resource_id=appointment_id,
+            resource=body,
+        )
+        assert outcome.stored is not None
+        return outcome.stored
+    if enforce_notice:
+        check_notice(config, old, now, "moving an appointment")
+    _release(conn, store, appointment_id, old)
+    option = _offered_locked(conn, store, config, w, appointment, now, moving=appointment_id)
+    outcome = service.update(
+        conn,
+        store=store,
+        resource_type="Appointment",
+        resource_id=appointment_id,
+        resource=_as_booked(appointment, option),
+    )
+    assert outcome.stored is not None
+    _claim(conn, config, w, appointment_id, "booked", None, now)
+    _set_slots(conn, store, option.slots, "busy")
+    return outcome.stored
+
+
 class KeyInFlight(Exception):
     """Another request with the same idempotency key committed first: replay its result."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 def claim_key(conn: Connection, key: str, now: datetime) -> Any:

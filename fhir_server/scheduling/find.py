@@ -46,6 +46,8 @@ class FindRequest:
     patient_id: str | None = None
     patient_resource: dict[str, Any] | None = None
     count: int = 50
+    # the Appointment being moved: it does not make its patient an existing one
+    moving: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,10 @@ def _is_existing_patient(conn: Connection, store: Store, req: FindRequest) -> bo
         params=[
             ("patient", f"Patient/{patient_id}"),
             ("status", ACTIVE_STATUSES),
-            ("_summary", "count"),
+            ("_count", "2"),
         ],
     )
-    return bool(result.total)
+    return any(m.res_id != req.moving for m in result.matches)
 
 
 def _match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
