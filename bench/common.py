@@ -140,13 +140,16 @@ def keyring(workdir: Path) -> KeyRing:
 
 
 @contextmanager
-def serve(workdir: Path, database_url: str, port: int) -> Iterator[str]:
+def serve(
+    workdir: Path, database_url: str, port: int, env: dict[str, str] | None = None
+) -> Iterator[str]:
     env = {
         **os.environ,
         "FHIRSCHED_DATABASE_URL": database_url,
         "FHIRSCHED_KEY_FILE": str(workdir / "keys.json"),
         "FHIRSCHED_PORT": str(port),
         "FHIRSCHED_LOG_LEVEL": "warning",
+        **(env or {}),
     }
     with (workdir / f"server-{port}.log").open("w") as log:
         proc = subprocess.Popen(
@@ -215,12 +218,25 @@ def wrk(url: str, *, script: Path | None, seconds: int, connections: int) -> dic
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
+    result = {
         "rps": rps,
         "p50_ms": lat("50"),
         "p99_ms": lat("99"),
         "non_2xx": float(errors.group(1)) if errors else 0.0,
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
     }
+    p95 = re.search(r"p95_us=([\d.]+)", out)  # printed by a script's done() (see WRK_P95)
+    if p95:
+        result["p95_ms"] = float(p95.group(1)) / 1000
+    return result
+
+
+# Append to a wrk Lua script so that wrk() can report p95 too.
+WRK_P95 = """
+done = function(summary, latency, requests)
+  io.write(string.format("p95_us=%d\\n", latency:percentile(95.0)))
+end
+"""
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

@@ -18,10 +18,15 @@ import orjson
 from sqlalchemy import Connection
 
 from conformance.operations import OPERATIONS, parse_operation
-from fhir_server.errors import BadRequest, Unprocessable, operation_outcome
+from fhir_server.errors import BadRequest, FHIRError, Unprocessable, operation_outcome
 from fhir_server.scheduling import booking
 from fhir_server.scheduling.config import ClinicConfig
-from fhir_server.scheduling.find import find_options, parse_find, proposed_appointment
+from fhir_server.scheduling.find import (
+    find_options,
+    parse_find,
+    proposed_appointment,
+    schedule_days,
+)
 from fhir_server.shaping import apply_elements, apply_summary
 from resources import service
 from resources.fhirdate import parse_fhir_date
@@ -398,19 +403,38 @@ def find(
     """Appointment/$find: a searchset Bundle of proposed Appointments, ordered by start."""
     config = _clinic(config)
     request = parse_find(params, max_count=ctx.paging.max_count)
-    options = find_options(conn, store=ctx.store, config=config, request=request, now=now)
+    found = find_options(
+        conn, store=ctx.store, config=config, request=request, now=now, limit=request.count
+    )
     patient = request.patient_id
     entries = [
         {
             "resource": proposed_appointment(config, o, patient_id=patient),
             "search": {"mode": "match"},
         }
-        for o in options[: request.count]
+        for o in found.options
     ]
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(options)}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": found.total}
     if entries:
         bundle["entry"] = entries
     return FHIRResponse(200, bundle)
+
+
+# A $find over at most this many schedule-days (a whole 50-practitioner clinic for two days:
+# a few milliseconds) may run on the event loop where lookups do (SQLite, see
+# http.run_lookup); anything larger goes to the thread pool so it cannot stall other requests.
+SMALL_FIND_SCHEDULE_DAYS = 100
+
+
+def find_is_small(ctx: Context, config: ClinicConfig | None, params: list[tuple[str, Any]]) -> bool:
+    """Whether a ``$find`` is cheap enough to run inline (invalid ones fail fast: yes)."""
+    if config is None:
+        return True
+    try:
+        request = parse_find(params, max_count=ctx.paging.max_count)
+    except FHIRError:
+        return True
+    return schedule_days(config, request) <= SMALL_FIND_SCHEDULE_DAYS
 
 
 def _operation_appointment(

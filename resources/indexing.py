@@ -28,6 +28,7 @@ class IndexRows:
     token: list[dict[str, Any]] = field(default_factory=list)
     date: list[dict[str, Any]] = field(default_factory=list)
     reference: list[dict[str, Any]] = field(default_factory=list)
+    slot: list[dict[str, Any]] = field(default_factory=list)  # Slot only: table slot_time
     blind: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -175,4 +176,29 @@ def index_resource(
             rows.reference.extend(
                 {**base, "target_type": tt, "target_id": ti} for tt, ti in seen_refs
             )
+    if rtype == "Slot":
+        rows.slot.extend(_slot_row(resource, seq, base_url))
     return rows
+
+
+def _slot_row(resource: dict[str, Any], seq: int, base_url: str) -> list[dict[str, Any]]:
+    """The Slot's ``slot_time`` row, if it names its Schedule, start and end."""
+    ref = (resource.get("schedule") or {}).get("reference")
+    target = split_reference(ref, base_url) if isinstance(ref, str) else None
+    try:
+        start = parse_fhir_date(str(resource["start"])).low
+        end = parse_fhir_date(str(resource["end"])).low
+    except (KeyError, ValueError):
+        return []
+    if target is None or target[0] not in (None, "Schedule"):
+        return []
+    return [
+        {
+            "seq": seq,
+            "slot_id": resource["id"],
+            "schedule_id": target[1],
+            "start_s": int(start.timestamp()),
+            "end_s": int(end.timestamp()),
+            "status": str(resource.get("status", "")),
+        }
+    ]

@@ -25,6 +25,7 @@ from resources.sql.tables import (
     IdxToken,
     ResourceRow,
     ResourceVersion,
+    SlotTime,
 )
 from security.crypto import KeyRing, Sealed
 
@@ -38,7 +39,9 @@ INDEX_TABLES: dict[str, Table] = {
     "date": cast(Table, IdxDate.__table__),
     "reference": cast(Table, IdxReference.__table__),
     "blind": cast(Table, IdxBlind.__table__),
+    "slot": cast(Table, SlotTime.__table__),
 }
+GENERIC_INDEXES = [k for k in INDEX_TABLES if k != "slot"]  # what a non-Slot write touches
 
 
 # Built once: the hot read path skips statement construction and cache-key work.
@@ -218,7 +221,7 @@ class Store:
         )
         self._insert_version(conn, rtype, rid, version, when, method, body)
         rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
-        self._reindex(conn, seq, rows, new=expected is None)
+        self._reindex(conn, rtype, seq, rows, new=expected is None)
         return StoredVersion(rtype, rid, version, when, method, False, body)
 
     def delete(self, conn: Connection, *, rtype: str, rid: str, expected: Current) -> int:
@@ -227,7 +230,7 @@ class Store:
         when = now_ms()
         seq = self._advance(conn, rtype, rid, expected, version, when, deleted=True)
         self._insert_version(conn, rtype, rid, version, when, "DELETE", None)
-        self._reindex(conn, seq, IndexRows())
+        self._reindex(conn, rtype, seq, IndexRows())
         return version
 
     def _advance(
@@ -301,8 +304,10 @@ class Store:
             values |= {"kek_id": None, "wrapped_key": None, "nonce": None, "ciphertext": None}
         conn.execute(_INSERT_VERSION, values)
 
-    def _reindex(self, conn: Connection, seq: int, rows: IndexRows, *, new: bool = False) -> None:
-        for kind in INDEX_TABLES:
+    def _reindex(
+        self, conn: Connection, rtype: str, seq: int, rows: IndexRows, *, new: bool = False
+    ) -> None:
+        for kind in INDEX_TABLES if rtype == "Slot" else GENERIC_INDEXES:
             if not new:  # a brand-new resource has no index rows yet
                 conn.execute(_DELETE_INDEX[kind], {"seq_": seq})
             values = getattr(rows, kind)

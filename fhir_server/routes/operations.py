@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from fhir_server import handlers
 from fhir_server.errors import Conflict
-from fhir_server.http import ServicesDep, fhir_response, json_body, run_sync
+from fhir_server.http import ServicesDep, fhir_response, json_body, run_lookup, run_sync
 from fhir_server.scheduling.booking import KeyInFlight
 from fhir_server.scheduling.find import parameters_pairs
 
@@ -16,13 +16,16 @@ router = APIRouter()
 
 
 @router.get("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
-def find_get(request: Request, services: ServicesDep) -> Response:
+async def find_get(request: Request, services: ServicesDep) -> Response:
     params = list(request.query_params.multi_items())
-    with services.db.read() as conn:
-        resp = handlers.find(
-            services.ctx, conn, services.clinic, list(params), now=datetime.now(UTC)
-        )
-    return fhir_response(resp)
+
+    def run() -> handlers.FHIRResponse:
+        with services.db.read() as conn:
+            return handlers.find(services.ctx, conn, services.clinic, params, now=datetime.now(UTC))
+
+    if handlers.find_is_small(services.ctx, services.clinic, params):
+        return fhir_response(await run_lookup(services, run))
+    return fhir_response(await run_sync(run))
 
 
 @router.post("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
@@ -33,6 +36,8 @@ async def find_post(request: Request, services: ServicesDep) -> Response:
         with services.db.read() as conn:
             return handlers.find(services.ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
 
+    if handlers.find_is_small(services.ctx, services.clinic, pairs):
+        return fhir_response(await run_lookup(services, run))
     return fhir_response(await run_sync(run))
 
 

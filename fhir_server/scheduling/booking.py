@@ -116,9 +116,10 @@ def _still_offered(
         patient_id=w.patient,
         moving=moving,
     )
-    for option in find_options(
+    found = find_options(
         conn, store=store, config=config, request=request, now=now, ignore_hold=ignore_hold
-    ):
+    )
+    for option in found.options:
         if option.start == w.start and option.end == w.end:
             return option
     return None
@@ -187,7 +188,14 @@ def _set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) 
         if body.get("status") != status:
             body = {**body, "status": status}
             body.pop("meta", None)
-            service.update(conn, store=store, resource_type="Slot", resource_id=sid, resource=body)
+            service.update(
+                conn,
+                store=store,
+                resource_type="Slot",
+                resource_id=sid,
+                resource=body,
+                trusted=True,
+            )
 
 
 def _claim(

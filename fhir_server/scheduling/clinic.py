@@ -22,7 +22,7 @@ from resources.search.engine import run_search
 from resources.search.query import parse_query
 from resources.store import Store, StoredVersion
 
-__all__ = ["VISIT_TYPE_SYSTEM", "LoadReport", "clinic_resources", "load_clinic"]
+__all__ = ["VISIT_TYPE_SYSTEM", "LoadReport", "clinic_resources", "load_clinic", "slot_resource"]
 
 VISIT_TYPE_SYSTEM = "urn:fhir-sched:visit-type"
 SLOT_PAGE = 5000
@@ -179,7 +179,7 @@ def _put(conn: Connection, store: Store, resource: dict[str, Any], report: LoadR
         report.updated += 1
 
 
-def _slot_resource(config: ClinicConfig, spec: SlotSpec) -> dict[str, Any]:
+def slot_resource(config: ClinicConfig, spec: SlotSpec) -> dict[str, Any]:
     tz = config.tz
     return {
         "resourceType": "Slot",
@@ -253,7 +253,7 @@ def load_clinic(
                 store=store,
                 resource_type="Slot",
                 resource_id=spec_id,
-                resource=_slot_resource(config, spec),
+                resource=slot_resource(config, spec),
             )
             report.slots_created += 1
     return report

@@ -1,36 +1,46 @@
 """``Appointment/$find`` (IHE ITI-115): bookable options for a visit, after every rule.
 
-Free Slots come from the store; time taken in ``busy_time`` (bookings, buffers, unexpired
-holds) is removed; contiguous Slots are composed to the visit's length; each candidate start is
-checked against the clinic's rules for this patient.  Nothing is written.
+Free Slots come from ``slot_time`` (kept with the Slots' index rows); time taken in
+``busy_time`` (bookings, buffers, unexpired holds) is removed; contiguous Slots are composed to
+the visit's length; each candidate start is checked against the clinic's rules for this
+patient.  Nothing is written.
 See https://profiles.ihe.net/ITI/Scheduling/ITI-115.html.
 """
 
 from __future__ import annotations
 
+import heapq
+from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, and_, bindparam, or_, select
 
 from conformance.operations import OPERATIONS, parse_operation
 from fhir_server.errors import BadRequest
 from fhir_server.scheduling.availability import schedule_id
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
-from fhir_server.scheduling.rules import Booked, Candidate, check_rules
+from fhir_server.scheduling.rules import Booked, DayPolicy, day_policy
 from resources import service
 from resources.fhirdate import parse_fhir_date
-from resources.search.engine import run_search
-from resources.search.query import parse_query
-from resources.sql.tables import BusyTime
-from resources.store import Store
+from resources.sql.tables import BusyTime, SlotTime
+from resources.store import INDEX_TABLES, R, Store
 
-__all__ = ["FindRequest", "Option", "find_options", "proposed_appointment"]
+__all__ = [
+    "FindRequest",
+    "Found",
+    "Option",
+    "find_options",
+    "proposed_appointment",
+    "schedule_days",
+]
 
 BT = BusyTime.__table__
-PAGE = 2000
+ST = SlotTime.__table__
+IR = INDEX_TABLES["reference"]
+IT = INDEX_TABLES["token"]
 ACTIVE_STATUSES = "booked,arrived,fulfilled,checked-in"
 
 
@@ -72,21 +82,36 @@ def _check_window(config: ClinicConfig, req: FindRequest) -> None:
 
 
 def _is_existing_patient(conn: Connection, store: Store, req: FindRequest) -> bool:
-    """New or existing, from our own records: an existing patient has had a visit here."""
+    """New or existing, from our own records: an existing patient has had a visit here.
+
+    Read straight from the search index (Appointment ``patient`` reference and ``status``
+    token), as the Appointment search would, without building a Bundle.
+    """
     patient_id = req.patient_id or _match_patient(conn, store, req.patient_resource)
     if patient_id is None:
         return False
-    _, result = service.search(
-        conn,
-        store=store,
-        resource_type="Appointment",
-        params=[
-            ("patient", f"Patient/{patient_id}"),
-            ("status", ACTIVE_STATUSES),
-            ("_count", "2"),
-        ],
+    rows = conn.execute(
+        _ACTIVE_VISITS, {"pid": patient_id, "statuses": ACTIVE_STATUSES.split(",")}
+    ).scalars()
+    return any(res_id != req.moving for res_id in rows)
+
+
+_ACTIVE_VISITS = (
+    select(R.c.res_id)
+    .select_from(IR)
+    .join(R, R.c.seq == IR.c.seq)
+    .join(
+        IT,
+        and_(IT.c.seq == IR.c.seq, IT.c.res_type == "Appointment", IT.c.param == "status"),
     )
-    return any(m.res_id != req.moving for m in result.matches)
+    .where(
+        IR.c.res_type == "Appointment",
+        IR.c.param == "patient",
+        IR.c.target_id == bindparam("pid"),
+        IT.c.code.in_(bindparam("statuses", expanding=True)),
+    )
+    .limit(2)
+)
 
 
 def _match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
@@ -133,39 +158,95 @@ def _schedules(config: ClinicConfig, req: FindRequest, visit: VisitType) -> list
     return out
 
 
+def schedule_days(config: ClinicConfig, request: FindRequest) -> float:
+    """How much calendar a ``$find`` will scan: schedules times days (0 if it is invalid)."""
+    visit = config.visit_type(request.visit_type)
+    if visit is None or request.end <= request.start:
+        return 0.0
+    days = (request.end - request.start).total_seconds() / 86400
+    return len(_schedules(config, request, visit)) * max(days, 1.0)
+
+
 def _busy(
     conn: Connection, schedules: list[str], start: datetime, end: datetime, now: datetime
 ) -> list[Any]:
-    live_hold = or_(BT.c.kind != "held", BT.c.expires_at > now)
-    return list(
-        conn.execute(
-            select(BT).where(
-                BT.c.schedule_id.in_(schedules), BT.c.start < end, BT.c.end > start, live_hold
-            )
-        ).all()
-    )
+    params = {"schedules": schedules, "start": start, "end": end, "now": now}
+    return list(conn.execute(_BUSY, params).all())
+
+
+_BUSY = select(BT).where(
+    BT.c.schedule_id.in_(bindparam("schedules", expanding=True)),
+    BT.c.start < bindparam("end"),
+    BT.c.end > bindparam("start"),
+    or_(BT.c.kind != "held", BT.c.expires_at > bindparam("now")),
+)
 
 
 def _free_slots(
-    conn: Connection, store: Store, sched: str, start: datetime, end: datetime
-) -> list[tuple[datetime, datetime, str]]:
-    params = [
-        ("schedule", f"Schedule/{sched}"),
-        ("status", "free"),
-        ("start", f"ge{start.isoformat()}"),
-        ("start", f"lt{end.isoformat()}"),
-    ]
-    query = parse_query("Slot", params, default_count=PAGE, max_count=PAGE)
-    query.total = "none"
-    out = []
-    while True:
-        page = run_search(conn, store=store, query=query)
-        for m in page.matches:
-            r = m.resource()
-            out.append((parse_fhir_date(r["start"]).low, parse_fhir_date(r["end"]).low, m.res_id))
-        if not page.next_cursor:
-            return sorted(out)
-        query.cursor = page.next_cursor
+    conn: Connection, schedules: list[str], start: int, end: int
+) -> dict[str, list[tuple[int, int, str]]]:
+    """Free Slots starting in the window, by schedule, in start order.
+
+    One range scan of a covering index per schedule. The driver's own cursor is used: building
+    SQLAlchemy rows for a clinic's day of Slots cost more than the query.
+    """
+    if not schedules:
+        return {}
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn.dialect.name == "sqlite":
+            marks = ",".join("?" * len(schedules))
+            cursor.execute(
+                _FREE_SLOTS.format(schedules=f"IN ({marks})", p="?"), (*schedules, start, end)
+            )
+        else:
+            cursor.execute(
+                _FREE_SLOTS.format(schedules="= ANY(%s)", p="%s"), (schedules, start, end)
+            )
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for sched, s_start, s_end, sid in rows:
+        out.setdefault(sched, []).append((s_start, s_end, sid))
+    return out
+
+
+_FREE_SLOTS = (
+    "SELECT schedule_id, start_s, end_s, slot_id FROM slot_time "
+    "WHERE schedule_id {schedules} AND status = 'free' AND start_s >= {p} AND start_s < {p} "
+    "ORDER BY schedule_id, start_s"
+)
+
+
+def _epoch(when: datetime) -> int:
+    return int(_utc(when).timestamp())
+
+
+def _from_epoch(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class _Days:
+    """Local days around a window, as epoch-second boundaries (for a bisect per candidate)."""
+
+    def __init__(self, config: ClinicConfig, start: datetime, end: datetime) -> None:
+        tz = config.tz
+        first = start.astimezone(tz).date() - timedelta(days=1)
+        count = (end.astimezone(tz).date() - first).days + 2
+        self.days = [first + timedelta(days=k) for k in range(count)]
+        self.bounds = [_epoch(datetime.combine(d, time(0), tzinfo=tz)) for d in self.days]
+
+    def index(self, instant: int) -> int:
+        return bisect_right(self.bounds, instant) - 1
+
+
+@dataclass(frozen=True)
+class Found:
+    """``$find``'s answer: how many options there are, and the first ``limit`` of them."""
+
+    total: int
+    options: list[Option]
 
 
 def find_options(
@@ -176,8 +257,14 @@ def find_options(
     request: FindRequest,
     now: datetime,
     ignore_hold: str | None = None,
-) -> list[Option]:
-    """Every bookable option in the window, ordered by start (then practitioner)."""
+    limit: int | None = None,
+) -> Found:
+    """Bookable options in the window, ordered by start (then practitioner).
+
+    Every option is counted (``total``); only the first ``limit`` are built.  Times are epoch
+    seconds inside the loop, and rules are compiled once per practitioner and day
+    (:func:`~fhir_server.scheduling.rules.day_policy`), so a whole clinic's day is cheap.
+    """
     _check_window(config, request)
     visit = config.visit_type(request.visit_type)
     if visit is None:
@@ -187,59 +274,97 @@ def find_options(
         )
     new_patient = not _is_existing_patient(conn, store, request)
     pairs = _schedules(config, request, visit)
-    step = timedelta(minutes=config.slot_minutes)
+    step = config.slot_minutes * 60
+    length = visit.minutes * 60
     need = visit.minutes // config.slot_minutes
-    day_start = request.start - timedelta(days=1)
-    day_end = request.end + timedelta(days=1)
-    all_scheds = [
-        schedule_id(p, loc) for p, loc in {(h.practitioner, h.location) for h in config.hours}
-    ]
-    busy_rows = [
-        b
-        for b in _busy(conn, all_scheds, day_start, day_end, now)
-        if not (ignore_hold and b.kind == "held" and b.appointment_id == ignore_hold)
-    ]
-    options: list[Option] = []
+    window_end = _epoch(request.end)
+    days = _Days(config, request.start, request.end)
+    # busy time on every schedule of the practitioners asked about (caps and buffers count
+    # their visits at any location)
+    asked = {p for p, _ in pairs}
+    owner = {
+        schedule_id(h.practitioner, h.location): h.practitioner
+        for h in config.hours
+        if h.practitioner in asked
+    }
+    taken: dict[str, list[tuple[int, int]]] = {}
+    booked: dict[tuple[str, int], list[Booked]] = {}
+    for b in _busy(
+        conn, list(owner), request.start - timedelta(days=1), request.end + timedelta(days=1), now
+    ):
+        if ignore_hold and b.kind == "held" and b.appointment_id == ignore_hold:
+            continue
+        b_start, b_end = _utc(b.start), _utc(b.end)
+        taken.setdefault(b.schedule_id, []).append((_epoch(b_start), _epoch(b_end)))
+        if b.kind == "booked" and b.schedule_id in owner:
+            key = (owner[b.schedule_id], days.index(_epoch(b_start)))
+            booked.setdefault(key, []).append(Booked(b.visit_type, b_start, b_end))
+    free = _free_slots(
+        conn, [schedule_id(p, loc) for p, loc in pairs], _epoch(request.start), window_end
+    )
+    policies: dict[tuple[str, int], DayPolicy] = {}
+    found: list[tuple[int, str, str, int]] = []  # start, practitioner, location, Slot index
+    runs: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
     for practitioner, location in pairs:
         sched = schedule_id(practitioner, location)
-        taken = [(b.start, b.end) for b in busy_rows if b.schedule_id == sched]
-        booked = [
-            Booked(b.visit_type, _utc(b.start), _utc(b.end))
-            for b in busy_rows
-            if b.kind == "booked" and b.schedule_id.startswith(f"sched-{practitioner}-")
-        ]
-        slots = [
-            s
-            for s in _free_slots(conn, store, sched, request.start, request.end)
-            if not any(_utc(a) < s[1] and s[0] < _utc(b) for a, b in taken)
-        ]
-        for i in range(len(slots) - need + 1):
-            run = slots[i : i + need]
-            if any(
-                run[k + 1][0] != run[k][1] or run[k][1] - run[k][0] != step for k in range(need - 1)
-            ):
+        slots = _untaken(free.get(sched, []), sorted(taken.get(sched, [])))
+        runs[(practitioner, location)] = slots
+        # chain[i]: how many Slots from i on follow each other without a gap
+        chain = [1] * len(slots)
+        for i in range(len(slots) - 2, -1, -1):
+            s_start, s_end, _ = slots[i]
+            if s_end - s_start == step and s_end == slots[i + 1][0]:
+                chain[i] = chain[i + 1] + 1
+        day, next_day, policy = -1, -1, None
+        for i, (start, _, _) in enumerate(slots):
+            if chain[i] < need or start + length > window_end:
                 continue
-            cand = Candidate(practitioner, visit, run[0][0], new_patient)
-            if cand.end > request.end:
-                continue
-            same_day = [
-                b
-                for b in booked
-                if b.start.astimezone(config.tz).date() == cand.start.astimezone(config.tz).date()
-            ]
-            if check_rules(config, cand, now=now, booked_that_day=same_day) is None:
-                options.append(
-                    Option(
+            if start >= next_day or start < days.bounds[day]:
+                day = days.index(start)
+                next_day = days.bounds[day + 1] if day + 1 < len(days.bounds) else window_end
+                policy = policies.get((practitioner, day))
+                if policy is None:
+                    policy = day_policy(
+                        config,
                         practitioner,
-                        location,
                         visit,
-                        cand.start,
-                        cand.end,
-                        tuple(s[2] for s in run),
+                        new_patient,
+                        days.days[day],
+                        now=now,
+                        booked=booked.get((practitioner, day), []),
                     )
-                )
-    options.sort(key=lambda o: (o.start, o.practitioner))
-    return options
+                    policies[(practitioner, day)] = policy
+            assert policy is not None
+            if policy.check(start, start + length) is None:
+                found.append((start, practitioner, location, i))
+    first = sorted(found) if limit is None else heapq.nsmallest(limit, found)
+    options = []
+    for start, practitioner, location, i in first:
+        slots = runs[(practitioner, location)]
+        ids = tuple(slot[2] for slot in slots[i : i + need])
+        options.append(
+            Option(
+                practitioner, location, visit, _from_epoch(start), _from_epoch(start + length), ids
+            )
+        )
+    return Found(len(found), options)
+
+
+def _untaken(
+    slots: list[tuple[int, int, str]], taken: list[tuple[int, int]]
+) -> list[tuple[int, int, str]]:
+    """Slots that overlap no taken time (both lists in start order; taken never overlaps)."""
+    if not taken:
+        return slots
+    out = []
+    j = 0
+    for slot in slots:
+        while j < len(taken) and taken[j][1] <= slot[0]:
+            j += 1
+        if j < len(taken) and taken[j][0] < slot[1]:
+            continue
+        out.append(slot)
+    return out
 
 
 def _utc(value: datetime) -> datetime:

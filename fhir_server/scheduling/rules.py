@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from fhir_server.scheduling.config import WEEKDAYS, ClinicConfig, VisitType
 
-__all__ = ["Booked", "Candidate", "Refusal", "buffer_after", "check_rules"]
+__all__ = [
+    "Booked",
+    "Candidate",
+    "DayPolicy",
+    "Refusal",
+    "buffer_after",
+    "check_rules",
+    "day_policy",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,132 @@ def buffer_after(config: ClinicConfig, practitioner: str, visit_type: str | None
     return timedelta(minutes=minutes)
 
 
+def _epoch(when: datetime) -> int:
+    return int(when.timestamp())
+
+
+@dataclass(slots=True)
+class DayPolicy:
+    """Every rule for one practitioner, visit type and patient on one local day, compiled so
+    that each candidate start costs a few integer comparisons (times are epoch seconds).
+
+    ``$find`` builds one per practitioner and day; :func:`check_rules` builds one per call.
+    """
+
+    before: Refusal | None  # visit type not offered, wrong kind of patient
+    earliest: int  # minimum notice
+    latest: int  # booking horizon
+    exclusion: Refusal | None
+    windows: list[tuple[int, int]] | None  # new-patient windows; None: no restriction
+    cap: Refusal | None
+    guarded: list[tuple[int, int]]  # booked visits and the buffers after them
+    own_buffer: int
+    notice_minutes: int
+    horizon_days: int
+
+    def check(self, start: int, end: int) -> Refusal | None:
+        """The first rule that forbids a visit from ``start`` to ``end``, or None."""
+        if self.before is not None:
+            return self.before
+        if start < self.earliest:
+            return Refusal("min-notice", f"needs {self.notice_minutes} minutes' notice")
+        if start > self.latest:
+            return Refusal("horizon", f"beyond the {self.horizon_days}-day booking horizon")
+        if self.exclusion is not None:
+            return self.exclusion
+        if self.windows is not None and not any(
+            ws <= start and end <= we for ws, we in self.windows
+        ):
+            return Refusal("new-patient-window", "new patients only inside their set windows")
+        if self.cap is not None:
+            return self.cap
+        # an earlier visit's buffer may not overlap us; our buffer may not overlap a later one
+        padded = end + self.own_buffer
+        for b_start, b_end in self.guarded:
+            if b_start < padded and start < b_end:
+                return Refusal("buffer", "too close to another visit that needs a buffer")
+        return None
+
+
+def day_policy(
+    config: ClinicConfig,
+    practitioner: str,
+    visit: VisitType,
+    new_patient: bool,
+    day: date,
+    *,
+    now: datetime,
+    booked: Iterable[Booked] = (),
+) -> DayPolicy:
+    """The rules for ``practitioner`` seeing ``visit`` on local ``day``, given what is booked."""
+    rules = config.rules
+    tz = config.tz
+    weekday = WEEKDAYS[day.weekday()]
+    before: Refusal | None = None
+    if not config.offers(visit, practitioner):
+        before = Refusal("visit-type", f"{practitioner} does not offer {visit.code}")
+    elif visit.patients == "new" and not new_patient:
+        before = Refusal("patients", f"{visit.code} is for new patients only")
+    elif visit.patients == "existing" and new_patient:
+        before = Refusal("patients", f"{visit.code} is for existing patients only")
+    exclusion = None
+    for x in rules.exclusions:
+        if x.practitioner != practitioner or weekday not in x.days:
+            continue
+        if x.visit_types is not None and visit.code not in x.visit_types:
+            continue
+        if x.patients == "new" and not new_patient:
+            continue
+        if x.patients == "existing" and new_patient:
+            continue
+        exclusion = Refusal("exclusion", f"{practitioner} does not see these visits on {weekday}")
+        break
+    windows: list[tuple[int, int]] | None = None
+    if new_patient:
+        applicable = [
+            w for w in rules.new_patient_windows if _applies(w.practitioners, practitioner)
+        ]
+        if applicable:
+            windows = [
+                (
+                    _epoch(datetime.combine(day, w.start, tzinfo=tz)),
+                    _epoch(datetime.combine(day, w.end, tzinfo=tz)),
+                )
+                for w in applicable
+                if weekday in w.days
+            ]
+    booked = list(booked)
+    cap = None
+    for c in rules.daily_caps:
+        if c.visit_type != visit.code or not _applies(c.practitioners, practitioner):
+            continue
+        same_day = [
+            b
+            for b in booked
+            if b.visit_type == c.visit_type and b.start.astimezone(tz).date() == day
+        ]
+        if len(same_day) >= c.max:
+            cap = Refusal("daily-cap", f"at most {c.max} {c.visit_type} visits a day")
+            break
+    guarded = [
+        (_epoch(b.start), _epoch(b.end + buffer_after(config, practitioner, b.visit_type)))
+        for b in booked
+    ]
+    now_utc = now.astimezone(UTC)
+    return DayPolicy(
+        before=before,
+        earliest=_epoch(now_utc + timedelta(minutes=rules.min_notice_minutes)),
+        latest=_epoch(now_utc + timedelta(days=rules.booking_horizon_days)),
+        exclusion=exclusion,
+        windows=windows,
+        cap=cap,
+        guarded=guarded,
+        own_buffer=int(buffer_after(config, practitioner, visit.code).total_seconds()),
+        notice_minutes=rules.min_notice_minutes,
+        horizon_days=rules.booking_horizon_days,
+    )
+
+
 def check_rules(
     config: ClinicConfig,
     candidate: Candidate,
@@ -67,60 +201,14 @@ def check_rules(
     booked_that_day: Iterable[Booked] = (),
 ) -> Refusal | None:
     """The first rule that forbids ``candidate``, or None when it may be booked."""
-    rules = config.rules
     c = candidate
-    tz = config.tz
-    local_start = c.start.astimezone(tz)
-    local_end = c.end.astimezone(tz)
-    weekday = WEEKDAYS[local_start.weekday()]
-    if not config.offers(c.visit, c.practitioner):
-        return Refusal("visit-type", f"{c.practitioner} does not offer {c.visit.code}")
-    if c.visit.patients == "new" and not c.new_patient:
-        return Refusal("patients", f"{c.visit.code} is for new patients only")
-    if c.visit.patients == "existing" and c.new_patient:
-        return Refusal("patients", f"{c.visit.code} is for existing patients only")
-    if c.start < now.astimezone(UTC) + timedelta(minutes=rules.min_notice_minutes):
-        return Refusal("min-notice", f"needs {rules.min_notice_minutes} minutes' notice")
-    if c.start > now.astimezone(UTC) + timedelta(days=rules.booking_horizon_days):
-        return Refusal("horizon", f"beyond the {rules.booking_horizon_days}-day booking horizon")
-    for x in rules.exclusions:
-        if x.practitioner != c.practitioner or weekday not in x.days:
-            continue
-        if x.visit_types is not None and c.visit.code not in x.visit_types:
-            continue
-        if x.patients == "new" and not c.new_patient:
-            continue
-        if x.patients == "existing" and c.new_patient:
-            continue
-        return Refusal("exclusion", f"{c.practitioner} does not see these visits on {weekday}")
-    if c.new_patient:
-        windows = [
-            w for w in rules.new_patient_windows if _applies(w.practitioners, c.practitioner)
-        ]
-        if windows and not any(
-            weekday in w.days
-            and w.start <= local_start.time()
-            and local_end.time() <= w.end
-            and local_end.date() == local_start.date()
-            for w in windows
-        ):
-            return Refusal("new-patient-window", "new patients only inside their set windows")
-    booked = list(booked_that_day)
-    for cap in rules.daily_caps:
-        if cap.visit_type != c.visit.code or not _applies(cap.practitioners, c.practitioner):
-            continue
-        same_day = [
-            b
-            for b in booked
-            if b.visit_type == cap.visit_type
-            and b.start.astimezone(tz).date() == local_start.date()
-        ]
-        if len(same_day) >= cap.max:
-            return Refusal("daily-cap", f"at most {cap.max} {cap.visit_type} visits a day")
-    own_buffer = buffer_after(config, c.practitioner, c.visit.code)
-    for b in booked:
-        # an earlier visit's buffer may not overlap us; our buffer may not overlap a later one
-        b_buffer = buffer_after(config, c.practitioner, b.visit_type)
-        if b.start < c.end + own_buffer and c.start < b.end + b_buffer:
-            return Refusal("buffer", "too close to another visit that needs a buffer")
-    return None
+    policy = day_policy(
+        config,
+        c.practitioner,
+        c.visit,
+        c.new_patient,
+        c.start.astimezone(config.tz).date(),
+        now=now,
+        booked=booked_that_day,
+    )
+    return policy.check(_epoch(c.start), _epoch(c.end))

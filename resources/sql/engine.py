@@ -7,8 +7,9 @@ serialise on the database lock up front instead of failing at commit.  PostgreSQ
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int | None = None, **engine_kwargs: Any) -> None:
         parsed = make_url(url)
         self.url = url
+        # SQLite has one writer at a time; threads of this process queue here, in order,
+        # instead of polling in SQLite's busy handler (whose sleeps grow to 100 ms).
+        self._writer = threading.Lock()
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
@@ -74,7 +78,7 @@ class Database:
         client may retry (409), not a server fault: it is translated here, once.
         """
         try:
-            with self.engine.connect() as conn:
+            with self._writer if self.is_sqlite else nullcontext(), self.engine.connect() as conn:
                 if self.is_sqlite:
                     conn = conn.execution_options(sqlite_immediate=True)
                 with conn.begin():

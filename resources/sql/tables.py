@@ -155,6 +155,24 @@ class IdxBlind(Base):
     __table_args__ = (Index("ix_idx_blind_lookup", "res_type", "param", "digest", "seq"),)
 
 
+class SlotTime(Base):
+    """Each live Slot's schedule, times and status, for ``$find``: one index range scan per
+    schedule instead of intersecting three generic index lookups.  Maintained with the other
+    index rows on every Slot write (see ``resources.indexing``); none of it is patient data."""
+
+    __tablename__ = "slot_time"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    slot_id: Mapped[str] = mapped_column(String(64))
+    schedule_id: Mapped[str] = mapped_column(String(64))
+    start_s: Mapped[int] = mapped_column(BigInteger)  # UTC epoch seconds: no parsing per row
+    end_s: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(32))
+    # covering: $find reads a schedule's free Slots in start order from the index alone
+    __table_args__ = (
+        Index("ix_slot_time_free", "schedule_id", "status", "start_s", "end_s", "slot_id"),
+    )
+
+
 class BusyTime(Base):
     """Time taken on a Schedule: booked visits, buffers and unexpired holds.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -312,3 +313,22 @@ def test_bad_input_is_400(
     assert needle in r.json()["issue"][0]["diagnostics"]
     missing = app_client.get("/fhir/Appointment/$find", params={"start": base["start"]})
     assert missing.status_code == 400
+
+
+def test_only_small_finds_run_on_the_event_loop(cfg: ClinicConfig) -> None:
+    """A $find over a few schedule-days may run inline; a month of every schedule may not."""
+    from fhir_server.handlers import SMALL_FIND_SCHEDULE_DAYS, Context, find_is_small
+
+    ctx = cast(Context, SimpleNamespace(paging=SimpleNamespace(max_count=200)))
+
+    def params(days: int) -> list[tuple[str, Any]]:
+        return [
+            ("start", local(cfg, MONDAY, 0).isoformat()),
+            ("end", local(cfg, MONDAY + timedelta(days=days), 0).isoformat()),
+            ("visit-type", "follow-up"),
+        ]
+
+    schedules = 2  # Smith and Evans at the main location offer follow-ups
+    assert find_is_small(ctx, cfg, params(1))
+    assert not find_is_small(ctx, cfg, params(SMALL_FIND_SCHEDULE_DAYS // schedules + 1))
+    assert find_is_small(ctx, cfg, [("start", "not a date")])  # refused at once, inline

@@ -1,0 +1,77 @@
+"""``slot_time`` follows every Slot write, and migration 0004's backfill agrees with it."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select, text
+
+from resources import service
+from resources.sql.engine import Database
+from resources.sql.tables import SlotTime
+from resources.store import Store
+
+ST = SlotTime.__table__
+migration = importlib.import_module("resources.sql.migrations.versions.0004_slot_time")
+
+
+def _slot(sid: str, hour: int, status: str = "free", schedule: str = "s1") -> dict[str, Any]:
+    return {
+        "resourceType": "Slot",
+        "id": sid,
+        "schedule": {"reference": f"Schedule/{schedule}"},
+        "status": status,
+        "start": f"2027-03-01T{hour:02d}:00:00-05:00",
+        "end": f"2027-03-01T{hour:02d}:15:00-05:00",
+    }
+
+
+def _rows(db: Database) -> set[tuple[Any, ...]]:
+    with db.read() as conn:
+        rows = conn.execute(select(ST.c.slot_id, ST.c.schedule_id, ST.c.start_s, ST.c.status))
+        return {
+            (sid, sched, datetime.fromtimestamp(start, UTC), st) for sid, sched, start, st in rows
+        }
+
+
+def _put(db: Database, store: Store, body: dict[str, Any]) -> None:
+    with db.write() as conn:
+        service.update(
+            conn, store=store, resource_type="Slot", resource_id=body["id"], resource=body
+        )
+
+
+def test_slot_time_follows_slot_writes(db: Database, store: Store) -> None:
+    nine = datetime(2027, 3, 1, 14, tzinfo=UTC)
+    _put(db, store, _slot("a", 9))
+    _put(db, store, _slot("b", 10, schedule="s2"))
+    assert ("a", "s1", nine, "free") in _rows(db)
+    _put(db, store, _slot("a", 9, status="busy"))  # an update replaces the row
+    assert {r for r in _rows(db) if r[0] == "a"} == {("a", "s1", nine, "busy")}
+    with db.write() as conn:
+        service.delete(conn, store=store, resource_type="Slot", resource_id="b")
+    assert {r[0] for r in _rows(db)} == {"a"}
+    with db.write() as conn:  # other types never write slot_time
+        service.update(
+            conn,
+            store=store,
+            resource_type="Schedule",
+            resource_id="s1",
+            resource={"resourceType": "Schedule", "id": "s1", "actor": [{"display": "x"}]},
+        )
+    assert len(_rows(db)) == 1
+
+
+def test_migration_backfill_matches_what_writes_maintain(db: Database, store: Store) -> None:
+    for n, status in enumerate(["free", "busy", "free", "busy-tentative"]):
+        _put(db, store, _slot(f"s{n}", 9 + n, status=status, schedule=f"sched{n % 2}"))
+    with db.write() as conn:
+        service.delete(conn, store=store, resource_type="Slot", resource_id="s2")
+    maintained = _rows(db)
+    assert len(maintained) == 3
+    with db.write() as conn:
+        conn.execute(delete(ST))
+        conn.execute(text(migration.backfill_sql(conn.dialect.name)))
+    assert _rows(db) == maintained
