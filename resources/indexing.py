@@ -16,10 +16,19 @@ from resources.fhirdate import MAX_INSTANT, MIN_INSTANT, DateRange, parse_fhir_d
 from resources.normalize import PHONE_SYSTEMS, norm_string, norm_token_code, phone_variants
 from security.crypto import KeyRing
 
-__all__ = ["IndexRows", "element_values", "index_resource", "split_reference"]
+__all__ = ["IndexRows", "element_values", "index_kinds", "index_resource", "split_reference"]
 
 STRING_PARTS = ("text", "family", "given", "prefix", "suffix")
 ADDRESS_PARTS = ("text", "line", "city", "district", "state", "postalCode", "country")
+
+
+def index_kinds(rtype: str) -> tuple[str, ...]:
+    """The index tables (``IndexRows`` fields) a resource of this type can have rows in."""
+    kinds: set[str] = {"slot"} if rtype == "Slot" else set()
+    for param in RESOURCE_TYPES[rtype].params.values():
+        if param.type in ("string", "token", "date", "reference"):
+            kinds.add("blind" if param.phi else param.type)
+    return tuple(sorted(kinds))
 
 
 @dataclass

@@ -16,7 +16,8 @@ import orjson
 from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from resources.indexing import IndexRows, index_resource
+from conformance.declaration import RESOURCE_TYPES
+from resources.indexing import IndexRows, index_kinds, index_resource
 from resources.sql.tables import (
     IdxBlind,
     IdxDate,
@@ -41,7 +42,8 @@ INDEX_TABLES: dict[str, Table] = {
     "blind": cast(Table, IdxBlind.__table__),
     "slot": cast(Table, SlotTime.__table__),
 }
-GENERIC_INDEXES = [k for k in INDEX_TABLES if k != "slot"]  # what a non-Slot write touches
+# The index tables each type can have rows in: a write touches only those.
+KINDS_BY_TYPE = {rtype: index_kinds(rtype) for rtype in RESOURCE_TYPES}
 
 
 # Built once: the hot read path skips statement construction and cache-key work.
@@ -307,7 +309,7 @@ class Store:
     def _reindex(
         self, conn: Connection, rtype: str, seq: int, rows: IndexRows, *, new: bool = False
     ) -> None:
-        for kind in INDEX_TABLES if rtype == "Slot" else GENERIC_INDEXES:
+        for kind in KINDS_BY_TYPE[rtype]:
             if not new:  # a brand-new resource has no index rows yet
                 conn.execute(_DELETE_INDEX[kind], {"seq_": seq})
             values = getattr(rows, kind)

@@ -237,9 +237,8 @@ def _claim(
     buffer = buffer_after(config, w.practitioner, w.visit_type)
     if buffer and kind == "booked":
         rows.append({**rows[0], "start": w.end, "end": w.end + buffer, "kind": "buffer"})
-    try:
-        with conn.begin_nested():
-            conn.execute(insert(BT), rows)
+    try:  # no savepoint: a refused claim fails the whole request, which rolls back
+        conn.execute(insert(BT), rows)
     except DBAPIError as exc:
         local = w.start.astimezone(config.tz).isoformat()
         raise Conflict(f"the time at {local} with {w.practitioner} was just taken") from exc
