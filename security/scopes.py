@@ -1,0 +1,152 @@
+"""SMART on FHIR scopes: the v1 and v2 grammar, and what a set of granted scopes permits.
+
+Grammar (SMART App Launch 2.x, "Scopes for requesting FHIR resources")::
+
+    <patient|user|system> "/" <ResourceType|*> "." <permissions> ["?" <param>=<value>[&...]]
+
+v2 permissions are a non-empty, ordered subset of ``c r u d s`` (create, read, update, delete,
+search): ``rs``, ``cud``, ``cruds``. The v1 forms are accepted as their v2 equivalents:
+``read`` = ``rs``, ``write`` = ``cud``, ``*`` = ``cruds``. Anything else after the dot
+(``.sr``, ``.rr``, ``.x``, ``.readwrite``) is malformed and refused, not ignored.
+
+A granular scope (``patient/Appointment.rs?status=booked``) permits only resources matching
+its search parameters; :meth:`Grants.filters` gives them to the search layer.
+
+Scopes that are not about resources (``openid``, ``fhirUser``, ``launch``, ``launch/patient``,
+``offline_access``, ``online_access``) are kept as they are.
+
+>>> g = Grants.parse("patient/Appointment.rs?status=booked user/Slot.read openid")
+>>> g.permits("patient", "Appointment", "s"), g.permits("patient", "Appointment", "c")
+(True, False)
+>>> g.filters("patient", "Appointment", "s")
+[(('status', 'booked'),)]
+>>> g.permits("user", "Slot", "s"), "openid" in g.other
+(True, True)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+__all__ = ["CONTEXTS", "PERMISSIONS", "Grants", "Scope", "ScopeError", "parse_scope"]
+
+CONTEXTS = ("patient", "user", "system")
+PERMISSIONS = "cruds"
+V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+NON_RESOURCE = re.compile(
+    r"^(openid|fhirUser|profile|launch(/[a-zA-Z]+)?|offline_access|online_access)$"
+)
+_RESOURCE = re.compile(
+    r"^(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perms>[^?]+)(\?(?P<query>.*))?$"
+)
+
+
+class ScopeError(ValueError):
+    """A resource scope that does not follow the grammar."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One resource scope, v1 normalised to v2 permissions."""
+
+    context: str
+    resource_type: str  # a type or "*"
+    permissions: frozenset[str]
+    query: tuple[tuple[str, str], ...] = ()
+
+    def covers(self, context: str, resource_type: str, permission: str) -> bool:
+        return (
+            self.context == context
+            and self.resource_type in ("*", resource_type)
+            and permission in self.permissions
+        )
+
+    def __str__(self) -> str:
+        perms = "".join(p for p in PERMISSIONS if p in self.permissions)
+        text = f"{self.context}/{self.resource_type}.{perms}"
+        if self.query:
+            text += "?" + "&".join(f"{k}={v}" for k, v in self.query)
+        return text
+
+
+def _permissions(raw: str) -> frozenset[str]:
+    if raw in V1:
+        return frozenset(V1[raw])
+    # v2: a non-empty ordered subset of "cruds", each letter at most once
+    if not raw or not re.fullmatch("c?r?u?d?s?", raw):
+        raise ScopeError(
+            f"permissions {raw!r} are neither v1 (read, write, *) nor v2 (an ordered subset of "
+            "c, r, u, d, s such as rs or cud)"
+        )
+    return frozenset(raw)
+
+
+def parse_scope(text: str) -> Scope | None:
+    """A resource scope, None for a non-resource scope; :class:`ScopeError` if malformed."""
+    if NON_RESOURCE.match(text):
+        return None
+    m = _RESOURCE.match(text)
+    if m is None:
+        raise ScopeError(f"{text!r} is not a SMART scope")
+    query: tuple[tuple[str, str], ...] = ()
+    if m.group("query") is not None:
+        pairs = parse_qsl(m.group("query"), keep_blank_values=True, strict_parsing=False)
+        if not pairs or any(not k or not v for k, v in pairs):
+            raise ScopeError(f"{text!r}: a granular scope needs param=value pairs after '?'")
+        if m.group("type") == "*":
+            raise ScopeError(f"{text!r}: search parameters need a resource type, not '*'")
+        query = tuple(pairs)
+    return Scope(m.group("context"), m.group("type"), _permissions(m.group("perms")), query)
+
+
+@dataclass(frozen=True)
+class Grants:
+    """The scopes of one token: resource scopes and the others (``openid``, ``launch``…)."""
+
+    scopes: tuple[Scope, ...] = ()
+    other: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def parse(cls, text: str) -> Grants:
+        """Parse a space-separated scope string; :class:`ScopeError` names the first bad one."""
+        scopes: list[Scope] = []
+        other: set[str] = set()
+        for item in text.split():
+            scope = parse_scope(item)
+            if scope is None:
+                other.add(item)
+            elif scope not in scopes:
+                scopes.append(scope)
+        return cls(tuple(scopes), frozenset(other))
+
+    def permits(self, context: str, resource_type: str, permission: str) -> bool:
+        """Whether any scope allows ``permission`` on the type in this context."""
+        return any(s.covers(context, resource_type, permission) for s in self.scopes)
+
+    def filters(
+        self, context: str, resource_type: str, permission: str
+    ) -> list[tuple[tuple[str, str], ...]]:
+        """The search restrictions that apply: one entry per granting scope, ``()`` meaning
+        none (then everything is permitted). A resource is allowed if it matches any entry."""
+        out = [s.query for s in self.scopes if s.covers(context, resource_type, permission)]
+        return [()] if () in out else out
+
+    def narrowed(self, requested: Grants) -> Grants:
+        """The requested scopes that these grants contain (a refresh cannot widen scope)."""
+        kept = [
+            s
+            for s in requested.scopes
+            if any(
+                g.context == s.context
+                and g.resource_type in ("*", s.resource_type)
+                and s.permissions <= g.permissions
+                and (not g.query or g.query == s.query)
+                for g in self.scopes
+            )
+        ]
+        return Grants(tuple(kept), requested.other & self.other)
+
+    def __str__(self) -> str:
+        return " ".join([*(str(s) for s in self.scopes), *sorted(self.other)])
