@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+from anyio import to_thread
 from sqlalchemy import Connection
 
 from conformance.operations import OPERATIONS, parse_operation
@@ -22,9 +23,14 @@ from fhir_server.errors import BadRequest, FHIRError, Unprocessable, operation_o
 from fhir_server.scheduling import booking
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.scheduling.find import (
+    FindRequest,
+    Found,
+    compute_options,
     find_options,
     parse_find,
+    plan_find,
     proposed_appointment,
+    read_calendar_async,
     schedule_days,
 )
 from fhir_server.shaping import apply_elements, apply_summary
@@ -34,6 +40,7 @@ from resources.search.engine import SearchResult
 from resources.search.query import SearchQuery
 from resources.service import Outcome, Paging
 from resources.sql.async_reads import AsyncReader
+from resources.sql.engine import Database
 from resources.store import Store, StoredVersion, format_instant
 
 __all__ = ["Context", "FHIRResponse", "Prefer", "parse_prefer"]
@@ -406,10 +413,47 @@ def find(
     found = find_options(
         conn, store=ctx.store, config=config, request=request, now=now, limit=request.count
     )
-    patient = request.patient_id
+    return _find_bundle(config, request, found)
+
+
+async def find_async(
+    ctx: Context,
+    reader: AsyncReader,
+    db: Database,
+    config: ClinicConfig | None,
+    params: list[tuple[str, Any]],
+    *,
+    now: datetime,
+) -> FHIRResponse:
+    """``$find`` on PostgreSQL: the reads on async connections, the rules inline when the
+    window is small (in the thread pool when not). A ``patient-resource`` needs a Patient
+    search, which runs on the synchronous path."""
+    config = _clinic(config)
+    request = parse_find(params, max_count=ctx.paging.max_count)
+    if request.patient_resource is not None:
+
+        def run() -> FHIRResponse:
+            with db.read() as conn:
+                return find(ctx, conn, config, params, now=now)
+
+        return await to_thread.run_sync(run)
+    plan = plan_find(config, request)
+    calendar = await read_calendar_async(reader, plan, request, now)
+
+    def compute() -> Found:
+        return compute_options(config, plan, request, calendar, now=now, limit=request.count)
+
+    if schedule_days(config, request) <= SMALL_FIND_SCHEDULE_DAYS:
+        found = compute()
+    else:
+        found = await to_thread.run_sync(compute)
+    return _find_bundle(config, request, found)
+
+
+def _find_bundle(config: ClinicConfig, request: FindRequest, found: Found) -> FHIRResponse:
     entries = [
         {
-            "resource": proposed_appointment(config, o, patient_id=patient),
+            "resource": proposed_appointment(config, o, patient_id=request.patient_id),
             "search": {"mode": "match"},
         }
         for o in found.options

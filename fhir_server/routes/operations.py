@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from fhir_server import handlers
 from fhir_server.errors import Conflict
-from fhir_server.http import ServicesDep, fhir_response, json_body, run_lookup, run_sync
+from fhir_server.http import (
+    Services,
+    ServicesDep,
+    fhir_response,
+    json_body,
+    run_lookup,
+    run_sync,
+)
 from fhir_server.scheduling.booking import KeyInFlight
 from fhir_server.scheduling.find import parameters_pairs
 
@@ -17,26 +25,28 @@ router = APIRouter()
 
 @router.get("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
 async def find_get(request: Request, services: ServicesDep) -> Response:
-    params = list(request.query_params.multi_items())
-
-    def run() -> handlers.FHIRResponse:
-        with services.db.read() as conn:
-            return handlers.find(services.ctx, conn, services.clinic, params, now=datetime.now(UTC))
-
-    if handlers.find_is_small(services.ctx, services.clinic, params):
-        return fhir_response(await run_lookup(services, run))
-    return fhir_response(await run_sync(run))
+    params: list[tuple[str, Any]] = list(request.query_params.multi_items())
+    return await _find(services, params)
 
 
 @router.post("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
 async def find_post(request: Request, services: ServicesDep) -> Response:
-    pairs = parameters_pairs(await json_body(request))
+    return await _find(services, parameters_pairs(await json_body(request)))
+
+
+async def _find(services: Services, params: list[tuple[str, Any]]) -> Response:
+    now = datetime.now(UTC)
+    if services.reader is not None:  # PostgreSQL
+        resp = await handlers.find_async(
+            services.ctx, services.reader, services.db, services.clinic, params, now=now
+        )
+        return fhir_response(resp)
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:
-            return handlers.find(services.ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
+            return handlers.find(services.ctx, conn, services.clinic, params, now=now)
 
-    if handlers.find_is_small(services.ctx, services.clinic, pairs):
+    if handlers.find_is_small(services.ctx, services.clinic, params):
         return fhir_response(await run_lookup(services, run))
     return fhir_response(await run_sync(run))
 

@@ -13,7 +13,7 @@ import heapq
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, and_, bindparam, or_, select
 
@@ -25,15 +25,22 @@ from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.rules import Booked, DayPolicy, day_policy
 from resources import service
 from resources.fhirdate import parse_fhir_date
+from resources.sql.async_reads import AsyncReader
 from resources.sql.tables import BusyTime, SlotTime
 from resources.store import INDEX_TABLES, R, Store
 
 __all__ = [
+    "Calendar",
+    "FindPlan",
     "FindRequest",
     "Found",
     "Option",
+    "compute_options",
     "find_options",
+    "plan_find",
     "proposed_appointment",
+    "read_calendar",
+    "read_calendar_async",
     "schedule_days",
 ]
 
@@ -249,6 +256,108 @@ class Found:
     options: list[Option]
 
 
+@dataclass(frozen=True)
+class FindPlan:
+    """What a ``$find`` will look at: the visit, the schedules to offer, and the schedules
+    whose busy time counts (every location of the practitioners asked about, since caps and
+    buffers count their visits anywhere)."""
+
+    visit: VisitType
+    pairs: list[tuple[str, str]]  # (practitioner, location) to offer
+    owner: dict[str, str]  # schedule id -> practitioner, for busy time
+
+    @property
+    def schedules(self) -> list[str]:
+        return [schedule_id(p, loc) for p, loc in self.pairs]
+
+
+def plan_find(config: ClinicConfig, request: FindRequest) -> FindPlan:
+    """Check the request (400s that say what to fix) and choose the schedules."""
+    _check_window(config, request)
+    visit = config.visit_type(request.visit_type)
+    if visit is None:
+        known = ", ".join(v.code for v in config.visit_types)
+        raise BadRequest(
+            f"unknown visit-type {request.visit_type!r}; known: {known}", expression=["visit-type"]
+        )
+    pairs = _schedules(config, request, visit)
+    asked = {p for p, _ in pairs}
+    owner = {
+        schedule_id(h.practitioner, h.location): h.practitioner
+        for h in config.hours
+        if h.practitioner in asked
+    }
+    return FindPlan(visit, pairs, owner)
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """What the database says for one ``$find``: everything the rules need."""
+
+    new_patient: bool
+    busy: list[tuple[str, datetime, datetime, str, str, str | None]]
+    # (schedule id, start, end, kind, appointment id, visit type)
+    free: dict[str, list[tuple[int, int, str]]]  # schedule id -> (start, end, Slot id)
+
+
+def _busy_window(request: FindRequest) -> tuple[datetime, datetime]:
+    return request.start - timedelta(days=1), request.end + timedelta(days=1)
+
+
+def read_calendar(
+    conn: Connection, store: Store, plan: FindPlan, request: FindRequest, now: datetime
+) -> Calendar:
+    start, end = _busy_window(request)
+    busy = [
+        (b.schedule_id, b.start, b.end, b.kind, b.appointment_id, b.visit_type)
+        for b in _busy(conn, list(plan.owner), start, end, now)
+    ]
+    return Calendar(
+        new_patient=not _is_existing_patient(conn, store, request),
+        busy=busy,
+        free=_free_slots(conn, plan.schedules, _epoch(request.start), _epoch(request.end)),
+    )
+
+
+_PG_ACTIVE_VISITS = (
+    "SELECT r.res_id FROM idx_reference ir JOIN resource r ON r.seq = ir.seq "
+    "JOIN idx_token it ON it.seq = ir.seq AND it.res_type = 'Appointment' "
+    "AND it.param = 'status' "
+    "WHERE ir.res_type = 'Appointment' AND ir.param = 'patient' AND ir.target_id = %s "
+    "AND it.code = ANY(%s) LIMIT 2"
+)
+_PG_BUSY = (
+    'SELECT schedule_id, start, "end", kind, appointment_id, visit_type FROM busy_time '
+    'WHERE schedule_id = ANY(%s) AND start < %s AND "end" > %s '
+    "AND (kind <> 'held' OR expires_at > %s)"
+)
+
+
+async def read_calendar_async(
+    reader: AsyncReader, plan: FindPlan, request: FindRequest, now: datetime
+) -> Calendar:
+    """The same reads as :func:`read_calendar`, on PostgreSQL's async connections (no thread
+    hop). A ``patient-resource`` needs a Patient search: callers use the sync path for it."""
+    assert request.patient_resource is None
+    start, end = _busy_window(request)
+    queries: list[tuple[str, tuple[Any, ...]]] = [
+        (_PG_BUSY, (list(plan.owner), end, start, now)),
+        (
+            _FREE_SLOTS.format(schedules="= ANY(%s)", p="%s"),
+            (plan.schedules, _epoch(request.start), _epoch(request.end)),
+        ),
+    ]
+    if request.patient_id is not None:
+        queries.append((_PG_ACTIVE_VISITS, (request.patient_id, ACTIVE_STATUSES.split(","))))
+    busy_rows, free_rows, *visits = await reader.fetch_all(queries)
+    new_patient = not visits or not any(res_id != request.moving for (res_id,) in visits[0])
+    busy = [tuple(row) for row in busy_rows]
+    free: dict[str, list[tuple[int, int, str]]] = {}
+    for sched, s_start, s_end, sid in free_rows:
+        free.setdefault(sched, []).append((s_start, s_end, sid))
+    return Calendar(new_patient, cast(Any, busy), free)
+
+
 def find_options(
     conn: Connection,
     *,
@@ -259,49 +368,48 @@ def find_options(
     ignore_hold: str | None = None,
     limit: int | None = None,
 ) -> Found:
-    """Bookable options in the window, ordered by start (then practitioner).
+    """Bookable options in the window, ordered by start (then practitioner)."""
+    plan = plan_find(config, request)
+    calendar = read_calendar(conn, store, plan, request, now)
+    return compute_options(
+        config, plan, request, calendar, now=now, ignore_hold=ignore_hold, limit=limit
+    )
+
+
+def compute_options(
+    config: ClinicConfig,
+    plan: FindPlan,
+    request: FindRequest,
+    calendar: Calendar,
+    *,
+    now: datetime,
+    ignore_hold: str | None = None,
+    limit: int | None = None,
+) -> Found:
+    """The options (no database: all it needs is in ``calendar``).
 
     Every option is counted (``total``); only the first ``limit`` are built.  Times are epoch
     seconds inside the loop, and rules are compiled once per practitioner and day
     (:func:`~fhir_server.scheduling.rules.day_policy`), so a whole clinic's day is cheap.
     """
-    _check_window(config, request)
-    visit = config.visit_type(request.visit_type)
-    if visit is None:
-        known = ", ".join(v.code for v in config.visit_types)
-        raise BadRequest(
-            f"unknown visit-type {request.visit_type!r}; known: {known}", expression=["visit-type"]
-        )
-    new_patient = not _is_existing_patient(conn, store, request)
-    pairs = _schedules(config, request, visit)
+    visit, pairs, owner = plan.visit, plan.pairs, plan.owner
+    new_patient = calendar.new_patient
     step = config.slot_minutes * 60
     length = visit.minutes * 60
     need = visit.minutes // config.slot_minutes
     window_end = _epoch(request.end)
     days = _Days(config, request.start, request.end)
-    # busy time on every schedule of the practitioners asked about (caps and buffers count
-    # their visits at any location)
-    asked = {p for p, _ in pairs}
-    owner = {
-        schedule_id(h.practitioner, h.location): h.practitioner
-        for h in config.hours
-        if h.practitioner in asked
-    }
     taken: dict[str, list[tuple[int, int]]] = {}
     booked: dict[tuple[str, int], list[Booked]] = {}
-    for b in _busy(
-        conn, list(owner), request.start - timedelta(days=1), request.end + timedelta(days=1), now
-    ):
-        if ignore_hold and b.kind == "held" and b.appointment_id == ignore_hold:
+    for sched_id, b_start, b_end, kind, appointment_id, visit_type in calendar.busy:
+        if ignore_hold and kind == "held" and appointment_id == ignore_hold:
             continue
-        b_start, b_end = _utc(b.start), _utc(b.end)
-        taken.setdefault(b.schedule_id, []).append((_epoch(b_start), _epoch(b_end)))
-        if b.kind == "booked" and b.schedule_id in owner:
-            key = (owner[b.schedule_id], days.index(_epoch(b_start)))
-            booked.setdefault(key, []).append(Booked(b.visit_type, b_start, b_end))
-    free = _free_slots(
-        conn, [schedule_id(p, loc) for p, loc in pairs], _epoch(request.start), window_end
-    )
+        b_start, b_end = _utc(b_start), _utc(b_end)
+        taken.setdefault(sched_id, []).append((_epoch(b_start), _epoch(b_end)))
+        if kind == "booked" and sched_id in owner:
+            key = (owner[sched_id], days.index(_epoch(b_start)))
+            booked.setdefault(key, []).append(Booked(visit_type, b_start, b_end))
+    free = calendar.free
     policies: dict[tuple[str, int], DayPolicy] = {}
     found: list[tuple[int, str, str, int]] = []  # start, practitioner, location, Slot index
     runs: dict[tuple[str, str], list[tuple[int, int, str]]] = {}

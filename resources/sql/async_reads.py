@@ -68,6 +68,17 @@ class AsyncReader:
             cur = await conn.execute(_CURRENT, (rtype, rid))
             return await cur.fetchone()
 
+    async def fetch_all(self, queries: list[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
+        """Every row of each query, all read from one snapshot (a REPEATABLE READ transaction),
+        as the synchronous ``Database.read()`` gives."""
+        out: list[list[Any]] = []
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            for sql, params in queries:
+                cur = await conn.execute(sql, params)
+                out.append(list(await cur.fetchall()))
+        return out
+
     async def version(self, rtype: str, rid: str, version: int) -> Any:
         async with self.pool.connection() as conn:
             cur = await conn.execute(_VERSION, (rtype, rid, version))
