@@ -168,10 +168,16 @@ def _write(
     expected: Current | None,
     *,
     fresh_id: bool = False,
+    changed: frozenset[str] | None = None,
 ) -> StoredVersion:
     try:
         return store.write(
-            conn, resource=resource, method=method, expected=expected, fresh_id=fresh_id
+            conn,
+            resource=resource,
+            method=method,
+            expected=expected,
+            fresh_id=fresh_id,
+            changed=changed,
         )
     except VersionConflict as exc:
         raise Conflict(f"{exc}; read it again and retry") from exc
@@ -213,11 +219,14 @@ def update(
     resource: Any,
     if_match: str | None = None,
     trusted: bool = False,
+    changed: frozenset[str] | None = None,
 ) -> Outcome:
     """PUT [base]/[type]/[id]: new version, or create with this id (update-as-create).
 
     ``trusted``: the server built this body from a stored, valid one (a Slot whose status it
     just changed), so the R4B validation is skipped; never for anything a client sent.
+    ``changed``: with ``trusted``, the search parameters whose values changed (the rest of the
+    index is left as it is).
     """
     check_type(resource_type)
     check_id(resource_id)
@@ -239,7 +248,14 @@ def update(
             raise PreconditionFailed(
                 f'If-Match W/"{wanted}" does not match the current version ({have})'
             )
-    stored = _write(conn, store, resource, "PUT", current)
+    stored = _write(
+        conn,
+        store,
+        resource,
+        "PUT",
+        current,
+        changed=changed if trusted and current is not None and not current.deleted else None,
+    )
     created = current is None or current.deleted
     return Outcome(201 if created else 200, stored, created=created)
 

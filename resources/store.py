@@ -74,6 +74,13 @@ _ADVANCE_HEAD = (
 _INSERT_VERSION = insert(V)
 _DELETE_INDEX = {k: delete(t).where(t.c.seq == bindparam("seq_")) for k, t in INDEX_TABLES.items()}
 _INSERT_INDEX = {k: insert(t) for k, t in INDEX_TABLES.items()}
+_DELETE_PARAMS = {
+    k: delete(t).where(
+        t.c.seq == bindparam("seq_"), t.c.param.in_(bindparam("params", expanding=True))
+    )
+    for k, t in INDEX_TABLES.items()
+    if k != "slot"
+}
 
 
 class VersionConflict(Exception):
@@ -202,11 +209,14 @@ class Store:
         method: str,
         expected: Current | None,
         fresh_id: bool = False,
+        changed: frozenset[str] | None = None,
     ) -> StoredVersion:
         """Write a new version of ``resource`` (its ``id`` set by the caller).
 
         ``expected`` is what the caller read as current (None: the resource must not exist).
         ``fresh_id`` says the id was just generated here (a UUID), so it cannot collide.
+        ``changed``: the caller changed only values of these search parameters (a Slot's
+        ``status``), so only their index rows are rewritten.
         Raises :class:`VersionConflict` if that is no longer true.
         """
         rtype, rid = resource["resourceType"], resource["id"]
@@ -223,7 +233,10 @@ class Store:
         )
         self._insert_version(conn, rtype, rid, version, when, method, body)
         rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
-        self._reindex(conn, rtype, seq, rows, new=expected is None)
+        if changed is not None and expected is not None:
+            self._reindex_params(conn, rtype, seq, rows, changed)
+        else:
+            self._reindex(conn, rtype, seq, rows, new=expected is None)
         return StoredVersion(rtype, rid, version, when, method, False, body)
 
     def delete(self, conn: Connection, *, rtype: str, rid: str, expected: Current) -> int:
@@ -313,6 +326,19 @@ class Store:
             if not new:  # a brand-new resource has no index rows yet
                 conn.execute(_DELETE_INDEX[kind], {"seq_": seq})
             values = getattr(rows, kind)
+            if values:
+                conn.execute(_INSERT_INDEX[kind], values)
+
+    def _reindex_params(
+        self, conn: Connection, rtype: str, seq: int, rows: IndexRows, params: frozenset[str]
+    ) -> None:
+        for kind in KINDS_BY_TYPE[rtype]:
+            values = getattr(rows, kind)
+            if kind == "slot":  # one row per Slot, always rewritten
+                conn.execute(_DELETE_INDEX[kind], {"seq_": seq})
+            else:
+                conn.execute(_DELETE_PARAMS[kind], {"seq_": seq, "params": list(params)})
+                values = [v for v in values if v["param"] in params]
             if values:
                 conn.execute(_INSERT_INDEX[kind], values)
 

@@ -195,6 +195,7 @@ def _set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) 
                 resource_id=sid,
                 resource=body,
                 trusted=True,
+                changed=frozenset({"status"}),
             )
 
 

@@ -75,3 +75,29 @@ def test_migration_backfill_matches_what_writes_maintain(db: Database, store: St
         conn.execute(delete(ST))
         conn.execute(text(migration.backfill_sql(conn.dialect.name)))
     assert _rows(db) == maintained
+
+
+def test_a_status_only_update_rewrites_just_the_status_rows(db: Database, store: Store) -> None:
+    _put(db, store, _slot("a", 9))
+    with db.write() as conn:
+        service.update(
+            conn,
+            store=store,
+            resource_type="Slot",
+            resource_id="a",
+            resource=_slot("a", 9, status="busy"),
+            trusted=True,
+            changed=frozenset({"status"}),
+        )
+
+    def search(**params: str) -> set[str]:
+        with db.read() as conn:
+            _, result = service.search(
+                conn, store=store, resource_type="Slot", params=list(params.items())
+            )
+        return {m.res_id for m in result.matches}
+
+    assert search(status="busy") == {"a"}
+    assert search(status="free") == set()
+    assert search(schedule="Schedule/s1", start="ge2027-03-01") == {"a"}  # untouched rows
+    assert {r[3] for r in _rows(db)} == {"busy"}
