@@ -203,9 +203,64 @@ def wait_up(base: str, path: str, proc: subprocess.Popen[Any]) -> str:
     raise RuntimeError(f"{base} did not come up")
 
 
-def wrk(url: str, *, script: Path | None, seconds: int, connections: int) -> dict[str, float]:
+def bench_auth(root: str, database_url: str) -> dict[str, str]:
+    """A full-access backend token, as any client gets one: a client registered in the
+    database, then a JWT assertion (ES384) at the token endpoint. Lasts 300 s."""
+    import uuid
+
+    from joserfc import jwt
+    from joserfc.jwk import ECKey
+
+    from resources.sql.engine import Database
+    from security.smart.registry import add_client
+
+    key = ECKey.generate_key("P-384", parameters={"kid": "bench"})
+    client_id = f"bench-{uuid.uuid4().hex[:8]}"
+    db = Database(database_url)
+    try:
+        with db.write() as conn:
+            jwks = {"keys": [key.as_dict(private=False)]}
+            add_client(
+                conn,
+                name="bench",
+                kind="asymmetric",
+                scope="system/*.cruds",
+                jwks=jwks,
+                client_id=client_id,
+            )
+    finally:
+        db.dispose()
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": f"{root}/auth/token",
+        "exp": now + 240,
+        "jti": uuid.uuid4().hex,
+    }
+    assertion = jwt.encode({"alg": "ES384", "kid": "bench"}, claims, key, algorithms=["ES384"])
+    form = {
+        "grant_type": "client_credentials",
+        "scope": "system/*.cruds",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+    token = httpx.post(f"{root}/auth/token", data=form, timeout=30).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wrk(
+    url: str,
+    *,
+    script: Path | None,
+    seconds: int,
+    connections: int,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
     """Run wrk (one thread: the other core is the server's) and parse its report."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
     if script:
         cmd += ["-s", str(script)]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout

@@ -31,7 +31,7 @@ import httpx
 import yaml
 from sqlalchemy import text
 
-from bench.common import WRK_P95, bulk_load, database, keyring, save, serve, wrk
+from bench.common import WRK_P95, bench_auth, bulk_load, database, keyring, save, serve, wrk
 from fhir_server.scheduling.availability import slot_specs
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, clinic_resources, slot_resource
 from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
@@ -256,7 +256,8 @@ def main() -> None:
             slots = seed(db, keyring(work), config, today, f"http://127.0.0.1:{port}/fhir")
             env = {"FHIRSCHED_CLINIC_FILE": str(clinic_file)}
             with serve(work, url, port, env) as base:
-                with httpx.Client(base_url=f"{base}/fhir", timeout=30) as c:
+                auth = bench_auth(base, url)
+                with httpx.Client(base_url=f"{base}/fhir", timeout=30, headers=auth) as c:
                     patient = known_patient(c)
                     probe = c.get(find_urls(config, today, patient, 1)[0].removeprefix("/fhir"))
                     assert probe.status_code == 200 and probe.json()["total"] > 0, probe.text
@@ -264,12 +265,19 @@ def main() -> None:
                 urls.write_text("\n".join(find_urls(config, today, patient, 5000)) + "\n")
                 script = work / "find.lua"
                 script.write_text(FIND_LUA % urls + WRK_P95)
-                wrk(base + "/fhir/metadata", script=script, seconds=3, connections=CONNECTIONS)
+                wrk(
+                    base + "/fhir/metadata",
+                    script=script,
+                    seconds=3,
+                    connections=CONNECTIONS,
+                    headers=auth,
+                )
                 found = wrk(
                     base + "/fhir/metadata",
                     script=script,
                     seconds=args.seconds,
                     connections=CONNECTIONS,
+                    headers=auth,
                 )
                 bodies = work / "book.txt"
                 wanted = int(args.seconds * 1000)  # more than can be booked in the run
@@ -281,8 +289,9 @@ def main() -> None:
                     script=script,
                     seconds=args.seconds,
                     connections=CONNECTIONS,
+                    headers=auth,
                 )
-                with httpx.Client(base_url=f"{base}/fhir", timeout=60) as c:
+                with httpx.Client(base_url=f"{base}/fhir", timeout=60, headers=auth) as c:
                     count = c.get(
                         "/Appointment", params={"status": "booked", "_summary": "count"}
                     ).json()["total"]

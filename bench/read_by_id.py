@@ -12,7 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.common import bulk_load, database, keyring, save, serve, serve_bare, wrk
+from bench.common import bench_auth, bulk_load, database, keyring, save, serve, serve_bare, wrk
 
 LUA = """
 local ids = {}
@@ -58,17 +58,20 @@ def main() -> None:
                     connections=args.connections,
                 )
             with serve(work, url, 8701) as base:
+                auth = bench_auth(base, url)
                 wrk(
                     f"{base}/fhir/Patient/p1",
                     script=script,
                     seconds=2,
                     connections=args.connections,
+                    headers=auth,
                 )  # warm-up
                 fhir = wrk(
                     f"{base}/fhir/Patient/p1",
                     script=script,
                     seconds=args.seconds,
                     connections=args.connections,
+                    headers=auth,
                 )
     ratio = fhir["rps"] / baseline["rps"]
     print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}")

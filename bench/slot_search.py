@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from bench.common import bulk_load, database, keyring, percentiles, save, serve
+from bench.common import bench_auth, bulk_load, database, keyring, percentiles, save, serve
 
 SCHEDULES = 50
 CHUNK = 10_000
@@ -106,7 +106,10 @@ def main() -> None:
         with database(args.db, work) as (url, db):
             times = seed(db, keyring(work), args.slots, f"http://127.0.0.1:{port}/fhir")
             days = sorted({t.date() for t in times})
-            with serve(work, url, port) as base, httpx.Client(base_url=base, timeout=30) as c:
+            with (
+                serve(work, url, port) as base,
+                httpx.Client(base_url=base, timeout=30, headers=bench_auth(base, url)) as c,
+            ):
                 samples: list[float] = []
                 totals: list[int] = []
                 for n in range(args.queries + 20):

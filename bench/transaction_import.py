@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import database, save, serve
+from bench.common import bench_auth, database, save, serve
 
 H = {"content-type": "application/fhir+json", "prefer": "return=minimal"}
 
@@ -97,6 +97,7 @@ def main() -> None:
             serve(work, url, 8731) as base,
             httpx.Client(timeout=120) as c,
         ):
+            c.headers.update(bench_auth(base, url))
             r = c.post(f"{base}/fhir", json=bundles[0], headers=H)  # warm-up
             assert r.status_code == 200, r.text[:500]
             t0 = time.perf_counter()

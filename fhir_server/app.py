@@ -17,6 +17,7 @@ from datetime import datetime
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,7 +31,7 @@ from fhir_server.errors import (
 from fhir_server.handlers import Context
 from fhir_server.http import Services, error_response
 from fhir_server.logging import get_logger
-from fhir_server.routes import metadata, operations, resources
+from fhir_server.routes import auth, authorize, metadata, operations, resources
 from fhir_server.scheduling.clinic import load_clinic
 from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from fhir_server.settings import Settings
@@ -39,6 +40,8 @@ from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database, migrate
 from resources.store import Store
 from security.crypto import KeyRing, load_keyring
+from security.smart.server import SmartServer
+from security.smart.signing import load_signer
 
 __all__ = ["create_app"]
 
@@ -221,13 +224,47 @@ def create_app(
         db=db,
         store=store,
         ctx=ctx,
+        oauth=SmartServer(
+            db=db,
+            keys=keys,
+            signer=load_signer(
+                path=settings.signing_key_path,
+                key_json=settings.signing_key.get_secret_value() if settings.signing_key else None,
+            ),
+            issuer=settings.public_root,
+            fhir_base=settings.fhir_base,
+        ),
         reader=reader,
         clinic=load_clinic_config(settings.clinic_file) if settings.clinic_file else None,
     )
     app.include_router(metadata.health)
+    app.include_router(auth.router)
+    app.include_router(authorize.router)
     app.include_router(metadata.router, prefix="/fhir")
     app.include_router(operations.router, prefix="/fhir")
     app.include_router(resources.router, prefix="/fhir")
     _install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,  # bearer tokens, not cookies: any origin may call with a token
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Prefer",
+            "If-Match",
+            "If-None-Exist",
+            "Idempotency-Key",
+            "X-Request-ID",
+        ],
+        expose_headers=[
+            "Location",
+            "ETag",
+            "Last-Modified",
+            "Expires",
+            "X-Request-ID",
+            "WWW-Authenticate",
+        ],
+    )
     app.add_middleware(RequestContextMiddleware)
     return app

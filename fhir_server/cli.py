@@ -7,6 +7,9 @@ Examples::
     fhir-sched db upgrade                # apply migrations
     fhir-sched keys rotate               # add a KEK and rewrap every row (server may run)
     fhir-sched keys retire KEY_ID        # drop an old KEK once no row uses it
+    fhir-sched client add|list|revoke    # SMART clients (see fhir_server/cli_auth.py)
+    fhir-sched user add|list|disable     # people who sign in
+    fhir-sched launch --patient ID       # an EHR launch value
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from fhir_server.cli_auth import client, launch, user
 from fhir_server.settings import Settings
 
 __all__ = ["main"]
@@ -29,6 +33,11 @@ def _settings(**overrides: object) -> Settings:
 @click.group()
 def main() -> None:
     """fhir-sched: a FHIR R4 scheduling server for clinics."""
+
+
+main.add_command(client)
+main.add_command(user)
+main.add_command(launch)
 
 
 def _serve(settings: Settings) -> None:
@@ -70,12 +79,23 @@ def demo(host: str | None, port: int | None, weeks: int) -> None:
     from fhir_server.demo import DEMO_CLINIC, load_demo
 
     settings = _settings(host=host, port=port)
+    if settings.host not in ("127.0.0.1", "::1", "localhost"):
+        raise click.ClickException(
+            "the demo's users and clients have published passwords: it serves on loopback only"
+        )
     if settings.clinic_file is None:  # $find applies the demo clinic's rules
         settings = settings.model_copy(update={"clinic_file": DEMO_CLINIC})
     report, patients = load_demo(settings, weeks=weeks)
     click.echo(
         f"demo clinic: {report.created} resources created, {report.unchanged} unchanged, "
         f"{report.slots_created} Slots created, {patients['Patient']} patients added",
+        err=True,
+    )
+    root = settings.public_root
+    click.echo(
+        "get a token (demo backend client, see README for users and the SMART app):\n"
+        f"  curl -u demo-backend:demo-backend-secret -d grant_type=client_credentials "
+        f"-d scope=system/*.rs {root}/auth/token",
         err=True,
     )
     _serve(settings)

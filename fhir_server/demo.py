@@ -20,7 +20,7 @@ from resources.sql.engine import Database, migrate
 from resources.store import Store
 from security.crypto import load_keyring
 
-__all__ = ["DEMO_CLINIC", "demo_patients", "load_demo"]
+__all__ = ["DEMO_CLIENTS", "DEMO_CLINIC", "DEMO_USERS", "demo_patients", "load_demo"]
 
 DEMO_CLINIC = Path(__file__).parent / "scheduling" / "demo_clinic.yaml"
 MRN = "urn:oid:2.16.840.1.113883.19.5.99999.1"
@@ -31,6 +31,64 @@ PATIENTS = [
     ("pat-3", "Okafor", ["Chidi"], "1961-07-30", "male", "555-0103", "MRN-1003"),
     ("pat-4", "Lindqvist", ["Sara"], "2001-11-02", "female", "555-0104", "MRN-1004"),
 ]
+
+
+# Demo identities with published credentials: the demo serves on loopback only.
+_APP_SCOPE = (
+    "openid fhirUser launch launch/patient offline_access online_access "
+    "patient/*.rs patient/Appointment.$find patient/Appointment.$hold patient/Appointment.$book "
+    "user/*.cruds user/Appointment.$find user/Appointment.$hold user/Appointment.$book"
+)
+DEMO_CLIENTS: list[dict[str, Any]] = [
+    {
+        "client_id": "demo-backend",
+        "name": "Demo backend service (client_credentials, client_secret_basic)",
+        "kind": "symmetric",
+        "secret": "demo-backend-secret",
+        "scope": "system/*.cruds",
+    },
+    {
+        "client_id": "demo-app",
+        "name": "Demo SMART app (public, PKCE)",
+        "kind": "public",
+        "scope": _APP_SCOPE,
+        "redirect_uris": ["http://localhost:9000/callback", "http://127.0.0.1:9000/callback"],
+    },
+]
+# (login, password, role, fhirUser, patients acted for)
+DEMO_USERS = [
+    ("frontdesk", "frontdesk-demo", "front-desk", None, []),
+    ("drsmith", "drsmith-demo", "clinician", "Practitioner/dr-smith", []),
+    ("compliance", "compliance-demo", "compliance", None, []),
+    ("peter", "peter-demo-1", "patient", "Patient/pat-1", []),
+    ("maria", "maria-demo-1", "patient", "Patient/pat-2", ["pat-4"]),
+]
+
+
+def _load_identities(conn: Any, keys: Any) -> int:
+    """Register the demo clients and users that are not registered yet."""
+    from security.smart.registry import RegistryError, add_client, add_user, get_client
+
+    added = 0
+    for spec in DEMO_CLIENTS:
+        if get_client(conn, spec["client_id"]) is None:
+            add_client(conn, **spec)
+            added += 1
+    for login, password, role, fhir_user, patients in DEMO_USERS:
+        try:
+            add_user(
+                conn,
+                keys,
+                login=login,
+                password=password,
+                role=role,
+                fhir_user=fhir_user,
+                patients=patients,
+            )
+            added += 1
+        except RegistryError:
+            pass  # already there (the login is taken)
+    return added
 
 
 def demo_patients() -> list[dict[str, Any]]:
@@ -83,6 +141,7 @@ def load_demo(
                         resource=patient,
                     )
                     patients["Patient"] += 1
+            patients["identities"] += _load_identities(conn, keys)
     finally:
         db.dispose()
     return report, patients

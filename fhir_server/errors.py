@@ -14,6 +14,7 @@ __all__ = [
     "BusinessRule",
     "Conflict",
     "FHIRError",
+    "Forbidden",
     "Gone",
     "InvalidResource",
     "MethodNotAllowed",
@@ -21,6 +22,7 @@ __all__ = [
     "NotSupported",
     "PreconditionFailed",
     "ServiceUnavailable",
+    "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
     "operation_outcome",
@@ -93,6 +95,28 @@ class InvalidResource(BadRequest):
 class NotSupported(BadRequest):
     code = "not-supported"
     message_id = "FS-0402"
+
+
+class Unauthorized(FHIRError):
+    """No usable bearer token (RFC 6750 §3: the challenge goes in WWW-Authenticate)."""
+
+    status = 401
+    code = "login"
+    message_id = "FS-0401"
+
+    def __init__(self, diagnostics: str, *, error: str | None = "invalid_token") -> None:
+        challenge = 'Bearer realm="fhir-sched"'
+        if error:
+            challenge += f', error="{error}"'
+        super().__init__(diagnostics, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(FHIRError):
+    """The token is good but its scopes (or its patient) do not allow this."""
+
+    status = 403
+    code = "forbidden"
+    message_id = "FS-0403"
 
 
 class NotFound(FHIRError):

@@ -8,7 +8,7 @@ in with ``orjson.Fragment``) and serialised once.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -19,7 +19,15 @@ from anyio import to_thread
 from sqlalchemy import Connection
 
 from conformance.operations import OPERATIONS, parse_operation
-from fhir_server.errors import BadRequest, FHIRError, Unprocessable, operation_outcome
+from fhir_server import authz
+from fhir_server.authz import Access
+from fhir_server.errors import (
+    BadRequest,
+    FHIRError,
+    Forbidden,
+    Unprocessable,
+    operation_outcome,
+)
 from fhir_server.scheduling import booking
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.scheduling.find import (
@@ -42,6 +50,7 @@ from resources.service import Outcome, Paging
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.store import Store, StoredVersion, format_instant
+from security.principal import Principal
 
 __all__ = ["Context", "FHIRResponse", "Prefer", "parse_prefer"]
 
@@ -55,6 +64,11 @@ class Context:
     store: Store
     base_url: str
     paging: Paging
+    principal: Principal | None = None  # None: nothing is allowed (every request sets it)
+
+    def acting(self, principal: Principal) -> Context:
+        """This context for one request made by ``principal``."""
+        return replace(self, principal=principal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,20 +205,46 @@ def searchset(
 
 
 # -- interactions ------------------------------------------------------------------------------
+def _visible(ctx: Context, conn: Connection | None, access: Access, stored: Any) -> None:
+    """Refuse a resource the access does not reach (compartment, then granular filters)."""
+    if stored is None or stored.body is None or access.unrestricted:
+        return
+    access.check(stored.resource())
+    if access.filters != [()]:
+        if conn is None:
+            raise Forbidden(f"this token's {access.rtype} scopes need a search to check")
+        probe = access.search_params([("_id", stored.res_id), ("_total", "accurate")])
+        _, result = service.search(conn, store=ctx.store, resource_type=access.rtype, params=probe)
+        if not result.matches:
+            raise Forbidden(f"this {access.rtype} is outside what the token's scopes allow")
+
+
 def read(
     ctx: Context, conn: Connection, rtype: str, rid: str, params: list[tuple[str, str]]
 ) -> FHIRResponse:
+    access = authz.require(ctx.principal, rtype, "r")
     outcome = service.read(conn, store=ctx.store, resource_type=rtype, resource_id=rid)
+    _visible(ctx, conn, access, outcome.stored)
     return read_response(ctx, outcome, params)
+
+
+def read_is_async_safe(ctx: Context, rtype: str) -> bool:
+    """Whether a read can skip the synchronous connection (no granular filter to search)."""
+    try:
+        return authz.require(ctx.principal, rtype, "r").filters == [()]
+    except FHIRError:
+        return True  # the async path refuses it just the same
 
 
 async def read_async(
     ctx: Context, reader: AsyncReader, rtype: str, rid: str, params: list[tuple[str, str]]
 ) -> FHIRResponse:
     """Read-by-id over an async PostgreSQL connection (same answers as :func:`read`)."""
+    access = authz.require(ctx.principal, rtype, "r")
     service.check_type(rtype)
     row = await reader.current(rtype, rid)
     stored = ctx.store.open_row(row) if row is not None else None
+    _visible(ctx, None, access, stored)
     outcome = service.read_outcome(stored, resource_type=rtype, resource_id=rid)
     return read_response(ctx, outcome, params)
 
@@ -227,15 +267,21 @@ def read_response(ctx: Context, outcome: Outcome, params: list[tuple[str, str]])
 
 
 def vread(ctx: Context, conn: Connection, rtype: str, rid: str, vid: str) -> FHIRResponse:
+    access = authz.require(ctx.principal, rtype, "r")
+    if access.filters != [()]:
+        raise Forbidden("version reads are not available to a token with granular scopes")
     outcome = service.vread(
         conn, store=ctx.store, resource_type=rtype, resource_id=rid, version=vid
     )
+    _visible(ctx, conn, access, outcome.stored)
     return resource_response(ctx, outcome, Prefer())
 
 
 def search(
     ctx: Context, conn: Connection, rtype: str, params: list[tuple[str, str]], prefer: Prefer
 ) -> FHIRResponse:
+    access = authz.require(ctx.principal, rtype, "s")
+    params = access.search_params(params)
     query, result = service.search(
         conn,
         store=ctx.store,
@@ -244,13 +290,49 @@ def search(
         paging=ctx.paging,
         strict=prefer.strict,
     )
+    if result.included:
+        result = replace(result, included=[s for s in result.included if _may_include(ctx, s)])
     bundle = searchset(ctx, resource_type=rtype, params=params, query=query, result=result)
     return FHIRResponse(200, bundle)
+
+
+def _may_include(ctx: Context, stored: StoredVersion) -> bool:
+    """An ``_include``d resource appears only if the token could read it by itself."""
+    try:
+        access = authz.require(ctx.principal, stored.res_type, "r")
+    except FHIRError:
+        return False
+    if access.filters != [()]:
+        return False
+    return access.patient is None or authz.in_compartment(
+        stored.res_type, stored.resource(), access.patient
+    )
+
+
+def _confined_write(access: Access, body: Any) -> None:
+    """A patient-confined token writes only its own patient's resources."""
+    if access.patient is None:
+        return
+    if access.rtype == "Patient" and isinstance(body, dict) and body.get("id") != access.patient:
+        raise Forbidden("a patient's token cannot create or change another Patient")
+    if access.rtype == "Appointment":
+        named = authz.patients_in(body) if isinstance(body, dict) else set()
+        if named != {access.patient}:
+            raise Forbidden("a patient's token books only for that patient (and no one else)")
+
+
+def _current_visible(ctx: Context, conn: Connection, access: Access, rid: str) -> None:
+    if not access.unrestricted:
+        _visible(ctx, conn, access, ctx.store.read(conn, access.rtype, rid))
 
 
 def create(
     ctx: Context, conn: Connection, rtype: str, body: Any, headers: Mapping[str, str]
 ) -> FHIRResponse:
+    access = authz.require(ctx.principal, rtype, "c")
+    if access.patient is not None and rtype == "Patient":
+        raise Forbidden("a patient's token cannot create Patients")
+    _confined_write(access, body)
     outcome = service.create(
         conn,
         store=ctx.store,
@@ -273,6 +355,9 @@ def create(
 def update(
     ctx: Context, conn: Connection, rtype: str, rid: str, body: Any, headers: Mapping[str, str]
 ) -> FHIRResponse:
+    access = authz.require(ctx.principal, rtype, "u")
+    _current_visible(ctx, conn, access, rid)
+    _confined_write(access, body)
     outcome = service.update(
         conn,
         store=ctx.store,
@@ -295,6 +380,8 @@ def conditional_update(
 ) -> FHIRResponse:
     if not params:
         raise BadRequest("PUT on a type needs search criteria (conditional update)")
+    if not authz.require(ctx.principal, rtype, "u").unrestricted:
+        raise Forbidden("conditional update is not available to a confined or granular token")
     outcome = service.conditional_update(
         conn,
         store=ctx.store,
@@ -310,6 +397,8 @@ def conditional_update(
 def patch(
     ctx: Context, conn: Connection, rtype: str, rid: str, body: Any, headers: Mapping[str, str]
 ) -> FHIRResponse:
+    access = authz.require(ctx.principal, rtype, "u")
+    _current_visible(ctx, conn, access, rid)
     outcome = service.patch(
         conn,
         store=ctx.store,
@@ -318,10 +407,13 @@ def patch(
         operations=body,
         if_match=headers.get("if-match"),
     )
+    if outcome.stored is not None and access.patient is not None:
+        _confined_write(access, outcome.stored.resource())  # refused: the patch rolls back
     return resource_response(ctx, outcome, parse_prefer(headers.get("prefer")))
 
 
 def delete(ctx: Context, conn: Connection, rtype: str, rid: str) -> FHIRResponse:
+    _current_visible(ctx, conn, authz.require(ctx.principal, rtype, "d"), rid)
     service.delete(conn, store=ctx.store, resource_type=rtype, resource_id=rid)
     return FHIRResponse(204)
 
@@ -333,6 +425,14 @@ def history(
     rid: str | None,
     params: list[tuple[str, str]],
 ) -> FHIRResponse:
+    access = authz.require(ctx.principal, rtype, "r" if rid else "s")
+    if rid is None and not access.unrestricted:
+        raise Forbidden("type history is not available to a confined or granular token")
+    if rid is not None and not access.unrestricted:
+        current = ctx.store.read(conn, rtype, rid)
+        if current is not None and current.body is None:
+            raise Forbidden("the history of a deleted resource needs an unconfined token")
+        _visible(ctx, conn, access, current)
     args = dict(params)
     count = ctx.paging.default_count
     if "_count" in args:
@@ -408,8 +508,9 @@ def find(
     now: datetime,
 ) -> FHIRResponse:
     """Appointment/$find: a searchset Bundle of proposed Appointments, ordered by start."""
+    access = authz.require(ctx.principal, "Appointment", "$find")
     config = _clinic(config)
-    request = parse_find(params, max_count=ctx.paging.max_count)
+    request = _confine_find(access, parse_find(params, max_count=ctx.paging.max_count))
     found = find_options(
         conn, store=ctx.store, config=config, request=request, now=now, limit=request.count
     )
@@ -428,8 +529,9 @@ async def find_async(
     """``$find`` on PostgreSQL: the reads on async connections, the rules inline when the
     window is small (in the thread pool when not). A ``patient-resource`` needs a Patient
     search, which runs on the synchronous path."""
+    access = authz.require(ctx.principal, "Appointment", "$find")
     config = _clinic(config)
-    request = parse_find(params, max_count=ctx.paging.max_count)
+    request = _confine_find(access, parse_find(params, max_count=ctx.paging.max_count))
     if request.patient_resource is not None:
 
         def run() -> FHIRResponse:
@@ -448,6 +550,17 @@ async def find_async(
     else:
         found = await to_thread.run_sync(compute)
     return _find_bundle(config, request, found)
+
+
+def _confine_find(access: Access, request: FindRequest) -> FindRequest:
+    """A patient's token finds only for that patient."""
+    if access.patient is None:
+        return request
+    if request.patient_resource is not None:
+        raise Forbidden("a patient's token finds for its own patient: use patient-reference")
+    if request.patient_id not in (None, access.patient):
+        raise Forbidden("a patient's token finds only for that patient")
+    return replace(request, patient_id=access.patient)
 
 
 def _find_bundle(config: ClinicConfig, request: FindRequest, found: Found) -> FHIRResponse:
@@ -501,8 +614,13 @@ def hold(
     now: datetime,
 ) -> FHIRResponse:
     """Appointment/$hold (ITI-116): a pending Appointment and an ``Expires`` header."""
+    access = authz.require(ctx.principal, "Appointment", "$hold")
     config = _clinic(config)
-    resource, _, _ = _operation_appointment("appointment-hold", params)
+    resource, reference, _ = _operation_appointment("appointment-hold", params)
+    if access.patient is not None:
+        if reference is not None:
+            raise Forbidden("a patient's token holds a proposed appointment-resource")
+        _confined_write(access, resource)
     stored, expires = booking.hold(
         conn, store=ctx.store, config=config, appointment=resource, now=now
     )
@@ -525,9 +643,12 @@ def book(
     """Appointment/$book (ITI-117): book (201), modify a booked one (200), cancel (status
     cancelled, 200), or reschedule (``cancelled-appt-id``: the old one is cancelled only if the
     new one is booked; 201)."""
-    config = _clinic(config)
+    access = authz.require(ctx.principal, "Appointment", "$book")
     resource, reference, values = _operation_appointment("appointment-book", params)
     old = values.get("cancelled-appointment-id", [None])[0]
+    if access.patient is not None:
+        _confine_book(ctx, conn, access, resource, reference, old)
+    config = _clinic(config)
     action = _book_action(ctx, conn, resource, old)
     key = _idempotency_key(idempotency_key, resource, action)
     if key is not None:
@@ -573,6 +694,22 @@ def book(
         location = f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}"
         headers["Location"] = location
     return FHIRResponse(status, stored.body, headers, stored)
+
+
+def _confine_book(
+    ctx: Context, conn: Connection, access: Access, resource: Any, reference: Any, old: Any
+) -> None:
+    """A patient's token books, changes and cancels only that patient's appointments."""
+    if reference is not None:
+        target = str(reference.get("reference") if isinstance(reference, dict) else reference)
+        _current_visible(ctx, conn, access, target.split("/")[-1])
+    if isinstance(resource, dict):
+        if resource.get("id"):
+            _current_visible(ctx, conn, access, str(resource["id"]))
+        if resource.get("status") != "cancelled" or resource.get("participant"):
+            _confined_write(access, resource)
+    if old:
+        _current_visible(ctx, conn, access, str(old).split("/")[-1])
 
 
 def _book_action(ctx: Context, conn: Connection, resource: Any, old: Any) -> str:

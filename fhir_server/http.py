@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from fhir_server.errors import FHIRError, UnsupportedMediaType
+from fhir_server.errors import FHIRError, Unauthorized, UnsupportedMediaType
 from fhir_server.handlers import FHIR_JSON, Context, FHIRResponse
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import Settings
@@ -17,8 +17,19 @@ from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.store import Store
 from resources.validation import parse_json
+from security.principal import Principal
+from security.smart.server import SmartServer
+from security.smart.tokens import ACTIVE_ACCESS_SQL, active_principal, digest, principal_from_row
 
-__all__ = ["Services", "ServicesDep", "fhir_response", "json_body", "run_lookup", "run_sync"]
+__all__ = [
+    "PrincipalDep",
+    "Services",
+    "ServicesDep",
+    "fhir_response",
+    "json_body",
+    "run_lookup",
+    "run_sync",
+]
 
 T = TypeVar("T")
 
@@ -32,6 +43,7 @@ class Services:
     db: Database
     store: Store
     ctx: Context
+    oauth: SmartServer
     reader: AsyncReader | None = None  # PostgreSQL only: async read-by-id
     clinic: ClinicConfig | None = None  # the rules $find applies
 
@@ -42,6 +54,43 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+_PG_ACTIVE_ACCESS = ACTIVE_ACCESS_SQL.format(p="%s")
+
+
+def bearer_credential(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer …`` header (RFC 6750 §2.1), else 401."""
+    if not header:
+        raise Unauthorized(
+            "this request needs an access token: send Authorization: Bearer <token> "
+            "(see /.well-known/smart-configuration for how to get one)",
+            error=None,
+        )
+    scheme, _, credential = header.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential or " " in credential:
+        raise Unauthorized("the Authorization header must be Bearer <token>")
+    return credential
+
+
+async def get_principal(request: Request) -> Principal:
+    """Who is asking, from the bearer token; 401 when there is no usable one. The lookup is
+    one primary-key read: inline on SQLite, on the async pool on PostgreSQL."""
+    services: Services = request.app.state.services
+    credential = bearer_credential(request.headers.get("authorization"))
+    if services.reader is not None:
+        row = await services.reader.one(_PG_ACTIVE_ACCESS, (digest(credential),))
+        principal = principal_from_row(row)
+    else:
+        with services.db.read() as conn:
+            principal = active_principal(conn, credential)
+    if principal is None:
+        raise Unauthorized("the access token is unknown, expired or revoked; get a new one")
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def _media_type(request: Request) -> str:

@@ -1,8 +1,10 @@
 """structlog JSON events. Log ids and event names only: never names, phones, tokens or bodies.
 
-Records from the standard library's ``logging`` (uvicorn, alembic, psycopg) are rendered as JSON
-events too, one per line, and an exception attached to one is reduced to its type and frames:
-exception messages and tracebacks' source lines can quote request data, which may be PHI.
+Records from the standard library's ``logging`` (uvicorn, alembic, psycopg, authlib) are rendered
+as JSON events too, one per line, by their message *template*: the arguments a library
+interpolates can be tokens or request data (authlib logs issued tokens at debug level), so they
+are dropped. An exception attached to a record is reduced to its type and frames: exception
+messages and tracebacks' source lines can quote request data, which may be PHI.
 
 >>> import io
 >>> out = io.StringIO()
@@ -38,7 +40,8 @@ class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, Any] = {
             **structlog.contextvars.get_contextvars(),
-            "event": record.getMessage().strip(),
+            # the template, never the interpolated arguments (see the module docstring)
+            "event": str(record.msg).strip() if record.args else record.getMessage().strip(),
             "logger": record.name,
             "level": record.levelname.lower(),
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -61,6 +64,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    logging.getLogger("authlib").setLevel(max(numeric, logging.INFO))  # its debug quotes tokens
     logging.captureWarnings(True)
     structlog.configure(
         processors=[

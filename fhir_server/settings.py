@@ -33,14 +33,28 @@ class Settings(BaseSettings):
     keys: SecretStr | None = Field(
         default=None, description="The key file's JSON content, given through the environment"
     )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="RS256 key that signs id_tokens (created 0600 on first run; default: "
+        "signing-key.json beside the key file)",
+    )
+    signing_key: SecretStr | None = Field(
+        default=None, description="The signing key's private JWK, given through the environment"
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     allow_remote: bool = Field(
         default=False,
-        description="Must be true to listen beyond loopback (no authorization server yet)",
+        description="Must be true to listen beyond loopback (put TLS in front: tokens are "
+        "bearer credentials)",
     )
     base_url: str | None = Field(
         default=None, description="Public FHIR base URL; default http://{host}:{port}/fhir"
+    )
+    cors_origins: list[str] = Field(
+        default=["*"],
+        description="Browser origins allowed to call the API (JSON list); tokens, not cookies, "
+        "carry authority, so any origin is safe by default",
     )
     default_page_size: int = Field(default=20, ge=1, le=1000)
     max_page_size: int = Field(default=500, ge=1, le=10000)
@@ -65,9 +79,19 @@ class Settings(BaseSettings):
         """Refuse a non-loopback bind unless it was asked for explicitly."""
         if self.host not in _LOOPBACK and not self.allow_remote:
             raise ValueError(
-                f"refusing to listen on {self.host}: until SMART authorization is enabled the "
-                "server binds to loopback only; set FHIRSCHED_ALLOW_REMOTE=true to override"
+                f"refusing to listen on {self.host}: the server binds to loopback unless told "
+                "otherwise; put TLS in front of it and set FHIRSCHED_ALLOW_REMOTE=true"
             )
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.key_file.with_name("signing-key.json")
+
+    @property
+    def public_root(self) -> str:
+        """The server's public URL without the ``/fhir`` suffix (where ``/auth`` lives)."""
+        base = self.fhir_base
+        return base[: -len("/fhir")] if base.endswith("/fhir") else base
 
     @property
     def fhir_base(self) -> str:

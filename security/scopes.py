@@ -12,6 +12,11 @@ search): ``rs``, ``cud``, ``cruds``. The v1 forms are accepted as their v2 equiv
 A granular scope (``patient/Appointment.rs?status=booked``) permits only resources matching
 its search parameters; :meth:`Grants.filters` gives them to the search layer.
 
+The scheduling operations have scopes of their own (a fhir-sched extension of the grammar, so
+a client can be allowed to book through the rules without being allowed to write Appointments
+directly): ``<context>/Appointment.$find``, ``.$hold`` and ``.$book``. Full access to a type
+(``cruds`` or v1 ``*``) includes its operations.
+
 Scopes that are not about resources (``openid``, ``fhirUser``, ``launch``, ``launch/patient``,
 ``offline_access``, ``online_access``) are kept as they are.
 
@@ -30,11 +35,21 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-__all__ = ["CONTEXTS", "PERMISSIONS", "Grants", "Scope", "ScopeError", "parse_scope"]
+__all__ = [
+    "CONTEXTS",
+    "OPERATIONS",
+    "PERMISSIONS",
+    "Grants",
+    "Scope",
+    "ScopeError",
+    "parse_scope",
+]
 
 CONTEXTS = ("patient", "user", "system")
 PERMISSIONS = "cruds"
 V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+OPERATIONS = {"Appointment": ("$find", "$hold", "$book")}  # operation scopes, by type
+FULL = frozenset(PERMISSIONS)
 NON_RESOURCE = re.compile(
     r"^(openid|fhirUser|profile|launch(/[a-zA-Z]+)?|offline_access|online_access)$"
 )
@@ -60,18 +75,62 @@ class Scope:
         return (
             self.context == context
             and self.resource_type in ("*", resource_type)
-            and permission in self.permissions
+            and _includes(self.permissions, permission)
         )
 
+    def contains(self, other: Scope) -> bool:
+        """Whether this scope grants everything ``other`` asks for."""
+        return (
+            self.context == other.context
+            and self.resource_type in ("*", other.resource_type)
+            and all(_includes(self.permissions, p) for p in other.permissions)
+            and (not self.query or self.query == other.query)
+        )
+
+    def intersect(self, other: Scope) -> Scope | None:
+        """What both scopes grant (``patient/*.rs`` and ``patient/Slot.cruds``: Slot.rs)."""
+        if self.context != other.context:
+            return None
+        types = (self.resource_type, other.resource_type)
+        if "*" not in types and types[0] != types[1]:
+            return None
+        rtype = other.resource_type if self.resource_type == "*" else self.resource_type
+        perms = frozenset(
+            p
+            for p in self.permissions | other.permissions
+            if _includes(self.permissions, p) and _includes(other.permissions, p)
+        )
+        if self.query and other.query and self.query != other.query:
+            return None
+        if not perms or (rtype == "*" and (self.query or other.query)):
+            return None
+        return Scope(self.context, rtype, perms, self.query or other.query)
+
     def __str__(self) -> str:
-        perms = "".join(p for p in PERMISSIONS if p in self.permissions)
+        perms = "".join(sorted(self.permissions)) if self.operation else ""
+        perms = perms or "".join(p for p in PERMISSIONS if p in self.permissions)
         text = f"{self.context}/{self.resource_type}.{perms}"
         if self.query:
             text += "?" + "&".join(f"{k}={v}" for k, v in self.query)
         return text
 
+    @property
+    def operation(self) -> bool:
+        return any(p.startswith("$") for p in self.permissions)
 
-def _permissions(raw: str) -> frozenset[str]:
+
+def _includes(granted: frozenset[str], permission: str) -> bool:
+    if permission in granted:
+        return True
+    return permission.startswith("$") and granted == FULL
+
+
+def _permissions(raw: str, resource_type: str) -> frozenset[str]:
+    if raw.startswith("$"):
+        if raw not in OPERATIONS.get(resource_type, ()):
+            known = ", ".join(f"{t}.{op}" for t, ops in OPERATIONS.items() for op in ops)
+            raise ScopeError(f"{raw!r} is not an operation of {resource_type} (known: {known})")
+        return frozenset([raw])
     if raw in V1:
         return frozenset(V1[raw])
     # v2: a non-empty ordered subset of "cruds", each letter at most once
@@ -98,7 +157,8 @@ def parse_scope(text: str) -> Scope | None:
         if m.group("type") == "*":
             raise ScopeError(f"{text!r}: search parameters need a resource type, not '*'")
         query = tuple(pairs)
-    return Scope(m.group("context"), m.group("type"), _permissions(m.group("perms")), query)
+    rtype = m.group("type")
+    return Scope(m.group("context"), rtype, _permissions(m.group("perms"), rtype), query)
 
 
 @dataclass(frozen=True)
@@ -134,19 +194,20 @@ class Grants:
         return [()] if () in out else out
 
     def narrowed(self, requested: Grants) -> Grants:
-        """The requested scopes that these grants contain (a refresh cannot widen scope)."""
-        kept = [
-            s
-            for s in requested.scopes
-            if any(
-                g.context == s.context
-                and g.resource_type in ("*", s.resource_type)
-                and s.permissions <= g.permissions
-                and (not g.query or g.query == s.query)
-                for g in self.scopes
-            )
-        ]
+        """What of ``requested`` these grants allow: each requested scope that one of them
+        contains, else its intersection with each (a request never gets wider than either)."""
+        kept: list[Scope] = []
+        for s in requested.scopes:
+            if any(g.contains(s) for g in self.scopes):
+                parts = [s]
+            else:
+                parts = [p for g in self.scopes if (p := s.intersect(g)) is not None]
+            kept.extend(p for p in parts if p not in kept)
         return Grants(tuple(kept), requested.other & self.other)
+
+    @property
+    def contexts(self) -> frozenset[str]:
+        return frozenset(s.context for s in self.scopes)
 
     def __str__(self) -> str:
         return " ".join([*(str(s) for s in self.scopes), *sorted(self.other)])

@@ -24,6 +24,7 @@ from resources.sql.engine import Database, migrate
 from resources.sql.tables import Base
 from resources.store import Store
 from security.crypto import KeyRing, generate_key_material
+from tests.smart import backend_token
 
 PG_URL = os.environ.get(
     "FHIRSCHED_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -122,8 +123,17 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(db: Database, keys: KeyRing, settings: Settings) -> Iterator[TestClient]:
-    """A TestClient over the app on each backend (in-process; see integration/ for uvicorn)."""
+def anonymous(db: Database, keys: KeyRing, settings: Settings) -> Iterator[TestClient]:
+    """A TestClient over the app on each backend, sending no token (redirects not followed:
+    the authorization endpoint's redirect goes to the app, not here)."""
     app = create_app(settings, keys=keys, db=db)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as c:
         yield c
+
+
+@pytest.fixture
+def client(anonymous: TestClient, db: Database) -> TestClient:
+    """A TestClient over the app on each backend (in-process; see integration/ for uvicorn),
+    carrying a full-access system token from the real token endpoint."""
+    anonymous.headers["Authorization"] = f"Bearer {backend_token(anonymous, db)}"
+    return anonymous

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fhir_server import handlers
 from fhir_server.errors import Conflict
 from fhir_server.http import (
+    PrincipalDep,
     Services,
     ServicesDep,
     fhir_response,
@@ -24,46 +25,51 @@ router = APIRouter()
 
 
 @router.get("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
-async def find_get(request: Request, services: ServicesDep) -> Response:
+async def find_get(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
     params: list[tuple[str, Any]] = list(request.query_params.multi_items())
-    return await _find(services, params)
+    return await _find(services, services.ctx.acting(principal), params)
 
 
 @router.post("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
-async def find_post(request: Request, services: ServicesDep) -> Response:
-    return await _find(services, parameters_pairs(await json_body(request)))
+async def find_post(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+    params = parameters_pairs(await json_body(request))
+    return await _find(services, services.ctx.acting(principal), params)
 
 
-async def _find(services: Services, params: list[tuple[str, Any]]) -> Response:
+async def _find(
+    services: Services, ctx: handlers.Context, params: list[tuple[str, Any]]
+) -> Response:
     now = datetime.now(UTC)
     if services.reader is not None:  # PostgreSQL
         resp = await handlers.find_async(
-            services.ctx, services.reader, services.db, services.clinic, params, now=now
+            ctx, services.reader, services.db, services.clinic, params, now=now
         )
         return fhir_response(resp)
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:
-            return handlers.find(services.ctx, conn, services.clinic, params, now=now)
+            return handlers.find(ctx, conn, services.clinic, params, now=now)
 
-    if handlers.find_is_small(services.ctx, services.clinic, params):
+    if handlers.find_is_small(ctx, services.clinic, params):
         return fhir_response(await run_lookup(services, run))
     return fhir_response(await run_sync(run))
 
 
 @router.post("/Appointment/$hold", summary="Hold a proposed appointment (IHE ITI-116)")
-async def hold(request: Request, services: ServicesDep) -> Response:
+async def hold(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+    ctx = services.ctx.acting(principal)
     pairs = parameters_pairs(await json_body(request))
 
     def run() -> handlers.FHIRResponse:
         with services.db.write() as conn:
-            return handlers.hold(services.ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
+            return handlers.hold(ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
 
     return fhir_response(await run_sync(run))
 
 
 @router.post("/Appointment/$book", summary="Book an appointment (IHE ITI-117)")
-async def book(request: Request, services: ServicesDep) -> Response:
+async def book(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+    ctx = services.ctx.acting(principal)
     pairs = parameters_pairs(await json_body(request))
     key = request.headers.get("idempotency-key")
 
@@ -72,11 +78,11 @@ async def book(request: Request, services: ServicesDep) -> Response:
         try:
             with services.db.write() as conn:
                 return handlers.book(
-                    services.ctx, conn, services.clinic, pairs, now=now, idempotency_key=key
+                    ctx, conn, services.clinic, pairs, now=now, idempotency_key=key
                 )
         except KeyInFlight as exc:
             with services.db.read() as conn:
-                replayed = handlers.replay_book(services.ctx, conn, exc.key)
+                replayed = handlers.replay_book(ctx, conn, exc.key)
             if replayed is None:
                 raise Conflict("a request with this idempotency key is still in progress") from None
             return replayed

@@ -8,6 +8,7 @@ from fhir_server import bundles, handlers
 from fhir_server.handlers import parse_prefer
 from fhir_server.http import (
     PATCH_TYPES,
+    PrincipalDep,
     ServicesDep,
     fhir_response,
     json_body,
@@ -27,23 +28,30 @@ def _headers(request: Request) -> dict[str, str]:
 
 
 @router.post("", summary="Transaction or batch Bundle")
-async def bundle(request: Request, services: ServicesDep) -> Response:
+async def bundle(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+    ctx = services.ctx.acting(principal)
     body = await json_body(request)
     prefer = parse_prefer(request.headers.get("prefer"))
-    result = await run_sync(bundles.process_bundle, services.ctx, services.db.write, body, prefer)
+    result = await run_sync(bundles.process_bundle, ctx, services.db.write, body, prefer)
     return fhir_response(handlers.FHIRResponse(200, result))
 
 
 @router.get("/{rtype}", summary="Search")
-def search(rtype: str, request: Request, services: ServicesDep) -> Response:
+def search(
+    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     prefer = parse_prefer(request.headers.get("prefer"))
     with services.db.read() as conn:
-        resp = handlers.search(services.ctx, conn, rtype, _params(request), prefer)
+        resp = handlers.search(ctx, conn, rtype, _params(request), prefer)
     return fhir_response(resp)
 
 
 @router.post("/{rtype}/_search", summary="Search by POST (form-encoded)")
-async def search_post(rtype: str, request: Request, services: ServicesDep) -> Response:
+async def search_post(
+    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in ("application/x-www-form-urlencoded", ""):
         from fhir_server.errors import UnsupportedMediaType
@@ -55,96 +63,120 @@ async def search_post(rtype: str, request: Request, services: ServicesDep) -> Re
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:
-            return handlers.search(services.ctx, conn, rtype, params, prefer)
+            return handlers.search(ctx, conn, rtype, params, prefer)
 
     return fhir_response(await run_sync(run))
 
 
 @router.post("/{rtype}", summary="Create")
-async def create(rtype: str, request: Request, services: ServicesDep) -> Response:
+async def create(
+    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     body = await json_body(request)
     headers = _headers(request)
 
     def run() -> handlers.FHIRResponse:
         with services.db.write() as conn:
-            return handlers.create(services.ctx, conn, rtype, body, headers)
+            return handlers.create(ctx, conn, rtype, body, headers)
 
     return fhir_response(await run_sync(run))
 
 
 @router.put("/{rtype}", summary="Conditional update")
-async def conditional_update(rtype: str, request: Request, services: ServicesDep) -> Response:
+async def conditional_update(
+    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     body = await json_body(request)
     headers, params = _headers(request), _params(request)
 
     def run() -> handlers.FHIRResponse:
         with services.db.write() as conn:
-            return handlers.conditional_update(services.ctx, conn, rtype, params, body, headers)
+            return handlers.conditional_update(ctx, conn, rtype, params, body, headers)
 
     return fhir_response(await run_sync(run))
 
 
 @router.get("/{rtype}/_history", summary="Type history")
-def type_history(rtype: str, request: Request, services: ServicesDep) -> Response:
+def type_history(
+    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     with services.db.read() as conn:
-        return fhir_response(handlers.history(services.ctx, conn, rtype, None, _params(request)))
+        return fhir_response(handlers.history(ctx, conn, rtype, None, _params(request)))
 
 
 @router.get("/{rtype}/{rid}", summary="Read")
-async def read(rtype: str, rid: str, request: Request, services: ServicesDep) -> Response:
+async def read(
+    rtype: str, rid: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     params = _params(request)
-    if services.reader is not None:
-        return fhir_response(
-            await handlers.read_async(services.ctx, services.reader, rtype, rid, params)
-        )
+    if services.reader is not None and handlers.read_is_async_safe(ctx, rtype):
+        return fhir_response(await handlers.read_async(ctx, services.reader, rtype, rid, params))
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:
-            return handlers.read(services.ctx, conn, rtype, rid, params)
+            return handlers.read(ctx, conn, rtype, rid, params)
 
     return fhir_response(await run_lookup(services, run))
 
 
 @router.put("/{rtype}/{rid}", summary="Update (or create with this id)")
-async def update(rtype: str, rid: str, request: Request, services: ServicesDep) -> Response:
+async def update(
+    rtype: str, rid: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     body = await json_body(request)
     headers = _headers(request)
 
     def run() -> handlers.FHIRResponse:
         with services.db.write() as conn:
-            return handlers.update(services.ctx, conn, rtype, rid, body, headers)
+            return handlers.update(ctx, conn, rtype, rid, body, headers)
 
     return fhir_response(await run_sync(run))
 
 
 @router.patch("/{rtype}/{rid}", summary="JSON Patch")
-async def patch(rtype: str, rid: str, request: Request, services: ServicesDep) -> Response:
+async def patch(
+    rtype: str, rid: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     body = await json_body(request, allowed=PATCH_TYPES)
     headers = _headers(request)
 
     def run() -> handlers.FHIRResponse:
         with services.db.write() as conn:
-            return handlers.patch(services.ctx, conn, rtype, rid, body, headers)
+            return handlers.patch(ctx, conn, rtype, rid, body, headers)
 
     return fhir_response(await run_sync(run))
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete (soft)")
-def delete(rtype: str, rid: str, services: ServicesDep) -> Response:
+def delete(rtype: str, rid: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+    ctx = services.ctx.acting(principal)
     with services.db.write() as conn:
-        return fhir_response(handlers.delete(services.ctx, conn, rtype, rid))
+        return fhir_response(handlers.delete(ctx, conn, rtype, rid))
 
 
 @router.get("/{rtype}/{rid}/_history", summary="Instance history")
-def instance_history(rtype: str, rid: str, request: Request, services: ServicesDep) -> Response:
+def instance_history(
+    rtype: str, rid: str, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
     with services.db.read() as conn:
-        return fhir_response(handlers.history(services.ctx, conn, rtype, rid, _params(request)))
+        return fhir_response(handlers.history(ctx, conn, rtype, rid, _params(request)))
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
-async def vread(rtype: str, rid: str, vid: str, services: ServicesDep) -> Response:
+async def vread(
+    rtype: str, rid: str, vid: str, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    ctx = services.ctx.acting(principal)
+
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:
-            return handlers.vread(services.ctx, conn, rtype, rid, vid)
+            return handlers.vread(ctx, conn, rtype, rid, vid)
 
     return fhir_response(await run_lookup(services, run))

@@ -68,6 +68,12 @@ class AsyncReader:
             cur = await conn.execute(_CURRENT, (rtype, rid))
             return await cur.fetchone()
 
+    async def one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """The first row of one query (autocommit: no transaction to open or end)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchone()
+
     async def fetch_all(self, queries: list[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
         """Every row of each query, all read from one snapshot (a REPEATABLE READ transaction),
         as the synchronous ``Database.read()`` gives."""

@@ -26,6 +26,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AuthCode",
+    "AuthJti",
+    "AuthLaunch",
+    "AuthToken",
     "Base",
     "BusyTime",
     "IdempotencyKey",
@@ -34,6 +38,8 @@ __all__ = [
     "IdxReference",
     "IdxString",
     "IdxToken",
+    "OAuthClient",
+    "OAuthUser",
     "ResourceRow",
     "ResourceVersion",
 ]
@@ -209,3 +215,93 @@ class IdempotencyKey(Base):
     res_id: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- SMART authorization (security/smart) --------------------------------------------------------
+# Secrets are never stored: client secrets and passwords as argon2id hashes, tokens and codes as
+# SHA-256 digests, user names as keyed blind digests (a patient's login can be an e-mail address).
+
+
+class OAuthClient(Base):
+    """A registered SMART client and the most it may be granted."""
+
+    __tablename__ = "oauth_client"
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # public | symmetric | asymmetric
+    secret_hash: Mapped[str | None] = mapped_column(String(200))
+    jwks: Mapped[str | None] = mapped_column(Text)  # public keys only (JSON)
+    jwks_uri: Mapped[str | None] = mapped_column(String(500))
+    scope: Mapped[str] = mapped_column(Text)  # the most this client may be granted
+    redirect_uris: Mapped[str] = mapped_column(Text)  # space-separated, matched exactly
+    grant_types: Mapped[str] = mapped_column(String(200))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class OAuthUser(Base):
+    """Someone who signs in: front desk, clinician, compliance officer or patient."""
+
+    __tablename__ = "oauth_user"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    login_digest: Mapped[bytes] = mapped_column(LargeBinary(16), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32))
+    fhir_user: Mapped[str | None] = mapped_column(String(200))  # e.g. Practitioner/abc
+    patients: Mapped[str] = mapped_column(Text, default="")  # Patient ids this user may act for
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuthCode(Base):
+    """An authorization code: single use, short-lived, bound to client and redirect URI."""
+
+    __tablename__ = "auth_code"
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100))
+    redirect_uri: Mapped[str] = mapped_column(String(500))
+    scope: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(String(64))
+    patient: Mapped[str | None] = mapped_column(String(64))
+    nonce: Mapped[str | None] = mapped_column(String(200))
+    code_challenge: Mapped[str] = mapped_column(String(200))
+    grant_id: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuthToken(Base):
+    """An issued access or refresh token (by digest). ``grant_id`` ties together everything
+    one authorization issued, so a replayed code or a revocation can end all of it."""
+
+    __tablename__ = "auth_token"
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # access | refresh
+    client_id: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    patient: Mapped[str | None] = mapped_column(String(64))
+    grant_id: Mapped[str] = mapped_column(String(64), index=True)
+    jti: Mapped[str] = mapped_column(String(64))  # what logs and AuditEvents may quote
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuthJti(Base):
+    """Client assertion ids seen (RFC 7523 §3: a ``jti`` may be used only once)."""
+
+    __tablename__ = "auth_jti"
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AuthLaunch(Base):
+    """An EHR launch context minted by this server (the ``launch`` parameter)."""
+
+    __tablename__ = "auth_launch"
+    launch_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    patient: Mapped[str | None] = mapped_column(String(64))
+    encounter: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -7,12 +7,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from resources.sql.engine import Database
+from tests.smart import FULL_ACCESS, backend_form, register_backend
 
 EXE = Path(sys.executable).with_name("fhir-sched")
 
@@ -28,6 +32,30 @@ class Server:
     base: str
     env: dict[str, str]
     log_path: Path
+    _token: tuple[float, str] | None = None
+
+    @property
+    def root(self) -> str:
+        return self.base.removesuffix("/fhir")
+
+    def token(self, scope: str = FULL_ACCESS) -> str:
+        """A backend token from the server's real token endpoint (client registered here)."""
+        db = Database(self.env["FHIRSCHED_DATABASE_URL"])
+        try:
+            client_id = register_backend(db, client_id=f"it-{uuid.uuid4().hex[:8]}")
+        finally:
+            db.dispose()
+        form = backend_form(client_id, f"{self.root}/auth/token", scope)
+        resp = httpx.post(f"{self.root}/auth/token", data=form, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["access_token"])
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Authorization for a full-access backend client (renewed before its 300 s expire)."""
+        if self._token is None or self._token[0] < time.monotonic():
+            self._token = (time.monotonic() + 200, self.token())
+        return {"Authorization": f"Bearer {self._token[1]}"}
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run another `fhir-sched` command against the same database and keys."""

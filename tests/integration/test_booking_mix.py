@@ -63,13 +63,14 @@ def test_random_mix_leaves_no_overlap(tmp_path: Path, database_url: str) -> None
     with clinic_server(tmp_path, database_url, CLINIC) as server:
         options = find_options(server, 5, 500)
         assert len(options) == 2 * 5 * 11
+        auth = server.headers
         booked: list[dict[str, Any]] = []
         statuses: list[int] = []
         lock = threading.Lock()
 
         def worker(seed: int) -> None:
             rnd = random.Random(seed)
-            with httpx.Client(base_url=server.base, timeout=60) as c:
+            with httpx.Client(base_url=server.base, timeout=60, headers=auth) as c:
                 for _ in range(CALLS_EACH):
                     kind = rnd.random()
                     with lock:
@@ -118,7 +119,7 @@ def test_random_mix_leaves_no_overlap(tmp_path: Path, database_url: str) -> None
                 }
         finally:
             db.dispose()
-        with httpx.Client(base_url=server.base, timeout=60) as c:
+        with httpx.Client(base_url=server.base, timeout=60, headers=auth) as c:
             live = c.get("/Appointment", params={"status": "booked", "_count": "500"}).json()
             assert live.get("total", 0) > 0
             times = {

@@ -64,6 +64,7 @@ def find_options(server: Server, days: int, count: int) -> list[dict[str, Any]]:
             "visit-type": "visit",
             "_count": str(count),
         },
+        headers=server.headers,
         timeout=60,
     ).json()
     return [e["resource"] for e in found["entry"]]
@@ -76,12 +77,13 @@ def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -
             "resourceType": "Parameters",
             "parameter": [{"name": "appointment-resource", "resource": proposed}],
         }
+        auth = server.headers
         statuses: list[int] = []
         lock = threading.Lock()
         barrier = threading.Barrier(CALLERS)
 
         def call() -> None:
-            with httpx.Client(timeout=60) as client:
+            with httpx.Client(timeout=60, headers=auth) as client:
                 barrier.wait()
                 r = client.post(
                     f"{server.base}/Appointment/$book",
@@ -98,7 +100,9 @@ def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -
             t.join(timeout=120)
         assert sorted(statuses) == [201] + [409] * (CALLERS - 1)
         booked: Any = httpx.get(
-            f"{server.base}/Appointment", params={"status": "booked", "_summary": "count"}
+            f"{server.base}/Appointment",
+            params={"status": "booked", "_summary": "count"},
+            headers=server.headers,
         ).json()
         assert booked["total"] == 1
         start = datetime.fromisoformat(proposed["start"]).astimezone(UTC)
@@ -112,12 +116,13 @@ def test_concurrent_retries_with_one_key_book_once(tmp_path: Path, database_url:
             "resourceType": "Parameters",
             "parameter": [{"name": "appointment-resource", "resource": proposed}],
         }
+        auth = server.headers
         results: list[tuple[int, str]] = []
         lock = threading.Lock()
         barrier = threading.Barrier(10)
 
         def call() -> None:
-            with httpx.Client(timeout=60) as client:
+            with httpx.Client(timeout=60, headers=auth) as client:
                 barrier.wait()
                 r = client.post(
                     f"{server.base}/Appointment/$book",

@@ -46,9 +46,19 @@ def test_demo_command_serves_and_prints_base_url(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)
         assert ready, "demo server did not come up"
-        bundle = httpx.get(f"{base}/Practitioner", timeout=5).json()
+        assert httpx.get(f"{base}/Practitioner", timeout=5).status_code == 401
+        token = httpx.post(
+            f"http://127.0.0.1:{port}/auth/token",
+            data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+            auth=("demo-backend", "demo-backend-secret"),
+            timeout=5,
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        bundle = httpx.get(f"{base}/Practitioner", headers=auth, timeout=5).json()
         assert bundle["total"] == 3
-        slots = httpx.get(f"{base}/Slot", params={"_summary": "count"}, timeout=5).json()
+        slots = httpx.get(
+            f"{base}/Slot", params={"_summary": "count"}, headers=auth, timeout=5
+        ).json()
         assert slots["total"] > 0
     finally:
         proc.terminate()

@@ -45,12 +45,14 @@ def _transaction(count: int, offset: int = 0) -> dict[str, Any]:
     }
 
 
-def _seed(base: str, count: int) -> list[str]:
-    r = httpx.post(base, json=_transaction(count), headers=HEADERS, timeout=60)
+def _seed(base: str, count: int, auth: dict[str, str]) -> list[str]:
+    r = httpx.post(base, json=_transaction(count), headers={**HEADERS, **auth}, timeout=60)
     assert r.status_code == 200, r.text
     ids = [e["response"]["location"].split("/")[-3] for e in r.json()["entry"]]
     for rid in ids[:50]:  # some history, so older versions are rewrapped too
-        r = httpx.put(f"{base}/Patient/{rid}", json={**_patient(0), "id": rid}, headers=HEADERS)
+        r = httpx.put(
+            f"{base}/Patient/{rid}", json={**_patient(0), "id": rid}, headers={**HEADERS, **auth}
+        )
         assert r.status_code == 200, r.text
     return ids
 
@@ -79,9 +81,9 @@ class Load:
             self.written_at.append(stamp)
 
 
-def _reader(base: str, ids: list[str], load: Load, seed: int) -> None:
+def _reader(base: str, ids: list[str], load: Load, seed: int, auth: dict[str, str]) -> None:
     rnd = random.Random(seed)
-    with httpx.Client(base_url=base, timeout=30) as c:
+    with httpx.Client(base_url=base, timeout=30, headers=auth) as c:
         for _ in range(MAX_REQUESTS_PER_THREAD):
             if load.stop.is_set():
                 return
@@ -99,11 +101,11 @@ def _reader(base: str, ids: list[str], load: Load, seed: int) -> None:
                 load.record(None, False, repr(exc))
 
 
-def _writer(base: str, load: Load, seed: int) -> None:
+def _writer(base: str, load: Load, seed: int, auth: dict[str, str]) -> None:
     """Creates, updates its own patients (so no update races another) and small bundles."""
     rnd = random.Random(seed)
     mine: list[str] = []
-    with httpx.Client(base_url=base, timeout=30) as c:
+    with httpx.Client(base_url=base, timeout=30, headers=auth) as c:
         for n in range(MAX_REQUESTS_PER_THREAD):
             if load.stop.is_set():
                 return
@@ -132,8 +134,11 @@ def _writer(base: str, load: Load, seed: int) -> None:
 
 def _rotate_under_load(server: Server, ids: list[str]) -> tuple[dict[str, Any], Load, float]:
     load = Load()
-    threads = [threading.Thread(target=_reader, args=(server.base, ids, load, n)) for n in (1, 2)]
-    threads += [threading.Thread(target=_writer, args=(server.base, load, n)) for n in (3, 4)]
+    auth = server.headers
+    threads = [
+        threading.Thread(target=_reader, args=(server.base, ids, load, n, auth)) for n in (1, 2)
+    ]
+    threads += [threading.Thread(target=_writer, args=(server.base, load, n, auth)) for n in (3, 4)]
     for t in threads:
         t.start()
     while load.requests < 100 and any(t.is_alive() for t in threads):
@@ -167,7 +172,7 @@ def _open_every_row(database_url: str, key_file: Path) -> tuple[int, int]:
 def test_rotate_under_load(tmp_path: Path, database_url: str) -> None:
     key_file = tmp_path / "keys.json"
     with running_server(tmp_path, server_env(tmp_path, database_url)) as server:
-        ids = _seed(server.base, SEEDED)
+        ids = _seed(server.base, SEEDED, server.headers)
         old_key = json.loads(key_file.read_text())["active"]
         refused_active = server.cli("keys", "retire", old_key)
 
@@ -197,7 +202,7 @@ def test_rotate_under_load(tmp_path: Path, database_url: str) -> None:
 
         opened, total = _open_every_row(database_url, key_file)
         assert opened == total == status["rows_by_key"][new_key]
-        with httpx.Client(base_url=server.base, timeout=30) as c:
+        with httpx.Client(base_url=server.base, timeout=30, headers=server.headers) as c:
             for rid in ids:
                 assert c.get(f"/Patient/{rid}").status_code == 200
                 assert c.get(f"/Patient/{rid}/_history/1").status_code == 200

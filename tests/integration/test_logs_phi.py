@@ -22,7 +22,6 @@ from tests.integration.server import running_server, server_env
 
 H = {"content-type": "application/fhir+json"}
 PATCH_JSON = {"content-type": "application/json-patch+json"}
-TOKEN = "tok-Secr3tBearer-9f8e7d6c5b"  # a needle, not a credential
 SUPPLIED_REQUEST_ID = "client-req-0001"
 PATCH_BINARY = base64.b64encode(
     json.dumps([{"op": "replace", "path": "/name/0/given/0", "value": "Brunhilde"}]).encode()
@@ -43,7 +42,6 @@ PHI = [
     "Orchardgate",
     "brunhilde@example.org",
     "brunhilde%40example.org",
-    TOKEN,
     PATCH_BINARY,
 ]
 
@@ -153,7 +151,8 @@ def _server_error(
 def test_log_has_request_ids_and_no_phi(tmp_path: Path, database_url: str) -> None:
     env = server_env(tmp_path, database_url, FHIRSCHED_LOG_LEVEL="debug")
     with running_server(tmp_path, env) as server:
-        auth = {"authorization": f"Bearer {TOKEN}"}
+        token = server.token()  # a real bearer token: it must not be logged either
+        auth = {"authorization": f"Bearer {token}"}
         seen: list[httpx.Response] = []
         hooks = {"response": [seen.append]}
         with httpx.Client(base_url=server.base, timeout=30, headers=auth, event_hooks=hooks) as c:
@@ -171,7 +170,13 @@ def test_log_has_request_ids_and_no_phi(tmp_path: Path, database_url: str) -> No
     # The one human line is the CLI's banner; everything else is a JSON event.
     assert lines[0].startswith("FHIR base URL: http://127.0.0.1:")
     events = [json.loads(line) for line in lines[1:]]
-    requests = [e for e in events if e["event"] == "http.request" and e["path"] != "/fhir/metadata"]
+    requests = [
+        e
+        for e in events
+        if e["event"] == "http.request"
+        and e["path"].startswith("/fhir/")
+        and e["path"] != "/fhir/metadata"
+    ]
     # one access event per request the scenario sent, under the id the response carried
     assert len(seen) == 32
     assert sorted(e["request_id"] for e in requests) == sorted(
@@ -191,5 +196,5 @@ def test_log_has_request_ids_and_no_phi(tmp_path: Path, database_url: str) -> No
     assert [e["error_id"] for e in crash] == [failed.headers["x-error-id"]]
     assert crash[0]["error_type"] == "DecryptionError"
     assert "?" not in "".join(str(e.get("path")) for e in requests)
-    leaked = [value for value in PHI if value in log or urllib.parse.quote(value) in log]
+    leaked = [value for value in [*PHI, token] if value in log or urllib.parse.quote(value) in log]
     assert leaked == []

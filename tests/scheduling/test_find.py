@@ -23,6 +23,7 @@ from resources.store import Store
 from security.crypto import KeyRing
 from tests.builders import FHIR_JSON, create, make_patient
 from tests.scheduling.test_clinic_config import make_config
+from tests.smart import backend_token
 
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
 
@@ -93,6 +94,7 @@ def app_client(
         clinic_file=path,
     )
     with TestClient(create_app(settings, keys=keys, db=db), raise_server_exceptions=False) as c:
+        c.headers["Authorization"] = f"Bearer {backend_token(c, db)}"
         yield c
 
 

@@ -13,6 +13,7 @@ from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from security.crypto import KeyRing
 from tests.scheduling.test_clinic_config import make_config
+from tests.smart import backend_token
 
 
 def test_server_extends_the_horizon_on_schedule(
@@ -28,6 +29,7 @@ def test_server_extends_the_horizon_on_schedule(
         clinic_refresh_seconds=1,
     )
     with TestClient(create_app(settings, keys=keys, db=db)) as client:
+        client.headers["Authorization"] = f"Bearer {backend_token(client, db)}"
         assert client.get("/fhir/Slot", params={"_summary": "count"}).json()["total"] == 0
         deadline = time.monotonic() + 30
         total = 0

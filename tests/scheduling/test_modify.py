@@ -22,6 +22,7 @@ from security.crypto import KeyRing
 from tests.builders import FHIR_JSON, create, make_patient
 from tests.scheduling.test_booking import BT, count_appointments, first_option, op, params
 from tests.scheduling.test_find import MONDAY, clinic_data, existing_patient, find
+from tests.smart import backend_token
 
 TUESDAY = MONDAY + timedelta(days=1)
 
@@ -197,6 +198,7 @@ def strict_client(
         clinic_file=path,
     )
     with TestClient(create_app(settings, keys=keys, db=db), raise_server_exceptions=False) as c:
+        c.headers["Authorization"] = f"Bearer {backend_token(c, db)}"
         yield c, cfg
 
 

@@ -92,11 +92,34 @@ def test_granular_scopes_give_search_filters() -> None:
     assert Grants.parse("user/Slot.rs").filters("patient", "Slot", "r") == []
 
 
-def test_a_refresh_cannot_widen_scope() -> None:
+def test_narrowing_never_widens_scope() -> None:
     granted = Grants.parse("patient/Appointment.rs patient/Slot.rs openid offline_access")
     asked = Grants.parse("patient/Appointment.cruds patient/Slot.r user/Patient.rs openid")
     narrowed = granted.narrowed(asked)
-    assert str(narrowed) == "patient/Slot.r openid"
+    # what both allow: Appointment read/search only, Slot read, nothing in user/ context
+    assert str(narrowed) == "patient/Appointment.rs patient/Slot.r openid"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "asked", "expected"),
+    [
+        (
+            "patient/Patient.rs patient/Slot.rs",
+            "patient/*.rs",
+            "patient/Patient.rs patient/Slot.rs",
+        ),
+        ("system/*.cruds", "system/Appointment.$book", "system/Appointment.$book"),
+        ("system/Appointment.rs", "system/Appointment.$book", ""),
+        (
+            "user/Appointment.rs?status=booked",
+            "user/Appointment.r",
+            "user/Appointment.r?status=booked",
+        ),
+        ("user/Appointment.rs?status=booked", "user/Appointment.rs?status=proposed", ""),
+    ],
+)
+def test_narrowing_intersects(allowed: str, asked: str, expected: str) -> None:
+    assert str(Grants.parse(allowed).narrowed(Grants.parse(asked))) == expected
 
 
 def test_round_trip() -> None:

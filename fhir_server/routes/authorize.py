@@ -1,0 +1,264 @@
+"""The authorization endpoint: sign-in, patient picker and consent (SMART standalone and EHR
+launch), ending in a redirect that carries a single-use code.
+
+Every step re-validates the whole request with authlib (client, exact redirect URI, scope,
+PKCE S256) and SMART's own checks (``aud`` is this FHIR server; a ``launch`` value is one this
+server minted and has not expired). Errors about the client or its redirect URI are shown on
+a page, never redirected to an unverified address; everything else is redirected back with an
+OAuth error, as RFC 6749 §4.1.2.1 says.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
+
+from fhir_server import auth_pages
+from fhir_server.http import Services, ServicesDep, run_sync
+from fhir_server.routes.auth import oauth_request
+from security.scopes import Grants
+from security.smart.registry import User, find_user
+from security.smart.server import AuthorizationChoice, OAuthRequest, SmartServer
+from security.smart.tokens import read_launch
+
+router = APIRouter()
+
+TICKET_SECONDS = 600
+SCOPE_TEXT = {
+    "openid": "Know who you are",
+    "fhirUser": "Know your user record in the clinic",
+    "profile": "Know your profile",
+    "launch": "Open in the context it was launched from",
+    "launch/patient": "Know which patient is selected",
+    "offline_access": "Keep access after you close the app",
+    "online_access": "Keep access while you are signed in",
+}
+VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+
+
+class _Stop(Exception):  # a control-flow signal carrying the response
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _describe(scope: str) -> str:
+    if scope in SCOPE_TEXT:
+        return SCOPE_TEXT[scope]
+    context, _, rest = scope.partition("/")
+    rtype, _, perms = rest.partition(".")
+    perms = perms.split("?")[0]
+    if perms.startswith("$"):
+        what = {"$find": "find", "$hold": "hold", "$book": "book or cancel"}.get(perms, perms)
+        action = f"{what} appointments"
+    else:
+        verbs = [VERBS[p] for p in "cruds" if p in perms]
+        action = f"{', '.join(verbs)} {'all records' if rtype == '*' else rtype + ' records'}"
+    whose = {"patient": "for the selected patient", "user": "as you", "system": "as a system"}
+    return f"{action.capitalize()} {whose.get(context, '')}".strip()
+
+
+def _html(body: str, status: int = 200) -> Response:
+    return HTMLResponse(
+        body, status, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"}
+    )
+
+
+def _authlib_response(result: tuple[int, Any, Any]) -> Response:
+    status, body, headers = result
+    headers = dict(headers or [])
+    if "Location" in headers:
+        return Response(status_code=302, headers={"Location": headers["Location"]})
+    return _html(auth_pages.error_page(str(body.get("error_description") or body)), status)
+
+
+def _validate(server: SmartServer, oreq: OAuthRequest) -> tuple[Any, str | None]:
+    """The validated grant and the EHR launch's patient (if any); :class:`_Stop` otherwise."""
+    try:
+        grant = server.get_consent_grant(oreq)
+        data = oreq.payload.data
+        if (data.get("aud") or "").rstrip("/") != server.fhir_base:
+            raise InvalidRequestError(
+                f"aud must be this FHIR server's base URL, {server.fhir_base}",
+                redirect_uri=grant.redirect_uri,
+                state=data.get("state"),
+            )
+        patient = None
+        if data.get("launch"):
+            launch = read_launch(server.conn, data["launch"])
+            if launch is None:
+                raise InvalidRequestError(
+                    "the launch value is unknown or has expired",
+                    redirect_uri=grant.redirect_uri,
+                    state=data.get("state"),
+                )
+            patient = launch.patient
+    except OAuth2Error as error:
+        if getattr(error, "redirect_uri", None):
+            raise _Stop(_authlib_response(server.handle_error_response(oreq, error))) from None
+        message = error.description or error.error
+        raise _Stop(_html(auth_pages.error_page(message), 400)) from None
+    return grant, patient
+
+
+# -- the ticket: who signed in, bound to this one authorization request ------------------------
+def _ticket_mac(server: SmartServer, payload: str, oreq: OAuthRequest) -> str:
+    data = oreq.payload.data
+    bound = f"{payload}|{data.get('client_id')}|{data.get('code_challenge')}"
+    key = server.keys.index_key("smart.signin-ticket")
+    digest = hmac.new(key, bound.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _ticket(server: SmartServer, user: User, oreq: OAuthRequest) -> str:
+    payload = f"{user.user_id}.{int(time.time()) + TICKET_SECONDS}"
+    return f"{payload}.{_ticket_mac(server, payload, oreq)}"
+
+
+def _ticket_user(server: SmartServer, oreq: OAuthRequest) -> User:
+    raw = oreq.form.get("ticket", "")
+    payload, _, mac = raw.rpartition(".")
+    user_id, _, expires = payload.partition(".")
+    ok = hmac.compare_digest(mac, _ticket_mac(server, payload, oreq)) if payload else False
+    user = server.active_user(user_id) if ok and expires.isdigit() else None
+    if user is None or int(expires) < time.time():
+        raise _Stop(_html(auth_pages.error_page("the sign-in has expired; start again"), 400))
+    return user
+
+
+# -- steps -------------------------------------------------------------------------------------
+def _client_name(server: SmartServer, grant: Any) -> str:
+    return str(grant.request.client.client.name)
+
+
+def _patient_choices(services: Services, user: User) -> list[tuple[str, str]]:
+    out = []
+    for pid in user.patients:
+        stored = services.ctx.store.read(services.oauth.conn, "Patient", pid)
+        label = pid
+        if stored is not None and stored.body is not None:
+            patient = stored.resource()
+            name = (patient.get("name") or [{}])[0]
+            label = " ".join([*name.get("given", []), name.get("family", "")]).strip() or pid
+            if patient.get("birthDate"):
+                label += f" (born {patient['birthDate']})"
+        out.append((pid, label))
+    return out
+
+
+def _wants_patient(scope: str) -> bool:
+    grants = Grants.parse(scope)
+    return "launch/patient" in grants.other or "patient" in grants.contexts
+
+
+def _offered(user: User, grant: Any, patient: str | None) -> list[str]:
+    granted = user.allowed.narrowed(Grants.parse(grant.request.scope or ""))
+    scopes = [str(s) for s in granted.scopes if patient or s.context != "patient"]
+    others = sorted(o for o in granted.other if patient or o != "launch/patient")
+    return [*scopes, *others]
+
+
+def _consent(
+    server: SmartServer, oreq: OAuthRequest, grant: Any, user: User, patient: str | None
+) -> Response:
+    offered = _offered(user, grant, patient)
+    page = auth_pages.consent_page(
+        oreq.payload.data,
+        _ticket(server, user, oreq),
+        _client_name(server, grant),
+        [(s, _describe(s)) for s in offered],
+        patient,
+    )
+    return _html(page)
+
+
+def _after_signin(
+    services: Services, oreq: OAuthRequest, grant: Any, user: User, launch_patient: str | None
+) -> Response:
+    server = services.oauth
+    if launch_patient is not None:
+        if user.role == "patient" and launch_patient not in user.patients:
+            return _html(auth_pages.error_page("this launch is for another patient"), 403)
+        return _consent(server, oreq, grant, user, launch_patient)
+    if _wants_patient(grant.request.scope or "") and user.patients:
+        if len(user.patients) == 1:
+            return _consent(server, oreq, grant, user, user.patients[0])
+        choices = _patient_choices(services, user)
+        return _html(
+            auth_pages.patient_page(oreq.payload.data, _ticket(server, user, oreq), choices)
+        )
+    return _consent(server, oreq, grant, user, None)
+
+
+def _decide(services: Services, oreq: OAuthRequest) -> Response:
+    server = services.oauth
+    grant, launch_patient = _validate(server, oreq)
+    step = oreq.form.get("step")
+    if step == "signin":
+        user = find_user(
+            server.conn,
+            server.keys,
+            login=oreq.form.get("username", ""),
+            password=oreq.form.get("password", ""),
+        )
+        if user is None:
+            page = auth_pages.signin_page(
+                oreq.payload.data, _client_name(server, grant), "wrong user name or password"
+            )
+            return _html(page, 401)
+        return _after_signin(services, oreq, grant, user, launch_patient)
+    user = _ticket_user(server, oreq)
+    patient = launch_patient or oreq.form.get("patient") or None
+    if patient is not None and launch_patient is None and patient not in user.patients:
+        return _html(auth_pages.error_page("you cannot act for that patient"), 403)
+    if step == "patient":
+        return _consent(server, oreq, grant, user, patient)
+    if step != "consent":
+        return _html(auth_pages.error_page("unknown step; start again"), 400)
+    offered = _offered(user, grant, patient)
+    ticked = [s for s in oreq.payload.datalist.get("grant", []) if s in offered]
+    allowed = oreq.form.get("decision") == "allow" and Grants.parse(" ".join(ticked)).scopes
+    choice = AuthorizationChoice(user, patient, " ".join(ticked)) if allowed else None
+    return _authlib_response(server.create_authorization_response(oreq, choice, grant))
+
+
+def _start(services: Services, oreq: OAuthRequest) -> Response:
+    server = services.oauth
+    grant, _ = _validate(server, oreq)
+    return _html(auth_pages.signin_page(oreq.payload.data, _client_name(server, grant)))
+
+
+async def _run(services: Services, request: Request, step: Any) -> Response:
+    oreq = await oauth_request(request)
+
+    def run() -> Response:
+        try:
+            with services.oauth.unit():
+                response: Response = step(services, oreq)
+                return response
+        except _Stop as stop:
+            return stop.response
+
+    response: Response = await run_sync(run)
+    return response
+
+
+@router.get("/auth/authorize", summary="SMART authorization endpoint (sign-in page)")
+async def authorize(request: Request, services: ServicesDep) -> Response:
+    return await _run(services, request, _start)
+
+
+@router.post("/auth/authorize", summary="SMART authorization endpoint (authorize-post)")
+async def authorize_post(request: Request, services: ServicesDep) -> Response:
+    return await _run(services, request, _start)
+
+
+@router.post("/auth/authorize/decide", include_in_schema=False)
+async def decide(request: Request, services: ServicesDep) -> Response:
+    return await _run(services, request, _decide)

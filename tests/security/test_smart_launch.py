@@ -1,0 +1,277 @@
+"""SMART App Launch: the authorization code flow through the real pages (sign-in, patient
+picker, consent), PKCE S256 only, single-use codes, refresh, id_token, EHR launch."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from sqlalchemy import update
+
+from resources.sql.engine import Database
+from resources.sql.tables import AuthCode
+from security.crypto import KeyRing
+from security.smart.registry import add_user
+from security.smart.tokens import mint_launch
+from tests.builders import make_patient
+from tests.smart import (
+    REDIRECT,
+    authorize_params,
+    backend_token,
+    exchange,
+    page_form,
+    pkce,
+    redirect_query,
+    register_app,
+    sign_in_and_allow,
+)
+
+FHIR = {"content-type": "application/fhir+json"}
+
+
+@pytest.fixture
+def clinic(anonymous: TestClient, db: Database, keys: KeyRing) -> dict[str, str]:
+    """Two patients; Maria signs in for herself (A) and her child (B); a desk user."""
+    admin = {"Authorization": f"Bearer {backend_token(anonymous, db)}"}
+    ids = {}
+    for name in ("A", "B"):
+        r = anonymous.post("/fhir/Patient", json=make_patient(f"Fam{name}"), headers=admin | FHIR)
+        ids[name] = r.json()["id"]
+    with db.write() as conn:
+        add_user(
+            conn,
+            keys,
+            login="maria",
+            password="maria-password-1",
+            role="patient",
+            fhir_user=f"Patient/{ids['A']}",
+            patients=[ids["B"]],
+        )
+        add_user(conn, keys, login="desk", password="desk-password-1", role="front-desk")
+    register_app(db)
+    return ids
+
+
+def _code(resp: object) -> str:
+    query = redirect_query(resp)
+    assert query["state"] == "st-1"
+    return query["code"]
+
+
+def test_standalone_launch_with_patient_picker(
+    anonymous: TestClient, clinic: dict[str, str]
+) -> None:
+    verifier, challenge = pkce()
+    params = authorize_params("app", challenge)
+    final = sign_in_and_allow(
+        anonymous, params, login="maria", password="maria-password-1", patient=clinic["B"]
+    )
+    r = exchange(anonymous, "app", _code(final), verifier)
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store" and r.headers["pragma"] == "no-cache"
+    token = r.json()
+    assert token["patient"] == clinic["B"]
+    assert 0 < token["expires_in"] <= 3600
+    assert "refresh_token" in token
+    assert "patient/Appointment.$book" in token["scope"].split()
+    assert "user/" not in token["scope"]  # a patient's role never grants user/ scopes
+    keys = KeySet.import_key_set(anonymous.get("/auth/jwks").json())
+    claims = jwt.decode(token["id_token"], keys, algorithms=["RS256"]).claims
+    assert claims["aud"] == "app" and claims["iss"] == "http://testserver/fhir"
+    assert claims["fhirUser"] == f"http://testserver/fhir/Patient/{clinic['A']}"
+    auth = {"Authorization": f"Bearer {token['access_token']}"}
+    assert anonymous.get(f"/fhir/Patient/{clinic['B']}", headers=auth).status_code == 200
+    other = anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=auth)
+    assert other.status_code == 403 and other.json()["issue"][0]["code"] == "forbidden"
+
+
+def test_consent_can_untick_scopes_and_deny(anonymous: TestClient, clinic: dict[str, str]) -> None:
+    verifier, challenge = pkce()
+    ticked = ["openid", "launch/patient", "patient/Patient.rs"]
+    params = authorize_params(
+        "app", challenge, scope="openid launch/patient patient/Patient.rs patient/Slot.rs"
+    )
+    final = sign_in_and_allow(
+        anonymous,
+        params,
+        login="maria",
+        password="maria-password-1",
+        patient=clinic["A"],
+        grant=ticked,
+    )
+    token = exchange(anonymous, "app", _code(final), verifier).json()
+    assert set(token["scope"].split()) == set(ticked)
+    assert "refresh_token" not in token  # offline_access was not asked for
+    denied = sign_in_and_allow(
+        anonymous,
+        params,
+        login="maria",
+        password="maria-password-1",
+        patient=clinic["A"],
+        decision="deny",
+    )
+    assert redirect_query(denied)["error"] == "access_denied"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"code_challenge": None, "code_challenge_method": None},
+        {"code_challenge_method": "plain"},
+        {"code_challenge_method": None},
+    ],
+    ids=["no challenge", "plain", "method missing"],
+)
+def test_authorize_without_s256_gets_no_code(
+    anonymous: TestClient, clinic: dict[str, str], change: dict[str, str | None]
+) -> None:
+    _, challenge = pkce()
+    resp = anonymous.get("/auth/authorize", params=authorize_params("app", challenge, **change))
+    query = redirect_query(resp)
+    assert query["error"] == "invalid_request" and "code" not in query
+
+
+def test_aud_must_be_this_server(anonymous: TestClient, clinic: dict[str, str]) -> None:
+    _, challenge = pkce()
+    params = authorize_params("app", challenge, aud="https://other.example/fhir")
+    assert redirect_query(anonymous.get("/auth/authorize", params=params))["error"]
+
+
+def test_unregistered_redirect_is_never_followed(
+    anonymous: TestClient, clinic: dict[str, str]
+) -> None:
+    _, challenge = pkce()
+    params = authorize_params("app", challenge, redirect_uri="https://evil.example/cb")
+    resp = anonymous.get("/auth/authorize", params=params)
+    assert resp.status_code == 400 and "location" not in resp.headers
+    assert "text/html" in resp.headers["content-type"]
+
+
+def test_wrong_password_gives_no_ticket(anonymous: TestClient, clinic: dict[str, str]) -> None:
+    _, challenge = pkce()
+    resp = sign_in_and_allow(
+        anonymous, authorize_params("app", challenge), login="maria", password="wrong-password"
+    )
+    assert resp.status_code == 401
+    assert all(f["name"] != "ticket" for f in page_form(resp.text)["fields"])
+
+
+@pytest.mark.parametrize("verifier", [None, "", "x" * 50], ids=["missing", "blank", "wrong"])
+def test_token_exchange_needs_the_right_verifier(
+    anonymous: TestClient, clinic: dict[str, str], verifier: str | None
+) -> None:
+    _, challenge = pkce()
+    final = sign_in_and_allow(
+        anonymous,
+        authorize_params("app", challenge),
+        login="maria",
+        password="maria-password-1",
+        patient=clinic["A"],
+    )
+    r = exchange(anonymous, "app", _code(final), verifier)
+    assert r.status_code == 400 and r.json()["error"] in ("invalid_request", "invalid_grant")
+
+
+def _fresh_code(anonymous: TestClient, clinic: dict[str, str]) -> tuple[str, str]:
+    verifier, challenge = pkce()
+    final = sign_in_and_allow(
+        anonymous,
+        authorize_params("app", challenge),
+        login="maria",
+        password="maria-password-1",
+        patient=clinic["A"],
+    )
+    return _code(final), verifier
+
+
+def test_code_reuse_fails_and_revokes_the_first_tokens(
+    anonymous: TestClient, clinic: dict[str, str]
+) -> None:
+    code, verifier = _fresh_code(anonymous, clinic)
+    first = exchange(anonymous, "app", code, verifier).json()
+    auth = {"Authorization": f"Bearer {first['access_token']}"}
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=auth).status_code == 200
+    again = exchange(anonymous, "app", code, verifier)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=auth).status_code == 401
+    refresh = {
+        "grant_type": "refresh_token",
+        "refresh_token": first["refresh_token"],
+        "client_id": "app",
+    }
+    assert anonymous.post("/auth/token", data=refresh).status_code == 400
+
+
+def test_code_expires_and_is_bound_to_client_and_redirect(
+    anonymous: TestClient, db: Database, clinic: dict[str, str]
+) -> None:
+    register_app(db, client_id="other-app")
+    code, verifier = _fresh_code(anonymous, clinic)
+    assert exchange(anonymous, "other-app", code, verifier).json()["error"] == "invalid_grant"
+    code, verifier = _fresh_code(anonymous, clinic)
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": "app",
+        "redirect_uri": REDIRECT + "/x",
+        "code_verifier": verifier,
+    }
+    assert anonymous.post("/auth/token", data=form).json()["error"] == "invalid_grant"
+    code, verifier = _fresh_code(anonymous, clinic)
+    with db.write() as conn:  # 61 s later, as far as the code is concerned
+        conn.execute(update(AuthCode).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert exchange(anonymous, "app", code, verifier).json()["error"] == "invalid_grant"
+
+
+def test_refresh_cannot_widen_and_is_bound_to_its_client(
+    anonymous: TestClient, db: Database, clinic: dict[str, str]
+) -> None:
+    register_app(db, client_id="other-app")
+    code, verifier = _fresh_code(anonymous, clinic)
+    first = exchange(anonymous, "app", code, verifier).json()
+
+    def refresh(client_id: str, token: str, scope: str | None = None) -> object:
+        form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id}
+        if scope:
+            form["scope"] = scope
+        return anonymous.post("/auth/token", data=form)
+
+    wider = refresh("app", first["refresh_token"], first["scope"] + " patient/Patient.cruds")
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+    assert refresh("other-app", first["refresh_token"]).json()["error"] == "invalid_grant"
+    narrower = refresh(
+        "app", first["refresh_token"], "launch/patient patient/Patient.rs offline_access"
+    )
+    assert narrower.status_code == 200, narrower.text
+    second = narrower.json()
+    assert second["scope"] == "patient/Patient.rs launch/patient offline_access"
+    assert second["patient"] == clinic["A"]
+    # rotated: the old refresh token is spent, the new one works
+    assert refresh("app", first["refresh_token"]).status_code == 400
+    assert refresh("app", second["refresh_token"]).status_code == 200
+    revoked = anonymous.post(
+        "/auth/revoke", data={"token": second["refresh_token"], "client_id": "app"}
+    )
+    assert revoked.status_code == 200
+    assert refresh("app", second["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+def test_ehr_launch_brings_its_patient(
+    anonymous: TestClient, db: Database, clinic: dict[str, str]
+) -> None:
+    with db.write() as conn:
+        launch = mint_launch(conn, patient=clinic["B"])
+    verifier, challenge = pkce()
+    params = authorize_params(
+        "app", challenge, launch=launch, scope="launch openid fhirUser user/*.rs patient/*.rs"
+    )
+    final = sign_in_and_allow(anonymous, params, login="desk", password="desk-password-1")
+    token = exchange(anonymous, "app", _code(final), verifier).json()
+    assert token["patient"] == clinic["B"]
+    assert "user/Patient.rs" in token["scope"].split()  # front desk: within its role
+    assert "user/AuditEvent.rs" not in token["scope"].split()
+    unknown = authorize_params("app", challenge, launch="not-minted-here", scope="launch")
+    assert redirect_query(anonymous.get("/auth/authorize", params=unknown))["error"]
