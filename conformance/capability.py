@@ -77,8 +77,41 @@ def capability_statement(*, base_url: str, released: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                "security": _security(base_url),
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }
+        ],
+    }
+
+
+def _security(base_url: str) -> dict[str, Any]:
+    """SMART on FHIR, as a client discovers it from /metadata (with the OAuth URIs extension
+    that SMART 1 clients still read; SMART 2 clients use .well-known/smart-configuration)."""
+    root = base_url.removesuffix("/fhir")
+    uris = {"authorize": "/auth/authorize", "token": "/auth/token", "revoke": "/auth/revoke",
+            "introspect": "/auth/introspect"}
+    return {
+        "cors": True,
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ]
+            }
+        ],
+        "description": "Every interaction needs a bearer token from this server's SMART "
+        "authorization server. Scopes: SMART v1 and v2; $find, $hold and $book need "
+        "<context>/Appointment.$find, .$hold or .$book (or full Appointment access).",
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [
+                    {"url": name, "valueUri": f"{root}{path}"} for name, path in uris.items()
+                ],
             }
         ],
     }

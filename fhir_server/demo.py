@@ -35,7 +35,7 @@ PATIENTS = [
 
 # Demo identities with published credentials: the demo serves on loopback only.
 _APP_SCOPE = (
-    "openid fhirUser launch launch/patient offline_access online_access "
+    "openid fhirUser launch launch/patient offline_access "
     "patient/*.rs patient/Appointment.$find patient/Appointment.$hold patient/Appointment.$book "
     "user/*.cruds user/Appointment.$find user/Appointment.$hold user/Appointment.$book"
 )

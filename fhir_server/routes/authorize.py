@@ -38,7 +38,6 @@ SCOPE_TEXT = {
     "launch": "Open in the context it was launched from",
     "launch/patient": "Know which patient is selected",
     "offline_access": "Keep access after you close the app",
-    "online_access": "Keep access while you are signed in",
 }
 VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
 

@@ -63,7 +63,7 @@ ROLE_SCOPES = {
 }
 ROLES = tuple(ROLE_SCOPES)
 # scopes about identity and session, allowed to every signed-in user
-SESSION_SCOPES = "openid fhirUser profile launch launch/patient offline_access online_access"
+SESSION_SCOPES = "openid fhirUser profile launch launch/patient offline_access"
 
 _hasher = PasswordHasher()  # argon2id, the library's current recommended parameters
 

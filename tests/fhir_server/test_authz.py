@@ -230,3 +230,30 @@ def test_patient_token_books_only_for_itself(
     # for A the compartment check passes; this server has no clinic, so the rules refuse it
     for_a = book({**_appointment(world["A"]), "status": "proposed"})
     assert for_a.status_code == 422 and "clinic" in for_a.text
+
+
+@pytest.mark.parametrize(
+    ("role", "patient_read", "appointment_create"),
+    [("front-desk", 200, 201), ("clinician", 200, 403), ("compliance", 403, 403)],
+)
+def test_user_tokens_act_within_the_role(
+    anonymous: TestClient,
+    db: Database,
+    keys: KeyRing,
+    world: dict[str, Any],
+    role: str,
+    patient_read: int,
+    appointment_create: int,
+) -> None:
+    login = f"{role}-user"
+    with db.write() as conn:
+        add_user(conn, keys, login=login, password="staff-password-1", role=role)
+    register_app(db, client_id="staff-app", scope="openid user/*.cruds")
+    verifier, challenge = pkce()
+    params = authorize_params("staff-app", challenge, scope="openid user/*.cruds")
+    final = sign_in_and_allow(anonymous, params, login=login, password="staff-password-1")
+    token = exchange(anonymous, "staff-app", redirect_query(final)["code"], verifier).json()
+    auth = bearer(token["access_token"])
+    assert anonymous.get(f"/fhir/Patient/{world['A']}", headers=auth).status_code == patient_read
+    created = anonymous.post("/fhir/Appointment", json=_appointment(world["B"]), headers=auth)
+    assert created.status_code == appointment_create

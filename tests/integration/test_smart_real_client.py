@@ -13,7 +13,7 @@ import httpx
 from authlib.integrations.httpx_client import OAuth2Client
 
 from tests.builders import make_patient
-from tests.integration.server import running_server, server_env
+from tests.integration.server import Server, running_server, server_env
 from tests.smart import page_form, submit
 
 REDIRECT = "http://127.0.0.1:9/callback"  # never contacted: the test reads the redirect
@@ -47,62 +47,67 @@ def test_standalone_launch_with_an_independent_client(tmp_path: Path, database_u
         assert "pat@example.org" not in listed.stdout  # logins are stored as digests only
         assert json.loads(listed.stdout)[0]["fhir_user"] == f"Patient/{me}"
 
-        oauth = OAuth2Client(
+        with OAuth2Client(
             client_id=client_id,
             redirect_uri=REDIRECT,
             scope=SCOPE,
             code_challenge_method="S256",
             token_endpoint_auth_method="none",
-        )
-        verifier = secrets.token_urlsafe(48)
-        config = httpx.get(f"{server.base}/.well-known/smart-configuration").json()
-        url, state = oauth.create_authorization_url(
-            config["authorization_endpoint"], code_verifier=verifier, aud=server.base
-        )
-        with httpx.Client(base_url=server.root, follow_redirects=False) as browser:
-            page = browser.get(url)
-            assert page.status_code == 200, page.text
-            form = page_form(page.text)
-            consent = _post(
-                browser,
-                form["action"],
-                submit(form, username="PAT@example.org ", password="a-long-password"),
-            )
-            assert consent.status_code == 200, consent.text
-            form = page_form(consent.text)
-            done = _post(browser, form["action"], submit(form, decision="allow"))
-        assert done.status_code == 302
-        callback = done.headers["location"]
-        token = oauth.fetch_token(
-            config["token_endpoint"], authorization_response=callback, code_verifier=verifier
-        )
-        assert token["patient"] == me and token["token_type"] == "Bearer"
-        assert "id_token" in token and "refresh_token" in token
-
-        api = {"Authorization": f"Bearer {token['access_token']}"}
-        assert httpx.get(f"{server.base}/Patient/{me}", headers=api).status_code == 200
-        assert httpx.get(f"{server.base}/Patient/{them}", headers=api).status_code == 403
-        found = httpx.get(f"{server.base}/Patient", headers=api).json()
-        assert [e["resource"]["id"] for e in found["entry"]] == [me]
-
-        refreshed = oauth.refresh_token(  # the scope granted, not the wider one asked for
-            config["token_endpoint"], refresh_token=token["refresh_token"], scope=token["scope"]
-        )
-        api = {"Authorization": f"Bearer {refreshed['access_token']}"}
-        assert httpx.get(f"{server.base}/Patient/{me}", headers=api).status_code == 200
-        oauth.revoke_token(config["revocation_endpoint"], token=refreshed["access_token"])
-        assert httpx.get(f"{server.base}/Patient/{me}", headers=api).status_code == 401
-        again = httpx.post(
-            config["token_endpoint"],
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": refreshed["refresh_token"],
-                "client_id": client_id,
-            },
-        )
-        assert again.status_code == 400
-
+        ) as oauth:
+            _launch(server, oauth, client_id, me, them)
         revoked = server.cli("client", "revoke", client_id)
         assert revoked.returncode == 0
-        assert "revoked" in json.dumps(json.loads(server.cli("client", "list").stdout))
-        _ = state
+        listed = {c["client_id"]: c for c in json.loads(server.cli("client", "list").stdout)}
+        assert listed[client_id]["revoked"] is True
+
+
+def _launch(server: Server, oauth: OAuth2Client, client_id: str, me: str, them: str) -> None:
+    """Sign in through the real pages, exchange the code, use, refresh and revoke."""
+    verifier = secrets.token_urlsafe(48)
+    config = httpx.get(f"{server.base}/.well-known/smart-configuration").json()
+    url, state = oauth.create_authorization_url(
+        config["authorization_endpoint"], code_verifier=verifier, aud=server.base
+    )
+    with httpx.Client(base_url=server.root, follow_redirects=False) as browser:
+        page = browser.get(url)
+        assert page.status_code == 200, page.text
+        form = page_form(page.text)
+        consent = _post(
+            browser,
+            form["action"],
+            submit(form, username="PAT@example.org ", password="a-long-password"),
+        )
+        assert consent.status_code == 200, consent.text
+        form = page_form(consent.text)
+        done = _post(browser, form["action"], submit(form, decision="allow"))
+    assert done.status_code == 302
+    callback = done.headers["location"]
+    token = oauth.fetch_token(
+        config["token_endpoint"], authorization_response=callback, code_verifier=verifier
+    )
+    assert token["patient"] == me and token["token_type"] == "Bearer"
+    assert "id_token" in token and "refresh_token" in token
+
+    api = {"Authorization": f"Bearer {token['access_token']}"}
+    assert httpx.get(f"{server.base}/Patient/{me}", headers=api).status_code == 200
+    assert httpx.get(f"{server.base}/Patient/{them}", headers=api).status_code == 403
+    found = httpx.get(f"{server.base}/Patient", headers=api).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [me]
+
+    refreshed = oauth.refresh_token(  # the scope granted, not the wider one asked for
+        config["token_endpoint"], refresh_token=token["refresh_token"], scope=token["scope"]
+    )
+    api = {"Authorization": f"Bearer {refreshed['access_token']}"}
+    assert httpx.get(f"{server.base}/Patient/{me}", headers=api).status_code == 200
+    oauth.revoke_token(config["revocation_endpoint"], token=refreshed["access_token"])
+    assert httpx.get(f"{server.base}/Patient/{me}", headers=api).status_code == 401
+    again = httpx.post(
+        config["token_endpoint"],
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refreshed["refresh_token"],
+            "client_id": client_id,
+        },
+    )
+    assert again.status_code == 400
+    assert state

@@ -275,3 +275,71 @@ def test_ehr_launch_brings_its_patient(
     assert "user/AuditEvent.rs" not in token["scope"].split()
     unknown = authorize_params("app", challenge, launch="not-minted-here", scope="launch")
     assert redirect_query(anonymous.get("/auth/authorize", params=unknown))["error"]
+
+
+def test_confidential_app_introspects_its_patient_token(
+    anonymous: TestClient, db: Database, clinic: dict[str, str]
+) -> None:
+    from security.smart.registry import add_client
+
+    with db.write() as conn:
+        client, secret = add_client(
+            conn, name="Confidential app", kind="symmetric",
+            scope="launch/patient openid patient/*.rs", redirect_uris=[REDIRECT],
+        )  # fmt: skip
+    assert secret is not None
+    cid = client.client_id
+    verifier, challenge = pkce()
+    params = authorize_params(cid, challenge, scope="launch/patient patient/Patient.rs")
+    final = sign_in_and_allow(
+        anonymous, params, login="maria", password="maria-password-1", patient=clinic["B"]
+    )
+    form = {"grant_type": "authorization_code", "code": _code(final), "redirect_uri": REDIRECT,
+            "code_verifier": verifier}  # fmt: skip
+    assert anonymous.post("/auth/token", data=form).status_code == 401  # no secret, no token
+    final = sign_in_and_allow(
+        anonymous, params, login="maria", password="maria-password-1", patient=clinic["B"]
+    )
+    form["code"] = _code(final)
+    token = anonymous.post("/auth/token", data=form, auth=(cid, secret)).json()
+    seen = anonymous.post(
+        "/auth/introspect", data={"token": token["access_token"]}, auth=(cid, secret)
+    ).json()
+    assert seen["active"] is True and seen["patient"] == clinic["B"]
+    assert seen["client_id"] == cid and seen["scope"] == token["scope"]
+    assert seen["fhirUser"].endswith(f"/Patient/{clinic['A']}")
+
+
+def test_disabled_user_cannot_sign_in_and_loses_tokens(
+    anonymous: TestClient, db: Database, clinic: dict[str, str]
+) -> None:
+    from security.smart.registry import list_users, set_user_disabled
+
+    code, verifier = _fresh_code(anonymous, clinic)
+    token = exchange(anonymous, "app", code, verifier).json()
+    auth = {"Authorization": f"Bearer {token['access_token']}"}
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=auth).status_code == 200
+    with db.write() as conn:
+        maria = next(u for u in list_users(conn) if u.role == "patient")
+        set_user_disabled(conn, maria.user_id)
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=auth).status_code == 401
+    _, challenge = pkce()
+    again = sign_in_and_allow(
+        anonymous, authorize_params("app", challenge), login="maria", password="maria-password-1"
+    )
+    assert again.status_code == 401
+
+
+def test_cors_on_discovery_token_and_fhir(anonymous: TestClient) -> None:
+    origin = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    for path in ("/auth/token", "/fhir/Patient", "/fhir/.well-known/smart-configuration"):
+        pre = anonymous.options(
+            path, headers={**origin, "Access-Control-Request-Headers": "authorization"}
+        )
+        assert pre.status_code == 200, (path, pre.text)
+        assert pre.headers["access-control-allow-origin"] in ("*", "https://app.example")
+    got = anonymous.get("/fhir/.well-known/smart-configuration", headers=origin)
+    assert got.headers["access-control-allow-origin"] in ("*", "https://app.example")
+    denied = anonymous.get("/fhir/Patient", headers=origin)
+    assert denied.status_code == 401
+    assert "www-authenticate" in denied.headers["access-control-expose-headers"].lower()

@@ -58,7 +58,11 @@ def upgrade() -> None:
     op.create_index("ix_busy_time_appointment", "busy_time", ["appointment_id"])
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        op.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
+        # In public, not in whatever schema comes first on the search path: an extension lives
+        # in one schema per database, and dropping that schema would silently drop it and,
+        # by cascade, every schema's exclusion constraint with it. Default operator classes
+        # are found without the search path, so schemas that do not list public work too.
+        op.execute("CREATE EXTENSION IF NOT EXISTS btree_gist WITH SCHEMA public")
         op.execute(
             "ALTER TABLE busy_time ADD CONSTRAINT ex_busy_time_no_overlap EXCLUDE USING gist "
             '(schedule_id WITH =, tstzrange(start, "end") WITH &&)'
