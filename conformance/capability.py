@@ -89,8 +89,12 @@ def _security(base_url: str) -> dict[str, Any]:
     """SMART on FHIR, as a client discovers it from /metadata (with the OAuth URIs extension
     that SMART 1 clients still read; SMART 2 clients use .well-known/smart-configuration)."""
     root = base_url.removesuffix("/fhir")
-    uris = {"authorize": "/auth/authorize", "token": "/auth/token", "revoke": "/auth/revoke",
-            "introspect": "/auth/introspect"}
+    uris = {
+        "authorize": "/auth/authorize",
+        "token": "/auth/token",
+        "revoke": "/auth/revoke",
+        "introspect": "/auth/introspect",
+    }
     return {
         "cors": True,
         "service": [
