@@ -10,6 +10,7 @@ Examples::
     fhir-sched client add|list|revoke    # SMART clients (see fhir_server/cli_auth.py)
     fhir-sched user add|list|disable     # people who sign in
     fhir-sched launch --patient ID       # an EHR launch value
+    fhir-sched audit verify|export       # the audit log (see fhir_server/cli_audit.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from fhir_server.cli_audit import audit
 from fhir_server.cli_auth import client, launch, user
 from fhir_server.settings import Settings
 
@@ -38,6 +40,7 @@ def main() -> None:
 main.add_command(client)
 main.add_command(user)
 main.add_command(launch)
+main.add_command(audit)
 
 
 def _serve(settings: Settings) -> None:

@@ -26,6 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AuditHead",
+    "AuditIndex",
+    "AuditLog",
     "AuthCode",
     "AuthJti",
     "AuthLaunch",
@@ -305,3 +308,47 @@ class AuthLaunch(Base):
     patient: Mapped[str | None] = mapped_column(String(64))
     encounter: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- the audit log (security/audit.py) -----------------------------------------------------------
+
+
+class AuditLog(Base):
+    """One AuditEvent: sealed body, plain search columns, its place in the hash chain.
+    Triggers refuse UPDATE and DELETE (migration 0006)."""
+
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    recorded: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    type_code: Mapped[str] = mapped_column(String(64))
+    subtype_code: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str | None] = mapped_column(String(1))
+    outcome: Mapped[str] = mapped_column(String(2))
+    source: Mapped[str] = mapped_column(String(200))
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    mac: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditIndex(Base):
+    """Keyed digests of the patient, agent and entity references an AuditEvent names."""
+
+    __tablename__ = "audit_index"
+    pk: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    param: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[bytes] = mapped_column(LargeBinary(16))
+    __table_args__ = (Index("ix_audit_index_lookup", "param", "digest", "seq"),)
+
+
+class AuditHead(Base):
+    """The chain's last sequence number and MAC (one row, id 1)."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    mac: Mapped[bytes] = mapped_column(LargeBinary(32))

@@ -1,0 +1,95 @@
+"""``fhir-sched audit verify`` and ``fhir-sched audit export``: the compliance officer's
+commands over the hash-chained audit log (``security/audit.py``).
+
+Examples::
+
+    fhir-sched audit verify                              # exit 1 and the first broken record
+    fhir-sched audit export --since 2026-01-01 > audit.ndjson
+    fhir-sched audit export --since 2026-01-01 --patient Patient/123
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+
+import click
+import orjson
+from sqlalchemy import select
+
+from fhir_server.settings import Settings
+
+__all__ = ["audit"]
+
+
+@click.group()
+def audit() -> None:
+    """The audit log: verify its chain, export records."""
+
+
+def _open() -> tuple[object, object]:
+    from resources.sql.engine import Database, migrate
+    from security.crypto import load_keyring
+
+    settings = Settings()
+    keys_json = settings.keys.get_secret_value() if settings.keys else None
+    ring = load_keyring(key_file=settings.key_file, keys_json=keys_json)
+    database = Database(settings.database_url)
+    migrate(database)
+    return database, ring
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check every record is present, in order and unedited; exit 1 at the first that is not."""
+    from resources.sql.engine import Database
+    from security.audit import verify
+    from security.crypto import KeyRing
+
+    database, ring = _open()
+    assert isinstance(database, Database) and isinstance(ring, KeyRing)
+    try:
+        with database.read() as conn:
+            report = verify(conn, ring)
+    finally:
+        database.dispose()
+    out: dict[str, object] = {"records": report.records, "intact": report.intact}
+    if not report.intact:
+        out |= {"broken_at": report.broken_at, "reason": report.reason}
+    click.echo(json.dumps(out))
+    if not report.intact:
+        sys.exit(1)
+
+
+@audit.command("export")
+@click.option("--since", required=True, help="Records on or after this date or instant")
+@click.option("--patient", help="Only records about this Patient (Patient/<id>)")
+def audit_export(since: str, patient: str | None) -> None:
+    """Write AuditEvents as NDJSON (one per line, oldest first) to standard output."""
+    from resources.sql.engine import Database
+    from resources.sql.tables import AuditIndex, AuditLog
+    from security.audit import digest, open_event
+    from security.crypto import KeyRing
+
+    try:
+        start = datetime.fromisoformat(since)
+    except ValueError as exc:
+        raise click.BadParameter("use a date (2026-01-31) or an instant with an offset") from exc
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    database, ring = _open()
+    assert isinstance(database, Database) and isinstance(ring, KeyRing)
+    query = select(AuditLog).where(AuditLog.recorded >= start).order_by(AuditLog.seq)
+    if patient:
+        ref = patient if patient.startswith("Patient/") else f"Patient/{patient}"
+        hits = select(AuditIndex.seq).where(
+            AuditIndex.param == "patient", AuditIndex.digest == digest(ring, "patient", ref)
+        )
+        query = query.where(AuditLog.seq.in_(hits))
+    out = sys.stdout.buffer
+    try:
+        with database.read() as conn:
+            for row in conn.execute(query.execution_options(yield_per=500)):
+                out.write(orjson.dumps(open_event(ring, row)) + b"\n")
+    finally:
+        database.dispose()

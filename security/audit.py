@@ -1,0 +1,191 @@
+"""The audit log: BALP-shaped FHIR R4 AuditEvents, sealed like every resource, in a hash chain
+that shows any edit, deletion or reordering done behind the application's back.
+
+Each record has a sequence number (no gaps), the previous record's MAC, and its own MAC: an
+HMAC-SHA256, under a key derived from the index secret, of the sequence number, the previous
+MAC and the SHA-256 of the record's canonical JSON. A head row holds the last sequence number
+and MAC, so a truncated tail shows too. :func:`append` is the one way records are written; it
+takes the head's row lock (PostgreSQL) or runs under SQLite's single writer, so the chain is
+extended by one writer at a time, inside the caller's transaction: a write and its AuditEvent
+commit together or not at all. Triggers refuse UPDATE and DELETE on the records for every
+database role; :func:`verify` finds what someone with more power than that did anyway.
+
+Search values that identify a patient or an agent are stored only as keyed digests
+(``audit_index``); types, actions, outcomes, sources and times are plain.
+
+See https://profiles.ihe.net/ITI/BALP/ and https://hl7.org/fhir/R4/auditevent.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, insert, select, text, update
+
+from resources.sql.tables import AuditHead, AuditIndex, AuditLog
+from security.crypto import DecryptionError, KeyRing, Sealed
+
+__all__ = ["ChainReport", "append", "verify"]
+
+GENESIS = bytes(32)
+_LOCK_HEAD = text("SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE")
+
+
+def _canonical(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+
+def _mac(keys: KeyRing, seq: int, prev: bytes, body: bytes) -> bytes:
+    message = seq.to_bytes(8, "big") + prev + hashlib.sha256(body).digest()
+    return hmac.new(keys.index_key("audit.chain"), message, hashlib.sha256).digest()
+
+
+def _aad(event_id: str, seq: int) -> bytes:
+    return f"AuditEvent|{event_id}|{seq}".encode()
+
+
+def _coding(concept: Any) -> str | None:
+    if isinstance(concept, dict):
+        code = concept.get("code")
+        if code is None and concept.get("coding"):
+            code = concept["coding"][0].get("code")
+        return str(code) if code is not None else None
+    return None
+
+
+def _search_values(event: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    """The patient, agent and entity references a compliance query looks for."""
+    for entity in event.get("entity") or []:
+        ref = (entity.get("what") or {}).get("reference")
+        if isinstance(ref, str):
+            yield "entity", ref
+            if ref.startswith("Patient/"):
+                yield "patient", ref
+    for agent in event.get("agent") or []:
+        who = agent.get("who") or {}
+        if isinstance(who.get("reference"), str):
+            yield "agent", who["reference"]
+        value = (who.get("identifier") or {}).get("value")
+        if isinstance(value, str):
+            yield "agent", value
+
+
+def _columns(event: dict[str, Any]) -> dict[str, Any]:
+    """The plain search columns, all derived from the (MAC-covered) body."""
+    return {
+        "recorded": datetime.fromisoformat(event["recorded"]),
+        "type_code": _coding(event.get("type")) or "",
+        "subtype_code": _coding((event.get("subtype") or [None])[0]),
+        "action": event.get("action"),
+        "outcome": event.get("outcome") or "0",
+        "source": (event.get("source") or {}).get("site") or "",
+    }
+
+
+def digest(keys: KeyRing, param: str, value: str) -> bytes:
+    return keys.blind(f"AuditEvent.{param}", value)
+
+
+def append(conn: Connection, keys: KeyRing, events: list[dict[str, Any]]) -> list[int]:
+    """Add ``events`` to the chain in this transaction; returns their sequence numbers."""
+    if not events:
+        return []
+    if conn.dialect.name == "postgresql":
+        head = conn.execute(_LOCK_HEAD).one()
+    else:  # SQLite: the caller holds the database's write lock (BEGIN IMMEDIATE)
+        head = conn.execute(select(AuditHead.seq, AuditHead.mac).filter_by(id=1)).one()
+    seq, prev = int(head[0]), bytes(head[1])
+    rows: list[dict[str, Any]] = []
+    index: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    for event in events:
+        seq += 1
+        event.setdefault("id", uuid.uuid4().hex)
+        body = _canonical(event)
+        sealed = keys.seal(body, aad=_aad(event["id"], seq))
+        mac = _mac(keys, seq, prev, body)
+        rows.append(
+            {
+                "seq": seq,
+                "event_id": event["id"],
+                **_columns(event),
+                "kek_id": sealed.kek_id,
+                "wrapped_key": sealed.wrapped_key,
+                "nonce": sealed.nonce,
+                "ciphertext": sealed.ciphertext,
+                "prev_hash": prev,
+                "mac": mac,
+            }
+        )
+        index.extend(
+            {"seq": seq, "param": p, "digest": digest(keys, p, v)}
+            for p, v in set(_search_values(event))
+        )
+        numbers.append(seq)
+        prev = mac
+    conn.execute(insert(AuditLog), rows)
+    if index:
+        conn.execute(insert(AuditIndex), index)
+    conn.execute(update(AuditHead).filter_by(id=1).values(seq=seq, mac=prev))
+    return numbers
+
+
+def open_event(keys: KeyRing, row: Any) -> dict[str, Any]:
+    sealed = Sealed(row.kek_id, row.wrapped_key, row.nonce, row.ciphertext)
+    event: dict[str, Any] = orjson.loads(keys.open(sealed, aad=_aad(row.event_id, row.seq)))
+    return event
+
+
+def _same(stored: Any, derived: Any) -> bool:
+    if isinstance(derived, datetime) and isinstance(stored, datetime):
+        stored = stored if stored.tzinfo else stored.replace(tzinfo=UTC)
+        return bool(stored == derived)
+    return bool(stored == derived)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    records: int
+    broken_at: int | None  # the first sequence number that does not fit, None when intact
+    reason: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        return self.broken_at is None
+
+
+def verify(conn: Connection, keys: KeyRing, *, batch: int = 2000) -> ChainReport:
+    """Walk the chain from the start: every record present, in order, unedited, and the head
+    pointing at the last one."""
+    expected, prev, count = 1, GENESIS, 0
+    while True:
+        rows = conn.execute(
+            select(AuditLog).where(AuditLog.seq >= expected).order_by(AuditLog.seq).limit(batch)
+        ).all()
+        for row in rows:
+            if row.seq != expected:
+                return ChainReport(count, expected, "a record is missing")
+            if bytes(row.prev_hash) != prev:
+                return ChainReport(count, row.seq, "the link to the previous record is broken")
+            try:
+                event = open_event(keys, row)
+            except (DecryptionError, orjson.JSONDecodeError):
+                return ChainReport(count, row.seq, "the record does not open (edited or moved)")
+            if not hmac.compare_digest(_mac(keys, row.seq, prev, _canonical(event)), row.mac):
+                return ChainReport(count, row.seq, "the record's content was changed")
+            if any(_same(getattr(row, k), v) is False for k, v in _columns(event).items()):
+                return ChainReport(count, row.seq, "the record's search columns were changed")
+            prev, expected, count = bytes(row.mac), expected + 1, count + 1
+        if len(rows) < batch:
+            break
+    head = conn.execute(select(AuditHead.seq, AuditHead.mac).filter_by(id=1)).one()
+    if int(head[0]) != expected - 1 or bytes(head[1]) != prev:
+        return ChainReport(count, expected, "records after this one were removed")
+    return ChainReport(count, None)

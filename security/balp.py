@@ -1,0 +1,190 @@
+"""AuditEvents shaped as IHE Basic Audit Log Patterns (BALP) prescribe, for FHIR R4.
+
+One builder for every kind of access: RESTful interactions (``rest`` + the interaction as
+subtype), the scheduling operations (``rest`` + ITI-115/116/117), and security events (DICOM
+110114 user authentication, 110113 security alert). Agents: the client application (with its
+network address), the user when one signed in, and this server. Entities: what was touched,
+and for searches the query itself (base64), never result data. Tokens never appear; a token is
+named by its ``jti``.
+
+See https://profiles.ihe.net/ITI/BALP/ and https://hl7.org/fhir/R4/auditevent.html
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["OUTCOMES", "Actor", "balp_event"]
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL = "http://hl7.org/fhir/restful-interaction"
+IHE_EVENTS = "urn:ihe:event-type-code"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+
+# success, minor failure (e.g. refused), serious failure, major failure
+OUTCOMES = {"success": "0", "minor": "4", "serious": "8", "major": "12"}
+
+ACTIONS = {
+    "read": "R",
+    "vread": "R",
+    "search-type": "E",
+    "search-system": "E",
+    "history-instance": "R",
+    "history-type": "R",
+    "create": "C",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+    "operation": "E",
+    "transaction": "E",
+    "batch": "E",
+}
+OPERATIONS = {
+    "$find": ("ITI-115", "Find Appointments"),
+    "$hold": ("ITI-116", "Hold Appointment"),
+    "$book": ("ITI-117", "Book Appointment"),
+}
+SECURITY = {
+    "login": ("110114", "User Authentication", "110122", "Login"),
+    "logout": ("110114", "User Authentication", "110123", "Logout"),
+    "token": ("110114", "User Authentication", "token-issued", "Access token issued"),
+    "introspect": ("110114", "User Authentication", "introspect", "Token introspection"),
+    "revoke": ("110114", "User Authentication", "revoke", "Token revocation"),
+    "alert": ("110113", "Security Alert", "replay", "Replayed or forged credential"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acted: the client (always), the user behind it (if any), from where, which token."""
+
+    client_id: str | None
+    address: str | None = None
+    user: str | None = None  # fhirUser reference, else the user id
+    token_jti: str | None = None
+    roles: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _coding(system: str, code: str, display: str | None = None) -> dict[str, str]:
+    out = {"system": system, "code": code}
+    if display:
+        out["display"] = display
+    return out
+
+
+def _agents(actor: Actor, server: str) -> list[dict[str, Any]]:
+    client: dict[str, Any] = {
+        "type": {"coding": [_coding(DCM, "110150", "Application")]},
+        "who": {
+            "identifier": {
+                "system": "urn:fhir-sched:client",
+                "value": actor.client_id or "anonymous",
+            }
+        },
+        "requestor": actor.user is None,
+    }
+    if actor.address:
+        client["network"] = {"address": actor.address, "type": "2"}
+    if actor.token_jti:
+        client["policy"] = [f"urn:fhir-sched:token:{actor.token_jti}"]
+    agents = [client]
+    if actor.user:
+        who = (
+            {"reference": actor.user}
+            if "/" in actor.user
+            else {"identifier": {"system": "urn:fhir-sched:user", "value": actor.user}}
+        )
+        agents.append(
+            {
+                "type": {"coding": [_coding(PARTICIPATION, "humanuser", "human user")]},
+                "who": who,
+                "requestor": True,
+            }
+        )
+    agents.append(
+        {
+            "type": {"coding": [_coding(DCM, "110152", "Destination Role ID")]},
+            "who": {"display": server},
+            "requestor": False,
+            "network": {"address": server, "type": "5"},
+        }
+    )
+    return agents
+
+
+def balp_event(
+    *,
+    kind: str,
+    actor: Actor,
+    server: str,
+    outcome: str = "success",
+    description: str | None = None,
+    entities: list[str] | None = None,
+    patient: str | None = None,
+    query: str | None = None,
+    recorded: datetime | None = None,
+) -> dict[str, Any]:
+    """One AuditEvent. ``kind`` is a RESTful interaction (``read``, ``search-type``…), an
+    operation (``$find``…) or a security event (``login``, ``token``, ``alert``…)."""
+    event: dict[str, Any] = {"resourceType": "AuditEvent"}
+    if kind in OPERATIONS:
+        code, display = OPERATIONS[kind]
+        event["type"] = _coding(EVENT_TYPE, "rest", "Restful Operation")
+        event["subtype"] = [_coding(RESTFUL, "operation"), _coding(IHE_EVENTS, code, display)]
+        event["action"] = "E" if kind == "$find" else "C"
+    elif kind in SECURITY:
+        type_code, type_display, sub_code, sub_display = SECURITY[kind]
+        event["type"] = _coding(DCM, type_code, type_display)
+        event["subtype"] = [_coding("urn:fhir-sched:security-event", sub_code, sub_display)]
+        event["action"] = "E"
+    else:
+        event["type"] = _coding(EVENT_TYPE, "rest", "Restful Operation")
+        event["subtype"] = [_coding(RESTFUL, kind)]
+        event["action"] = ACTIONS.get(kind, "E")
+    event["recorded"] = (recorded or datetime.now(UTC)).isoformat()
+    event["outcome"] = OUTCOMES[outcome]
+    if description and outcome != "success":
+        event["outcomeDesc"] = description
+    event["agent"] = _agents(actor, server)
+    event["source"] = {
+        "site": server,
+        "observer": {"display": "fhir-sched"},
+        "type": [_coding(SOURCE_TYPE, "4", "Application Server")],
+    }
+    items: list[dict[str, Any]] = []
+    if patient:
+        items.append(
+            {
+                "what": {"reference": f"Patient/{patient}"},
+                "type": _coding(ENTITY_TYPE, "1", "Person"),
+                "role": _coding(OBJECT_ROLE, "1", "Patient"),
+            }
+        )
+    for ref in entities or []:
+        if patient and ref == f"Patient/{patient}":
+            continue
+        items.append(
+            {
+                "what": {"reference": ref},
+                "type": _coding(ENTITY_TYPE, "2", "System Object"),
+                "role": _coding(OBJECT_ROLE, "4", "Domain Resource"),
+            }
+        )
+    if query is not None:
+        items.append(
+            {
+                "type": _coding(ENTITY_TYPE, "2", "System Object"),
+                "role": _coding(OBJECT_ROLE, "24", "Query"),
+                "query": base64.b64encode(query.encode()).decode(),
+            }
+        )
+    if items:
+        event["entity"] = items
+    return event

@@ -1,0 +1,121 @@
+"""The audit log's hash chain, on both databases: intact after appends; the first broken
+sequence number reported after a record is edited, deleted or reordered directly in SQL; the
+database refusing UPDATE and DELETE to the application's own role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, select, text
+from sqlalchemy.exc import DBAPIError
+
+from resources.sql.engine import Database
+from resources.sql.guards import audit_guard_drop
+from resources.sql.tables import AuditLog
+from security.audit import append, open_event, verify
+from security.balp import Actor, balp_event
+from security.crypto import KeyRing
+
+SERVER = "http://testserver/fhir"
+
+
+def _events(n: int, offset: int = 0) -> list[dict[str, Any]]:
+    actor = Actor(client_id="app", address="10.0.0.7", user="Practitioner/p1", token_jti="j1")
+    return [
+        balp_event(
+            kind="read",
+            actor=actor,
+            server=SERVER,
+            patient=f"pat-{(i + offset) % 3}",
+            entities=[f"Appointment/a{i + offset}"],
+        )
+        for i in range(n)
+    ]
+
+
+def _fill(db: Database, keys: KeyRing, n: int = 10) -> None:
+    with db.write() as conn:
+        append(conn, keys, _events(n // 2))
+    with db.write() as conn:
+        append(conn, keys, _events(n - n // 2, n // 2))
+
+
+def test_chain_is_intact_and_sealed(db: Database, keys: KeyRing) -> None:
+    _fill(db, keys)
+    with db.read() as conn:
+        report = verify(conn, keys)
+        assert report.intact and report.records == 10
+        rows = conn.execute(select(AuditLog).order_by(AuditLog.seq)).all()
+    assert [r.seq for r in rows] == list(range(1, 11))
+    assert all(b"pat-" not in bytes(r.ciphertext) for r in rows)  # sealed, not plain JSON
+    event = open_event(keys, rows[0])
+    assert event["resourceType"] == "AuditEvent" and event["entity"][0]["what"]["reference"]
+
+
+def test_application_role_cannot_update_or_delete(db: Database, keys: KeyRing) -> None:
+    _fill(db, keys, 2)
+    for statement in ("UPDATE audit_log SET outcome = '4'", "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError), db.write() as conn:
+            conn.execute(text(statement))
+    with db.read() as conn:
+        assert verify(conn, keys).intact
+
+
+def _tamper(db: Database, change: Callable[[Connection], None]) -> None:
+    """What someone with more power than the application's role could do: lift the guard."""
+    with db.write() as conn:
+        for statement in audit_guard_drop(db.dialect):
+            conn.execute(text(statement))
+        change(conn)
+
+
+def _swap(conn: Connection) -> None:
+    a = conn.execute(select(AuditLog).filter_by(seq=4)).one()
+    b = conn.execute(select(AuditLog).filter_by(seq=5)).one()
+    cols = ("event_id", "kek_id", "wrapped_key", "nonce", "ciphertext", "mac", "prev_hash")
+    conn.execute(text("UPDATE audit_log SET event_id = 'tmp' WHERE seq = 5"))
+    for row, seq in ((b, 4), (a, 5)):
+        values = {c: getattr(row, c) for c in cols}
+        sets = ", ".join(f"{c} = :{c}" for c in cols)
+        conn.execute(text(f"UPDATE audit_log SET {sets} WHERE seq = :seq"), {**values, "seq": seq})
+
+
+TAMPERING: dict[str, tuple[Callable[[Connection], None], int]] = {
+    "edited body": (
+        lambda c: c.execute(
+            text("UPDATE audit_log SET ciphertext = :x WHERE seq = 6"), {"x": b"\x00" * 64}
+        ),
+        6,
+    ),
+    "edited search column": (
+        lambda c: c.execute(text("UPDATE audit_log SET outcome = '8' WHERE seq = 3")),
+        3,
+    ),
+    "deleted in the middle": (lambda c: c.execute(text("DELETE FROM audit_log WHERE seq = 7")), 7),
+    "deleted at the end": (lambda c: c.execute(text("DELETE FROM audit_log WHERE seq = 10")), 10),
+    "deleted first": (lambda c: c.execute(text("DELETE FROM audit_log WHERE seq = 1")), 1),
+    "reordered": (_swap, 4),
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERING.values()), ids=list(TAMPERING))
+def test_verify_finds_the_first_broken_record(
+    db: Database, keys: KeyRing, tampering: tuple[Callable[[Connection], None], int]
+) -> None:
+    change, broken = tampering
+    _fill(db, keys)
+    _tamper(db, change)
+    with db.read() as conn:
+        report = verify(conn, keys)
+    assert not report.intact
+    assert report.broken_at == broken, report
+
+
+def test_verify_with_another_key_fails(db: Database, keys: KeyRing) -> None:
+    from security.crypto import generate_key_material
+
+    _fill(db, keys, 3)
+    with db.read() as conn:
+        assert verify(conn, KeyRing.from_document(generate_key_material())).broken_at == 1
