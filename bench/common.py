@@ -203,7 +203,7 @@ def wait_up(base: str, path: str, proc: subprocess.Popen[Any]) -> str:
     raise RuntimeError(f"{base} did not come up")
 
 
-def bench_auth(root: str, database_url: str) -> dict[str, str]:
+def bench_auth(root: str, database_url: str, scope: str = "system/*.cruds") -> dict[str, str]:
     """A full-access backend token, as any client gets one: a client registered in the
     database, then a JWT assertion (ES384) at the token endpoint. Lasts 300 s."""
     import uuid
@@ -224,7 +224,7 @@ def bench_auth(root: str, database_url: str) -> dict[str, str]:
                 conn,
                 name="bench",
                 kind="asymmetric",
-                scope="system/*.cruds",
+                scope=scope,
                 jwks=jwks,
                 client_id=client_id,
             )
@@ -241,7 +241,7 @@ def bench_auth(root: str, database_url: str) -> dict[str, str]:
     assertion = jwt.encode({"alg": "ES384", "kid": "bench"}, claims, key, algorithms=["ES384"])
     form = {
         "grant_type": "client_credentials",
-        "scope": "system/*.cruds",
+        "scope": scope,
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
         "client_assertion": assertion,
     }

@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.read_by_id [--seconds 10] [--connections 16]
 
 Both servers are one uvicorn worker (uvloop + httptools); wrk (one thread) drives each in turn
-with random ids from 1,000 seeded Patients.
+with random ids from 1,000 seeded Patients, with a backend token. The FHIR server is measured
+twice in the same run: with the audit log on (every read recorded before its response) and off
+(``FHIRSCHED_AUDIT_ENABLED=false``), so the audit's cost is a ratio of the same run.
 """
 
 from __future__ import annotations
@@ -57,33 +59,51 @@ def main() -> None:
                     seconds=args.seconds,
                     connections=args.connections,
                 )
-            with serve(work, url, 8701) as base:
-                auth = bench_auth(base, url)
-                wrk(
-                    f"{base}/fhir/Patient/p1",
-                    script=script,
-                    seconds=2,
-                    connections=args.connections,
-                    headers=auth,
-                )  # warm-up
-                fhir = wrk(
-                    f"{base}/fhir/Patient/p1",
-                    script=script,
-                    seconds=args.seconds,
-                    connections=args.connections,
-                    headers=auth,
-                )
+            runs = {}
+            for audit in ("true", "false"):
+                env = {"FHIRSCHED_AUDIT_ENABLED": audit}
+                with serve(work, url, 8701, env) as base:
+                    auth = bench_auth(base, url)
+                    wrk(
+                        f"{base}/fhir/Patient/p1",
+                        script=script,
+                        seconds=2,
+                        connections=args.connections,
+                        headers=auth,
+                    )  # warm-up
+                    runs[audit] = wrk(
+                        f"{base}/fhir/Patient/p1",
+                        script=script,
+                        seconds=args.seconds,
+                        connections=args.connections,
+                        headers=auth,
+                    )
+            fhir, unaudited = runs["true"], runs["false"]
     ratio = fhir["rps"] / baseline["rps"]
-    print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}")
-    for name, r in (("bare FastAPI constant", baseline), (f"read-by-id ({args.db})", fhir)):
+    print(f"{'endpoint':<36}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}")
+    rows = (
+        ("bare FastAPI constant", baseline),
+        (f"read-by-id, audit off ({args.db})", unaudited),
+        (f"read-by-id, audited ({args.db})", fhir),
+    )
+    for name, r in rows:
         print(
-            f"{name:<28}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+            f"{name:<36}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
             f"{r['non_2xx']:>9.0f}"
         )
-    print(f"read-by-id / bare = {ratio:.0%} (target >= 50%)")
+    cost = 1 - fhir["rps"] / unaudited["rps"]
+    print(f"read-by-id (audited) / bare = {ratio:.0%} (target >= 50%)")
+    print(f"audit cost = {cost:.0%} of unaudited throughput (target <= 20%)")
     save(
         f"read_by_id_{args.db}",
-        {"bare": baseline, "read_by_id": fhir, "ratio": ratio, "args": vars(args)},
+        {
+            "bare": baseline,
+            "read_by_id": fhir,
+            "read_by_id_unaudited": unaudited,
+            "ratio": ratio,
+            "audit_cost": cost,
+            "args": vars(args),
+        },
     )
 
 

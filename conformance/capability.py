@@ -63,6 +63,7 @@ def capability_statement(*, base_url: str, released: str) -> dict[str, Any]:
                 ),
             }
         )
+    resources.append(_audit_event())
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -81,6 +82,36 @@ def capability_statement(*, base_url: str, released: str) -> dict[str, Any]:
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
             }
+        ],
+    }
+
+
+def _audit_event() -> dict[str, Any]:
+    """The audit log: read and search only (fhir_server/routes/audit.py), never written."""
+    params = [
+        ("date", "date", "AuditEvent-date"),
+        ("patient", "reference", "clinical-patient"),
+        ("agent", "reference", "AuditEvent-agent"),
+        ("entity", "reference", "AuditEvent-entity"),
+        ("type", "token", "AuditEvent-type"),
+        ("subtype", "token", "AuditEvent-subtype"),
+        ("action", "token", "AuditEvent-action"),
+        ("outcome", "token", "AuditEvent-outcome"),
+        ("source", "reference", "AuditEvent-source"),
+    ]
+    return {
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "Compliance officers (user/AuditEvent.rs) and audit clients "
+        "(system/AuditEvent.rs) only; _sort=-date, _count paging, Bundle.total",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [
+            {
+                "name": name,
+                "type": kind,
+                "definition": f"http://hl7.org/fhir/SearchParameter/{sp}",
+            }
+            for name, kind, sp in params
         ],
     }
 

@@ -22,16 +22,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhir_server.auditing import AuditMiddleware, AuditWriter
 from fhir_server.errors import (
     BadRequest,
     FHIRError,
     MethodNotAllowed,
     NotFound,
+    ServiceUnavailable,
 )
 from fhir_server.handlers import Context
 from fhir_server.http import Services, error_response
 from fhir_server.logging import get_logger
-from fhir_server.routes import auth, authorize, metadata, operations, resources
+from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
 from fhir_server.scheduling.clinic import load_clinic
 from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from fhir_server.settings import Settings
@@ -42,6 +44,7 @@ from resources.store import Store
 from security.crypto import KeyRing, load_keyring
 from security.smart.server import SmartServer
 from security.smart.signing import load_signer
+from security.trail import AuditUnavailable
 
 __all__ = ["create_app"]
 
@@ -128,7 +131,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FHIRError)
     async def fhir_error(request: Request, exc: FHIRError) -> Response:
         log.info("http.error", status=exc.status, message_id=exc.message_id)
+        request.state.audit_description = f"{exc.message_id} {exc.code}"  # no request data
         return error_response(exc, _request_id(request))
+
+    @app.exception_handler(AuditUnavailable)
+    async def audit_unavailable(request: Request, exc: AuditUnavailable) -> Response:
+        log.error("audit.unavailable", request_id=_request_id(request))
+        err = ServiceUnavailable("the audit log cannot record this access right now; try again")
+        err.headers["Retry-After"] = "5"
+        return error_response(err, _request_id(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -233,6 +244,7 @@ def create_app(
             ),
             issuer=settings.public_root,
             fhir_base=settings.fhir_base,
+            audit_enabled=settings.audit_enabled,
         ),
         reader=reader,
         clinic=load_clinic_config(settings.clinic_file) if settings.clinic_file else None,
@@ -242,6 +254,7 @@ def create_app(
     app.include_router(authorize.router)
     app.include_router(metadata.router, prefix="/fhir")
     app.include_router(operations.router, prefix="/fhir")
+    app.include_router(audit.router, prefix="/fhir")
     app.include_router(resources.router, prefix="/fhir")
     _install_error_handlers(app)
     app.add_middleware(
@@ -265,6 +278,11 @@ def create_app(
             "X-Request-ID",
             "WWW-Authenticate",
         ],
+    )
+    app.add_middleware(
+        AuditMiddleware,
+        writer=AuditWriter(db, keys, enabled=settings.audit_enabled),
+        server=settings.fhir_base,
     )
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 from sqlalchemy import Connection
 
 from fhir_server import handlers
+from fhir_server.auditing import kind_of
 from fhir_server.errors import BadRequest, FHIRError, MethodNotAllowed, PreconditionFailed
 from fhir_server.handlers import Context, FHIRResponse, Prefer
 from resources import service
@@ -216,26 +217,37 @@ def transaction(
 def _create_with_id(ctx: Context, conn: Connection, e: Entry) -> FHIRResponse:
     """A transaction POST whose id was assigned while resolving urn:uuid references."""
     segs, _ = _split(e.url, ctx.base_url)
-    outcome = service.create(
-        conn,
-        store=ctx.store,
-        resource_type=segs[0],
-        resource=e.resource,
-        assigned_id=e.resource["id"],
-    )
-    return handlers.resource_response(ctx, outcome, Prefer(), location=True)
+    return handlers.create_with_id(ctx, conn, segs[0], e.resource)
 
 
 def batch(ctx: Context, unit: WriteUnit, bundle: dict[str, Any], prefer: Prefer) -> dict[str, Any]:
     out = []
     for e in _entries(bundle):
+        noted = len(ctx.trail.facts) if ctx.trail is not None else 0
         try:
             with unit() as conn:
                 resp = dispatch(ctx, conn, e, e.resource)
             out.append(_response_entry(ctx, resp, prefer))
         except FHIRError as exc:
+            _entry_failed(ctx, e, exc, noted)
             out.append(_error_entry(exc))
     return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
+
+
+def _entry_failed(ctx: Context, e: Entry, exc: FHIRError, noted: int) -> None:
+    """A failed batch entry's accesses are audited as failures (its transaction, and any
+    record staged in it, rolled back); one refused before touching anything, by its URL."""
+    trail = ctx.trail
+    if trail is None:
+        return
+    trail.staged = min(trail.staged, noted)
+    outcome = "minor" if exc.status < 500 else "serious"
+    why = f"{exc.message_id} {exc.code}"
+    for fact in trail.facts[noted:]:
+        fact.outcome, fact.description = outcome, why
+    if len(trail.facts) == noted:
+        path = "/fhir/" + e.url.split("?")[0].strip("/")
+        trail.note(kind_of(e.method, path), outcome=outcome, description=why)
 
 
 def process_bundle(ctx: Context, unit: WriteUnit, bundle: Any, prefer: Prefer) -> dict[str, Any]:

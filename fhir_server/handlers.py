@@ -51,6 +51,7 @@ from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.store import Store, StoredVersion, format_instant
 from security.principal import Principal
+from security.trail import Trail
 
 __all__ = ["Context", "FHIRResponse", "Prefer", "parse_prefer"]
 
@@ -65,10 +66,11 @@ class Context:
     base_url: str
     paging: Paging
     principal: Principal | None = None  # None: nothing is allowed (every request sets it)
+    trail: Trail | None = None  # where this request's accesses are noted for the audit log
 
-    def acting(self, principal: Principal) -> Context:
+    def acting(self, principal: Principal, trail: Trail | None = None) -> Context:
         """This context for one request made by ``principal``."""
-        return replace(self, principal=principal)
+        return replace(self, principal=principal, trail=trail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,39 @@ def searchset(
 
 
 # -- interactions ------------------------------------------------------------------------------
+# -- audit notes (security/trail.py) ------------------------------------------------------------
+def _patients(rtype: str, rid: str, stored: StoredVersion | None) -> set[str]:
+    """The Patients whose data a resource is: the Patient itself, an Appointment's patients."""
+    if rtype == "Patient":
+        return {rid}
+    if rtype == "Appointment" and stored is not None and stored.body is not None:
+        return authz.patients_in(stored.resource())
+    return set()
+
+
+def _note(
+    ctx: Context,
+    kind: str,
+    rtype: str,
+    rid: str | None = None,
+    stored: StoredVersion | None = None,
+    *,
+    query: str | None = None,
+    patients: set[str] | None = None,
+) -> None:
+    if ctx.trail is None:
+        return
+    found = patients if patients is not None else (_patients(rtype, rid, stored) if rid else set())
+    refs = [f"{rtype}/{rid}"] if rid else []
+    ctx.trail.note(kind, refs=refs, patients=found, query=query)
+
+
+def _commit_notes(ctx: Context, conn: Connection) -> None:
+    """A write's AuditEvents go into the write's own transaction."""
+    if ctx.trail is not None:
+        ctx.trail.commit_in(conn, ctx.store.keys)
+
+
 def _visible(ctx: Context, conn: Connection | None, access: Access, stored: Any) -> None:
     """Refuse a resource the access does not reach (compartment, then granular filters)."""
     if stored is None or stored.body is None or access.unrestricted:
@@ -223,9 +258,17 @@ def read(
     ctx: Context, conn: Connection, rtype: str, rid: str, params: list[tuple[str, str]]
 ) -> FHIRResponse:
     access = authz.require(ctx.principal, rtype, "r")
+    _note(ctx, "read", rtype, rid, patients=set())
     outcome = service.read(conn, store=ctx.store, resource_type=rtype, resource_id=rid)
+    _renote(ctx, rtype, rid, outcome.stored)
     _visible(ctx, conn, access, outcome.stored)
     return read_response(ctx, outcome, params)
+
+
+def _renote(ctx: Context, rtype: str, rid: str, stored: StoredVersion | None) -> None:
+    """The last note, now that the resource (and so its patients) is known."""
+    if ctx.trail is not None and ctx.trail.facts:
+        ctx.trail.facts[-1].patients = _patients(rtype, rid, stored)
 
 
 def read_is_async_safe(ctx: Context, rtype: str) -> bool:
@@ -241,9 +284,11 @@ async def read_async(
 ) -> FHIRResponse:
     """Read-by-id over an async PostgreSQL connection (same answers as :func:`read`)."""
     access = authz.require(ctx.principal, rtype, "r")
+    _note(ctx, "read", rtype, rid, patients=set())
     service.check_type(rtype)
     row = await reader.current(rtype, rid)
     stored = ctx.store.open_row(row) if row is not None else None
+    _renote(ctx, rtype, rid, stored)
     _visible(ctx, None, access, stored)
     outcome = service.read_outcome(stored, resource_type=rtype, resource_id=rid)
     return read_response(ctx, outcome, params)
@@ -270,9 +315,11 @@ def vread(ctx: Context, conn: Connection, rtype: str, rid: str, vid: str) -> FHI
     access = authz.require(ctx.principal, rtype, "r")
     if access.filters != [()]:
         raise Forbidden("version reads are not available to a token with granular scopes")
+    _note(ctx, "vread", rtype, rid, patients=set())
     outcome = service.vread(
         conn, store=ctx.store, resource_type=rtype, resource_id=rid, version=vid
     )
+    _renote(ctx, rtype, rid, outcome.stored)
     _visible(ctx, conn, access, outcome.stored)
     return resource_response(ctx, outcome, Prefer())
 
@@ -282,6 +329,7 @@ def search(
 ) -> FHIRResponse:
     access = authz.require(ctx.principal, rtype, "s")
     params = access.search_params(params)
+    _note(ctx, "search-type", rtype, query=f"{rtype}?{urlencode(params)}", patients=set())
     query, result = service.search(
         conn,
         store=ctx.store,
@@ -292,6 +340,11 @@ def search(
     )
     if result.included:
         result = replace(result, included=[s for s in result.included if _may_include(ctx, s)])
+    if ctx.trail is not None:  # one AuditEvent per patient whose data the answer holds
+        touched: set[str] = set()
+        for found in (*result.matches, *result.included):
+            touched |= _patients(found.res_type, found.res_id, found)
+        ctx.trail.facts[-1].patients = touched
     bundle = searchset(ctx, resource_type=rtype, params=params, query=query, result=result)
     return FHIRResponse(200, bundle)
 
@@ -340,6 +393,9 @@ def create(
         resource=body,
         if_none_exist=headers.get("if-none-exist"),
     )
+    if outcome.stored is not None:
+        _note(ctx, "create", rtype, outcome.stored.res_id, outcome.stored)
+        _commit_notes(ctx, conn)
     prefer = parse_prefer(headers.get("prefer"))
     response = resource_response(ctx, outcome, prefer, location=True)
     if not outcome.created and outcome.stored is not None and prefer.ret == "OperationOutcome":
@@ -350,6 +406,21 @@ def create(
             diagnostics=f"{stored.res_type}/{stored.res_id} matches If-None-Exist; nothing created",
         )
     return response
+
+
+def create_with_id(ctx: Context, conn: Connection, rtype: str, resource: Any) -> FHIRResponse:
+    """A transaction entry's create whose id was assigned while resolving ``urn:uuid``s."""
+    access = authz.require(ctx.principal, rtype, "c")
+    if access.patient is not None and rtype == "Patient":
+        raise Forbidden("a patient's token cannot create Patients")
+    _confined_write(access, resource)
+    outcome = service.create(
+        conn, store=ctx.store, resource_type=rtype, resource=resource, assigned_id=resource["id"]
+    )
+    if outcome.stored is not None:
+        _note(ctx, "create", rtype, outcome.stored.res_id, outcome.stored)
+        _commit_notes(ctx, conn)
+    return resource_response(ctx, outcome, Prefer(), location=True)
 
 
 def update(
@@ -366,6 +437,8 @@ def update(
         resource=body,
         if_match=headers.get("if-match"),
     )
+    _note(ctx, "create" if outcome.created else "update", rtype, rid, outcome.stored)
+    _commit_notes(ctx, conn)
     prefer = parse_prefer(headers.get("prefer"))
     return resource_response(ctx, outcome, prefer, location=outcome.created)
 
@@ -390,6 +463,10 @@ def conditional_update(
         resource=body,
         if_match=headers.get("if-match"),
     )
+    if outcome.stored is not None:
+        kind = "create" if outcome.created else "update"
+        _note(ctx, kind, rtype, outcome.stored.res_id, outcome.stored)
+        _commit_notes(ctx, conn)
     prefer = parse_prefer(headers.get("prefer"))
     return resource_response(ctx, outcome, prefer, location=outcome.created)
 
@@ -409,12 +486,16 @@ def patch(
     )
     if outcome.stored is not None and access.patient is not None:
         _confined_write(access, outcome.stored.resource())  # refused: the patch rolls back
+    _note(ctx, "patch", rtype, rid, outcome.stored)
+    _commit_notes(ctx, conn)
     return resource_response(ctx, outcome, parse_prefer(headers.get("prefer")))
 
 
 def delete(ctx: Context, conn: Connection, rtype: str, rid: str) -> FHIRResponse:
     _current_visible(ctx, conn, authz.require(ctx.principal, rtype, "d"), rid)
+    _note(ctx, "delete", rtype, rid, ctx.store.read(conn, rtype, rid))
     service.delete(conn, store=ctx.store, resource_type=rtype, resource_id=rid)
+    _commit_notes(ctx, conn)
     return FHIRResponse(204)
 
 
@@ -426,6 +507,8 @@ def history(
     params: list[tuple[str, str]],
 ) -> FHIRResponse:
     access = authz.require(ctx.principal, rtype, "r" if rid else "s")
+    kind = "history-instance" if rid else "history-type"
+    _note(ctx, kind, rtype, rid, ctx.store.read(conn, rtype, rid) if rid else None)
     if rid is None and not access.unrestricted:
         raise Forbidden("type history is not available to a confined or granular token")
     if rid is not None and not access.unrestricted:
@@ -511,10 +594,18 @@ def find(
     access = authz.require(ctx.principal, "Appointment", "$find")
     config = _clinic(config)
     request = _confine_find(access, parse_find(params, max_count=ctx.paging.max_count))
+    _note_find(ctx, params, request)
     found = find_options(
         conn, store=ctx.store, config=config, request=request, now=now, limit=request.count
     )
     return _find_bundle(config, request, found)
+
+
+def _note_find(ctx: Context, params: list[tuple[str, Any]], request: FindRequest) -> None:
+    shown = [(k, "(Patient resource)" if k == "patient-resource" else str(v)) for k, v in params]
+    patients = {request.patient_id} if request.patient_id else set()
+    query = f"Appointment/$find?{urlencode(shown)}"
+    _note(ctx, "$find", "Appointment", query=query, patients=patients)
 
 
 async def find_async(
@@ -539,6 +630,7 @@ async def find_async(
                 return find(ctx, conn, config, params, now=now)
 
         return await to_thread.run_sync(run)
+    _note_find(ctx, params, request)
     plan = plan_find(config, request)
     calendar = await read_calendar_async(reader, plan, request, now)
 
@@ -621,9 +713,11 @@ def hold(
         if reference is not None:
             raise Forbidden("a patient's token holds a proposed appointment-resource")
         _confined_write(access, resource)
+    _note_operation(ctx, "$hold", resource)
     stored, expires = booking.hold(
         conn, store=ctx.store, config=config, appointment=resource, now=now
     )
+    _operation_done(ctx, conn, stored)
     headers = {
         "Expires": format_datetime(expires.astimezone(UTC), usegmt=True),
         **version_headers(stored),
@@ -648,6 +742,7 @@ def book(
     old = values.get("cancelled-appointment-id", [None])[0]
     if access.patient is not None:
         _confine_book(ctx, conn, access, resource, reference, old)
+    _note_operation(ctx, "$book", resource, old)
     config = _clinic(config)
     action = _book_action(ctx, conn, resource, old)
     key = _idempotency_key(idempotency_key, resource, action)
@@ -656,6 +751,7 @@ def book(
         if prior is not None:  # a retry: the first result, never a second booking
             first = ctx.store.vread(conn, prior.res_type, prior.res_id, prior.version)
             assert first is not None
+            _operation_done(ctx, conn, first)
             return FHIRResponse(int(prior.status), first.body, version_headers(first), first)
     status = 200
     if action == "cancel":
@@ -689,11 +785,36 @@ def book(
         status = 201
     if key is not None:
         booking.remember(conn, key, status, stored)
+    _operation_done(ctx, conn, stored)
     headers = version_headers(stored)
     if status == 201:
         location = f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}"
         headers["Location"] = location
     return FHIRResponse(status, stored.body, headers, stored)
+
+
+def _note_operation(ctx: Context, kind: str, resource: Any, old: Any = None) -> None:
+    """Noted before acting, so a refused or failed attempt is audited with its patient."""
+    if ctx.trail is None:
+        return
+    patients = authz.patients_in(resource) if isinstance(resource, dict) else set()
+    refs = []
+    if isinstance(resource, dict) and resource.get("id"):
+        refs.append(f"Appointment/{resource['id']}")
+    if old:
+        refs.append(f"Appointment/{str(old).split('/')[-1]}")
+    ctx.trail.note(kind, refs=refs, patients=patients)
+
+
+def _operation_done(ctx: Context, conn: Connection, stored: StoredVersion) -> None:
+    if ctx.trail is None:
+        return
+    fact = ctx.trail.facts[-1]
+    ref = f"Appointment/{stored.res_id}"
+    if ref not in fact.refs:
+        fact.refs.insert(0, ref)
+    fact.patients |= _patients("Appointment", stored.res_id, stored)
+    _commit_notes(ctx, conn)
 
 
 def _confine_book(

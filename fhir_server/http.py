@@ -17,11 +17,14 @@ from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.store import Store
 from resources.validation import parse_json
+from security.balp import Actor
 from security.principal import Principal
 from security.smart.server import SmartServer
 from security.smart.tokens import ACTIVE_ACCESS_SQL, active_principal, digest, principal_from_row
+from security.trail import Trail
 
 __all__ = [
+    "ContextDep",
     "PrincipalDep",
     "Services",
     "ServicesDep",
@@ -91,6 +94,32 @@ async def get_principal(request: Request) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_context(request: Request, principal: PrincipalDep) -> Context:
+    """The request's context: who acts, and the audit trail its handlers write to."""
+    services: Services = request.app.state.services
+    if not services.settings.audit_enabled:  # measurement only (bench/read_by_id.py)
+        return services.ctx.acting(principal)
+    trail = Trail(actor_of(request, principal), services.ctx.base_url)
+    request.state.trail = trail
+    return services.ctx.acting(principal, trail)
+
+
+ContextDep = Annotated[Context, Depends(get_context)]
+
+
+def actor_of(request: Request, principal: Principal | None) -> Actor:
+    """The BALP actor: client, user, network address, token id."""
+    address = request.client.host if request.client else None
+    if principal is None:
+        return Actor(client_id=None, address=address)
+    return Actor(
+        client_id=principal.client_id,
+        address=address,
+        user=principal.fhir_user or principal.user_id,
+        token_jti=principal.jti,
+    )
 
 
 def _media_type(request: Request) -> str:

@@ -59,7 +59,15 @@ class Settings(BaseSettings):
     default_page_size: int = Field(default=20, ge=1, le=1000)
     max_page_size: int = Field(default=500, ge=1, le=10000)
     log_level: str = "info"
-    audit_enabled: bool = True
+    audit_enabled: bool = Field(
+        default=True,
+        description="Write the audit log (false only to measure what auditing costs)",
+    )
+    audit_retention_years: int = Field(
+        default=6,
+        ge=6,
+        description="How long audit records are kept; nothing is purged before this",
+    )
     clinic_refresh_seconds: int = Field(
         default=86400,
         ge=0,

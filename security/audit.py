@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, func, insert, select, text, update
 
 from resources.sql.tables import AuditHead, AuditIndex, AuditLog
 from security.crypto import DecryptionError, KeyRing, Sealed
 
-__all__ = ["ChainReport", "append", "verify"]
+__all__ = ["AuditQuery", "ChainReport", "append", "open_event", "search", "verify"]
 
 GENESIS = bytes(32)
 _LOCK_HEAD = text("SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE")
@@ -189,3 +189,51 @@ def verify(conn: Connection, keys: KeyRing, *, batch: int = 2000) -> ChainReport
     if int(head[0]) != expected - 1 or bytes(head[1]) != prev:
         return ChainReport(count, expected, "records after this one were removed")
     return ChainReport(count, None)
+
+
+# -- compliance queries ----------------------------------------------------------------------
+_PLAIN = {
+    "type": AuditLog.type_code,
+    "subtype": AuditLog.subtype_code,
+    "action": AuditLog.action,
+    "outcome": AuditLog.outcome,
+    "source": AuditLog.source,
+}
+_DIGESTED = ("patient", "agent", "entity")
+_DATE_OPS = {"ge": "__ge__", "gt": "__gt__", "le": "__le__", "lt": "__lt__"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Criteria for :func:`search`: every condition must hold (values within one parameter
+    are alternatives). Dates are ``(prefix, instant)`` pairs: ``ge``/``gt``/``le``/``lt``."""
+
+    dates: tuple[tuple[str, datetime], ...] = ()
+    plain: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    digested: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    newest_first: bool = True
+    count: int = 20
+    after: int | None = None  # keyset cursor: the last sequence number of the previous page
+
+
+def search(conn: Connection, keys: KeyRing, query: AuditQuery) -> tuple[int, list[Any]]:
+    """``(total, rows of this page)``; patient, agent and entity are matched by digest."""
+    where: list[Any] = []
+    for prefix, instant in query.dates:
+        where.append(getattr(AuditLog.recorded, _DATE_OPS[prefix])(instant))
+    for name, values in query.plain:
+        where.append(_PLAIN[name].in_(values))
+    for name, values in query.digested:
+        digests = [digest(keys, name, v) for v in values]
+        hits = select(AuditIndex.seq).where(
+            AuditIndex.param == name, AuditIndex.digest.in_(digests)
+        )
+        where.append(AuditLog.seq.in_(hits))
+    total = int(conn.execute(select(func.count()).select_from(AuditLog).where(*where)).scalar_one())
+    page = select(AuditLog).where(*where)
+    if query.after is not None:
+        after = AuditLog.seq < query.after if query.newest_first else AuditLog.seq > query.after
+        page = page.where(after)
+    order = AuditLog.seq.desc() if query.newest_first else AuditLog.seq.asc()
+    rows = conn.execute(page.order_by(order).limit(query.count)).all()
+    return total, list(rows)

@@ -15,6 +15,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from fhir_server.http import Services, ServicesDep, run_sync
+from security.smart.registry import User
 from security.smart.server import ASSERTION_ALGORITHMS, OAuthRequest, SmartServer
 
 router = APIRouter()
@@ -132,6 +133,7 @@ async def oauth_request(request: Request) -> OAuthRequest:
         headers=request.headers,  # case-insensitive, as authlib's lookups need
         query=list(request.query_params.multi_items()),
         form=form,
+        address=request.client.host if request.client else None,
     )
 
 
@@ -145,6 +147,12 @@ async def _endpoint(services: Services, request: Request, name: str) -> Response
                 result: tuple[int, Any, Any] = server.create_token_response(oreq)
             else:
                 result = server.create_endpoint_response(name, oreq)
+            status, body = result[0], result[1]
+            client = oreq.client.get_client_id() if oreq.client is not None else None
+            error = body.get("error") if isinstance(body, dict) else None
+            kind = {"token": "token", "introspection": "introspect"}.get(name, "revoke")
+            user = oreq.user if isinstance(oreq.user, User) else None
+            server.audit(kind, oreq, status=status, client_id=client, user=user, description=error)
             return result
 
     status, body, headers = await run_sync(run)

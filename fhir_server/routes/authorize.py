@@ -206,11 +206,20 @@ def _decide(services: Services, oreq: OAuthRequest) -> Response:
             login=oreq.form.get("username", ""),
             password=oreq.form.get("password", ""),
         )
+        client_id = oreq.payload.data.get("client_id")
         if user is None:
+            server.audit(
+                "login",
+                oreq,
+                status=401,
+                client_id=client_id,
+                description="wrong user name or password",
+            )
             page = auth_pages.signin_page(
                 oreq.payload.data, _client_name(server, grant), "wrong user name or password"
             )
             return _html(page, 401)
+        server.audit("login", oreq, status=200, client_id=client_id, user=user)
         return _after_signin(services, oreq, grant, user, launch_patient)
     user = _ticket_user(server, oreq)
     patient = launch_patient or oreq.form.get("patient") or None

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fhir_server import handlers
 from fhir_server.errors import Conflict
 from fhir_server.http import (
-    PrincipalDep,
+    ContextDep,
     Services,
     ServicesDep,
     fhir_response,
@@ -25,15 +25,15 @@ router = APIRouter()
 
 
 @router.get("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
-async def find_get(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+async def find_get(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     params: list[tuple[str, Any]] = list(request.query_params.multi_items())
-    return await _find(services, services.ctx.acting(principal), params)
+    return await _find(services, ctx, params)
 
 
 @router.post("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
-async def find_post(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+async def find_post(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     params = parameters_pairs(await json_body(request))
-    return await _find(services, services.ctx.acting(principal), params)
+    return await _find(services, ctx, params)
 
 
 async def _find(
@@ -56,8 +56,7 @@ async def _find(
 
 
 @router.post("/Appointment/$hold", summary="Hold a proposed appointment (IHE ITI-116)")
-async def hold(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
-    ctx = services.ctx.acting(principal)
+async def hold(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     pairs = parameters_pairs(await json_body(request))
 
     def run() -> handlers.FHIRResponse:
@@ -68,8 +67,7 @@ async def hold(request: Request, services: ServicesDep, principal: PrincipalDep)
 
 
 @router.post("/Appointment/$book", summary="Book an appointment (IHE ITI-117)")
-async def book(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
-    ctx = services.ctx.acting(principal)
+async def book(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     pairs = parameters_pairs(await json_body(request))
     key = request.headers.get("idempotency-key")
 

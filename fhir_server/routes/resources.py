@@ -8,7 +8,7 @@ from fhir_server import bundles, handlers
 from fhir_server.handlers import parse_prefer
 from fhir_server.http import (
     PATCH_TYPES,
-    PrincipalDep,
+    ContextDep,
     ServicesDep,
     fhir_response,
     json_body,
@@ -28,8 +28,7 @@ def _headers(request: Request) -> dict[str, str]:
 
 
 @router.post("", summary="Transaction or batch Bundle")
-async def bundle(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
-    ctx = services.ctx.acting(principal)
+async def bundle(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     body = await json_body(request)
     prefer = parse_prefer(request.headers.get("prefer"))
     result = await run_sync(bundles.process_bundle, ctx, services.db.write, body, prefer)
@@ -37,10 +36,7 @@ async def bundle(request: Request, services: ServicesDep, principal: PrincipalDe
 
 
 @router.get("/{rtype}", summary="Search")
-def search(
-    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
-) -> Response:
-    ctx = services.ctx.acting(principal)
+def search(rtype: str, request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     prefer = parse_prefer(request.headers.get("prefer"))
     with services.db.read() as conn:
         resp = handlers.search(ctx, conn, rtype, _params(request), prefer)
@@ -49,9 +45,8 @@ def search(
 
 @router.post("/{rtype}/_search", summary="Search by POST (form-encoded)")
 async def search_post(
-    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
+    rtype: str, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
-    ctx = services.ctx.acting(principal)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in ("application/x-www-form-urlencoded", ""):
         from fhir_server.errors import UnsupportedMediaType
@@ -69,10 +64,7 @@ async def search_post(
 
 
 @router.post("/{rtype}", summary="Create")
-async def create(
-    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
-) -> Response:
-    ctx = services.ctx.acting(principal)
+async def create(rtype: str, request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     body = await json_body(request)
     headers = _headers(request)
 
@@ -85,9 +77,8 @@ async def create(
 
 @router.put("/{rtype}", summary="Conditional update")
 async def conditional_update(
-    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
+    rtype: str, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
-    ctx = services.ctx.acting(principal)
     body = await json_body(request)
     headers, params = _headers(request), _params(request)
 
@@ -99,19 +90,15 @@ async def conditional_update(
 
 
 @router.get("/{rtype}/_history", summary="Type history")
-def type_history(
-    rtype: str, request: Request, services: ServicesDep, principal: PrincipalDep
-) -> Response:
-    ctx = services.ctx.acting(principal)
+def type_history(rtype: str, request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     with services.db.read() as conn:
         return fhir_response(handlers.history(ctx, conn, rtype, None, _params(request)))
 
 
 @router.get("/{rtype}/{rid}", summary="Read")
 async def read(
-    rtype: str, rid: str, request: Request, services: ServicesDep, principal: PrincipalDep
+    rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
-    ctx = services.ctx.acting(principal)
     params = _params(request)
     if services.reader is not None and handlers.read_is_async_safe(ctx, rtype):
         return fhir_response(await handlers.read_async(ctx, services.reader, rtype, rid, params))
@@ -125,9 +112,8 @@ async def read(
 
 @router.put("/{rtype}/{rid}", summary="Update (or create with this id)")
 async def update(
-    rtype: str, rid: str, request: Request, services: ServicesDep, principal: PrincipalDep
+    rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
-    ctx = services.ctx.acting(principal)
     body = await json_body(request)
     headers = _headers(request)
 
@@ -140,9 +126,8 @@ async def update(
 
 @router.patch("/{rtype}/{rid}", summary="JSON Patch")
 async def patch(
-    rtype: str, rid: str, request: Request, services: ServicesDep, principal: PrincipalDep
+    rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
-    ctx = services.ctx.acting(principal)
     body = await json_body(request, allowed=PATCH_TYPES)
     headers = _headers(request)
 
@@ -154,26 +139,21 @@ async def patch(
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete (soft)")
-def delete(rtype: str, rid: str, services: ServicesDep, principal: PrincipalDep) -> Response:
-    ctx = services.ctx.acting(principal)
+def delete(rtype: str, rid: str, services: ServicesDep, ctx: ContextDep) -> Response:
     with services.db.write() as conn:
         return fhir_response(handlers.delete(ctx, conn, rtype, rid))
 
 
 @router.get("/{rtype}/{rid}/_history", summary="Instance history")
 def instance_history(
-    rtype: str, rid: str, request: Request, services: ServicesDep, principal: PrincipalDep
+    rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
-    ctx = services.ctx.acting(principal)
     with services.db.read() as conn:
         return fhir_response(handlers.history(ctx, conn, rtype, rid, _params(request)))
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
-async def vread(
-    rtype: str, rid: str, vid: str, services: ServicesDep, principal: PrincipalDep
-) -> Response:
-    ctx = services.ctx.acting(principal)
+async def vread(rtype: str, rid: str, vid: str, services: ServicesDep, ctx: ContextDep) -> Response:
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:

@@ -45,14 +45,18 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import Connection, update
+from sqlalchemy.exc import DBAPIError
 
 from resources.sql.engine import Database
 from resources.sql.tables import AuthToken
+from security.audit import append
+from security.balp import Actor, balp_event
 from security.crypto import KeyRing
 from security.scopes import Grants, ScopeError
 from security.smart import tokens
 from security.smart.registry import Client, User, get_client, get_user
 from security.smart.signing import IdTokenSigner
+from security.trail import AuditUnavailable
 
 __all__ = [
     "ASSERTION_ALGORITHMS",
@@ -100,7 +104,9 @@ class OAuthRequest(OAuth2Request):  # type: ignore[misc]
         headers: Mapping[str, str],
         query: list[tuple[str, str]],
         form: list[tuple[str, str]],
+        address: str | None = None,
     ) -> None:
+        self.address = address
         self.method = method
         self.uri = uri
         self.headers = headers
@@ -243,9 +249,12 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
 
     def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
         expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
-        return tokens.remember_jti(
+        fresh = tokens.remember_jti(
             self.server.conn, client_id=str(claims["sub"]), jti=str(jti), expires_at=expires
         )
+        if not fresh:
+            _alert.set("a client assertion's jti was replayed")
+        return fresh
 
 
 class _TokenEndpointClients:
@@ -352,6 +361,7 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
 
 
 _current_conn: contextvars.ContextVar[Connection] = contextvars.ContextVar("oauth_conn")
+_alert: contextvars.ContextVar[str | None] = contextvars.ContextVar("oauth_alert", default=None)
 
 
 class SmartServer(AuthorizationServer):  # type: ignore[misc]
@@ -367,8 +377,10 @@ class SmartServer(AuthorizationServer):  # type: ignore[misc]
         signer: IdTokenSigner,
         issuer: str,
         fhir_base: str,
+        audit_enabled: bool = True,
     ) -> None:
         super().__init__(scopes_supported=None)
+        self.audit_enabled = audit_enabled
         self.db = db
         self.keys = keys
         self.signer = signer
@@ -389,10 +401,56 @@ class SmartServer(AuthorizationServer):  # type: ignore[misc]
     def unit(self) -> Iterator[Connection]:
         with self.db.write() as conn:
             reset = _current_conn.set(conn)
+            alert = _alert.set(None)
             try:
                 yield conn
             finally:
                 _current_conn.reset(reset)
+                _alert.reset(alert)
+
+    def audit(
+        self,
+        kind: str,
+        request: OAuthRequest,
+        *,
+        status: int,
+        client_id: str | None = None,
+        user: User | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Record an authorization event in this request's transaction (with it, or not at
+        all); a replayed assertion is recorded as a security alert too."""
+        if not self.audit_enabled:
+            return
+        who = None
+        if user is not None:
+            who = user.fhir_user or user.user_id
+        actor = Actor(client_id=client_id, address=request.address, user=who)
+        outcome = "success" if status < 400 else "minor"
+        events = [
+            balp_event(
+                kind=kind,
+                actor=actor,
+                server=self.fhir_base,
+                outcome=outcome,
+                description=description,
+            )
+        ]
+        alert = _alert.get()
+        if alert:
+            events.append(
+                balp_event(
+                    kind="alert",
+                    actor=actor,
+                    server=self.fhir_base,
+                    outcome="serious",
+                    description=alert,
+                )
+            )
+        try:
+            append(self.conn, self.keys, events)
+        except DBAPIError as exc:
+            raise AuditUnavailable("the audit log refused the record") from exc
 
     @property
     def conn(self) -> Connection:

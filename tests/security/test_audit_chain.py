@@ -119,3 +119,32 @@ def test_verify_with_another_key_fails(db: Database, keys: KeyRing) -> None:
     _fill(db, keys, 3)
     with db.read() as conn:
         assert verify(conn, KeyRing.from_document(generate_key_material())).broken_at == 1
+
+
+def test_audit_commands(tmp_path: Any) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from fhir_server.cli import main
+    from resources.sql.engine import migrate
+    from security.crypto import load_keyring
+
+    url = f"sqlite:///{tmp_path}/audit.db"
+    env = {"FHIRSCHED_DATABASE_URL": url, "FHIRSCHED_KEY_FILE": str(tmp_path / "keys.json")}
+    ring = load_keyring(key_file=tmp_path / "keys.json", keys_json=None)
+    db = Database(url)
+    migrate(db)
+    _fill(db, ring, 6)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["audit", "verify"], env=env)
+    assert ok.exit_code == 0 and json.loads(ok.output) == {"records": 6, "intact": True}
+    exported = runner.invoke(
+        main, ["audit", "export", "--since", "2000-01-01", "--patient", "Patient/pat-1"], env=env
+    )
+    lines = [json.loads(line) for line in exported.output.splitlines()]
+    assert len(lines) == 2 and all(e["resourceType"] == "AuditEvent" for e in lines)
+    _tamper(db, lambda c: c.execute(text("DELETE FROM audit_log WHERE seq = 3")))
+    db.dispose()
+    broken = runner.invoke(main, ["audit", "verify"], env=env)
+    assert broken.exit_code == 1 and json.loads(broken.output)["broken_at"] == 3

@@ -1,0 +1,171 @@
+"""Audit at the HTTP edge: nothing leaves without its record.
+
+:class:`AuditMiddleware` holds every response to a FHIR or authorization endpoint until the
+request's remaining audit records (reads, searches, and everything of a request that failed or
+was refused) are written; if they cannot be, the client gets a 503 OperationOutcome instead of
+the data. Writes have already put their records in their own transaction (``security/trail``).
+
+:class:`AuditWriter` groups the records of concurrent requests into one transaction (a group
+commit): each request still waits for its own records to be durable, but a busy server writes
+one transaction per batch, not per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from anyio import to_thread
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_server.errors import ServiceUnavailable
+from fhir_server.logging import get_logger
+from resources.sql.engine import Database
+from security.audit import append
+from security.balp import Actor
+from security.crypto import KeyRing
+from security.trail import AuditUnavailable, Trail
+
+__all__ = ["AuditMiddleware", "AuditWriter", "kind_of"]
+
+log = get_logger("fhir_server.auditing")
+
+
+class AuditWriter:
+    """Appends batches of AuditEvents; callers await their own batch's commit."""
+
+    def __init__(self, db: Database, keys: KeyRing, *, enabled: bool = True) -> None:
+        self.db = db
+        self.keys = keys
+        self.enabled = enabled
+        self._events: list[dict[str, Any]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, events: list[dict[str, Any]]) -> None:
+        if not self.enabled or not events:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._events.extend(events)
+        self._waiters.append(waiter)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        await waiter
+
+    def record_now(self, events: list[dict[str, Any]]) -> None:
+        """Synchronous append in a transaction of its own (command-line and thread callers)."""
+        if self.enabled and events:
+            with self.db.write() as conn:
+                append(conn, self.keys, events)
+
+    async def _drain(self) -> None:
+        while self._events:
+            events, waiters = self._events, self._waiters
+            self._events, self._waiters = [], []
+            try:
+                await to_thread.run_sync(self.record_now, events)
+            except Exception as exc:  # noqa: BLE001 - every failure means "not recorded"
+                log.error("audit.write_failed", error_type=type(exc).__name__, events=len(events))
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(AuditUnavailable("the audit log refused the records"))
+            else:
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+
+
+def kind_of(method: str, path: str) -> str:
+    """The interaction a request asked for, from its method and path (for requests refused
+    before any handler noted what they touched)."""
+    parts = [p for p in path.split("/") if p][1:]  # after "fhir"
+    if parts and parts[-1].startswith("$"):
+        return parts[-1]
+    if method == "POST" and not parts:
+        return "transaction"
+    if method in ("GET", "HEAD"):
+        if "_history" in parts:
+            return "history-instance" if len(parts) >= 3 else "history-type"
+        return "read" if len(parts) == 2 else "search-type"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+        method, "operation"
+    )
+
+
+def _outcome(status: int) -> str:
+    return "success" if status < 400 else ("minor" if status < 500 else "serious")
+
+
+class AuditMiddleware:
+    """Writes each FHIR request's remaining audit records before its response starts."""
+
+    def __init__(self, app: ASGIApp, *, writer: AuditWriter, server: str) -> None:
+        self.app = app
+        self.writer = writer
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith("/fhir") or path in ("/fhir/metadata",) or ".well-known" in path:
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start":
+                try:
+                    await self._flush(scope, int(message["status"]))
+                except AuditUnavailable:
+                    replaced = True
+                    await _send_unavailable(send)
+                    return
+            if not replaced:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # an unexpected error is answered outside this middleware (Starlette's
+            # ServerErrorMiddleware): record the failure on its way out
+            try:
+                await self._flush(scope, 500)
+            except AuditUnavailable:
+                log.error("audit.failure_not_recorded")
+            raise
+
+    async def _flush(self, scope: Scope, status: int) -> None:
+        state = scope.setdefault("state", {})
+        trail: Trail | None = state.get("trail")
+        failed = status >= 400
+        if trail is None:
+            if not failed:
+                return
+            client = scope.get("client")
+            actor = Actor(client_id=None, address=client[0] if client else None)
+            trail = Trail(actor, self.server)
+        facts = trail.remaining(failed=failed)
+        if failed and not facts:
+            trail.note(kind_of(scope.get("method", "GET"), scope.get("path", "")))
+            facts = trail.facts
+        description = state.get("audit_description") or (f"HTTP {status}" if failed else None)
+        events = trail.events(facts, outcome=_outcome(status), description=description)
+        await self.writer.record(events)
+
+
+async def _send_unavailable(send: Send) -> None:
+    err = ServiceUnavailable("the audit log cannot record this access right now; try again")
+    body = orjson.dumps(err.outcome())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/fhir+json; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"5"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

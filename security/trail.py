@@ -1,0 +1,98 @@
+"""One request's audit trail: what it touched, turned into AuditEvents at the right moment.
+
+Handlers :meth:`Trail.note` each access as they make it (a read of Appointment/1 for Patient
+A; a search whose matches belong to Patients A and B). Writes call :meth:`Trail.commit_in`
+inside their transaction, so the change and its AuditEvent commit together. Whatever is left
+(reads, searches, and everything of a request that failed) is written by the HTTP layer before
+the response leaves (``fhir_server/auditing.py``), with the outcome the response had.
+
+This is the one audit interface: the HL7 bridge and the booking agent use it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from security.audit import append
+from security.balp import Actor, balp_event
+from security.crypto import KeyRing
+
+__all__ = ["AuditUnavailable", "Fact", "Trail"]
+
+
+class AuditUnavailable(Exception):
+    """The audit log refused a record; the access it describes must not happen."""
+
+
+@dataclass(slots=True)
+class Fact:
+    kind: str  # a RESTful interaction, an operation ($find…) or a security event
+    refs: list[str] = field(default_factory=list)  # "Type/id" touched
+    patients: set[str] = field(default_factory=set)  # Patient ids whose data was touched
+    query: str | None = None
+    outcome: str = "success"
+    description: str | None = None
+
+
+@dataclass
+class Trail:
+    actor: Actor
+    server: str
+    facts: list[Fact] = field(default_factory=list)
+    staged: int = 0  # facts[:staged] were appended inside a write transaction
+
+    def note(
+        self,
+        kind: str,
+        *,
+        refs: list[str] | None = None,
+        patients: set[str] | None = None,
+        query: str | None = None,
+        outcome: str = "success",
+        description: str | None = None,
+    ) -> None:
+        self.facts.append(Fact(kind, refs or [], patients or set(), query, outcome, description))
+
+    def events(
+        self, facts: list[Fact], *, outcome: str | None = None, description: str | None = None
+    ) -> list[dict[str, Any]]:
+        """BALP AuditEvents: one per fact, or one per patient when a fact touched several."""
+        out = []
+        for fact in facts:
+            result = outcome if outcome and fact.outcome == "success" else fact.outcome
+            why = description if result != "success" and not fact.description else fact.description
+            each: list[str | None] = [*sorted(fact.patients)] or [None]
+            for patient in each:
+                out.append(
+                    balp_event(
+                        kind=fact.kind,
+                        actor=self.actor,
+                        server=self.server,
+                        outcome=result,
+                        description=why,
+                        entities=fact.refs,
+                        patient=patient,
+                        query=fact.query,
+                    )
+                )
+        return out
+
+    def commit_in(self, conn: Connection, keys: KeyRing) -> None:
+        """Append what is noted so far inside the caller's (write) transaction."""
+        pending = self.facts[self.staged :]
+        if not pending:
+            return
+        try:
+            append(conn, keys, self.events(pending))
+        except DBAPIError as exc:
+            raise AuditUnavailable("the audit log refused the record") from exc
+        self.staged = len(self.facts)
+
+    def remaining(self, *, failed: bool) -> list[Fact]:
+        """What still needs writing: on success the unstaged facts; on failure every fact,
+        since a failed request's transaction (and the records staged in it) rolled back."""
+        return list(self.facts) if failed else self.facts[self.staged :]
