@@ -31,7 +31,7 @@ from fhir_server.errors import (
     ServiceUnavailable,
 )
 from fhir_server.handlers import Context
-from fhir_server.http import Services, error_response
+from fhir_server.http import PrincipalCache, Services, error_response
 from fhir_server.logging import get_logger
 from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
 from fhir_server.scheduling.clinic import load_clinic
@@ -246,6 +246,7 @@ def create_app(
             fhir_base=settings.fhir_base,
             audit_enabled=settings.audit_enabled,
         ),
+        principals=PrincipalCache(settings.token_cache_seconds),
         reader=reader,
         clinic=load_clinic_config(settings.clinic_file) if settings.clinic_file else None,
     )

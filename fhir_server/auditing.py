@@ -13,6 +13,7 @@ one transaction per batch, not per read.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import orjson
@@ -59,12 +60,20 @@ class AuditWriter:
             with self.db.write() as conn:
                 append(conn, self.keys, events)
 
+    def _append(self, events: list[dict[str, Any]]) -> None:
+        with self.db.write() as conn:
+            append(conn, self.keys, events)
+
     async def _drain(self) -> None:
         while self._events:
             events, waiters = self._events, self._waiters
             self._events, self._waiters = [], []
             try:
-                await to_thread.run_sync(self.record_now, events)
+                # SQLite with no other writer in this process: a short in-process write, done
+                # here (a thread hop costs more); otherwise, or on PostgreSQL, in a thread.
+                ran, _ = self.db.try_write_now(partial(append, keys=self.keys, events=events))
+                if not ran:
+                    await to_thread.run_sync(self._append, events)
             except Exception as exc:  # noqa: BLE001 - every failure means "not recorded"
                 log.error("audit.write_failed", error_type=type(exc).__name__, events=len(events))
                 for w in waiters:

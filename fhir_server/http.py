@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -20,7 +21,13 @@ from resources.validation import parse_json
 from security.balp import Actor
 from security.principal import Principal
 from security.smart.server import SmartServer
-from security.smart.tokens import ACTIVE_ACCESS_SQL, active_principal, digest, principal_from_row
+from security.smart.tokens import (
+    ACTIVE_ACCESS_SQL,
+    active_principal,
+    digest,
+    principal_from_row,
+    revocations,
+)
 from security.trail import Trail
 
 __all__ = [
@@ -47,6 +54,7 @@ class Services:
     store: Store
     ctx: Context
     oauth: SmartServer
+    principals: PrincipalCache
     reader: AsyncReader | None = None  # PostgreSQL only: async read-by-id
     clinic: ClinicConfig | None = None  # the rules $find applies
 
@@ -76,17 +84,51 @@ def bearer_credential(header: str | None) -> str:
     return credential
 
 
+class PrincipalCache:
+    """Checked tokens, trusted for ``seconds`` (and never past their own expiry, nor past a
+    revocation made in this process)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: dict[bytes, tuple[float, int, Principal]] = {}
+
+    def get(self, key: bytes) -> Principal | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        until, generation, principal = hit
+        if until < time.monotonic() or generation != revocations.generation:
+            self._entries.pop(key, None)
+            return None
+        return principal
+
+    def put(self, key: bytes, principal: Principal) -> None:
+        if self.seconds <= 0:
+            return
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        until = time.monotonic() + self.seconds
+        if principal.expires_at is not None:
+            until = min(until, time.monotonic() + principal.expires_at - time.time())
+        self._entries[key] = (until, revocations.generation, principal)
+
+
 async def get_principal(request: Request) -> Principal:
     """Who is asking, from the bearer token; 401 when there is no usable one. The lookup is
-    one primary-key read: inline on SQLite, on the async pool on PostgreSQL."""
+    one primary-key read (inline on SQLite, on the async pool on PostgreSQL), skipped when
+    this process checked the same token within ``token_cache_seconds``."""
     services: Services = request.app.state.services
     credential = bearer_credential(request.headers.get("authorization"))
-    if services.reader is not None:
-        row = await services.reader.one(_PG_ACTIVE_ACCESS, (digest(credential),))
-        principal = principal_from_row(row)
-    else:
-        with services.db.read() as conn:
-            principal = active_principal(conn, credential)
+    key = digest(credential)
+    principal = services.principals.get(key)
+    if principal is None:
+        if services.reader is not None:
+            principal = principal_from_row(await services.reader.one(_PG_ACTIVE_ACCESS, (key,)))
+        else:
+            with services.db.read() as conn:
+                principal = active_principal(conn, credential)
+        if principal is not None:
+            services.principals.put(key, principal)
     if principal is None:
         raise Unauthorized("the access token is unknown, expired or revoked; get a new one")
     request.state.principal = principal

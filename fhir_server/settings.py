@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     base_url: str | None = Field(
         default=None, description="Public FHIR base URL; default http://{host}:{port}/fhir"
     )
+    token_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="How long a checked access token is trusted without asking the database "
+        "again; revocations made by this process end it at once, those made by another "
+        "process (the CLI, another worker) within this time (0: check every request)",
+    )
     cors_origins: list[str] = Field(
         default=["*"],
         description="Browser origins allowed to call the API (JSON list); tokens, not cookies, "

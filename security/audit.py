@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, func, select, text
 
 from resources.sql.tables import AuditHead, AuditIndex, AuditLog
 from security.crypto import DecryptionError, KeyRing, Sealed
@@ -35,6 +35,15 @@ from security.crypto import DecryptionError, KeyRing, Sealed
 __all__ = ["AuditQuery", "ChainReport", "append", "open_event", "search", "verify"]
 
 GENESIS = bytes(32)
+# Straight to the driver: this runs for every audited request, and SQLAlchemy's per-row
+# statement handling cost more than the sealing.
+_LOG_COLUMNS = (
+    "seq", "event_id", "recorded", "type_code", "subtype_code", "action", "outcome", "source",
+    "kek_id", "wrapped_key", "nonce", "ciphertext", "prev_hash", "mac",
+)  # fmt: skip
+_INSERT_LOG = f"INSERT INTO audit_log ({', '.join(_LOG_COLUMNS)}) VALUES ({{p}})"  # noqa: S608
+_INSERT_INDEX = "INSERT INTO audit_index (seq, param, digest) VALUES ({p}, {p}, {p})"
+_UPDATE_HEAD = "UPDATE audit_head SET seq = {p}, mac = {p} WHERE id = 1"
 _LOCK_HEAD = text("SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE")
 
 
@@ -130,10 +139,18 @@ def append(conn: Connection, keys: KeyRing, events: list[dict[str, Any]]) -> lis
         )
         numbers.append(seq)
         prev = mac
-    conn.execute(insert(AuditLog), rows)
+    sqlite = conn.dialect.name == "sqlite"
+    style = "?" if sqlite else "%s"
+    if sqlite:  # stored as SQLAlchemy's DateTime does on SQLite (naive UTC text)
+        for r in rows:
+            r["recorded"] = r["recorded"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    conn.exec_driver_sql(_INSERT_LOG.format(p=", ".join([style] * len(_LOG_COLUMNS))),
+                         [tuple(r[c] for c in _LOG_COLUMNS) for r in rows])  # fmt: skip
     if index:
-        conn.execute(insert(AuditIndex), index)
-    conn.execute(update(AuditHead).filter_by(id=1).values(seq=seq, mac=prev))
+        conn.exec_driver_sql(
+            _INSERT_INDEX.format(p=style), [(i["seq"], i["param"], i["digest"]) for i in index]
+        )
+    conn.exec_driver_sql(_UPDATE_HEAD.format(p=style), (seq, prev))
     return numbers
 
 

@@ -25,6 +25,7 @@ class Principal:
     user_id: str | None = None
     fhir_user: str | None = None
     jti: str | None = None
+    expires_at: float | None = None  # epoch seconds, for caches
 
 
 SYSTEM = Principal(client_id="fhir-sched", grants=Grants.parse("system/*.cruds"))

@@ -31,6 +31,7 @@ Scopes that are not about resources (``openid``, ``fhirUser``, ``launch``, ``lau
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -170,7 +171,12 @@ class Grants:
 
     @classmethod
     def parse(cls, text: str) -> Grants:
-        """Parse a space-separated scope string; :class:`ScopeError` names the first bad one."""
+        """Parse a space-separated scope string; :class:`ScopeError` names the first bad one.
+        (Grants are immutable, so every request with the same scope string shares one.)"""
+        return _parse(text)
+
+    @classmethod
+    def _build(cls, text: str) -> Grants:
         scopes: list[Scope] = []
         other: set[str] = set()
         for item in text.split():
@@ -211,3 +217,8 @@ class Grants:
 
     def __str__(self) -> str:
         return " ".join([*(str(s) for s in self.scopes), *sorted(self.other)])
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Grants:
+    return Grants._build(text)

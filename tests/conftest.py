@@ -126,6 +126,7 @@ def settings(tmp_path: Path) -> Settings:
         database_url=f"sqlite:///{tmp_path}/unused.db",
         key_file=tmp_path / "keys.json",
         base_url="http://testserver/fhir",
+        token_cache_seconds=0,  # tests change tokens behind the server's back (expiry, …)
     )
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import Conflict
+
+T = TypeVar("T")
 
 __all__ = ["Database", "migrate"]
 
@@ -89,6 +91,20 @@ class Database:
                     "a concurrent change to the same data got in the way; retry the request"
                 ) from exc
             raise
+
+    def try_write_now(self, fn: Callable[[Connection], T]) -> tuple[bool, T | None]:
+        """SQLite only: run ``fn`` in a write unit if no writer in this process holds the lock
+        right now, without waiting for it (so an event loop may call this). Returns (ran,
+        result)."""
+        if not self.is_sqlite or not self._writer.acquire(blocking=False):
+            return False, None
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(sqlite_immediate=True)
+                with conn.begin():
+                    return True, fn(conn)
+        finally:
+            self._writer.release()
 
     def dispose(self) -> None:
         self.engine.dispose()

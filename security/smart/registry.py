@@ -25,6 +25,7 @@ from sqlalchemy import Connection, insert, select, update
 from resources.sql.tables import OAuthClient, OAuthUser
 from security.crypto import KeyRing
 from security.scopes import Grants, ScopeError
+from security.smart.tokens import revocations
 
 __all__ = [
     "CLIENT_KINDS",
@@ -247,6 +248,7 @@ def revoke_client(conn: Connection, client_id: str) -> bool:
         update(OAuthClient).filter_by(client_id=client_id).values(revoked=True)
     ).rowcount
     conn.execute(update(AuthToken).filter_by(client_id=client_id).values(revoked=True))
+    revocations.bump()
     return bool(done)
 
 
@@ -344,4 +346,5 @@ def set_user_disabled(conn: Connection, user_id: str, *, disabled: bool = True) 
     ).rowcount
     if disabled:
         conn.execute(update(AuthToken).filter_by(user_id=user_id).values(revoked=True))
+        revocations.bump()
     return bool(done)

@@ -37,6 +37,7 @@ __all__ = [
     "principal_from_row",
     "read_launch",
     "remember_jti",
+    "revocations",
     "revoke_grant",
     "save_code",
     "store_tokens",
@@ -156,8 +157,23 @@ def record(row: Any) -> TokenRecord:
     )
 
 
+class _Revocations:
+    """Counts revocations made in this process: a principal cached before the latest one is
+    not trusted (see ``fhir_server.http.PrincipalCache``)."""
+
+    generation = 0
+
+    @classmethod
+    def bump(cls) -> None:
+        cls.generation += 1
+
+
+revocations = _Revocations
+
+
 def revoke_grant(conn: Connection, grant_id: str) -> None:
     conn.execute(update(AuthToken).filter_by(grant_id=grant_id).values(revoked=True))
+    revocations.bump()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +302,10 @@ ACTIVE_ACCESS_SQL = (
 
 def principal_from_row(row: Any) -> Principal | None:
     """The principal for an :data:`ACTIVE_ACCESS_SQL` row (None once it has expired)."""
-    if row is None or _aware(row[5]) <= datetime.now(UTC):
+    if row is None or (expires := _aware(row[5])) <= datetime.now(UTC):
         return None
     return Principal(
+        expires_at=expires.timestamp(),
         client_id=row[0],
         grants=Grants.parse(row[1]),
         user_id=row[2],
@@ -298,6 +315,14 @@ def principal_from_row(row: Any) -> Principal | None:
     )
 
 
+_SQLITE_ACTIVE_ACCESS = ACTIVE_ACCESS_SQL.format(p="?")
+
+
 def active_principal(conn: Connection, credential: str) -> Principal | None:
+    """The principal for a bearer token on the synchronous path (SQLite: straight to the
+    driver, as this runs on every request)."""
+    if conn.dialect.name == "sqlite":
+        row = conn.exec_driver_sql(_SQLITE_ACTIVE_ACCESS, (digest(credential),)).first()
+        return principal_from_row(row)
     sql = text(ACTIVE_ACCESS_SQL.format(p=":h"))
     return principal_from_row(conn.execute(sql, {"h": digest(credential)}).first())

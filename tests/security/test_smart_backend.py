@@ -230,3 +230,35 @@ def test_revoked_client_loses_its_tokens(anonymous: TestClient, db: Database) ->
     r = anonymous.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401
     assert _token(anonymous, backend_form(cid, TOKEN_URL)).json()["error"] == "invalid_client"
+
+
+def test_token_cache_never_outlives_a_revocation(db: Database, keys: Any, settings: Any) -> None:
+    """With checked tokens cached, a revocation in this process ends them at once; one made
+    elsewhere (a direct database change, as another process would) within the cache time."""
+    from sqlalchemy import update
+
+    from fhir_server.app import create_app
+    from resources.sql.tables import AuthToken
+
+    app = create_app(settings.model_copy(update={"token_cache_seconds": 0.5}), keys=keys, db=db)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        cid, secret = _symmetric(db)
+        form = {"grant_type": "client_credentials", "scope": "system/Patient.rs"}
+
+        def token() -> dict[str, str]:
+            value = c.post("/auth/token", data=form, auth=(cid, secret)).json()["access_token"]
+            return {"Authorization": f"Bearer {value}"}
+
+        first = token()
+        assert c.get("/fhir/Patient", headers=first).status_code == 200
+        revoke = {"token": first["Authorization"][7:]}
+        assert c.post("/auth/revoke", data=revoke, auth=(cid, secret)).status_code == 200
+        assert c.get("/fhir/Patient", headers=first).status_code == 401  # at once
+        second = token()
+        assert c.get("/fhir/Patient", headers=second).status_code == 200
+        with db.write() as conn:  # behind the server's back
+            conn.execute(update(AuthToken).values(revoked=True))
+        deadline = time.monotonic() + 5
+        while c.get("/fhir/Patient", headers=second).status_code == 200:
+            assert time.monotonic() < deadline, "a revoked token outlived the cache time"
+            time.sleep(0.1)
