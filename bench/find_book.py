@@ -230,11 +230,11 @@ BOOK_LUA = """
 local bodies = {}
 for line in io.lines("%s") do bodies[#bodies + 1] = line end
 local i = 0
+wrk.headers["Content-Type"] = "application/fhir+json"  -- beside -H Authorization
 request = function()
   i = i + 1
   if i > #bodies then i = 1 end  -- only reached if the run outlasts the distinct bodies
-  return wrk.format("POST", "/fhir/Appointment/$book",
-                    {["Content-Type"] = "application/fhir+json"}, bodies[i])
+  return wrk.format("POST", "/fhir/Appointment/$book", nil, bodies[i])
 end
 """
 
