@@ -1,0 +1,127 @@
+"""HL7 v2 acknowledgements, built from the inbound message's own bytes.
+
+MSA-2 must equal the inbound MSH-10 byte for byte, so the header is read with the message's own
+delimiters (MSH-1, MSH-2) and echoed fields are copied, never re-encoded; sender and receiver
+are swapped, the version is echoed and the ACK gets a fresh control id. Original mode only:
+``AA`` (applied), ``AE`` (processing failed), ``AR`` (rejected: message type, event, processing
+id or version not supported), the last two with an ERR segment.
+
+See HL7 v2.5.1 chapter 2 (2.9 acknowledgment messages, 2.15 MSH/MSA/ERR).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = [
+    "SUPPORTED_EVENTS",
+    "SUPPORTED_VERSIONS",
+    "Header",
+    "build_ack",
+    "read_header",
+    "refusal",
+]
+
+SUPPORTED_EVENTS = ("S12", "S13", "S14", "S15", "S16", "S17", "S26")
+SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
+PROCESSING_IDS = ("P", "T", "D")
+_SEGMENTS = re.compile(rb"\r\n|\r|\n")
+
+
+class NotHL7(ValueError):
+    """No MSH segment to acknowledge."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """MSH as raw bytes, field numbers as in the standard (``field(10)`` is MSH-10)."""
+
+    separator: bytes
+    fields: tuple[bytes, ...]  # fields[0] = b"MSH", fields[1] = MSH-2, fields[n-1] = MSH-n
+
+    def field(self, n: int) -> bytes:
+        if n == 1:
+            return self.separator
+        return self.fields[n - 1] if n - 1 < len(self.fields) else b""
+
+    def component(self, n: int, k: int) -> bytes:
+        comp = self.field(2)[:1] or b"^"
+        parts = self.field(n).split(comp)
+        return parts[k - 1] if k - 1 < len(parts) else b""
+
+
+def read_header(message: bytes) -> Header:
+    first = _SEGMENTS.split(message.lstrip(b"\r\n"), maxsplit=1)[0]
+    if not first.startswith(b"MSH") or len(first) < 8:
+        raise NotHL7("the message does not start with an MSH segment")
+    sep = first[3:4]
+    return Header(sep, tuple(first.split(sep)))
+
+
+def refusal(header: Header) -> tuple[str, str] | None:
+    """Why an inbound message is rejected (AR), as (HL7 table 0357 code, text), or None."""
+    kind, event = header.component(9, 1), header.component(9, 2)
+    if kind != b"SIU":
+        return "200", f"unsupported message type {kind.decode('latin-1')!r}; this bridge takes SIU"
+    if event.decode("latin-1") not in SUPPORTED_EVENTS:
+        return "201", f"unsupported event {event.decode('latin-1')!r}"
+    processing = header.component(11, 1).decode("latin-1")
+    if processing not in PROCESSING_IDS:
+        return "202", f"unsupported processing id {processing!r}"
+    version = header.component(12, 1).decode("latin-1")
+    if version not in SUPPORTED_VERSIONS:
+        return "203", f"unsupported version {version!r}; versions 2.3 to 2.8 are accepted"
+    return None
+
+
+def _escape(text: str, header: Header) -> bytes:
+    """Free text for ERR, with the message's delimiters escaped (HL7 2.7 escape sequences)."""
+    enc = header.field(2).decode("latin-1") or "^~\\&"
+    esc = enc[2] if len(enc) > 2 else "\\"
+    out = text.replace(esc, f"{esc}E{esc}")
+    for char, code in ((header.separator.decode("latin-1"), "F"), (enc[0], "S"), (enc[1], "R")):
+        out = out.replace(char, f"{esc}{code}{esc}")
+    if len(enc) > 3:
+        out = out.replace(enc[3], f"{esc}T{esc}")
+    return out.encode("latin-1", "replace")
+
+
+def build_ack(
+    header: Header,
+    code: str,
+    *,
+    control_id: str,
+    now: datetime,
+    error: tuple[str, str] | None = None,
+) -> bytes:
+    """The ACK for ``header`` with acknowledgment ``code`` (AA, AE or AR)."""
+    sep = header.separator
+    comp = header.field(2)[:1] or b"^"
+    event = header.component(9, 2)
+    msh = sep.join(
+        [
+            b"MSH",
+            header.field(2),
+            header.field(5),
+            header.field(6),
+            header.field(3),
+            header.field(4),
+            now.strftime("%Y%m%d%H%M%S%z").encode(),
+            b"",
+            b"ACK" + comp + event + comp + b"ACK",
+            control_id.encode(),
+            header.field(11),
+            header.field(12),
+        ]
+    )
+    segments = [msh, sep.join([b"MSA", code.encode(), header.field(10)])]
+    if error is not None:
+        err_code, text = error
+        hl7_error = comp.join([err_code.encode(), b"", b"HL70357"])
+        severity = b"E"
+        segments.append(
+            sep.join([b"ERR", b"", b"", hl7_error, severity, b"", b"", b"", _escape(text, header)])
+        )
+    return b"\r".join(segments)
