@@ -22,13 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_server.auditing import AuditMiddleware, AuditWriter
+from fhir_server.auditing import AuditMiddleware, AuditWriter, unavailable
 from fhir_server.errors import (
     BadRequest,
     FHIRError,
     MethodNotAllowed,
     NotFound,
-    ServiceUnavailable,
 )
 from fhir_server.handlers import Context
 from fhir_server.http import PrincipalCache, Services, error_response
@@ -137,9 +136,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuditUnavailable)
     async def audit_unavailable(request: Request, exc: AuditUnavailable) -> Response:
         log.error("audit.unavailable", request_id=_request_id(request))
-        err = ServiceUnavailable("the audit log cannot record this access right now; try again")
-        err.headers["Retry-After"] = "5"
-        return error_response(err, _request_id(request))
+        return error_response(unavailable(), _request_id(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

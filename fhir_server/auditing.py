@@ -16,11 +16,11 @@ import asyncio
 from functools import partial
 from typing import Any
 
-import orjson
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server.errors import ServiceUnavailable
+from fhir_server.http import error_response
 from fhir_server.logging import get_logger
 from resources.sql.engine import Database
 from security.audit import append
@@ -28,7 +28,7 @@ from security.balp import Actor
 from security.crypto import KeyRing
 from security.trail import AuditUnavailable, Trail
 
-__all__ = ["AuditMiddleware", "AuditWriter", "kind_of"]
+__all__ = ["AuditMiddleware", "AuditWriter", "kind_of", "unavailable"]
 
 log = get_logger("fhir_server.auditing")
 
@@ -60,10 +60,6 @@ class AuditWriter:
             with self.db.write() as conn:
                 append(conn, self.keys, events)
 
-    def _append(self, events: list[dict[str, Any]]) -> None:
-        with self.db.write() as conn:
-            append(conn, self.keys, events)
-
     async def _drain(self) -> None:
         while self._events:
             events, waiters = self._events, self._waiters
@@ -73,7 +69,7 @@ class AuditWriter:
                 # here (a thread hop costs more); otherwise, or on PostgreSQL, in a thread.
                 ran, _ = self.db.try_write_now(partial(append, keys=self.keys, events=events))
                 if not ran:
-                    await to_thread.run_sync(self._append, events)
+                    await to_thread.run_sync(self.record_now, events)
             except Exception as exc:  # noqa: BLE001 - every failure means "not recorded"
                 log.error("audit.write_failed", error_type=type(exc).__name__, events=len(events))
                 for w in waiters:
@@ -128,7 +124,7 @@ class AuditMiddleware:
                     await self._flush(scope, int(message["status"]))
                 except AuditUnavailable:
                     replaced = True
-                    await _send_unavailable(send)
+                    await error_response(unavailable())(scope, receive, send)
                     return
             if not replaced:
                 await send(message)
@@ -163,18 +159,8 @@ class AuditMiddleware:
         await self.writer.record(events)
 
 
-async def _send_unavailable(send: Send) -> None:
+def unavailable() -> ServiceUnavailable:
+    """The answer to a request whose audit record could not be written."""
     err = ServiceUnavailable("the audit log cannot record this access right now; try again")
-    body = orjson.dumps(err.outcome())
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/fhir+json; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"5"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    err.headers["Retry-After"] = "5"
+    return err

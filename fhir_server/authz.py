@@ -18,16 +18,10 @@ from typing import Any
 
 from fhir_server.errors import Forbidden, Unauthorized
 from security.principal import Principal
+from security.scopes import VERBS
 
 __all__ = ["Access", "in_compartment", "require"]
 
-VERBS = {
-    "c": "create",
-    "r": "read",
-    "u": "update",
-    "d": "delete",
-    "s": "search",
-}
 # how a search is confined to one Patient's compartment, per type
 COMPARTMENT_SEARCH = {"Patient": "_id", "Appointment": "patient"}
 

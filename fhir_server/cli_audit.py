@@ -18,7 +18,9 @@ import click
 import orjson
 from sqlalchemy import select
 
-from fhir_server.settings import Settings
+from fhir_server.cli_auth import open_database
+from resources.sql.engine import Database
+from security.crypto import KeyRing
 
 __all__ = ["audit"]
 
@@ -28,27 +30,18 @@ def audit() -> None:
     """The audit log: verify its chain, export records."""
 
 
-def _open() -> tuple[object, object]:
-    from resources.sql.engine import Database, migrate
-    from security.crypto import load_keyring
-
-    settings = Settings()
-    keys_json = settings.keys.get_secret_value() if settings.keys else None
-    ring = load_keyring(key_file=settings.key_file, keys_json=keys_json)
-    database = Database(settings.database_url)
-    migrate(database)
+def _open() -> tuple[Database, KeyRing]:
+    database, ring = open_database(keys=True)
+    assert ring is not None
     return database, ring
 
 
 @audit.command("verify")
 def audit_verify() -> None:
     """Check every record is present, in order and unedited; exit 1 at the first that is not."""
-    from resources.sql.engine import Database
     from security.audit import verify
-    from security.crypto import KeyRing
 
     database, ring = _open()
-    assert isinstance(database, Database) and isinstance(ring, KeyRing)
     try:
         with database.read() as conn:
             report = verify(conn, ring)
@@ -67,10 +60,8 @@ def audit_verify() -> None:
 @click.option("--patient", help="Only records about this Patient (Patient/<id>)")
 def audit_export(since: str, patient: str | None) -> None:
     """Write AuditEvents as NDJSON (one per line, oldest first) to standard output."""
-    from resources.sql.engine import Database
     from resources.sql.tables import AuditIndex, AuditLog
     from security.audit import digest, open_event
-    from security.crypto import KeyRing
 
     try:
         start = datetime.fromisoformat(since)
@@ -78,7 +69,6 @@ def audit_export(since: str, patient: str | None) -> None:
         raise click.BadParameter("use a date (2026-01-31) or an instant with an offset") from exc
     start = start if start.tzinfo else start.replace(tzinfo=UTC)
     database, ring = _open()
-    assert isinstance(database, Database) and isinstance(ring, KeyRing)
     query = select(AuditLog).where(AuditLog.recorded >= start).order_by(AuditLog.seq)
     if patient:
         ref = patient if patient.startswith("Patient/") else f"Patient/{patient}"

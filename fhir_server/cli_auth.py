@@ -22,14 +22,16 @@ import click
 from sqlalchemy import Connection
 
 from fhir_server.settings import Settings
+from resources.sql.engine import Database
 from security.crypto import KeyRing
 
-__all__ = ["client", "launch", "user"]
+__all__ = ["client", "launch", "open_database", "user"]
 
 
-@contextmanager
-def _unit(*, keys: bool = False) -> Iterator[tuple[Connection, KeyRing | None]]:
-    from resources.sql.engine import Database, migrate
+def open_database(*, keys: bool) -> tuple[Database, KeyRing | None]:
+    """The configured database (migrated) and, if asked for, the key ring: what every
+    command that works on stored data starts from."""
+    from resources.sql.engine import migrate
     from security.crypto import load_keyring
 
     settings = Settings()
@@ -39,6 +41,12 @@ def _unit(*, keys: bool = False) -> Iterator[tuple[Connection, KeyRing | None]]:
         ring = load_keyring(key_file=settings.key_file, keys_json=keys_json)
     database = Database(settings.database_url)
     migrate(database)
+    return database, ring
+
+
+@contextmanager
+def _unit(*, keys: bool = False) -> Iterator[tuple[Connection, KeyRing | None]]:
+    database, ring = open_database(keys=keys)
     try:
         with database.write() as conn:
             yield conn, ring

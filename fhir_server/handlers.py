@@ -271,19 +271,14 @@ def _renote(ctx: Context, rtype: str, rid: str, stored: StoredVersion | None) ->
         ctx.trail.facts[-1].patients = _patients(rtype, rid, stored)
 
 
-def read_is_async_safe(ctx: Context, rtype: str) -> bool:
-    """Whether a read can skip the synchronous connection (no granular filter to search)."""
-    try:
-        return authz.require(ctx.principal, rtype, "r").filters == [()]
-    except FHIRError:
-        return True  # the async path refuses it just the same
-
-
 async def read_async(
     ctx: Context, reader: AsyncReader, rtype: str, rid: str, params: list[tuple[str, str]]
-) -> FHIRResponse:
-    """Read-by-id over an async PostgreSQL connection (same answers as :func:`read`)."""
+) -> FHIRResponse | None:
+    """Read-by-id over an async PostgreSQL connection (same answers as :func:`read`); None
+    when a granular scope needs a search to check the resource (use :func:`read` then)."""
     access = authz.require(ctx.principal, rtype, "r")
+    if access.filters != [()]:
+        return None
     _note(ctx, "read", rtype, rid, patients=set())
     service.check_type(rtype)
     row = await reader.current(rtype, rid)

@@ -29,7 +29,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -278,6 +278,15 @@ def write_key_file(path: Path, doc: dict[str, Any]) -> None:
         _write(path, doc)
 
 
+def create_secret_file_once(path: Path, make: Callable[[], dict[str, Any]]) -> None:
+    """Create ``path`` (mode 0600) with ``make()`` unless it exists; two first runs at once
+    must not each make their own secrets, so the check and the write happen under a lock."""
+    if not path.exists():
+        with _locked(path):
+            if not path.exists():
+                _write(path, make())
+
+
 def load_keyring(*, key_file: Path, keys_json: str | None) -> KeyRing:
     """Keys from the environment if given, else from the key file (created on first run).
 
@@ -289,10 +298,7 @@ def load_keyring(*, key_file: Path, keys_json: str | None) -> KeyRing:
     """
     if keys_json:
         return KeyRing.from_document(json.loads(keys_json))
-    if not key_file.exists():
-        with _locked(key_file):  # two first runs at once must not each make their own keys
-            if not key_file.exists():
-                _write(key_file, generate_key_material())
+    create_secret_file_once(key_file, generate_key_material)
     return KeyRing.from_file(key_file)
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "CONTEXTS",
     "OPERATIONS",
     "PERMISSIONS",
+    "VERBS",
     "Grants",
     "Scope",
     "ScopeError",
@@ -49,6 +50,7 @@ __all__ = [
 CONTEXTS = ("patient", "user", "system")
 PERMISSIONS = "cruds"
 V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
 OPERATIONS = {"Appointment": ("$find", "$hold", "$book")}  # operation scopes, by type
 FULL = frozenset(PERMISSIONS)
 NON_RESOURCE = re.compile(

@@ -1,137 +1,17 @@
-"""AuditEvent over FHIR: read and search for compliance officers and audit clients only;
-every change refused (405) for everyone, whatever their token.
-
-Search parameters: ``date`` (with ``ge``/``gt``/``le``/``lt``), ``patient``, ``agent``,
-``entity``, ``type``, ``subtype``, ``action``, ``outcome``, ``source``; ``_sort=-date``
-(newest first, the default) or ``date``; ``_count`` with ``next`` links; ``Bundle.total``.
-A compliance query is itself recorded.
-"""
+"""AuditEvent over FHIR: read and search for compliance officers and audit clients only
+(``fhir_server/audit_handlers.py``); every change refused (405) for everyone, whatever their
+token."""
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlencode
-
-import orjson
 from fastapi import APIRouter, Request, Response
 
-from fhir_server.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
-from fhir_server.handlers import Context, FHIRResponse
+from fhir_server import audit_handlers
+from fhir_server.errors import MethodNotAllowed
+from fhir_server.handlers import FHIRResponse
 from fhir_server.http import ContextDep, ServicesDep, fhir_response, run_lookup, run_sync
-from resources.fhirdate import parse_fhir_date
-from security.audit import AuditQuery, open_event, search
-from security.principal import Principal
 
 router = APIRouter()
-
-PLAIN = ("type", "subtype", "action", "outcome", "source")
-DIGESTED = ("patient", "agent", "entity")
-
-
-def require_audit_scope(principal: Principal | None, permission: str) -> None:
-    """Only a scope naming AuditEvent itself, in user or system context, opens the log: a
-    wildcard (``system/*.rs``) does not, nor does any patient/ scope."""
-    scopes = principal.grants.scopes if principal else ()
-    if not any(
-        s.resource_type == "AuditEvent"
-        and s.context in ("user", "system")
-        and s.covers(s.context, "AuditEvent", permission)
-        for s in scopes
-    ):
-        raise Forbidden(
-            "the audit log is open to compliance officers (user/AuditEvent.rs) and registered "
-            "audit clients (system/AuditEvent.rs) only"
-        )
-
-
-def _values(raw: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in raw.split(",") if v.strip())
-
-
-def _reference(name: str, value: str) -> str:
-    if name == "patient" and "/" not in value:
-        return f"Patient/{value}"
-    return value
-
-
-def parse_audit_query(params: list[tuple[str, str]], default: int, maximum: int) -> AuditQuery:
-    dates, plain, digested = [], [], []
-    newest_first, count, after = True, default, None
-    for name, value in params:
-        base = name.split(":")[0]
-        if base == "date":
-            prefix = value[:2] if value[:2] in ("ge", "gt", "le", "lt", "eq") else "eq"
-            raw = value[2:] if value[:2] == prefix else value
-            try:
-                span = parse_fhir_date(raw)
-            except ValueError as exc:
-                raise BadRequest(f"date: {exc}") from exc
-            if prefix in ("ge", "eq"):
-                dates.append(("ge", span.low))
-            if prefix in ("lt", "eq"):
-                dates.append(("lt", span.high if prefix == "eq" else span.low))
-            if prefix == "gt":
-                dates.append(("ge", span.high))
-            if prefix == "le":
-                dates.append(("lt", span.high))
-        elif base in PLAIN:
-            plain.append((base, tuple(v.split("|")[-1] for v in _values(value))))
-        elif base in DIGESTED:
-            digested.append((base, tuple(_reference(base, v) for v in _values(value))))
-        elif name == "_sort":
-            if value not in ("-date", "date"):
-                raise BadRequest("AuditEvent sorts by -date (newest first) or date")
-            newest_first = value == "-date"
-        elif name == "_count":
-            if not value.isdigit() or int(value) < 1:
-                raise BadRequest("_count must be a positive whole number")
-            count = min(int(value), maximum)
-        elif name == "_cursor":
-            if not value.isdigit():
-                raise BadRequest("the _cursor value is not one this server issued")
-            after = int(value)
-        else:
-            raise BadRequest(f"AuditEvent has no search parameter {name!r}")
-    return AuditQuery(tuple(dates), tuple(plain), tuple(digested), newest_first, count, after)
-
-
-def _search(ctx: Context, conn: Any, params: list[tuple[str, str]]) -> FHIRResponse:
-    require_audit_scope(ctx.principal, "s")
-    query = parse_audit_query(params, ctx.paging.default_count, ctx.paging.max_count)
-    if ctx.trail is not None:
-        ctx.trail.note("search-type", query=f"AuditEvent?{urlencode(params)}")
-    total, rows = search(conn, ctx.store.keys, query)
-    url = f"{ctx.base_url}/AuditEvent"
-    kept = [(k, v) for k, v in params if k != "_cursor"]
-    links = [{"relation": "self", "url": f"{url}?{urlencode(params)}"}]
-    if len(rows) == query.count:
-        nxt = urlencode([*kept, ("_cursor", str(rows[-1].seq))])
-        links.append({"relation": "next", "url": f"{url}?{nxt}"})
-    entries = []
-    for row in rows:
-        event = open_event(ctx.store.keys, row)
-        entries.append(
-            {"fullUrl": f"{url}/{event['id']}", "resource": event, "search": {"mode": "match"}}
-        )
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total}
-    bundle["link"] = links
-    if entries:
-        bundle["entry"] = entries
-    return FHIRResponse(200, bundle)
-
-
-def _read(ctx: Context, conn: Any, event_id: str) -> FHIRResponse:
-    from sqlalchemy import select
-
-    from resources.sql.tables import AuditLog
-
-    require_audit_scope(ctx.principal, "r")
-    if ctx.trail is not None:
-        ctx.trail.note("read", refs=[f"AuditEvent/{event_id}"])
-    row = conn.execute(select(AuditLog).filter_by(event_id=event_id)).first()
-    if row is None:
-        raise NotFound(f"AuditEvent/{event_id} is not known")
-    return FHIRResponse(200, orjson.dumps(open_event(ctx.store.keys, row)))
 
 
 @router.get("/AuditEvent", summary="Search the audit log (compliance)")
@@ -140,7 +20,7 @@ async def audit_search(request: Request, services: ServicesDep, ctx: ContextDep)
 
     def run() -> FHIRResponse:
         with services.db.read() as conn:
-            return _search(ctx, conn, params)
+            return audit_handlers.search_log(ctx, conn, params)
 
     return fhir_response(await run_sync(run))
 
@@ -149,7 +29,7 @@ async def audit_search(request: Request, services: ServicesDep, ctx: ContextDep)
 async def audit_read(event_id: str, services: ServicesDep, ctx: ContextDep) -> Response:
     def run() -> FHIRResponse:
         with services.db.read() as conn:
-            return _read(ctx, conn, event_id)
+            return audit_handlers.read(ctx, conn, event_id)
 
     return fhir_response(await run_lookup(services, run))
 

@@ -10,10 +10,6 @@ OAuth error, as RFC 6749 §4.1.2.1 says.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import time
 from typing import Any
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
@@ -24,43 +20,17 @@ from fhir_server import auth_pages
 from fhir_server.http import Services, ServicesDep, run_sync
 from fhir_server.routes.auth import oauth_request
 from security.scopes import Grants
+from security.smart.consent import describe, make_ticket, offered, ticket_user_id, wants_patient
 from security.smart.registry import User, find_user
 from security.smart.server import AuthorizationChoice, OAuthRequest, SmartServer
 from security.smart.tokens import read_launch
 
 router = APIRouter()
 
-TICKET_SECONDS = 600
-SCOPE_TEXT = {
-    "openid": "Know who you are",
-    "fhirUser": "Know your user record in the clinic",
-    "profile": "Know your profile",
-    "launch": "Open in the context it was launched from",
-    "launch/patient": "Know which patient is selected",
-    "offline_access": "Keep access after you close the app",
-}
-VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
-
 
 class _Stop(Exception):  # a control-flow signal carrying the response
     def __init__(self, response: Response) -> None:
         self.response = response
-
-
-def _describe(scope: str) -> str:
-    if scope in SCOPE_TEXT:
-        return SCOPE_TEXT[scope]
-    context, _, rest = scope.partition("/")
-    rtype, _, perms = rest.partition(".")
-    perms = perms.split("?")[0]
-    if perms.startswith("$"):
-        what = {"$find": "find", "$hold": "hold", "$book": "book or cancel"}.get(perms, perms)
-        action = f"{what} appointments"
-    else:
-        verbs = [VERBS[p] for p in "cruds" if p in perms]
-        action = f"{', '.join(verbs)} {'all records' if rtype == '*' else rtype + ' records'}"
-    whose = {"patient": "for the selected patient", "user": "as you", "system": "as a system"}
-    return f"{action.capitalize()} {whose.get(context, '')}".strip()
 
 
 def _html(body: str, status: int = 200) -> Response:
@@ -106,27 +76,10 @@ def _validate(server: SmartServer, oreq: OAuthRequest) -> tuple[Any, str | None]
     return grant, patient
 
 
-# -- the ticket: who signed in, bound to this one authorization request ------------------------
-def _ticket_mac(server: SmartServer, payload: str, oreq: OAuthRequest) -> str:
-    data = oreq.payload.data
-    bound = f"{payload}|{data.get('client_id')}|{data.get('code_challenge')}"
-    key = server.keys.index_key("smart.signin-ticket")
-    digest = hmac.new(key, bound.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-def _ticket(server: SmartServer, user: User, oreq: OAuthRequest) -> str:
-    payload = f"{user.user_id}.{int(time.time()) + TICKET_SECONDS}"
-    return f"{payload}.{_ticket_mac(server, payload, oreq)}"
-
-
 def _ticket_user(server: SmartServer, oreq: OAuthRequest) -> User:
-    raw = oreq.form.get("ticket", "")
-    payload, _, mac = raw.rpartition(".")
-    user_id, _, expires = payload.partition(".")
-    ok = hmac.compare_digest(mac, _ticket_mac(server, payload, oreq)) if payload else False
-    user = server.active_user(user_id) if ok and expires.isdigit() else None
-    if user is None or int(expires) < time.time():
+    user_id = ticket_user_id(server.keys, oreq.form.get("ticket", ""), oreq.payload.data)
+    user = server.active_user(user_id) if user_id else None
+    if user is None:
         raise _Stop(_html(auth_pages.error_page("the sign-in has expired; start again"), 400))
     return user
 
@@ -151,27 +104,15 @@ def _patient_choices(services: Services, user: User) -> list[tuple[str, str]]:
     return out
 
 
-def _wants_patient(scope: str) -> bool:
-    grants = Grants.parse(scope)
-    return "launch/patient" in grants.other or "patient" in grants.contexts
-
-
-def _offered(user: User, grant: Any, patient: str | None) -> list[str]:
-    granted = user.allowed.narrowed(Grants.parse(grant.request.scope or ""))
-    scopes = [str(s) for s in granted.scopes if patient or s.context != "patient"]
-    others = sorted(o for o in granted.other if patient or o != "launch/patient")
-    return [*scopes, *others]
-
-
 def _consent(
     server: SmartServer, oreq: OAuthRequest, grant: Any, user: User, patient: str | None
 ) -> Response:
-    offered = _offered(user, grant, patient)
+    scopes = offered(user, grant.request.scope or "", patient)
     page = auth_pages.consent_page(
         oreq.payload.data,
-        _ticket(server, user, oreq),
+        make_ticket(server.keys, user, oreq.payload.data),
         _client_name(server, grant),
-        [(s, _describe(s)) for s in offered],
+        [(s, describe(s)) for s in scopes],
         patient,
     )
     return _html(page)
@@ -185,12 +126,14 @@ def _after_signin(
         if user.role == "patient" and launch_patient not in user.patients:
             return _html(auth_pages.error_page("this launch is for another patient"), 403)
         return _consent(server, oreq, grant, user, launch_patient)
-    if _wants_patient(grant.request.scope or "") and user.patients:
+    if wants_patient(grant.request.scope or "") and user.patients:
         if len(user.patients) == 1:
             return _consent(server, oreq, grant, user, user.patients[0])
         choices = _patient_choices(services, user)
         return _html(
-            auth_pages.patient_page(oreq.payload.data, _ticket(server, user, oreq), choices)
+            auth_pages.patient_page(
+                oreq.payload.data, make_ticket(server.keys, user, oreq.payload.data), choices
+            )
         )
     return _consent(server, oreq, grant, user, None)
 
@@ -229,8 +172,8 @@ def _decide(services: Services, oreq: OAuthRequest) -> Response:
         return _consent(server, oreq, grant, user, patient)
     if step != "consent":
         return _html(auth_pages.error_page("unknown step; start again"), 400)
-    offered = _offered(user, grant, patient)
-    ticked = [s for s in oreq.payload.datalist.get("grant", []) if s in offered]
+    allowed_scopes = offered(user, grant.request.scope or "", patient)
+    ticked = [s for s in oreq.payload.datalist.get("grant", []) if s in allowed_scopes]
     allowed = oreq.form.get("decision") == "allow" and Grants.parse(" ".join(ticked)).scopes
     choice = AuthorizationChoice(user, patient, " ".join(ticked)) if allowed else None
     return _authlib_response(server.create_authorization_response(oreq, choice, grant))

@@ -100,8 +100,10 @@ async def read(
     rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
     params = _params(request)
-    if services.reader is not None and handlers.read_is_async_safe(ctx, rtype):
-        return fhir_response(await handlers.read_async(ctx, services.reader, rtype, rid, params))
+    if services.reader is not None:
+        answer = await handlers.read_async(ctx, services.reader, rtype, rid, params)
+        if answer is not None:
+            return fhir_response(answer)
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:

@@ -15,7 +15,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from security.crypto import _locked, _write
+from security.crypto import create_secret_file_once
 
 __all__ = ["IdTokenSigner", "load_signer"]
 
@@ -51,14 +51,15 @@ class IdTokenSigner:
         return jwt.encode(header, claims, self.key, algorithms=["RS256"])
 
 
+def _new_signing_key() -> dict[str, Any]:
+    key = RSAKey.generate_key(2048, parameters={"use": "sig"}, private=True)
+    key.ensure_kid()
+    return dict(key.as_dict(private=True))
+
+
 def load_signer(*, path: Path, key_json: str | None) -> IdTokenSigner:
     """The signing key from the environment if given, else from ``path`` (made on first run)."""
     if key_json:
         return IdTokenSigner(RSAKey.import_key(json.loads(key_json)))
-    if not path.exists():
-        with _locked(path):
-            if not path.exists():
-                key = RSAKey.generate_key(2048, parameters={"use": "sig"}, private=True)
-                key.ensure_kid()
-                _write(path, key.as_dict(private=True))
+    create_secret_file_once(path, _new_signing_key)
     return IdTokenSigner(RSAKey.import_key(json.loads(path.read_text())))
