@@ -210,9 +210,19 @@ def create_app(
             job = asyncio.create_task(
                 _extend_horizon(db, store, clinic, settings.clinic_refresh_seconds)
             )
+        mllp = None
+        if settings.hl7_listen:
+            from hl7_bridge.runtime import start_listener
+
+            mllp, port = await start_listener(
+                settings, db=db, keys=keys, store=store, clinic=clinic
+            )
+            log.info("hl7.listening", host=settings.hl7_host, port=port)
         try:
             yield
         finally:
+            if mllp is not None:
+                await mllp.close()
             if job is not None:
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)

@@ -22,6 +22,7 @@ import click
 
 from fhir_server.cli_audit import audit
 from fhir_server.cli_auth import client, launch, user
+from fhir_server.cli_hl7 import hl7
 from fhir_server.settings import Settings
 
 __all__ = ["main"]
@@ -41,6 +42,7 @@ main.add_command(client)
 main.add_command(user)
 main.add_command(launch)
 main.add_command(audit)
+main.add_command(hl7)
 
 
 def _serve(settings: Settings) -> None:

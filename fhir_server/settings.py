@@ -86,6 +86,30 @@ class Settings(BaseSettings):
         description="Clinic file whose rules $find applies (see docs/clinic-config.md)",
     )
 
+    hl7_listen: bool = Field(
+        default=False, description="Run the HL7 v2 MLLP listener inside `fhir-sched serve`"
+    )
+    hl7_host: str = Field(default="127.0.0.1", description="Interface the MLLP listener binds")
+    hl7_port: int = Field(default=2575, ge=0, le=65535, description="MLLP listener port")
+    hl7_max_message_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Larger inbound frames are dropped and logged"
+    )
+    hl7_sender_timezone: str | None = Field(
+        default=None,
+        description="IANA zone for inbound times that carry no offset (default: the clinic's "
+        "zone, else UTC)",
+    )
+    hl7_status_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="SCH-25 filler status → Appointment.status, added to the built-in table "
+        '(JSON, e.g. {"Confirmed": "booked"})',
+    )
+    hl7_identifier_systems: dict[str, str] = Field(
+        default_factory=dict,
+        description="PID-3 assigning authority → identifier system URI (JSON); default "
+        "urn:fhir-sched:hl7:id:<authority>",
+    )
+
     @field_validator("host")
     @classmethod
     def _strip(cls, value: str) -> str:
@@ -97,6 +121,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"refusing to listen on {self.host}: the server binds to loopback unless told "
                 "otherwise; put TLS in front of it and set FHIRSCHED_ALLOW_REMOTE=true"
+            )
+        if self.hl7_listen:
+            self.check_hl7_bind()
+
+    def check_hl7_bind(self) -> None:
+        """MLLP has no authentication: beyond loopback only when asked for explicitly."""
+        if self.hl7_host not in _LOOPBACK and not self.allow_remote:
+            raise ValueError(
+                f"refusing to accept MLLP on {self.hl7_host}: MLLP carries no credentials, so "
+                "expose it only on a network the EMR alone reaches (a VPN or a TLS tunnel) and "
+                "set FHIRSCHED_ALLOW_REMOTE=true"
             )
 
     @property

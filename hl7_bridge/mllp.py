@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-__all__ = ["END", "START", "FrameReader", "MLLPServer", "frame"]
+__all__ = ["END", "START", "FrameReader", "Handler", "MLLPServer", "Reply", "frame"]
 
 START = b"\x0b"
 END = b"\x1c\x0d"
@@ -31,7 +31,9 @@ DEFAULT_MAX_SIZE = 1024 * 1024
 
 log = structlog.get_logger("hl7_bridge.mllp")
 
-Handler = Callable[[bytes, str], Awaitable[bytes | None]]
+Reply = Callable[[bytes], Awaitable[None]]
+# handler(message, peer, reply): answers by awaiting reply(ack) zero or more times
+Handler = Callable[[bytes, str, Reply], Awaitable[None]]
 
 
 def frame(message: bytes) -> bytes:
@@ -96,7 +98,8 @@ class FrameReader:
 
 
 class MLLPServer:
-    """Accepts MLLP connections and answers each message with ``handler(message, peer)``."""
+    """Accepts MLLP connections; each message goes to ``handler(message, peer, reply)``, which
+    answers through ``reply`` (once, or more: an accept ACK, then an application ACK)."""
 
     def __init__(self, handler: Handler, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         self.handler = handler
@@ -116,13 +119,15 @@ class MLLPServer:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
         frames = FrameReader(self.max_size)
         log.info("mllp.connected", peer=peer)
+
+        async def reply(answer: bytes) -> None:
+            writer.write(frame(answer))
+            await writer.drain()
+
         try:
             while data := await reader.read(65536):
                 for message in frames.feed(data):
-                    answer = await self.handler(message, peer)
-                    if answer is not None:
-                        writer.write(frame(answer))
-                        await writer.drain()
+                    await self.handler(message, peer, reply)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

@@ -27,6 +27,7 @@ OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+HL7_EVENTS = "http://terminology.hl7.org/CodeSystem/v2-0003"
 
 # success, minor failure (e.g. refused), serious failure, major failure
 OUTCOMES = {"success": "0", "minor": "4", "serious": "8", "major": "12"}
@@ -51,6 +52,8 @@ OPERATIONS = {
     "$hold": ("ITI-116", "Hold Appointment"),
     "$book": ("ITI-117", "Book Appointment"),
 }
+# what an inbound SIU event does to the Appointment it names
+HL7_ACTIONS = {"S12": "C", "S13": "U", "S14": "U", "S15": "U", "S16": "U", "S17": "D", "S26": "U"}
 SECURITY = {
     "login": ("110114", "User Authentication", "110122", "Login"),
     "logout": ("110114", "User Authentication", "110123", "Logout"),
@@ -132,13 +135,21 @@ def balp_event(
     recorded: datetime | None = None,
 ) -> dict[str, Any]:
     """One AuditEvent. ``kind`` is a RESTful interaction (``read``, ``search-type``…), an
-    operation (``$find``…) or a security event (``login``, ``token``, ``alert``…)."""
+    operation (``$find``…), a security event (``login``, ``token``, ``alert``…) or an HL7
+    message (``hl7-in:S12``, ``hl7-out:S15``)."""
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if kind in OPERATIONS:
         code, display = OPERATIONS[kind]
         event["type"] = _coding(EVENT_TYPE, "rest", "Restful Operation")
         event["subtype"] = [_coding(RESTFUL, "operation"), _coding(IHE_EVENTS, code, display)]
         event["action"] = "E" if kind == "$find" else "C"
+    elif kind.startswith(("hl7-in:", "hl7-out:")):
+        # an HL7 v2 message received (DICOM 110107 Import) or sent (110106 Export)
+        direction, _, hl7_event = kind.partition(":")
+        inbound = direction == "hl7-in"
+        event["type"] = _coding(DCM, *(("110107", "Import") if inbound else ("110106", "Export")))
+        event["subtype"] = [_coding(HL7_EVENTS, hl7_event)]
+        event["action"] = HL7_ACTIONS.get(hl7_event, "E") if inbound else "R"
     elif kind in SECURITY:
         type_code, type_display, sub_code, sub_display = SECURITY[kind]
         event["type"] = _coding(DCM, type_code, type_display)

@@ -94,7 +94,7 @@ def _is_existing_patient(conn: Connection, store: Store, req: FindRequest) -> bo
     Read straight from the search index (Appointment ``patient`` reference and ``status``
     token), as the Appointment search would, without building a Bundle.
     """
-    patient_id = req.patient_id or _match_patient(conn, store, req.patient_resource)
+    patient_id = req.patient_id or match_patient(conn, store, req.patient_resource)
     if patient_id is None:
         return False
     rows = conn.execute(
@@ -121,7 +121,7 @@ _ACTIVE_VISITS = (
 )
 
 
-def _match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
+def match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
     """Match a ``patient-resource`` by identifier, else by family name and birth date."""
     if not patient:
         return None

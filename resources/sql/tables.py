@@ -352,3 +352,47 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     mac: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+# -- HL7 v2 bridge (hl7_bridge) ------------------------------------------------------------------
+# Every message in and out, sealed like a resource body (it carries PHI); the columns beside it
+# are what staff need to find and replay one without opening it.
+
+
+class HL7Message(Base):
+    """One HL7 message received or to be sent, with the ACK that answered it."""
+
+    __tablename__ = "hl7_message"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)  # AAD of the sealed body
+    direction: Mapped[str] = mapped_column(String(3))  # in | out
+    peer: Mapped[str] = mapped_column(String(200))  # sender key (in) or endpoint name (out)
+    control_id: Mapped[str] = mapped_column(String(200))  # MSH-10
+    event: Mapped[str] = mapped_column(String(16))  # e.g. SIU^S12
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    ack_code: Mapped[str | None] = mapped_column(String(2))
+    appointment_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)  # why it failed (no message content)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)  # {"message", "ack", "address"}
+    __table_args__ = (
+        UniqueConstraint("direction", "peer", "control_id", name="uq_hl7_message_control"),
+        Index("ix_hl7_message_status", "direction", "status", "next_attempt"),
+    )
+
+
+class HL7Link(Base):
+    """A sender's appointment key (SCH-1 placer or SCH-2 filler id) → our Appointment, and the
+    MSH-7 of the newest message applied to it (an older one arriving late is not applied)."""
+
+    __tablename__ = "hl7_link"
+    sender: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # placer | filler
+    value: Mapped[str] = mapped_column(String(200), primary_key=True)
+    appointment_id: Mapped[str] = mapped_column(String(64), index=True)
+    last_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -11,7 +11,7 @@ import hl7
 import pytest
 from hl7.mllp import open_hl7_connection
 
-from hl7_bridge.mllp import END, START, FrameReader, MLLPServer, frame
+from hl7_bridge.mllp import END, START, FrameReader, MLLPServer, Reply, frame
 
 pytestmark = pytest.mark.anyio
 
@@ -71,10 +71,10 @@ def _ack(message: bytes) -> bytes:
 async def server() -> AsyncIterator[tuple[int, list[str]]]:
     seen: list[str] = []
 
-    async def handler(message: bytes, peer: str) -> bytes:
+    async def handler(message: bytes, peer: str, reply: Reply) -> None:
         seen.append(str(hl7.parse(message.decode()).segment("MSH")[10]))
         await asyncio.sleep(0)  # let other connections interleave
-        return _ack(message)
+        await reply(_ack(message))
 
     mllp = MLLPServer(handler, max_size=4096)
     port = await mllp.start("127.0.0.1", 0)

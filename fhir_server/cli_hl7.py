@@ -1,0 +1,172 @@
+"""``fhir-sched hl7 …``: the MLLP listener and the staff's tools for the message store.
+
+Examples::
+
+    fhir-sched hl7 listen                       # MLLP on 127.0.0.1:2575 (FHIRSCHED_HL7_*)
+    fhir-sched hl7 messages --status failed     # what needs review (no message content)
+    fhir-sched hl7 show 0b6f…                    # one message, its ACK and why it failed
+    fhir-sched hl7 replay 0b6f…                  # apply a failed message again, after the fix
+    fhir-sched hl7 replay --all-failed
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from fhir_server.cli_auth import open_database
+from fhir_server.scheduling.config import ClinicConfig
+from fhir_server.settings import Settings
+
+__all__ = ["hl7"]
+
+
+@click.group()
+def hl7() -> None:
+    """HL7 v2 bridge: MLLP listener, message review and replay."""
+
+
+def _clinic(settings: Settings) -> ClinicConfig | None:
+    from fhir_server.scheduling.config import load_clinic_config
+
+    return load_clinic_config(settings.clinic_file) if settings.clinic_file else None
+
+
+@hl7.command("listen")
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1)")
+@click.option("--port", type=int, default=None, help="Port (default 2575)")
+def listen(host: str | None, port: int | None) -> None:
+    """Accept SIU messages over MLLP until interrupted."""
+    from fhir_server.logging import configure_logging
+    from hl7_bridge.runtime import start_listener
+    from resources.store import Store
+
+    settings = Settings()
+    if host is not None:
+        settings.hl7_host = host
+    if port is not None:
+        settings.hl7_port = port
+    configure_logging(settings.log_level)
+    database, ring = open_database(keys=True)
+    assert ring is not None
+    store = Store(ring, base_url=settings.fhir_base)
+
+    async def run() -> None:
+        server, bound = await start_listener(
+            settings, db=database, keys=ring, store=store, clinic=_clinic(settings)
+        )
+        click.echo(f"MLLP listening on {settings.hl7_host}:{bound}", err=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        database.dispose()
+
+
+@hl7.command("messages")
+@click.option("--status", "statuses", multiple=True, help="failed, conflict, rejected, applied…")
+@click.option("--direction", type=click.Choice(["in", "out"]), default=None)
+@click.option("--limit", type=int, default=100, show_default=True)
+def messages(statuses: tuple[str, ...], direction: str | None, limit: int) -> None:
+    """List stored messages (ids, sender, control id, event, status; never their content)."""
+    from hl7_bridge.messages import MessageStore
+
+    database, ring = open_database(keys=True)
+    assert ring is not None
+    try:
+        with database.read() as conn:
+            rows = MessageStore(ring).listing(
+                conn, direction=direction, statuses=list(statuses), limit=limit
+            )
+    finally:
+        database.dispose()
+    for r in rows:
+        click.echo(
+            f"{r.id}  {r.created:%Y-%m-%d %H:%M:%S}  {r.direction:3}  {r.peer:20}  "
+            f"{r.control_id:20}  {r.event:12}  {r.status:10}  {r.ack_code or '':2}  "
+            f"{r.error or ''}  {r.appointment_id or ''}"
+        )
+
+
+@hl7.command("show")
+@click.argument("message_id")
+def show(message_id: str) -> None:
+    """One message as received, the ACK sent and why it failed (contains PHI)."""
+    from hl7_bridge.messages import MessageStore
+
+    database, ring = open_database(keys=True)
+    assert ring is not None
+    try:
+        store = MessageStore(ring)
+        with database.read() as conn:
+            row = store.get(conn, message_id)
+        if row is None:
+            raise click.ClickException(f"no message {message_id}")
+        opened = store.open(row)
+    finally:
+        database.dispose()
+    click.echo(f"status: {row.status}  ack: {row.ack_code}  from: {opened.address}")
+    if opened.detail:
+        click.echo(f"why: {opened.detail}")
+    click.echo(opened.message.decode("utf-8", "replace").replace("\r", "\n"))
+    if opened.ack:
+        click.echo("--- ack ---")
+        click.echo(opened.ack.decode("utf-8", "replace").replace("\r", "\n"))
+
+
+@hl7.command("replay")
+@click.argument("message_ids", nargs=-1)
+@click.option("--all-failed", is_flag=True, help="Replay every failed inbound message")
+def replay(message_ids: tuple[str, ...], all_failed: bool) -> None:
+    """Apply failed inbound messages again (after the cause is fixed)."""
+    from fhir_server.logging import configure_logging
+    from hl7_bridge.listener import Listener
+    from hl7_bridge.messages import MessageStore
+    from hl7_bridge.runtime import bridge_config
+    from resources.store import Store
+
+    if not message_ids and not all_failed:
+        raise click.UsageError("name message ids or pass --all-failed")
+    settings = Settings()
+    configure_logging(settings.log_level)
+    database, ring = open_database(keys=True)
+    assert ring is not None
+    clinic = _clinic(settings)
+    listener = Listener(
+        database,
+        ring,
+        Store(ring, base_url=settings.fhir_base),
+        clinic=clinic,
+        config=bridge_config(settings, clinic),
+    )
+    failed = 0
+    try:
+        ids = list(message_ids)
+        if all_failed:
+            with database.read() as conn:
+                rows = MessageStore(ring).listing(
+                    conn, direction="in", statuses=["failed"], limit=100_000
+                )
+            ids += [r.id for r in rows]
+        for message_id in ids:
+            try:
+                status = listener.replay(message_id)
+            except (LookupError, ValueError) as exc:
+                click.echo(f"{message_id}: {exc}", err=True)
+                failed += 1
+                continue
+            failed += status == "failed"
+            click.echo(f"{message_id}: {status}")
+    finally:
+        database.dispose()
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,363 @@
+"""Apply an inbound SIU change to the server's records, inside the caller's transaction.
+
+The EMR is the system of record for its own calendar, so clinic rules (notice, caps, new-patient
+windows) are not applied to what it reports; the double-booking guard is. Its bookings claim
+their time in ``busy_time`` like any other: if the time is already booked or held here, the
+Appointment is still recorded (nothing the EMR said is dropped) but claims no time and frees
+no one's Slots, is tagged ``hl7-conflict`` (``Appointment?_tag=…``) and the message is marked
+``conflict`` for staff; bookings made through FHIR stay exactly as guarded as before.
+
+* The Appointment is found by the sender's keys (SCH-2 filler id, then SCH-1 placer id, in
+  ``hl7_link``), never created twice for a known key; an unknown key creates it, whatever the
+  event (a cancellation that arrives before its booking is kept, so the late booking, being
+  older, cannot revive it).
+* A message older (MSH-7) than the newest one applied to that Appointment changes nothing.
+* PID resolves the Patient by identifier, then by family name and birth date; otherwise a
+  Patient is created from PID.
+* AIP/AIL resolve against the clinic's practitioners and locations (id, identifier or name);
+  unknown ones stay on the Appointment by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, and_, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError
+
+from fhir_server.errors import Unprocessable
+from fhir_server.scheduling.availability import schedule_id
+from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
+from fhir_server.scheduling.config import ClinicConfig
+from fhir_server.scheduling.find import match_patient
+from hl7_bridge.siu_to_fhir import Person, SIUChange
+from resources import service
+from resources.sql.tables import BusyTime, HL7Link, SlotTime
+from resources.store import Store
+
+__all__ = ["CONFLICT_TAG", "Applied", "apply_change"]
+
+BT = cast(Table, BusyTime.__table__)
+LINK = cast(Table, HL7Link.__table__)
+ST = cast(Table, SlotTime.__table__)
+
+CONFLICT_TAG = {
+    "system": "urn:fhir-sched:tags",
+    "code": "hl7-conflict",
+    "display": "Booked in the EMR over time already taken here: staff to resolve",
+}
+HOLDS_TIME = {"booked", "pending", "arrived", "checked-in", "fulfilled"}
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    appointment_id: str | None
+    status: str  # applied | conflict | superseded
+    patient_id: str | None = None
+    note: str | None = None
+
+
+def _linked(conn: Connection, change: SIUChange) -> Any:
+    for kind, value in (("filler", change.filler), ("placer", change.placer)):
+        if value:
+            row = conn.execute(
+                select(LINK).where(
+                    LINK.c.sender == change.sender, LINK.c.kind == kind, LINK.c.value == value
+                )
+            ).first()
+            if row is not None:
+                return row
+    return None
+
+
+def _link(conn: Connection, change: SIUChange, appointment_id: str) -> None:
+    sent = change.sent_at.astimezone(UTC) if change.sent_at else None  # SQLite keeps no offset
+    for kind, value in (("filler", change.filler), ("placer", change.placer)):
+        if not value:
+            continue
+        key = and_(LINK.c.sender == change.sender, LINK.c.kind == kind, LINK.c.value == value)
+        done = conn.execute(
+            update(LINK).where(key).values(appointment_id=appointment_id, last_sent_at=sent)
+        )
+        if not done.rowcount:
+            conn.execute(
+                insert(LINK).values(
+                    sender=change.sender,
+                    kind=kind,
+                    value=value,
+                    appointment_id=appointment_id,
+                    last_sent_at=sent,
+                )
+            )
+
+
+def _patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
+    if not patient:
+        return None
+    found = match_patient(conn, store, patient)
+    if found is not None:
+        return found
+    outcome = service.create(conn, store=store, resource_type="Patient", resource=dict(patient))
+    assert outcome.stored is not None
+    return outcome.stored.res_id
+
+
+def _practitioner(config: ClinicConfig | None, who: Person) -> str | None:
+    for p in config.practitioners if config else []:
+        if who.id == p.id or any(i.value == who.id for i in p.identifiers):
+            return p.id
+    return None
+
+
+def _location(config: ClinicConfig | None, where: Person) -> str | None:
+    for loc in config.locations if config else []:
+        names = {loc.id.lower(), loc.name.lower()}
+        if where.id.lower() in names or (where.name and where.name.lower() in names):
+            return loc.id
+    return None
+
+
+def _visit_type(config: ClinicConfig | None, change: SIUChange) -> str | None:
+    codes = {c["code"].lower() for c in change.services}
+    for visit in config.visit_types if config else []:
+        if visit.code.lower() in codes:
+            return visit.code
+    return None
+
+
+def _participants(
+    change: SIUChange,
+    patient_id: str | None,
+    practitioner: str | None,
+    location: str | None,
+    old: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Patient, then practitioners (AIP), then locations (AIL); what the message leaves out is
+    kept from the Appointment as it was."""
+    before = (old or {}).get("participant", [])
+
+    def kept(rtype: str) -> list[dict[str, Any]]:
+        return [
+            p for p in before if str((p.get("actor") or {}).get("reference", "")).startswith(rtype)
+        ]
+
+    out = [{"actor": {"reference": f"Patient/{patient_id}"}}] if patient_id else kept("Patient/")
+    # the first AIP and AIL are the ones resolved; others stay as the sender named them
+    for rtype, resolved, people in (
+        ("Practitioner", practitioner, change.practitioners),
+        ("Location", location, change.locations),
+    ):
+        if not people:
+            out += kept(f"{rtype}/")
+        for i, person in enumerate(people):
+            actor = (
+                {"reference": f"{rtype}/{resolved}"}
+                if i == 0 and resolved
+                else {"display": person.name or person.id}
+            )
+            out.append({"actor": actor})
+    state = "declined" if change.status == "cancelled" else "accepted"
+    return [{**p, "status": state} for p in out]
+
+
+def _covered_slots(conn: Connection, sched: str, start: datetime, end: datetime) -> list[str]:
+    rows = conn.execute(
+        select(ST.c.slot_id).where(
+            ST.c.schedule_id == sched,
+            ST.c.start_s < int(end.timestamp()),
+            ST.c.end_s > int(start.timestamp()),
+        )
+    )
+    return sorted(r.slot_id for r in rows)
+
+
+def _set_slots(conn: Connection, store: Store, ids: list[str], status: str) -> None:
+    for sid in ids:
+        current = store.read(conn, "Slot", sid)
+        if current is None or current.deleted:
+            continue
+        body = current.resource()
+        if body.get("status") != status:
+            body = {**body, "status": status}
+            body.pop("meta", None)
+            service.update(
+                conn,
+                store=store,
+                resource_type="Slot",
+                resource_id=sid,
+                resource=body,
+                trusted=True,
+                changed=frozenset({"status"}),
+            )
+
+
+def _claim(
+    conn: Connection,
+    sched: str,
+    appointment_id: str,
+    start: datetime,
+    end: datetime,
+    visit_type: str | None,
+    now: datetime,
+) -> bool:
+    """Claim the time; False if it is already booked or held here (the guard refused)."""
+    conn.execute(
+        delete(BT).where(
+            BT.c.schedule_id == sched,
+            BT.c.start < end,
+            BT.c.end > start,
+            BT.c.kind == "held",
+            BT.c.expires_at <= now,
+        )
+    )
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(BT).values(
+                    schedule_id=sched,
+                    start=start,
+                    end=end,
+                    appointment_id=appointment_id,
+                    kind="booked",
+                    visit_type=visit_type,
+                    expires_at=None,
+                )
+            )
+    except DBAPIError:
+        return False
+    return True
+
+
+def _slot_refs(old: dict[str, Any] | None) -> list[str]:
+    return [
+        str(s.get("reference", "")).split("/")[-1]
+        for s in (old or {}).get("slot", [])
+        if isinstance(s, dict) and s.get("reference")
+    ]
+
+
+def apply_change(
+    conn: Connection,
+    *,
+    store: Store,
+    config: ClinicConfig | None,
+    change: SIUChange,
+    now: datetime,
+) -> Applied:
+    link = _linked(conn, change)
+    old: dict[str, Any] | None = None
+    appointment_id: str | None = None
+    if link is not None:
+        if change.sent_at and link.last_sent_at and change.sent_at < _aware(link.last_sent_at):
+            return Applied(link.appointment_id, "superseded", note="older than what was applied")
+        appointment_id = str(link.appointment_id)
+        stored = store.read(conn, "Appointment", appointment_id)
+        old = stored.resource() if stored is not None and not stored.deleted else None
+    start = change.start or (_instant(old["start"]) if old and old.get("start") else None)
+    end = change.end or (_instant(old["end"]) if old and old.get("end") else None)
+    visit_type = _visit_type(config, change)
+    if start is not None and end is None and visit_type and config is not None:
+        minutes = next(v.minutes for v in config.visit_types if v.code == visit_type)
+        end = start + timedelta(minutes=minutes)
+    if start is None or end is None:
+        raise Unprocessable(
+            "the message gives no appointment time: send TQ1-7/8, SCH-11 or AIS-4 with a "
+            "duration (TQ1-6, SCH-9/10 or AIS-7/8)"
+        )
+    # instants are kept in UTC (SQLite compares them as text); shown in the clinic's offset
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    shown = config.tz if config is not None else UTC
+    patient_id = _patient(conn, store, change.patient)
+    practitioner = _practitioner(config, change.practitioners[0]) if change.practitioners else None
+    location = _location(config, change.locations[0]) if change.locations else None
+    if old is not None and not change.practitioners:
+        practitioner = _ref(old, "Practitioner")
+    if old is not None and not change.locations:
+        location = _ref(old, "Location")
+
+    resource: dict[str, Any] = {
+        "resourceType": "Appointment",
+        "identifier": _merge_identifiers(old, change.identifiers()),
+        "status": change.status,
+        "start": start.astimezone(shown).isoformat(),
+        "end": end.astimezone(shown).isoformat(),
+        "minutesDuration": max(1, round((end - start).total_seconds() / 60)),
+        "participant": _participants(change, patient_id, practitioner, location, old),
+    }
+    services = [dict(c) for c in change.services]
+    if visit_type:
+        services.insert(0, {"system": VISIT_TYPE_SYSTEM, "code": visit_type})
+    if services:
+        resource["serviceType"] = [{"coding": services}]
+    elif old and old.get("serviceType"):
+        resource["serviceType"] = old["serviceType"]
+    if change.reason:
+        resource["reasonCode"] = [{"text": change.reason}]
+    if change.comment or (old and old.get("comment")):
+        resource["comment"] = change.comment or old["comment"]  # type: ignore[index]
+    if change.status == "cancelled":
+        resource["cancelationReason"] = {"text": f"cancelled in the EMR ({change.event})"}
+
+    # give up the old time, then claim the new one (the guard decides)
+    if appointment_id is not None:
+        conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
+    else:
+        appointment_id = service.new_id()
+        resource["id"] = appointment_id
+    status = "applied"
+    slots: list[str] = []
+    if change.status in HOLDS_TIME and practitioner and location:
+        sched = schedule_id(practitioner, location)
+        if _claim(conn, sched, appointment_id, start, end, visit_type, now):
+            slots = _covered_slots(conn, sched, start, end)
+        else:
+            status = "conflict"
+    freed = [s for s in _slot_refs(old) if s not in slots]
+    if slots:
+        resource["slot"] = [{"reference": f"Slot/{s}"} for s in slots]
+    tags = [t for t in ((old or {}).get("meta") or {}).get("tag", []) if t != CONFLICT_TAG]
+    if status == "conflict":
+        tags.append(CONFLICT_TAG)
+    resource["meta"] = {"tag": tags} if tags else {}
+    resource["id"] = appointment_id
+    outcome = service.update(
+        conn,
+        store=store,
+        resource_type="Appointment",
+        resource_id=appointment_id,
+        resource=resource,
+    )
+    assert outcome.stored is not None
+    _set_slots(conn, store, freed, "free")
+    _set_slots(conn, store, slots, "busy")
+    _link(conn, change, appointment_id)
+    note = "overlaps a booking made here" if status == "conflict" else None
+    return Applied(appointment_id, status, patient_id, note)
+
+
+def _merge_identifiers(
+    old: dict[str, Any] | None, new: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    out = list(new)
+    for ident in (old or {}).get("identifier", []):
+        if not any(i.get("system") == ident.get("system") for i in out):
+            out.append(ident)
+    return out
+
+
+def _ref(appt: dict[str, Any], rtype: str) -> str | None:
+    for p in appt.get("participant", []):
+        ref = str((p.get("actor") or {}).get("reference", ""))
+        if ref.startswith(f"{rtype}/"):
+            return ref.split("/", 1)[1]
+    return None
+
+
+def _instant(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

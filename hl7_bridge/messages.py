@@ -1,0 +1,186 @@
+"""The HL7 message store: every message in and out, sealed, with the ACK that answered it.
+
+A message's bytes, the network address it came from and the ACK sent back are sealed together
+(AES-256-GCM under the key ring, AAD = ``hl7|<id>``); the plain columns are what staff need to
+find, count and replay messages without opening them: direction, peer (the sender's MSH-3/4
+key, or the outbound endpoint's name), MSH-10, event, status, ACK code and the HL7 error code
+(table 0357); the error's words may quote the message, so they are sealed with it.
+``(direction, peer, control id)`` is unique: a resend is recognised.
+
+Inbound statuses: ``received`` (stored, not yet applied), ``applied``, ``conflict`` (applied,
+but its time overlaps a booking made here: staff must resolve it), ``superseded`` (older than
+what was already applied), ``failed`` (AE: kept for ``fhir-sched hl7 replay``), ``rejected``
+(AR). Outbound: ``pending``, ``sent`` (AA), ``rejected`` (AE/AR: set aside for staff).
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import Connection, Table, insert, select, update
+
+from resources.sql.tables import HL7Message
+from security.crypto import KeyRing, Sealed
+
+__all__ = ["HM", "MessageRecord", "MessageStore", "Opened"]
+
+HM = cast(Table, HL7Message.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    message: bytes
+    ack: bytes | None
+    address: str | None  # the sender's network address
+    detail: str | None  # why it failed, in words (may quote the message, so it is sealed)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    seq: int
+    id: str
+    direction: str
+    peer: str
+    control_id: str
+    event: str
+    created: datetime
+    status: str
+    ack_code: str | None
+    appointment_id: str | None
+    error: str | None  # HL7 table 0357 error code (the words are sealed)
+    attempts: int
+    next_attempt: datetime | None
+
+
+def _aad(message_id: str) -> bytes:
+    return f"hl7|{message_id}".encode()
+
+
+class MessageStore:
+    def __init__(self, keys: KeyRing) -> None:
+        self.keys = keys
+
+    def _seal(
+        self,
+        message_id: str,
+        message: bytes,
+        ack: bytes | None,
+        address: str | None,
+        detail: str | None,
+    ) -> dict[str, Any]:
+        doc = {
+            "message": base64.b64encode(message).decode(),
+            "ack": base64.b64encode(ack).decode() if ack is not None else None,
+            "address": address,
+            "detail": detail,
+        }
+        sealed = self.keys.seal(orjson.dumps(doc), aad=_aad(message_id))
+        return {
+            "kek_id": sealed.kek_id,
+            "wrapped_key": sealed.wrapped_key,
+            "nonce": sealed.nonce,
+            "ciphertext": sealed.ciphertext,
+        }
+
+    def open(self, row: Any) -> Opened:
+        """The sealed part of a stored row."""
+        sealed = Sealed(row.kek_id, row.wrapped_key, row.nonce, row.ciphertext)
+        doc = orjson.loads(self.keys.open(sealed, aad=_aad(row.id)))
+        ack = base64.b64decode(doc["ack"]) if doc.get("ack") else None
+        return Opened(base64.b64decode(doc["message"]), ack, doc.get("address"), doc.get("detail"))
+
+    def add(
+        self,
+        conn: Connection,
+        *,
+        direction: str,
+        peer: str,
+        control_id: str,
+        event: str,
+        message: bytes,
+        status: str,
+        now: datetime,
+        address: str | None = None,
+        ack: bytes | None = None,
+        ack_code: str | None = None,
+        appointment_id: str | None = None,
+        error: tuple[str, str] | None = None,
+        next_attempt: datetime | None = None,
+    ) -> str:
+        message_id = str(uuid.uuid4())
+        conn.execute(
+            insert(HM).values(
+                id=message_id,
+                direction=direction,
+                peer=peer[:200],
+                control_id=control_id[:200],
+                event=event[:16],
+                created=now,
+                status=status,
+                ack_code=ack_code,
+                appointment_id=appointment_id,
+                error=error[0] if error else None,
+                attempts=0,
+                next_attempt=next_attempt,
+                **self._seal(message_id, message, ack, address, error[1] if error else None),
+            )
+        )
+        return message_id
+
+    def settle(
+        self,
+        conn: Connection,
+        message_id: str,
+        *,
+        message: bytes,
+        address: str | None,
+        status: str,
+        ack: bytes | None = None,
+        ack_code: str | None = None,
+        appointment_id: str | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        """Record how a stored message ended (and the ACK that says so)."""
+        conn.execute(
+            update(HM)
+            .where(HM.c.id == message_id)
+            .values(
+                status=status,
+                ack_code=ack_code,
+                appointment_id=appointment_id,
+                error=error[0] if error else None,
+                **self._seal(message_id, message, ack, address, error[1] if error else None),
+            )
+        )
+
+    def find(self, conn: Connection, direction: str, peer: str, control_id: str) -> Any:
+        return conn.execute(
+            select(HM).where(
+                HM.c.direction == direction,
+                HM.c.peer == peer[:200],
+                HM.c.control_id == control_id[:200],
+            )
+        ).first()
+
+    def get(self, conn: Connection, message_id: str) -> Any:
+        return conn.execute(select(HM).where(HM.c.id == message_id)).first()
+
+    def listing(
+        self,
+        conn: Connection,
+        *,
+        direction: str | None = None,
+        statuses: list[str] | None = None,
+        limit: int = 100,
+    ) -> list[MessageRecord]:
+        query = select(*[HM.c[f] for f in MessageRecord.__slots__]).order_by(HM.c.seq)
+        if direction:
+            query = query.where(HM.c.direction == direction)
+        if statuses:
+            query = query.where(HM.c.status.in_(statuses))
+        return [MessageRecord(*row) for row in conn.execute(query.limit(limit))]

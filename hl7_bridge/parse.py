@@ -1,0 +1,350 @@
+"""Inbound HL7 v2 text: bytes → normalised text → checked message → fields by position.
+
+Real senders differ, so this is lenient where the standard allows it and strict where a guess
+would change meaning:
+
+* the character set comes from MSH-18 (ASCII, ISO 8859-n, UTF-8, …); without one, UTF-8 is
+  tried and Windows-1252 (a superset of Latin-1, what undeclared senders mostly use) is the
+  fallback;
+* segment terminators CR, LF or CRLF all become CR, blank lines are dropped;
+* delimiters are read from MSH-1 and MSH-2, never assumed;
+* hl7apy checks the message in tolerant mode (MSH, segment names, a supported version; 2.7
+  and 2.7.1 are checked as 2.8, see ``_HL7APY_VERSION``); Z-segments pass, a segment hl7apy
+  does not know for that version is set aside (named in :attr:`Message.ignored`) rather than
+  refusing the whole message; segment order is not enforced;
+* values are read from the normalised text with the message's own delimiters and unescaped
+  here (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, ``\\Xhh\\`` in the message's charset, ``\\.br\\``):
+  hl7apy re-escapes sequences it does not know when it writes a field back, so its field
+  text is not what the sender meant; ``""`` (explicit null) reads as empty.
+
+See HL7 v2.5.1 chapter 2 (2.7 message construction, 2.7.4 escape sequences, 2.15.9 MSH-18).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone, tzinfo
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.exceptions import HL7apyException, InvalidName
+from hl7apy.parser import parse_message
+
+__all__ = [
+    "Encoding",
+    "Message",
+    "ParseError",
+    "Segment",
+    "decode",
+    "parse",
+    "parse_dtm",
+    "unescape",
+]
+
+_TERMINATORS = re.compile(r"\r\n|\n\r|\r|\n")
+
+# HL7 table 0211 (MSH-18) → Python codec
+CHARSETS = {
+    "ASCII": "ascii",
+    "ISO IR6": "ascii",
+    "UNICODE": "utf-8",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "ISO IR192": "utf-8",
+    "ISO IR100": "iso8859-1",
+    "ISO IR101": "iso8859-2",
+    "ISO IR109": "iso8859-3",
+    "ISO IR110": "iso8859-4",
+    "ISO IR144": "iso8859-5",
+    "ISO IR127": "iso8859-6",
+    "ISO IR126": "iso8859-7",
+    "ISO IR138": "iso8859-8",
+    "ISO IR148": "iso8859-9",
+    "BIG-5": "big5",
+    "GB 18030-2000": "gb18030",
+    "KS X 1001": "euc-kr",
+    "WINDOWS-1252": "cp1252",
+}
+CHARSETS.update({f"8859/{n}": f"iso8859-{n}" for n in range(1, 16) if n != 12})
+
+# hl7apy has no 2.7.1 library, and its 2.7 one cannot read a TQ1 segment; 2.8 is a compatible
+# superset for every segment SIU uses, so both are checked as 2.8
+_HL7APY_VERSION = {"2.7": "2.8", "2.7.1": "2.8"}
+
+
+class ParseError(ValueError):
+    """The bytes are not an HL7 v2 message this bridge can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+    truncation: str | None = None  # 2.7+: MSH-2 may carry a fifth character
+
+    @classmethod
+    def from_msh(cls, segment: str) -> Encoding:
+        if not segment.startswith("MSH") or len(segment) < 8:
+            raise ParseError("the message does not start with an MSH segment")
+        sep = segment[3]
+        chars = segment[4:].split(sep, 1)[0]
+        if len(chars) < 4 or len(set(chars + sep)) != len(chars) + 1:
+            raise ParseError(f"MSH-2 {chars!r} does not declare four distinct delimiters")
+        extra = chars[4] if len(chars) > 4 else None
+        return cls(sep, chars[0], chars[1], chars[2], chars[3], extra)
+
+
+def unescape(text: str, enc: Encoding, charset: str = "utf-8") -> str:
+    """Decode HL7 escape sequences (v2.5.1 §2.7.4); ``""`` is an explicit null, read as ''."""
+    if text == '""':
+        return ""
+    esc = enc.escape
+    if esc not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        end = text.find(esc, i + 1) if ch == esc else -1
+        if end < 0:
+            out.append(ch)
+            i += 1
+            continue
+        body = text[i + 1 : end]
+        out.append(_sequence(body, enc, charset, text[i : end + 1]))
+        i = end + 1
+    return "".join(out)
+
+
+def _sequence(body: str, enc: Encoding, charset: str, literal: str) -> str:
+    simple = {
+        "F": enc.field,
+        "S": enc.component,
+        "T": enc.subcomponent,
+        "R": enc.repetition,
+        "E": enc.escape,
+        "P": enc.truncation or "",
+        "H": "",  # start/end highlighting: no meaning in our data
+        "N": "",
+    }
+    if body in simple:
+        return simple[body]
+    if body.startswith("X") and len(body) > 1 and len(body) % 2 == 1:
+        try:
+            return bytes.fromhex(body[1:]).decode(charset, errors="replace")
+        except ValueError:
+            return literal
+    if body in (".br", ".sp"):
+        return "\n"
+    if body[:1] in ("C", "M", "Z") or body.startswith("."):
+        return ""  # character-set switches, locally defined escapes, formatting: dropped
+    return literal
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment's fields by standard number: ``get(3, 1)`` is component 1 of field 3."""
+
+    name: str
+    fields: tuple[str, ...]  # fields[n] is field n, raw (still escaped); fields[0] = name
+    enc: Encoding
+    charset: str
+
+    def raw(self, n: int) -> str:
+        return self.fields[n] if 0 < n < len(self.fields) else ""
+
+    def repetitions(self, n: int) -> list[str]:
+        raw = self.raw(n)
+        if self.name == "MSH" and n == 2:
+            return [raw]
+        return raw.split(self.enc.repetition) if raw else []
+
+    def components(self, n: int, rep: int = 0) -> list[str]:
+        reps = self.repetitions(n)
+        if rep >= len(reps):
+            return []
+        return [self._value(c) for c in reps[rep].split(self.enc.component)]
+
+    def get(self, n: int, comp: int = 1, sub: int = 1, rep: int = 0) -> str:
+        reps = self.repetitions(n)
+        if rep >= len(reps):
+            return ""
+        comps = reps[rep].split(self.enc.component)
+        if comp > len(comps):
+            return ""
+        subs = comps[comp - 1].split(self.enc.subcomponent)
+        return self._value(subs[sub - 1]) if sub <= len(subs) else ""
+
+    def text(self, n: int, rep: int = 0) -> str:
+        """The whole field (one repetition), unescaped, components kept with their separator."""
+        reps = self.repetitions(n)
+        return self._value(reps[rep]) if rep < len(reps) else ""
+
+    def _value(self, raw: str) -> str:
+        return unescape(raw, self.enc, self.charset).strip()
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str  # normalised: segments joined by CR
+    enc: Encoding
+    charset: str
+    segments: tuple[Segment, ...]
+    version: str
+    ignored: tuple[str, ...] = field(default_factory=tuple)  # segment names set aside
+
+    @property
+    def msh(self) -> Segment:
+        return self.segments[0]
+
+    def first(self, name: str) -> Segment | None:
+        return next((s for s in self.segments if s.name == name), None)
+
+    def all(self, name: str) -> list[Segment]:
+        return [s for s in self.segments if s.name == name]
+
+
+def _charset_of(raw: bytes) -> tuple[str, str | None]:
+    """(codec, declared MSH-18) from the header's bytes (the header itself is ASCII)."""
+    first = _TERMINATORS.split(raw.lstrip(b"\r\n").decode("latin-1"), maxsplit=1)[0]
+    declared = None
+    if first.startswith("MSH") and len(first) > 3:
+        parts = first.split(first[3])
+        if len(parts) > 17:
+            declared = parts[17].split(first[4:5] or "^")[0].strip().upper() or None
+    if declared is None:
+        return "", None
+    codec = CHARSETS.get(declared)
+    if codec is None:
+        raise ParseError(f"unsupported character set {declared!r} in MSH-18")
+    return codec, declared
+
+
+def decode(raw: bytes) -> tuple[str, str]:
+    """The message as text (terminators normalised to CR) and the codec used."""
+    codec, _ = _charset_of(raw)
+    if codec:
+        text = raw.decode(codec, errors="replace")
+    else:
+        try:
+            text, codec = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, codec = raw.decode("cp1252", errors="replace"), "cp1252"
+    lines = [line for line in _TERMINATORS.split(text.lstrip("\ufeff")) if line.strip()]
+    return "\r".join(lines), codec
+
+
+def parse(raw: bytes) -> Message:
+    """Read and check one inbound message; :class:`ParseError` says what is wrong."""
+    text, charset = decode(raw)
+    if not text.startswith("MSH"):
+        raise ParseError("the message does not start with an MSH segment")
+    enc = Encoding.from_msh(text.split("\r", 1)[0])
+    lines = text.split("\r")
+    head = lines[0].split(enc.field)
+    version = head[11].split(enc.component)[0] if len(head) > 11 else ""
+    ignored = _check(lines, enc, version)
+    segments = []
+    for line in lines:
+        name = line[:3]
+        if name in ignored:
+            continue
+        if name == "MSH":
+            # MSH-1 is the separator itself: number the rest so that fields[n] is MSH-n
+            fields = ("MSH", enc.field, *line[4:].split(enc.field))
+        else:
+            fields = tuple(line.split(enc.field))
+        segments.append(Segment(name, fields, enc, charset))
+    return Message(text, enc, charset, tuple(segments), version, tuple(sorted(set(ignored))))
+
+
+def _check(lines: list[str], enc: Encoding, version: str) -> list[str]:
+    """hl7apy's tolerant check; returns the names of segments it does not know (set aside)."""
+    checked_version = _HL7APY_VERSION.get(version, version)
+    if checked_version != version:
+        head = lines[0].split(enc.field)
+        head[11] = enc.component.join([checked_version, *head[11].split(enc.component)[1:]])
+        lines = [enc.field.join(head), *lines[1:]]
+    unknown: list[str] = []
+    for _ in range(20):
+        kept = [line for line in lines if line[:3] not in unknown]
+        try:
+            parse_message(
+                "\r".join(kept), validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False
+            )
+        except InvalidName as exc:
+            name = _invalid_segment(exc, kept)
+            if name is None or name == "MSH":
+                raise ParseError(f"not a readable HL7 v2 message: {exc}") from exc
+            unknown.append(name)
+            continue
+        except HL7apyException as exc:
+            raise ParseError(f"not a readable HL7 v2 message: {exc}") from exc
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+            # hl7apy's own slips on odd input: the message is kept for review (AE)
+            raise ParseError(f"not a readable HL7 v2 message: {exc}") from exc
+        return unknown
+    raise ParseError("too many unknown segments")
+
+
+def _invalid_segment(exc: Exception, lines: list[str]) -> str | None:
+    text = str(exc)
+    names = {line[:3] for line in lines}
+    for name in sorted(names):
+        if f": {name}" in text and re.fullmatch(r"[A-Z][A-Z0-9]{2}", name):
+            return name
+    return None
+
+
+# -- HL7 date/time (DTM, and the older TS) -------------------------------------------------
+
+_DTM = re.compile(
+    r"^(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?(?P<h>\d{2})?(?P<mi>\d{2})?(?P<s>\d{2})?"
+    r"(?:\.(?P<f>\d{1,4}))?(?P<tz>[+-]\d{4})?$"
+)
+
+
+def parse_dtm(value: str, default_tz: tzinfo) -> datetime | None:
+    """An HL7 DTM (``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``) as an aware datetime.
+
+    A value without an offset is read in ``default_tz`` (the sender's configured zone). An
+    empty value is None; anything else malformed raises :class:`ParseError`.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    m = _DTM.match(value.split("^")[0])
+    if not m:
+        raise ParseError(f"{value!r} is not an HL7 date/time (YYYYMMDDHHMM[SS][+/-ZZZZ])")
+    g = m.groupdict()
+    try:
+        local = datetime(
+            int(g["y"]),
+            int(g["mo"] or 1),
+            int(g["d"] or 1),
+            int(g["h"] or 0),
+            int(g["mi"] or 0),
+            int(g["s"] or 0),
+            int((g["f"] or "0").ljust(6, "0")[:6]),
+        )
+    except ValueError as exc:
+        raise ParseError(f"{value!r} is not a valid date/time: {exc}") from exc
+    if g["tz"]:
+        sign = 1 if g["tz"][0] == "+" else -1
+        offset = timedelta(hours=int(g["tz"][1:3]), minutes=int(g["tz"][3:5])) * sign
+        return local.replace(tzinfo=timezone(offset))
+    return local.replace(tzinfo=default_tz)
+
+
+def parse_date(value: str) -> date | None:
+    """An HL7 DT/DTM birth date, day precision."""
+    value = value.strip()
+    if len(value) < 8 or not value[:8].isdigit():
+        return None
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+    except ValueError:
+        return None

@@ -1,0 +1,325 @@
+"""SIU (S12-S17, S26) → what the message asks of an Appointment, as plain data.
+
+Pure: no database, no clock. :func:`read_siu` turns a parsed message into a :class:`SIUChange`
+(keys, status, times, patient, resources); ``inbound.py`` resolves those against the server's
+records and applies them. Field choices follow the HL7 v2-to-FHIR IG (SIU_S12 → Appointment,
+SCH → Appointment, PID → Patient, AIP/AIL/AIS → participants and serviceType, NTE →
+comment) and chapter 10 of v2.5.1:
+
+* keys: SCH-1 (placer appointment id) and SCH-2 (filler appointment id) become Appointment
+  identifiers (types PLAC and FILL) in a system named after the sender, so two EMRs that
+  number alike never meet;
+* status: S15/S16 cancel, S17 deletes (``entered-in-error``), S26 is a no-show; otherwise
+  SCH-25 through a configurable table (HL7 table 0278 → Appointment.status), ``booked`` when
+  absent;
+* times: TQ1-7/TQ1-8 (2.5+), else SCH-11 (TQ, 2.3-2.4 style), else the resource segments' start
+  (AIS-4, AIP-6, AIL-6); the end is explicit or start plus a duration (TQ1-6, SCH-11.3,
+  SCH-9/SCH-10, or the resource segment's duration) with its units; offset-less times are in
+  the sender's configured zone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from hl7_bridge.parse import Message, ParseError, Segment, parse_date, parse_dtm
+
+__all__ = [
+    "DEFAULT_STATUS_MAP",
+    "EVENT_STATUS",
+    "Person",
+    "SIUChange",
+    "read_siu",
+    "sender_key",
+]
+
+# HL7 table 0278 (filler status codes) → FHIR Appointment.status; override per deployment
+DEFAULT_STATUS_MAP = {
+    "booked": "booked",
+    "overbook": "booked",
+    "blocked": "booked",
+    "pending": "pending",
+    "waitlist": "waitlist",
+    "started": "arrived",
+    "complete": "fulfilled",
+    "cancelled": "cancelled",
+    "canceled": "cancelled",
+    "dc": "cancelled",
+    "deleted": "entered-in-error",
+    "noshow": "noshow",
+}
+EVENT_STATUS = {"S15": "cancelled", "S16": "cancelled", "S17": "entered-in-error", "S26": "noshow"}
+
+_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+}
+_TQ_DURATION = re.compile(r"^([SMHDW])?(\d+(?:\.\d+)?)$", re.IGNORECASE)
+_GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "N": "other", "U": "unknown"}
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A practitioner or location as the sender names it (matched against ours later)."""
+
+    id: str
+    name: str = ""
+    authority: str = ""
+
+
+@dataclass(frozen=True)
+class SIUChange:
+    event: str
+    sender: str  # MSH-3^MSH-4 as a key: letters, digits, '.', '-'
+    control_id: str
+    sent_at: datetime | None  # MSH-7: orders messages about the same appointment
+    placer: str | None  # SCH-1.1
+    filler: str | None  # SCH-2.1
+    status: str
+    start: datetime | None
+    end: datetime | None
+    patient: dict[str, Any] | None  # a Patient resource without id
+    practitioners: list[Person] = field(default_factory=list)
+    locations: list[Person] = field(default_factory=list)
+    services: list[dict[str, str]] = field(default_factory=list)  # codings from AIS-3
+    reason: str | None = None  # SCH-7 text
+    comment: str | None = None  # NTE-3, joined
+
+    def identifiers(self) -> list[dict[str, Any]]:
+        out = []
+        for kind, value in (("placer", self.placer), ("filler", self.filler)):
+            if value:
+                out.append(
+                    {
+                        "type": {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                    "code": "PLAC" if kind == "placer" else "FILL",
+                                }
+                            ]
+                        },
+                        "system": key_system(self.sender, kind),
+                        "value": value,
+                    }
+                )
+        return out
+
+
+def sender_key(msh: Segment) -> str:
+    app, facility = msh.get(3), msh.get(4)
+    raw = f"{app}.{facility}" if facility else app
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", raw).strip("-") or "unknown"
+
+
+def key_system(sender: str, kind: str) -> str:
+    return f"urn:fhir-sched:hl7:{sender}:{kind}"
+
+
+def _seconds(units: str) -> int:
+    unit = units.strip().lower()
+    if not unit:
+        return 60
+    if unit not in _UNITS:
+        raise ParseError(f"unknown duration unit {units!r}")
+    return _UNITS[unit]
+
+
+def _duration(amount: str, units: str) -> timedelta | None:
+    amount = amount.strip()
+    if not amount:
+        return None
+    per = _seconds(units)
+    try:
+        return timedelta(seconds=float(amount) * per)
+    except ValueError as exc:
+        raise ParseError(f"{amount!r} is not a duration") from exc
+
+
+def _tq_duration(value: str) -> timedelta | None:
+    """TQ.3: ``M30``, ``H1``, ``S900`` or a bare number (minutes)."""
+    m = _TQ_DURATION.match(value.strip())
+    if not m:
+        return None
+    unit = (m.group(1) or "M").upper()
+    per = {"S": 1, "M": 60, "H": 3600, "D": 86400, "W": 604800}[unit]
+    return timedelta(seconds=float(m.group(2)) * per)
+
+
+def _times(msg: Message, tz: tzinfo) -> tuple[datetime | None, datetime | None]:
+    sch = msg.first("SCH")
+    candidates: list[tuple[str, str, timedelta | None]] = []  # (start, end, duration)
+    tq1 = msg.first("TQ1")
+    if tq1 is not None:
+        candidates.append((tq1.get(7), tq1.get(8), _duration(tq1.get(6, 1), tq1.get(6, 2))))
+    if sch is not None:
+        candidates.append((sch.get(11, 4), sch.get(11, 5), _tq_duration(sch.get(11, 3))))
+    for name, start_at, dur_at in (("AIS", 4, 7), ("AIP", 6, 9), ("AIL", 6, 9), ("AIG", 8, 11)):
+        for seg in msg.all(name):
+            candidates.append(
+                (seg.get(start_at), "", _duration(seg.get(dur_at), seg.get(dur_at + 1)))
+            )
+    sch_duration = _duration(sch.get(9), sch.get(10)) if sch is not None else None
+    for start_raw, end_raw, duration in candidates:
+        start = parse_dtm(start_raw, tz)
+        if start is None:
+            continue
+        end = parse_dtm(end_raw, tz)
+        if end is None:
+            span = duration or sch_duration
+            end = start + span if span else None
+        return start, end
+    return None, None
+
+
+def _patient(msg: Message, sender: str, systems: dict[str, str]) -> dict[str, Any] | None:
+    pid = msg.first("PID")
+    if pid is None:
+        return None
+    patient: dict[str, Any] = {"resourceType": "Patient"}
+    idents = []
+    for field_no in (3, 2):  # PID-3 patient identifier list; PID-2 (pre-2.5) external id
+        for rep in range(len(pid.repetitions(field_no))):
+            value = pid.get(field_no, 1, rep=rep)
+            if not value:
+                continue
+            namespace, universal = pid.get(field_no, 4, 1, rep), pid.get(field_no, 4, 2, rep)
+            kind = pid.get(field_no, 4, 3, rep).upper()
+            if universal and kind == "ISO":
+                system = f"urn:oid:{universal}"
+            elif namespace:
+                system = systems.get(namespace, f"urn:fhir-sched:hl7:id:{namespace}")
+            else:
+                system = f"urn:fhir-sched:hl7:{sender}:id"
+            ident: dict[str, Any] = {"system": system, "value": value}
+            id_type = pid.get(field_no, 5, rep=rep)
+            if id_type:
+                ident["type"] = {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}
+                    ]
+                }
+            if ident not in idents:
+                idents.append(ident)
+        if idents:
+            break
+    if idents:
+        patient["identifier"] = idents
+    family, given = pid.get(5, 1), [g for g in (pid.get(5, 2), pid.get(5, 3)) if g]
+    if family or given:
+        name: dict[str, Any] = {"use": "official"}
+        if family:
+            name["family"] = family
+        if given:
+            name["given"] = given
+        if pid.get(5, 5):
+            name["prefix"] = [pid.get(5, 5)]
+        if pid.get(5, 4):
+            name["suffix"] = [pid.get(5, 4)]
+        patient["name"] = [name]
+    born = parse_date(pid.get(7))
+    if born is not None:
+        patient["birthDate"] = born.isoformat()
+    gender = _GENDER.get(pid.get(8).upper()[:1]) if pid.get(8) else None
+    if gender:
+        patient["gender"] = gender
+    phone = pid.get(13, 1) or pid.get(13, 12)
+    if phone:
+        patient["telecom"] = [{"system": "phone", "value": phone, "use": "home"}]
+    return patient if len(patient) > 1 else None
+
+
+def _people(msg: Message, name: str) -> list[Person]:
+    out = []
+    for seg in msg.all(name):
+        ident = seg.get(3, 1)
+        if not ident:
+            continue
+        if name == "AIP":
+            label = " ".join(x for x in (seg.get(3, 3), seg.get(3, 2)) if x)
+            authority = seg.get(3, 9)
+        else:  # AIL: PL = point of care ^ room ^ bed ^ facility … ^ description (9)
+            label = seg.get(3, 9) or seg.get(3, 1)
+            authority = seg.get(3, 4)
+        out.append(Person(ident, label, authority))
+    return out
+
+
+def _services(msg: Message) -> list[dict[str, str]]:
+    codings = []
+    for seg in msg.all("AIS"):
+        code = seg.get(3, 1)
+        if code:
+            coding = {"code": code}
+            if seg.get(3, 2):
+                coding["display"] = seg.get(3, 2)
+            if seg.get(3, 3):
+                coding["system"] = seg.get(3, 3)
+            codings.append(coding)
+    return codings
+
+
+def read_siu(
+    msg: Message,
+    *,
+    sender_tz: tzinfo,
+    status_map: dict[str, str] | None = None,
+    identifier_systems: dict[str, str] | None = None,
+) -> SIUChange:
+    """What ``msg`` asks for. :class:`ParseError` when it cannot be understood."""
+    msh = msg.msh
+    event = msh.get(9, 2).upper()
+    sender = sender_key(msh)
+    sch = msg.first("SCH")
+    if sch is None:
+        raise ParseError("an SIU message needs an SCH segment")
+    placer, filler = sch.get(1) or None, sch.get(2) or None
+    if not placer and not filler:
+        raise ParseError("SCH-1 (placer appointment id) or SCH-2 (filler appointment id) is needed")
+    if event in EVENT_STATUS:
+        status = EVENT_STATUS[event]
+    else:
+        table = {**DEFAULT_STATUS_MAP, **{k.lower(): v for k, v in (status_map or {}).items()}}
+        raw = (sch.get(25, 1) or sch.get(25, 2)).strip().lower()
+        if raw and raw not in table:
+            raise ParseError(f"SCH-25 filler status {raw!r} is not in the status table")
+        status = table.get(raw, "booked") if raw else "booked"
+    start, end = _times(msg, sender_tz)
+    if start is not None and end is not None and end <= start:
+        raise ParseError("the appointment ends before it starts")
+    notes = [n.text(3, rep) for n in msg.all("NTE") for rep in range(len(n.repetitions(3)))]
+    return SIUChange(
+        event=event,
+        sender=sender,
+        control_id=msh.raw(10),
+        sent_at=parse_dtm(msh.get(7), sender_tz),
+        placer=placer,
+        filler=filler,
+        status=status,
+        start=start,
+        end=end,
+        patient=_patient(msg, sender, identifier_systems or {}),
+        practitioners=_people(msg, "AIP"),
+        locations=_people(msg, "AIL"),
+        services=_services(msg),
+        reason=sch.get(7, 2) or sch.get(7, 1) or None,
+        comment="\n".join(n for n in notes if n) or None,
+    )

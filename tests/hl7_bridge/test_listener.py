@@ -1,0 +1,410 @@
+"""The inbound bridge end to end: python-hl7's asyncio MLLP client → real sockets → our listener
+→ the database (SQLite and PostgreSQL), with the ACKs, the message store, the Appointment,
+its Slots and the audit log checked after each exchange."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import hl7
+import pytest
+from hl7.mllp import open_hl7_connection
+from sqlalchemy import func, select, text
+
+import fhir_server.scheduling as scheduling_pkg
+from fhir_server.scheduling.clinic import load_clinic
+from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
+from hl7_bridge.inbound import CONFLICT_TAG
+from hl7_bridge.listener import BridgeConfig, Listener
+from hl7_bridge.messages import HM, MessageStore
+from hl7_bridge.mllp import MLLPServer
+from resources import service
+from resources.sql.engine import Database
+from resources.sql.tables import AuditLog, BusyTime
+from resources.store import Store
+from security.audit import open_event
+from security.crypto import KeyRing
+from tests.hl7_bridge.samples import NY, epic_like, hl7_time, seg, vendor_samples
+
+pytestmark = pytest.mark.anyio
+
+DEMO = Path(scheduling_pkg.__file__).parent / "demo_clinic.yaml"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _monday() -> date:
+    day = datetime.now(UTC).date() + timedelta(days=7)
+    return day + timedelta(days=(7 - day.weekday()) % 7)
+
+
+MONDAY = _monday()
+
+
+def at(hh: int, mm: int = 0, day: int = 0) -> datetime:
+    """A Monday-week wall-clock time at the clinic, in UTC."""
+    return datetime.combine(MONDAY + timedelta(days=day), time(hh, mm), tzinfo=NY).astimezone(UTC)
+
+
+@dataclass
+class Bridge:
+    port: int
+    listener: Listener
+    db: Database
+    store: Store
+    keys: KeyRing
+
+    async def send(self, *messages: bytes, answers: int = 1) -> list[bytes]:
+        """Send over one connection, in order; ``answers`` ACK frames expected per message."""
+        reader, writer = await open_hl7_connection("127.0.0.1", self.port)
+        got: list[bytes] = []
+        try:
+            for message in messages:
+                writer.writeblock(message)
+                await writer.drain()
+                for _ in range(answers):
+                    got.append(await asyncio.wait_for(reader.readblock(), 10))
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        return got
+
+    def appointments(self) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            _, result = service.search(
+                conn, store=self.store, resource_type="Appointment", params=[("_count", "100")]
+            )
+        return [m.resource() for m in result.matches]
+
+    def message_rows(self) -> list[Any]:
+        with self.db.read() as conn:
+            return list(conn.execute(select(HM).order_by(HM.c.seq)))
+
+    def slot_status(self, when: datetime) -> str:
+        slot = f"slot-dr-smith-loc-main-{when:%Y%m%d%H%M}"
+        with self.db.read() as conn:
+            stored = self.store.read(conn, "Slot", slot)
+        assert stored is not None, slot
+        return str(stored.resource()["status"])
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(AuditLog.__table__).order_by(text("seq")))
+            return [open_event(self.keys, r) for r in rows]
+
+
+@pytest.fixture
+def clinic() -> ClinicConfig:
+    return load_clinic_config(DEMO)
+
+
+@pytest.fixture
+async def bridge(
+    db: Database, keys: KeyRing, store: Store, clinic: ClinicConfig
+) -> AsyncIterator[Bridge]:
+    with db.write() as conn:
+        load_clinic(conn, store=store, config=clinic, today=MONDAY, weeks=1)
+    listener = Listener(
+        db, keys, store, clinic=clinic, config=BridgeConfig(sender_tz=NY, server="test-server")
+    )
+    server = MLLPServer(listener.handle)
+    port = await server.start("127.0.0.1", 0)
+    yield Bridge(port, listener, db, store, keys)
+    await server.close()
+
+
+def msa(ack: bytes) -> tuple[str, str]:
+    parsed = hl7.parse(ack.decode("utf-8"))
+    return str(parsed.segment("MSA")[1]), str(parsed.segment("MSA")[2])
+
+
+def siu(
+    event: str,
+    control: str,
+    start: datetime,
+    *,
+    minutes: int = 30,
+    key: str = "F-1",
+    sent: datetime | None = None,
+    status: str = "Booked",
+    extra: dict[int, str] | None = None,
+    ack_modes: tuple[str, str] = ("", ""),
+) -> bytes:
+    """A plain 2.5.1 SIU for Dr Smith at Main Street (TQ1 times with offsets)."""
+    head = {3: "EMR", 4: "MSFP", 5: "FHIRSCHED", 6: "MSFP", 7: hl7_time(sent or datetime.now(UTC))}
+    head |= {9: f"SIU^{event}^SIU_S12", 10: control, 11: "P", 12: "2.5.1"}
+    head |= {15: ack_modes[0], 16: ack_modes[1]}
+    return "\r".join(
+        [
+            seg("MSH", head),
+            seg("SCH", {1: f"P-{key}^EMR", 2: f"{key}^EMR", 25: status, **(extra or {})}),
+            seg(
+                "TQ1",
+                {1: "1", 7: hl7_time(start), 8: hl7_time(start + timedelta(minutes=minutes))},
+            ),
+            seg("NTE", {1: "1", 3: f"note {control}"}),
+            seg("PID", {1: "1", 3: "MRN42^^^MSFP^MR", 5: "RIVERA^ANA", 7: "19800101", 8: "F"}),
+            seg("RGS", {1: "1"}),
+            seg("AIS", {1: "1", 3: "follow-up^Follow-up visit"}),
+            seg("AIP", {1: "1", 3: "1234567893^SMITH^ALICE"}),
+            seg("AIL", {1: "1", 3: "loc-main"}),
+        ]
+    ).encode()
+
+
+async def test_s12_is_applied_before_aa_and_everything_is_kept(bridge: Bridge) -> None:
+    start = at(10)
+    message = siu("S12", "C1", start)
+    [ack] = await bridge.send(message)
+    code, control = msa(ack)
+    assert (code, control) == ("AA", "C1")
+    parsed = hl7.parse(ack.decode())
+    msh = parsed.segment("MSH")
+    assert (str(msh[3]), str(msh[4]), str(msh[5]), str(msh[6])) == (
+        "FHIRSCHED",
+        "MSFP",
+        "EMR",
+        "MSFP",
+    )
+    assert str(msh[12]) == "2.5.1" and str(msh[10]) not in ("", "C1")
+
+    [appt] = bridge.appointments()
+    assert appt["status"] == "booked"
+    assert appt["start"] == start.astimezone(NY).isoformat()  # the clinic's offset
+    assert datetime.fromisoformat(appt["end"]) == start + timedelta(minutes=30)
+    refs = {p["actor"].get("reference") for p in appt["participant"]}
+    assert {"Practitioner/dr-smith", "Location/loc-main"} <= refs
+    patient_ref = next(r for r in refs if r and r.startswith("Patient/"))
+    systems = {i["system"]: i["value"] for i in appt["identifier"]}
+    assert systems == {
+        "urn:fhir-sched:hl7:EMR.MSFP:placer": "P-F-1",
+        "urn:fhir-sched:hl7:EMR.MSFP:filler": "F-1",
+    }
+    assert appt["comment"] == "note C1"
+    assert any(c["code"] == "follow-up" for c in appt["serviceType"][0]["coding"])
+    assert bridge.slot_status(start) == "busy"
+    assert bridge.slot_status(start + timedelta(minutes=15)) == "busy"
+    assert bridge.slot_status(start + timedelta(minutes=30)) == "free"
+
+    [row] = bridge.message_rows()
+    assert (row.status, row.ack_code, row.control_id) == ("applied", "AA", "C1")
+    assert row.peer == "EMR.MSFP"
+    assert b"RIVERA" not in row.ciphertext and b"MRN42" not in row.ciphertext
+    opened = MessageStore(bridge.keys).open(row)
+    assert opened.message == message and opened.ack == ack
+    assert opened.address and opened.address.startswith("127.0.0.1")
+
+    [event] = [e for e in bridge.audit_events() if e["type"]["code"] == "110107"]
+    assert event["subtype"][0]["code"] == "S12" and event["action"] == "C"
+    assert event["agent"][0]["who"]["identifier"]["value"] == "hl7:EMR.MSFP"
+    assert event["agent"][0]["network"]["address"] == "127.0.0.1"
+    whats = {e["what"]["reference"] for e in event["entity"]}
+    assert whats == {patient_ref, f"Appointment/{appt['id']}"}
+
+
+async def test_resend_changes_nothing_and_gets_the_first_ack(bridge: Bridge) -> None:
+    first = await bridge.send(siu("S12", "R1", at(11)))
+    again = await bridge.send(siu("S12", "R1", at(11)), siu("S12", "R1", at(11)))
+    assert again == first * 2
+    assert len(bridge.appointments()) == 1
+    assert len(bridge.message_rows()) == 1
+
+
+async def test_a_known_key_is_never_booked_twice(bridge: Bridge) -> None:
+    # a second S12 for the same filler id (new control id) updates the same Appointment
+    await bridge.send(siu("S12", "K1", at(9)), siu("S12", "K2", at(9, 30)))
+    [appt] = bridge.appointments()
+    assert datetime.fromisoformat(appt["start"]) == at(9, 30)
+    assert bridge.slot_status(at(9)) == "free"
+
+
+async def test_reschedule_modify_cancel_no_show_delete(bridge: Bridge) -> None:
+    t0 = datetime.now(UTC)
+    sent = [t0 + timedelta(seconds=n) for n in range(6)]
+    acks = await bridge.send(
+        siu("S12", "L1", at(13), sent=sent[0]),
+        siu("S13", "L2", at(14), sent=sent[1]),  # moved
+        siu("S14", "L3", at(14), sent=sent[2], extra={7: "^Knee pain"}),  # details
+    )
+    assert [msa(a)[0] for a in acks] == ["AA", "AA", "AA"]
+    [appt] = bridge.appointments()
+    assert datetime.fromisoformat(appt["start"]) == at(14)
+    assert appt["reasonCode"] == [{"text": "Knee pain"}] and appt["comment"] == "note L3"
+    assert bridge.slot_status(at(13)) == "free" and bridge.slot_status(at(14)) == "busy"
+
+    await bridge.send(siu("S15", "L4", at(14), sent=sent[3]))
+    [appt] = bridge.appointments()
+    assert appt["status"] == "cancelled" and "slot" not in appt
+    assert bridge.slot_status(at(14)) == "free"
+    with bridge.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(BusyTime.__table__)).scalar() == 0
+
+    await bridge.send(siu("S26", "L5", at(14), sent=sent[4]))
+    assert bridge.appointments()[0]["status"] == "noshow"
+    await bridge.send(siu("S17", "L6", at(14), sent=sent[5]))
+    assert bridge.appointments()[0]["status"] == "entered-in-error"
+    actions = [e["action"] for e in bridge.audit_events() if e["type"]["code"] == "110107"]
+    assert actions == ["C", "U", "U", "U", "U", "D"]
+
+
+async def test_an_older_message_arriving_late_does_not_roll_back(bridge: Bridge) -> None:
+    t0 = datetime.now(UTC)
+    cancel = siu("S15", "O2", at(15), sent=t0 + timedelta(minutes=1))
+    book = siu("S12", "O1", at(15), sent=t0)
+    acks = await bridge.send(cancel, book)
+    assert [msa(a) for a in acks] == [("AA", "O2"), ("AA", "O1")]
+    [appt] = bridge.appointments()
+    assert appt["status"] == "cancelled"
+    assert bridge.slot_status(at(15)) == "free"
+    statuses = {r.control_id: r.status for r in bridge.message_rows()}
+    assert statuses == {"O2": "applied", "O1": "superseded"}
+
+
+async def test_a_booking_over_time_taken_here_is_kept_as_a_conflict(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    from fhir_server.scheduling import booking
+
+    # a booking made through FHIR on Tuesday at 10:00 (an unknown patient: new-patient rules)
+    with bridge.db.write() as conn:
+        proposed = {
+            "resourceType": "Appointment",
+            "status": "proposed",
+            "serviceType": [
+                {"coding": [{"system": booking.VISIT_TYPE_SYSTEM, "code": "procedure"}]}
+            ],
+            "start": at(10, day=1).isoformat(),
+            "end": (at(10, day=1) + timedelta(minutes=30)).isoformat(),
+            "participant": [
+                {"actor": {"reference": "Practitioner/dr-smith"}, "status": "needs-action"},
+                {"actor": {"reference": "Location/loc-main"}, "status": "needs-action"},
+            ],
+        }
+        ours = booking.book_new(
+            conn,
+            store=bridge.store,
+            config=clinic,
+            appointment=proposed,
+            reference=None,
+            now=datetime.now(UTC),
+        )
+    [ack] = await bridge.send(siu("S12", "X1", at(10, 15, day=1)))
+    assert msa(ack) == ("AA", "X1")  # the EMR's calendar is its own: recorded, not refused
+    theirs = next(a for a in bridge.appointments() if a["id"] != ours.res_id)
+    assert theirs["status"] == "booked" and CONFLICT_TAG in theirs["meta"]["tag"]
+    assert "slot" not in theirs
+    [row] = bridge.message_rows()
+    assert row.status == "conflict"
+    with bridge.db.read() as conn:
+        claims = conn.execute(select(BusyTime.__table__)).all()
+    assert {c.appointment_id for c in claims} == {ours.res_id}  # the guard was not weakened
+    assert bridge.slot_status(at(10, day=1)) == "busy"
+
+    # the EMR moves it to a free time: the conflict is resolved and its time claimed
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await bridge.send(siu("S13", "X2", at(11, day=1), sent=later))
+    theirs = next(a for a in bridge.appointments() if a["id"] != ours.res_id)
+    assert CONFLICT_TAG not in theirs.get("meta", {}).get("tag", [])
+    assert bridge.slot_status(at(11, day=1)) == "busy"
+    assert bridge.slot_status(at(10, day=1)) == "busy"  # ours, untouched
+
+
+async def test_failures_get_ae_are_kept_and_replay_after_the_fix(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    unknown_status = siu("S12", "F1", at(16), status="Confirmed")
+    lines = siu("S12", "F2", at(16), key="F-2").split(b"\r")
+    no_time = b"\r".join(line for line in lines if not line.startswith(b"TQ1"))
+    acks = await bridge.send(unknown_status, no_time)
+    assert [msa(a) for a in acks] == [("AE", "F1"), ("AE", "F2")]
+    err = hl7.parse(acks[0].decode()).segment("ERR")
+    assert "'confirmed' is not in the status table" in str(err[8])
+    assert bridge.appointments() == []
+    rows = bridge.message_rows()
+    assert [(r.status, r.ack_code) for r in rows] == [("failed", "AE"), ("failed", "AE")]
+    failures = [e for e in bridge.audit_events() if e["type"]["code"] == "110107"]
+    assert [e["outcome"] for e in failures] == ["8", "8"]
+
+    # the cause is fixed (the sender's status is added to the table) and the message replayed
+    fixed = Listener(
+        bridge.db,
+        bridge.keys,
+        bridge.store,
+        clinic=clinic,
+        config=replace(bridge.listener.config, status_map={"confirmed": "booked"}),
+    )
+    assert fixed.replay(rows[0].id) == "applied"
+    [appt] = bridge.appointments()
+    assert appt["status"] == "booked"
+    # a resend still gets the first answer (the sender was told AE; replay is staff's tool)
+    [ack] = await bridge.send(unknown_status)
+    assert msa(ack)[0] == "AA"
+
+
+async def test_unsupported_messages_get_ar_and_are_kept(bridge: Bridge) -> None:
+    adt = siu("S12", "U1", at(9)).replace(b"SIU^S12^SIU_S12", b"ADT^A01^ADT_A01")
+    s99 = siu("S12", "U2", at(9)).replace(b"SIU^S12^SIU_S12", b"SIU^S99")
+    old = siu("S12", "U3", at(9)).replace(b"|2.5.1", b"|2.1", 1)
+    acks = await bridge.send(adt, s99, old, b"this is not HL7")
+    codes = [hl7.parse(a.decode()).segment("MSA") for a in acks]
+    assert [str(m[1]) for m in codes] == ["AR", "AR", "AR", "AR"]
+    errs = [str(hl7.parse(a.decode()).segment("ERR")[3][0][0]) for a in acks]
+    assert errs == ["200", "201", "203", "100"]
+    assert bridge.appointments() == []
+    assert [r.status for r in bridge.message_rows()] == ["rejected"] * 4
+
+
+async def test_enhanced_mode_commit_accept_then_application_ack(bridge: Bridge) -> None:
+    both = siu("S12", "H1", at(9), key="H-1", ack_modes=("AL", "AL"))
+    acks = await bridge.send(both, answers=2)
+    assert [msa(a) for a in acks] == [("CA", "H1"), ("AA", "H1")]
+    # MSH-16 NE: only the accept acknowledgement comes back, the change is still applied
+    accept_only = siu("S12", "H2", at(11), key="H-2", ack_modes=("AL", "NE"))
+    [ack] = await bridge.send(accept_only)
+    assert msa(ack) == ("CA", "H2")
+    await asyncio.sleep(0.5)
+    assert bridge.slot_status(at(11)) == "busy"
+    assert {r.status for r in bridge.message_rows()} == {"applied"}
+
+
+@pytest.mark.parametrize("vendor", [v[0] for v in vendor_samples(at(10))])
+async def test_vendor_shaped_messages(bridge: Bridge, vendor: str) -> None:
+    start = at(10, day=1)  # Tuesday 10:00 in New York
+    _, message, expected = next(v for v in vendor_samples(start) if v[0] == vendor)
+    [ack] = await bridge.send(message)
+    assert msa(ack)[0] == "AA", ack
+    [appt] = bridge.appointments()
+    assert datetime.fromisoformat(appt["start"]) == expected.start
+    assert datetime.fromisoformat(appt["end"]) == expected.end
+    refs = {p["actor"].get("reference") for p in appt["participant"]}
+    assert {"Practitioner/dr-smith", "Location/loc-main"} <= refs
+    patient_id = next(r for r in refs if r and r.startswith("Patient/")).split("/")[1]
+    with bridge.db.read() as conn:
+        patient = bridge.store.read(conn, "Patient", patient_id)
+    assert patient is not None
+    name = patient.resource()["name"][0]
+    assert (name["family"], name["given"][0]) == (expected.family, expected.given)
+    assert bridge.slot_status(start) == "busy"
+
+
+async def test_a_known_patient_is_reused(bridge: Bridge) -> None:
+    await bridge.send(siu("S12", "P1", at(9), key="A"), siu("S12", "P2", at(11), key="B"))
+    patients = {
+        p["actor"]["reference"]
+        for a in bridge.appointments()
+        for p in a["participant"]
+        if p["actor"].get("reference", "").startswith("Patient/")
+    }
+    assert len(patients) == 1
+
+
+def test_epic_sample_has_the_key_it_claims() -> None:
+    assert b"98765^EPC" in epic_like("E", at(9))

@@ -1,0 +1,173 @@
+"""Reading real-world HL7 text: terminators, delimiters, escapes, character sets, odd segments,
+and HL7 date/times; then the SIU mapping's choices (status table, time sources, units)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from hl7_bridge.parse import Encoding, ParseError, parse, parse_dtm, unescape
+from hl7_bridge.siu_to_fhir import read_siu
+from tests.hl7_bridge.samples import seg
+
+NY = ZoneInfo("America/New_York")
+MSH = "MSH|^~\\&|EMR|FAC|FHIRSCHED|FAC|20261201090000||SIU^S12|1|P|2.5.1"
+
+
+def test_terminators_cr_lf_crlf_and_blank_lines_read_alike() -> None:
+    body = [MSH, "SCH|A|B", "PID|1||X"]
+    texts = ["\r".join(body), "\n".join(body) + "\n", "\r\n".join(body) + "\r\n\r\n"]
+    parsed = [parse(t.encode()) for t in texts]
+    assert {p.text for p in parsed} == {"\r".join(body)}
+    assert [s.name for s in parsed[0].segments] == ["MSH", "SCH", "PID"]
+
+
+def test_delimiters_come_from_msh() -> None:
+    text = "MSH#:*!@#EMR#FAC#X#Y#20261201##SIU:S12#7#P#2.4\rSCH#A!F!1:ns*B#F2"
+    msg = parse(text.encode())
+    assert msg.enc == Encoding("#", ":", "*", "!", "@")
+    assert msg.msh.get(9, 2) == "S12" and msg.msh.raw(10) == "7"
+    sch = msg.first("SCH")
+    assert sch is not None
+    assert sch.get(1, 1) == "A#1"  # \F\ with "!" as the escape character
+    assert sch.get(1, 2) == "ns" and sch.get(1, 1, rep=1) == "B"
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        ("a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f", "a|b^c&d~e\\f"),
+        ("line one\\.br\\line two", "line one\nline two"),
+        ("\\H\\bold\\N\\", "bold"),
+        ("caf\\XC3A9\\", "café"),
+        ('""', ""),
+        ("no escapes", "no escapes"),
+        ("dangling \\ escape", "dangling \\ escape"),
+    ],
+)
+def test_escape_sequences(raw: str, text: str) -> None:
+    assert unescape(raw, Encoding(), "utf-8") == text
+
+
+def test_charset_from_msh18_and_undeclared_fallback() -> None:
+    latin = (MSH + "||||||8859/1\rPID|1||X||MÜLLER^ZOË").encode("iso8859-1")
+    msg = parse(latin)
+    assert msg.charset == "iso8859-1" and msg.all("PID")[0].get(5) == "MÜLLER"
+    undeclared = (MSH + "\rPID|1||X||CAFÉ").encode("cp1252")
+    assert parse(undeclared).all("PID")[0].get(5) == "CAFÉ"
+    utf8 = (MSH + "\rPID|1||X||GARCÍA").encode()
+    assert parse(utf8).charset == "utf-8"
+    with pytest.raises(ParseError, match="character set"):
+        parse((MSH + "||||||KLINGON").encode())
+
+
+def test_z_segments_pass_and_unknown_segments_are_set_aside() -> None:
+    msg = parse((MSH + "\rZXY|custom\rSCH|A\rQQQ|what is this\rPID|1").encode())
+    assert [s.name for s in msg.segments] == ["MSH", "ZXY", "SCH", "PID"]
+    assert msg.ignored == ("QQQ",)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"PID|1||X", b"MSH", b"MSH|^~|x", b"MSH|^^\\&|EMR"],
+    ids=["empty", "no MSH", "short MSH", "three delimiters", "repeated delimiter"],
+)
+def test_unreadable_input_is_a_parse_error(raw: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse(raw)
+
+
+def test_hl7_dates() -> None:
+    assert parse_dtm("20261201093000-0500", NY) == datetime(
+        2026, 12, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5))
+    )
+    assert parse_dtm("202612010930", NY) == datetime(2026, 12, 1, 9, 30, tzinfo=NY)
+    assert parse_dtm("20260701093000.1234+0000", NY) == datetime(
+        2026, 7, 1, 9, 30, 0, 123400, tzinfo=UTC
+    )
+    assert parse_dtm("", NY) is None
+    for bad in ("2026-12-01", "20261341", "tomorrow"):
+        with pytest.raises(ParseError):
+            parse_dtm(bad, NY)
+
+
+def _siu(*segments: str, event: str = "S12") -> bytes:
+    return "\r".join([MSH.replace("SIU^S12", f"SIU^{event}"), *segments]).encode()
+
+
+def test_time_sources_and_units() -> None:
+    start = "20261201090000"
+    cases = {
+        "TQ1 start and end": [seg("TQ1", {7: start, 8: "20261201094500"})],
+        "TQ1 CQ duration in hours": [seg("TQ1", {6: "0.75^h", 7: start})],
+        "SCH-11 with TQ duration": [seg("SCH", {1: "A", 11: f"^^M45^{start}"})],
+        "AIS start and duration in seconds": [seg("AIS", {1: "1", 4: start, 7: "2700", 8: "s"})],
+        "AIP start with SCH-9/10": [
+            seg("SCH", {1: "A", 9: "45", 10: "min"}),
+            seg("AIP", {1: "1", 6: start}),
+        ],
+    }
+    for name, segments in cases.items():
+        if not any(s.startswith("SCH") for s in segments):
+            segments = [seg("SCH", {1: "A"}), *segments]
+        change = read_siu(parse(_siu(*segments)), sender_tz=NY)
+        assert change.start == datetime(2026, 12, 1, 9, tzinfo=NY), name
+        assert change.end == datetime(2026, 12, 1, 9, 45, tzinfo=NY), name
+
+
+def test_status_comes_from_the_event_then_the_table() -> None:
+    sch = seg("SCH", {1: "A", 25: "Complete"})
+    assert read_siu(parse(_siu(sch)), sender_tz=NY).status == "fulfilled"
+    assert read_siu(parse(_siu(sch, event="S15")), sender_tz=NY).status == "cancelled"
+    assert read_siu(parse(_siu(sch, event="S17")), sender_tz=NY).status == "entered-in-error"
+    assert read_siu(parse(_siu(sch, event="S26")), sender_tz=NY).status == "noshow"
+    odd = seg("SCH", {1: "A", 25: "ARRIVED"})
+    with pytest.raises(ParseError, match="status table"):
+        read_siu(parse(_siu(odd)), sender_tz=NY)
+    change = read_siu(parse(_siu(odd)), sender_tz=NY, status_map={"Arrived": "arrived"})
+    assert change.status == "arrived"
+
+
+def test_siu_needs_keys_and_a_sane_time() -> None:
+    with pytest.raises(ParseError, match="SCH segment"):
+        read_siu(parse(_siu("PID|1")), sender_tz=NY)
+    with pytest.raises(ParseError, match="SCH-1"):
+        read_siu(parse(_siu("SCH||")), sender_tz=NY)
+    backwards = seg("TQ1", {7: "20261201100000", 8: "20261201090000"})
+    with pytest.raises(ParseError, match="ends before"):
+        read_siu(parse(_siu(seg("SCH", {1: "A"}), backwards)), sender_tz=NY)
+    with pytest.raises(ParseError, match="unit"):
+        read_siu(parse(_siu(seg("SCH", {1: "A", 9: "3", 10: "fortnights"}))), sender_tz=NY)
+
+
+def test_patient_identifiers_and_demographics() -> None:
+    pid = seg(
+        "PID",
+        {
+            1: "1",
+            3: "M1^^^MSFP^MR~999^^^&2.16.840.1.113883.4.1&ISO^SS",
+            5: "O\\S\\BRIEN^SEAN^P^JR^MR",
+            7: "19700102",
+            8: "M",
+            13: "^PRN^PH^^^413^5550101",
+        },
+    )
+    change = read_siu(parse(_siu(seg("SCH", {1: "A"}), pid)), sender_tz=NY)
+    patient = change.patient
+    assert patient is not None
+    assert [(i["system"], i["value"]) for i in patient["identifier"]] == [
+        ("urn:fhir-sched:hl7:id:MSFP", "M1"),
+        ("urn:oid:2.16.840.1.113883.4.1", "999"),
+    ]
+    assert patient["name"] == [
+        {
+            "use": "official",
+            "family": "O^BRIEN",
+            "given": ["SEAN", "P"],
+            "prefix": ["MR"],
+            "suffix": ["JR"],
+        }
+    ]
+    assert patient["birthDate"] == "1970-01-02" and patient["gender"] == "male"

@@ -1,0 +1,109 @@
+"""`fhir-sched hl7 listen` as a process: an independent MLLP client (python-hl7) sends SIU over a
+real socket; staff list what failed, fix the cause, replay it and read it back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import hl7
+from hl7.mllp import open_hl7_connection
+
+import fhir_server.scheduling as scheduling_pkg
+from tests.hl7_bridge.samples import NY, hl7_time, seg
+from tests.integration.test_demo_command import free_port
+
+DEMO = Path(scheduling_pkg.__file__).parent / "demo_clinic.yaml"
+EXE = Path(sys.executable).with_name("fhir-sched")
+
+
+def _message(control: str, status: str, hour: int) -> bytes:
+    day = datetime.now(NY).date() + timedelta(days=8)
+    while day.weekday() != 1:  # a Tuesday
+        day += timedelta(days=1)
+    start = datetime(day.year, day.month, day.day, hour, tzinfo=NY).astimezone(UTC)
+    return "\r".join(
+        [
+            seg(
+                "MSH",
+                {3: "EMR", 4: "MSFP", 7: hl7_time(start), 9: "SIU^S12", 10: control}
+                | {11: "P", 12: "2.5.1"},
+            ),
+            seg("SCH", {1: f"P{control}", 2: f"F{control}", 9: "30", 10: "min", 25: status}),
+            seg("TQ1", {1: "1", 7: hl7_time(start)}),
+            seg("PID", {1: "1", 3: "MRN77^^^MSFP^MR", 5: "STONE^EMMA", 7: "19900101"}),
+            seg("AIP", {1: "1", 3: "1234567893^SMITH^ALICE"}),
+            seg("AIL", {1: "1", 3: "loc-main"}),
+        ]
+    ).encode()
+
+
+async def _send(port: int, *messages: bytes) -> list[tuple[str, str]]:
+    reader, writer = await open_hl7_connection("127.0.0.1", port)
+    out = []
+    try:
+        for message in messages:
+            writer.writeblock(message)
+            await writer.drain()
+            ack = hl7.parse((await asyncio.wait_for(reader.readblock(), 10)).decode())
+            out.append((str(ack.segment("MSA")[1]), str(ack.segment("MSA")[2])))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return out
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(EXE), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_listen_review_and_replay(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "FHIRSCHED_DATABASE_URL": f"sqlite:///{tmp_path}/hl7.db",
+        "FHIRSCHED_KEY_FILE": str(tmp_path / "keys.json"),
+        "FHIRSCHED_CLINIC_FILE": str(DEMO),
+        "FHIRSCHED_HL7_PORT": str(port),
+    }
+    assert _run(env, "clinic", "load", str(DEMO), "--weeks", "3").returncode == 0
+    proc = subprocess.Popen([str(EXE), "hl7", "listen"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        acks: list[tuple[str, str]] = []
+        while time.monotonic() < deadline and not acks:
+            try:
+                acks = asyncio.run(
+                    _send(port, _message("1", "Booked", 9), _message("2", "Confirmed", 10))
+                )
+            except OSError:
+                time.sleep(0.2)
+        assert acks == [("AA", "1"), ("AE", "2")]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert f"MLLP listening on 127.0.0.1:{port}" in err
+    assert "STONE" not in err and "MRN77" not in err  # no PHI in the logs
+
+    listing = _run(env, "hl7", "messages", "--status", "failed")
+    assert listing.returncode == 0
+    [line] = listing.stdout.splitlines()
+    message_id = line.split()[0]
+    assert "EMR.MSFP" in line and "AE" in line and "STONE" not in line
+
+    shown = _run(env, "hl7", "show", message_id)
+    assert "SCH|P2|F2" in shown.stdout and "'confirmed' is not in the status table" in shown.stdout
+
+    assert _run(env, "hl7", "replay", "--all-failed").returncode == 1  # still failing
+    env["FHIRSCHED_HL7_STATUS_MAP"] = '{"Confirmed": "booked"}'
+    fixed = _run(env, "hl7", "replay", "--all-failed")
+    assert fixed.returncode == 0 and f"{message_id}: applied" in fixed.stdout
+    applied = _run(env, "hl7", "messages", "--status", "applied")
+    assert len(applied.stdout.splitlines()) == 2
