@@ -36,6 +36,7 @@ from fhir_server.routes import audit, auth, authorize, metadata, operations, res
 from fhir_server.scheduling.clinic import load_clinic
 from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from fhir_server.settings import Settings
+from hl7_bridge.runtime import install_outbox
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database, migrate
@@ -193,6 +194,7 @@ def create_app(
     db = db or Database(settings.database_url)
     migrate(db)
     store = Store(keys, base_url=settings.fhir_base)
+    install_outbox(settings, store)
     ctx = Context(
         store=store,
         base_url=settings.fhir_base,
@@ -210,19 +212,17 @@ def create_app(
             job = asyncio.create_task(
                 _extend_horizon(db, store, clinic, settings.clinic_refresh_seconds)
             )
-        mllp = None
+        bridge = None
         if settings.hl7_listen:
-            from hl7_bridge.runtime import start_listener
+            from hl7_bridge.runtime import start_bridge
 
-            mllp, port = await start_listener(
-                settings, db=db, keys=keys, store=store, clinic=clinic
-            )
-            log.info("hl7.listening", host=settings.hl7_host, port=port)
+            bridge = await start_bridge(settings, db=db, store=store, clinic=clinic)
+            log.info("hl7.listening", host=settings.hl7_host, port=bridge.port)
         try:
             yield
         finally:
-            if mllp is not None:
-                await mllp.close()
+            if bridge is not None:
+                await bridge.close()
             if job is not None:
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)

@@ -37,9 +37,9 @@ def _clinic(settings: Settings) -> ClinicConfig | None:
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1)")
 @click.option("--port", type=int, default=None, help="Port (default 2575)")
 def listen(host: str | None, port: int | None) -> None:
-    """Accept SIU messages over MLLP until interrupted."""
+    """Accept SIU messages over MLLP and send outbound ones, until interrupted."""
     from fhir_server.logging import configure_logging
-    from hl7_bridge.runtime import start_listener
+    from hl7_bridge.runtime import install_outbox, start_bridge
     from resources.store import Store
 
     settings = Settings()
@@ -51,16 +51,17 @@ def listen(host: str | None, port: int | None) -> None:
     database, ring = open_database(keys=True)
     assert ring is not None
     store = Store(ring, base_url=settings.fhir_base)
+    install_outbox(settings, store)
 
     async def run() -> None:
-        server, bound = await start_listener(
-            settings, db=database, keys=ring, store=store, clinic=_clinic(settings)
-        )
-        click.echo(f"MLLP listening on {settings.hl7_host}:{bound}", err=True)
+        bridge = await start_bridge(settings, db=database, store=store, clinic=_clinic(settings))
+        click.echo(f"MLLP listening on {settings.hl7_host}:{bridge.port}", err=True)
+        for endpoint in settings.hl7_endpoints:
+            click.echo(f"sending to {endpoint.name} at {endpoint.host}:{endpoint.port}", err=True)
         try:
             await asyncio.Event().wait()
         finally:
-            await server.close()
+            await bridge.close()
 
     try:
         asyncio.run(run())
@@ -131,7 +132,7 @@ def replay(message_ids: tuple[str, ...], all_failed: bool) -> None:
     from fhir_server.logging import configure_logging
     from hl7_bridge.listener import Listener
     from hl7_bridge.messages import MessageStore
-    from hl7_bridge.runtime import bridge_config
+    from hl7_bridge.runtime import bridge_config, install_outbox
     from resources.store import Store
 
     if not message_ids and not all_failed:
@@ -141,12 +142,10 @@ def replay(message_ids: tuple[str, ...], all_failed: bool) -> None:
     database, ring = open_database(keys=True)
     assert ring is not None
     clinic = _clinic(settings)
+    store = Store(ring, base_url=settings.fhir_base)
+    install_outbox(settings, store)  # a replayed change reaches the other EMRs too
     listener = Listener(
-        database,
-        ring,
-        Store(ring, base_url=settings.fhir_base),
-        clinic=clinic,
-        config=bridge_config(settings, clinic),
+        database, ring, store, clinic=clinic, config=bridge_config(settings, clinic)
     )
     failed = 0
     try:

@@ -9,12 +9,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["HL7Endpoint", "Settings"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class HL7Endpoint(BaseModel):
+    """An EMR that receives SIU messages for changes made here."""
+
+    name: str = Field(min_length=1, max_length=100, description="How logs and staff name it")
+    host: str
+    port: int = Field(ge=1, le=65535)
+    application: str = Field(default="", description="MSH-5 (its receiving application)")
+    facility: str = Field(default="", description="MSH-6 (its receiving facility)")
+    senders: list[str] = Field(
+        default_factory=list,
+        description="Its own inbound sender keys (MSH-3.MSH-4, e.g. EPIC.MSFP): changes it "
+        "sent us are not echoed back to it",
+    )
+    version: str = Field(default="2.5.1", description="MSH-12 of the messages it receives")
 
 
 class Settings(BaseSettings):
@@ -108,6 +124,17 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="PID-3 assigning authority → identifier system URI (JSON); default "
         "urn:fhir-sched:hl7:id:<authority>",
+    )
+
+    hl7_application: str = Field(default="FHIRSCHED", description="Our MSH-3")
+    hl7_facility: str = Field(default="", description="Our MSH-4")
+    hl7_endpoints: list[HL7Endpoint] = Field(
+        default_factory=list,
+        description="EMRs to send SIU messages to (JSON list of {name, host, port, "
+        "application, facility, senders, version}); the sender runs beside the listener",
+    )
+    hl7_ack_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for an EMR's ACK before resending"
     )
 
     @field_validator("host")

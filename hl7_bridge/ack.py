@@ -20,6 +20,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "Header",
     "build_ack",
+    "read_ack",
     "read_header",
     "refusal",
 ]
@@ -58,6 +59,22 @@ def read_header(message: bytes) -> Header:
         raise NotHL7("the message does not start with an MSH segment")
     sep = first[3:4]
     return Header(sep, tuple(first.split(sep)))
+
+
+def read_ack(message: bytes) -> tuple[str, str]:
+    """(MSA-1 acknowledgment code, MSA-2 control id acknowledged) of an ACK; ('', '') if it
+    has no MSA segment."""
+    try:
+        sep = read_header(message).separator
+    except NotHL7:
+        return "", ""
+    for segment in _SEGMENTS.split(message):
+        if segment.startswith(b"MSA"):
+            fields = segment.split(sep)
+            code = fields[1] if len(fields) > 1 else b""
+            control = fields[2] if len(fields) > 2 else b""
+            return code.decode("latin-1"), control.decode("latin-1")
+    return "", ""
 
 
 def refusal(header: Header) -> tuple[str, str] | None:

@@ -31,6 +31,7 @@ from fhir_server.scheduling.config import ClinicConfig
 from hl7_bridge.ack import Header, NotHL7, build_ack, read_header, refusal
 from hl7_bridge.inbound import Applied, apply_change
 from hl7_bridge.messages import MessageStore
+from hl7_bridge.outbound import ORIGIN
 from hl7_bridge.parse import ParseError, parse
 from hl7_bridge.siu_to_fhir import read_siu
 from resources.sql.engine import Database
@@ -216,22 +217,26 @@ class Listener:
                 status_map=self.config.status_map,
                 identifier_systems=self.config.identifier_systems,
             )
-            with self.db.write() as conn:
-                applied = apply_change(
-                    conn, store=self.store, config=self.clinic, change=change, now=now
-                )
-                result = _Result("AA", applied.status, applied)
-                ack = build_ack(header, "AA", control_id=ack_id, now=now)
-                self._record(conn, raw, peer, sender, control, event, result, ack, now)
-                refs = [f"Appointment/{applied.appointment_id}"] if applied.appointment_id else []
-                trail.note(
-                    f"hl7-in:{hl7_event}",
-                    refs=refs,
-                    patients={applied.patient_id} if applied.patient_id else set(),
-                    outcome="success",
-                )
-                if self.config.audit:
-                    trail.commit_in(conn, self.keys)
+            origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
+            try:
+                with self.db.write() as conn:
+                    applied = apply_change(
+                        conn, store=self.store, config=self.clinic, change=change, now=now
+                    )
+                    result = _Result("AA", applied.status, applied)
+                    ack = build_ack(header, "AA", control_id=ack_id, now=now)
+                    self._record(conn, raw, peer, sender, control, event, result, ack, now)
+                    trail.note(
+                        f"hl7-in:{hl7_event}",
+                        refs=[f"Appointment/{applied.appointment_id}"]
+                        if applied.appointment_id
+                        else [],
+                        patients={applied.patient_id} if applied.patient_id else set(),
+                    )
+                    if self.config.audit:
+                        trail.commit_in(conn, self.keys)
+            finally:
+                ORIGIN.reset(origin)
         except (ParseError, FHIRError) as exc:
             code = "101" if isinstance(exc, ParseError) else "207"
             result = _Result("AE", "failed", error=(code, _words(exc)))

@@ -1,8 +1,13 @@
-"""Running the bridge: the MLLP listener built from Settings, alone (``fhir-sched hl7
-listen``) or inside the HTTP server's event loop (``FHIRSCHED_HL7_LISTEN=true``)."""
+"""Running the bridge from Settings: the MLLP listener and one sender per configured EMR,
+alone (``fhir-sched hl7 listen``) or inside the HTTP server's event loop
+(``FHIRSCHED_HL7_LISTEN=true``); and the outbox, installed in every process that changes
+Appointments. Run one bridge per database: two would deliver each outbound message twice."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
 from datetime import UTC
 from zoneinfo import ZoneInfo
 
@@ -10,11 +15,11 @@ from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import Settings
 from hl7_bridge.listener import BridgeConfig, Listener
 from hl7_bridge.mllp import MLLPServer
+from hl7_bridge.outbound import Outbox, Sender
 from resources.sql.engine import Database
 from resources.store import Store
-from security.crypto import KeyRing
 
-__all__ = ["bridge_config", "start_listener"]
+__all__ = ["Bridge", "bridge_config", "install_outbox", "start_bridge"]
 
 
 def bridge_config(settings: Settings, clinic: ClinicConfig | None) -> BridgeConfig:
@@ -31,17 +36,59 @@ def bridge_config(settings: Settings, clinic: ClinicConfig | None) -> BridgeConf
     )
 
 
-async def start_listener(
+def install_outbox(settings: Settings, store: Store) -> None:
+    """Queue SIU messages for the configured EMRs with every Appointment change."""
+    if settings.hl7_endpoints:
+        outbox = Outbox(
+            store,
+            settings.hl7_endpoints,
+            application=settings.hl7_application,
+            facility=settings.hl7_facility,
+        )
+        store.watch("Appointment", outbox.on_change)
+
+
+@dataclass
+class Bridge:
+    server: MLLPServer
+    port: int
+    senders: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        await self.server.close()
+        for task in self.senders:
+            task.cancel()
+        for task in self.senders:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def start_bridge(
     settings: Settings,
     *,
     db: Database,
-    keys: KeyRing,
     store: Store,
     clinic: ClinicConfig | None,
-) -> tuple[MLLPServer, int]:
-    """Bind the MLLP listener; returns it and the port it listens on."""
+) -> Bridge:
+    """Bind the MLLP listener and start the senders (``store`` must have its outbox)."""
     settings.check_hl7_bind()
-    listener = Listener(db, keys, store, clinic=clinic, config=bridge_config(settings, clinic))
+    listener = Listener(
+        db, store.keys, store, clinic=clinic, config=bridge_config(settings, clinic)
+    )
     server = MLLPServer(listener.handle, max_size=settings.hl7_max_message_bytes)
     port = await server.start(settings.hl7_host, settings.hl7_port)
-    return server, port
+    senders = [
+        asyncio.create_task(
+            Sender(
+                db,
+                store,
+                endpoint,
+                server=settings.fhir_base,
+                ack_timeout=settings.hl7_ack_timeout,
+                audit=settings.audit_enabled,
+            ).run(),
+            name=f"hl7-sender-{endpoint.name}",
+        )
+        for endpoint in settings.hl7_endpoints
+    ]
+    return Bridge(server, port, senders)

@@ -7,7 +7,7 @@ transaction as the version it indexes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -132,12 +132,26 @@ class StoredVersion:
         return f'W/"{self.version}"'
 
 
+Watcher = Callable[[Connection, "StoredVersion"], None]
+
+
 class Store:
     """Resource rows over one database, sealed with one key ring."""
 
     def __init__(self, keys: KeyRing, *, base_url: str = "") -> None:
         self.keys = keys
         self.base_url = base_url
+        self._watchers: dict[str, list[Watcher]] = {}
+
+    def watch(self, rtype: str, watcher: Watcher) -> None:
+        """Call ``watcher(conn, stored)`` after every write or delete of ``rtype``, inside the
+        writing transaction (the HL7 outbox queues its messages there, so they commit or roll
+        back with the change)."""
+        self._watchers.setdefault(rtype, []).append(watcher)
+
+    def _notify(self, conn: Connection, stored: StoredVersion) -> None:
+        for watcher in self._watchers.get(stored.res_type, ()):
+            watcher(conn, stored)
 
     # -- reads ------------------------------------------------------------------------------
     def current(self, conn: Connection, rtype: str, rid: str) -> Current | None:
@@ -237,7 +251,9 @@ class Store:
             self._reindex_params(conn, rtype, seq, rows, changed)
         else:
             self._reindex(conn, rtype, seq, rows, new=expected is None)
-        return StoredVersion(rtype, rid, version, when, method, False, body)
+        stored = StoredVersion(rtype, rid, version, when, method, False, body)
+        self._notify(conn, stored)
+        return stored
 
     def delete(self, conn: Connection, *, rtype: str, rid: str, expected: Current) -> int:
         """Soft delete: a new version marked deleted; index rows removed. Returns version."""
@@ -246,6 +262,7 @@ class Store:
         seq = self._advance(conn, rtype, rid, expected, version, when, deleted=True)
         self._insert_version(conn, rtype, rid, version, when, "DELETE", None)
         self._reindex(conn, rtype, seq, IndexRows())
+        self._notify(conn, StoredVersion(rtype, rid, version, when, "DELETE", True, None))
         return version
 
     def _advance(

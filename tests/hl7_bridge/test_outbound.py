@@ -1,0 +1,241 @@
+"""Outbound SIU: the outbox commits with the change, the sender delivers to a stand-in EMR
+(python-hl7's server) in order, accepts only the matching ACK, retries while the EMR is down,
+sets aside what it rejects, and never echoes an EMR's own change back to it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import hl7
+import pytest
+from sqlalchemy import select
+
+from fhir_server.errors import Conflict
+from fhir_server.scheduling import booking
+from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
+from fhir_server.scheduling.config import ClinicConfig
+from fhir_server.settings import HL7Endpoint
+from hl7_bridge.messages import HM, MessageStore
+from hl7_bridge.outbound import Outbox, Sender, trigger
+from tests.fakes.emr import StandInEMR
+from tests.hl7_bridge.test_listener import Bridge, at, msa, siu
+
+pytestmark = pytest.mark.anyio
+
+
+def _appt(status: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Appointment", "status": status, "start": "s", **extra}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "event"),
+    [
+        (None, _appt("booked"), "S12"),
+        (_appt("pending"), _appt("booked"), "S12"),  # a hold booked
+        (None, _appt("pending"), None),  # holds are not news to the EMR
+        (_appt("pending"), _appt("cancelled"), None),  # nor is a hold let go
+        (_appt("booked"), _appt("booked", start="t"), "S13"),
+        (_appt("booked"), _appt("booked", comment="x"), "S14"),
+        (_appt("booked"), _appt("booked", meta={"versionId": "2"}), None),
+        (_appt("booked"), _appt("cancelled"), "S15"),
+        (_appt("booked"), _appt("noshow"), "S26"),
+        (_appt("booked"), _appt("entered-in-error"), "S17"),
+        (_appt("booked"), None, "S17"),  # deleted
+        (_appt("proposed"), None, None),
+        (_appt("cancelled"), _appt("booked"), "S12"),
+    ],
+)
+def test_trigger_events(old: Any, new: Any, event: str | None) -> None:
+    assert trigger(old, new) == event
+
+
+def _endpoint(port: int, name: str = "emr", senders: list[str] | None = None) -> HL7Endpoint:
+    return HL7Endpoint(
+        name=name, host="127.0.0.1", port=port, application="EMR", senders=senders or []
+    )
+
+
+def _book(bridge: Bridge, clinic: ClinicConfig, start: datetime) -> str:
+    proposed = {
+        "resourceType": "Appointment",
+        "status": "proposed",
+        "serviceType": [{"coding": [{"system": VISIT_TYPE_SYSTEM, "code": "new-patient"}]}],
+        "start": start.isoformat(),
+        "end": (start + timedelta(minutes=45)).isoformat(),
+        "comment": "first line\nsecond | line",
+        "participant": [
+            {"actor": {"reference": "Practitioner/dr-evans"}, "status": "needs-action"},
+            {"actor": {"reference": "Location/loc-main"}, "status": "needs-action"},
+        ],
+    }
+    with bridge.db.write() as conn:  # a new patient with Dr Evans (Monday to Thursday)
+        stored = booking.book_new(
+            conn,
+            store=bridge.store,
+            config=clinic,
+            appointment=proposed,
+            reference=None,
+            now=datetime.now(UTC),
+        )
+    return stored.res_id
+
+
+def _outbox(bridge: Bridge) -> list[Any]:
+    with bridge.db.read() as conn:
+        return list(conn.execute(select(HM).where(HM.c.direction == "out").order_by(HM.c.seq)))
+
+
+async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def emr() -> AsyncIterator[StandInEMR]:
+    fake = StandInEMR()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def _sender(bridge: Bridge, endpoint: HL7Endpoint) -> Sender:
+    return Sender(
+        bridge.db,
+        bridge.store,
+        endpoint,
+        ack_timeout=2,
+        poll_seconds=0.05,
+        first_retry=0.05,
+        max_retry=0.3,
+    )
+
+
+async def test_bookings_flow_to_the_emr_in_order(
+    bridge: Bridge, clinic: ClinicConfig, emr: StandInEMR
+) -> None:
+    endpoint = _endpoint(emr.port)
+    bridge.store.watch("Appointment", Outbox(bridge.store, [endpoint], facility="MSFP").on_change)
+    first = _book(bridge, clinic, at(9))
+    # a failed change queues nothing: the outbox row rolls back with it
+    with pytest.raises(Conflict):
+        _book(bridge, clinic, at(9))
+    assert len(_outbox(bridge)) == 1
+    with bridge.db.write() as conn:
+        booking.cancel(
+            conn,
+            store=bridge.store,
+            config=clinic,
+            appointment_id=first,
+            now=datetime.now(UTC),
+        )
+    second = _book(bridge, clinic, at(10))
+
+    task = asyncio.create_task(_sender(bridge, endpoint).run())
+    try:
+        await _until(lambda: len(emr.received) == 3)
+        await _until(lambda: {r.status for r in _outbox(bridge)} == {"sent"})
+    finally:
+        task.cancel()
+    assert emr.events() == ["S12", "S15", "S12"]
+    sch = [m.segment("SCH") for m in emr.received]
+    assert [str(s[1][0][0]) for s in sch] == [first, first, second]
+    assert str(sch[1][25]) == "Cancelled"
+    s12 = emr.received[0]
+    assert str(s12.segment("MSH")[5]) == "EMR" and str(s12.segment("MSH")[3]) == "FHIRSCHED"
+    assert str(s12.segment("AIP")[3][0][0]) == "1245319599"  # Dr Evans's NPI
+    assert [str(n[3]) for n in s12.segments("NTE")] == ["first line", "second \\F\\ line"]
+    rows = _outbox(bridge)
+    assert [r.ack_code for r in rows] == ["AA", "AA", "AA"]
+    assert b"FHIRSCHED" not in rows[0].ciphertext
+    exports = [e for e in bridge.audit_events() if e["type"]["code"] == "110106"]
+    assert [e["subtype"][0]["code"] for e in exports] == ["S12", "S15", "S12"]
+
+
+async def test_the_emr_down_mid_stream_gets_everything_when_it_returns(
+    bridge: Bridge, clinic: ClinicConfig, emr: StandInEMR
+) -> None:
+    endpoint = _endpoint(emr.port)
+    bridge.store.watch("Appointment", Outbox(bridge.store, [endpoint]).on_change)
+    task = asyncio.create_task(_sender(bridge, endpoint).run())
+    try:
+        for hour in (8, 9):
+            _book(bridge, clinic, at(hour))
+        await _until(lambda: len(emr.received) == 2)
+        await emr.stop()  # the EMR goes down; bookings go on
+        for hour in (10, 11):
+            _book(bridge, clinic, at(hour))
+        await _until(lambda: any(r.attempts > 1 for r in _outbox(bridge)))
+        assert [r.status for r in _outbox(bridge)] == ["sent", "sent", "pending", "pending"]
+        await emr.start(emr.port)  # back on the same port
+        await _until(lambda: {r.status for r in _outbox(bridge)} == {"sent"})
+    finally:
+        task.cancel()
+    assert set(emr.control_ids()) == {r.control_id for r in _outbox(bridge)}
+    firsts = list(dict.fromkeys(emr.control_ids()))  # resends keep their MSH-10
+    assert firsts == [r.control_id for r in _outbox(bridge)]
+
+
+async def test_rejections_are_set_aside_and_stray_acks_ignored(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    fake = StandInEMR(
+        lambda m: "AE" if str(m.segment("SCH")[25]) == "Cancelled" else "AA",
+        stray_ack_first=True,
+    )
+    await fake.start()
+    endpoint = _endpoint(fake.port)
+    bridge.store.watch("Appointment", Outbox(bridge.store, [endpoint]).on_change)
+    first = _book(bridge, clinic, at(9))
+    with bridge.db.write() as conn:
+        booking.cancel(
+            conn, store=bridge.store, config=clinic, appointment_id=first, now=datetime.now(UTC)
+        )
+    _book(bridge, clinic, at(10))
+    task = asyncio.create_task(_sender(bridge, endpoint).run())
+    try:
+        await _until(lambda: all(r.status != "pending" for r in _outbox(bridge)))
+    finally:
+        task.cancel()
+        await fake.stop()
+    assert [(r.status, r.ack_code) for r in _outbox(bridge)] == [
+        ("sent", "AA"),
+        ("rejected", "AE"),
+        ("sent", "AA"),
+    ]
+    assert len(fake.received) == 3  # one each: the stray ACKs did not cause resends
+    opened = MessageStore(bridge.keys).open(_outbox(bridge)[1])
+    assert opened.ack is not None and b"MSA|AE" in opened.ack
+
+
+async def test_an_emrs_own_changes_are_not_echoed_back(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    own = _endpoint(1, "emr", senders=["EMR.MSFP"])
+    other = _endpoint(2, "lab")
+    bridge.store.watch("Appointment", Outbox(bridge.store, [own, other]).on_change)
+    [ack] = await bridge.send(siu("S12", "E1", at(9)))
+    assert msa(ack) == ("AA", "E1")
+    assert [(r.peer, r.event) for r in _outbox(bridge)] == [("lab", "SIU^S12")]
+    store = MessageStore(bridge.keys)
+    assert str(hl7.parse(store.open(_outbox(bridge)[0]).message.decode()).segment("SCH")[2]) == ""
+
+    # cancelled here: both hear of it, and the EMR gets its own filler id back in SCH-2
+    [appt] = bridge.appointments()
+    with bridge.db.write() as conn:
+        booking.cancel(
+            conn,
+            store=bridge.store,
+            config=clinic,
+            appointment_id=appt["id"],
+            now=datetime.now(UTC),
+        )
+    rows = _outbox(bridge)[1:]
+    assert sorted((r.peer, r.event) for r in rows) == [("emr", "SIU^S15"), ("lab", "SIU^S15")]
+    to_emr = next(r for r in rows if r.peer == "emr")
+    sch = hl7.parse(store.open(to_emr).message.decode()).segment("SCH")
+    assert (str(sch[1][0][0]), str(sch[2])) == (appt["id"], "F-1")
