@@ -87,10 +87,12 @@ def clinic(today: date) -> dict[str, Any]:
     }
 
 
-def seed(db: Any, keys: Any, config: ClinicConfig, today: date, base_url: str) -> int:
+def seed(
+    db: Any, keys: Any, config: ClinicConfig, today: date, base_url: str, weeks: int = WEEKS
+) -> int:
     bulk_load(db, keys, clinic_resources(config), base_url)
-    last = today + timedelta(weeks=WEEKS) - timedelta(days=1)
-    expected = PRACTITIONERS * WEEKS * 5 * 40
+    last = today + timedelta(weeks=weeks) - timedelta(days=1)
+    expected = PRACTITIONERS * weeks * 5 * 40
     batch: list[dict[str, Any]] = []
     done = 0
     started = time.perf_counter()

@@ -72,11 +72,25 @@ def _linked(conn: Connection, change: SIUChange) -> Any:
     return None
 
 
-def _link(conn: Connection, change: SIUChange, appointment_id: str) -> None:
+def _link(conn: Connection, change: SIUChange, appointment_id: str, *, new: bool) -> None:
     sent = change.sent_at.astimezone(UTC) if change.sent_at else None  # SQLite keeps no offset
-    for kind, value in (("filler", change.filler), ("placer", change.placer)):
-        if not value:
-            continue
+    keys = [(k, v) for k, v in (("filler", change.filler), ("placer", change.placer)) if v]
+    if new:
+        conn.execute(
+            insert(LINK),
+            [
+                {
+                    "sender": change.sender,
+                    "kind": kind,
+                    "value": value,
+                    "appointment_id": appointment_id,
+                    "last_sent_at": sent,
+                }
+                for kind, value in keys
+            ],
+        )
+        return
+    for kind, value in keys:
         key = and_(LINK.c.sender == change.sender, LINK.c.kind == kind, LINK.c.value == value)
         done = conn.execute(
             update(LINK).where(key).values(appointment_id=appointment_id, last_sent_at=sent)
@@ -93,15 +107,41 @@ def _link(conn: Connection, change: SIUChange, appointment_id: str) -> None:
             )
 
 
-def _patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
+def _patient(
+    conn: Connection,
+    store: Store,
+    patient: dict[str, Any] | None,
+    known: dict[str, str] | None,
+) -> str | None:
+    """The Patient PID names: matched (identifier, then name and birth date) or created.
+
+    ``known`` remembers identifier → Patient id across messages (senders repeat the same
+    patients all day); a remembered Patient that is gone, or a transaction that rolled back
+    its creation, is simply looked up again.
+    """
     if not patient:
         return None
+    keys = [
+        f"{i.get('system', '')}|{i['value']}"
+        for i in patient.get("identifier", [])
+        if i.get("value")
+    ]
+    if known is not None:
+        for key in keys:
+            pid = known.get(key)
+            current = store.current(conn, "Patient", pid) if pid else None
+            if current is not None and not current.deleted:
+                return pid
     found = match_patient(conn, store, patient)
-    if found is not None:
-        return found
-    outcome = service.create(conn, store=store, resource_type="Patient", resource=dict(patient))
-    assert outcome.stored is not None
-    return outcome.stored.res_id
+    if found is None:
+        outcome = service.create(conn, store=store, resource_type="Patient", resource=dict(patient))
+        assert outcome.stored is not None
+        found = outcome.stored.res_id
+    if known is not None:
+        if len(known) > 50_000:
+            known.clear()
+        known.update(dict.fromkeys(keys, found))
+    return found
 
 
 def _practitioner(config: ClinicConfig | None, who: Person) -> str | None:
@@ -245,6 +285,7 @@ def apply_change(
     config: ClinicConfig | None,
     change: SIUChange,
     now: datetime,
+    known_patients: dict[str, str] | None = None,
 ) -> Applied:
     link = _linked(conn, change)
     old: dict[str, Any] | None = None
@@ -269,7 +310,7 @@ def apply_change(
     # instants are kept in UTC (SQLite compares them as text); shown in the clinic's offset
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     shown = config.tz if config is not None else UTC
-    patient_id = _patient(conn, store, change.patient)
+    patient_id = _patient(conn, store, change.patient, known_patients)
     practitioner = _practitioner(config, change.practitioners[0]) if change.practitioners else None
     location = _location(config, change.locations[0]) if change.locations else None
     if old is not None and not change.practitioners:
@@ -332,7 +373,7 @@ def apply_change(
     assert outcome.stored is not None
     _set_slots(conn, store, freed, "free")
     _set_slots(conn, store, slots, "busy")
-    _link(conn, change, appointment_id)
+    _link(conn, change, appointment_id, new=link is None)
     note = "overlaps a booking made here" if status == "conflict" else None
     return Applied(appointment_id, status, patient_id, note)
 

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -77,6 +78,14 @@ def _sender(header: Header) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "-" for c in raw).strip("-") or "unknown"
 
 
+def _enhanced(raw: bytes) -> bool:
+    try:
+        header = read_header(raw)
+    except NotHL7:
+        return False
+    return bool(header.field(15) or header.field(16))
+
+
 def _wanted(code: str, policy: bytes) -> bool:
     """Whether an ACK of ``code`` is sent under MSH-15/16 ``policy`` (HL7 table 0155)."""
     rule = policy.decode("latin-1").strip().upper() or "AL"
@@ -104,11 +113,12 @@ class Listener:
             sender_tz=ZoneInfo(clinic.timezone) if clinic is not None else UTC
         )
         self.messages = MessageStore(keys)
+        self.known_patients: dict[str, str] = {}  # PID identifier → Patient id
 
     async def handle(self, raw: bytes, peer: str, reply: Reply) -> None:
         for ack in await asyncio.to_thread(self.accept, raw, peer):
             await reply(ack)
-        if (more := await asyncio.to_thread(self.process_pending, raw, peer)) is not None:
+        if _enhanced(raw) and (more := await asyncio.to_thread(self.process_pending, raw, peer)):
             await reply(more)
 
     # -- the two steps, each in its own thread hop ----------------------------------------------
@@ -122,17 +132,17 @@ class Listener:
             return [self._unreadable(raw, peer, str(exc), now)]
         sender, control = _sender(header), header.field(10).decode("latin-1")
         event = header.field(9).decode("latin-1").replace(header.field(2)[:1].decode(), "^")
-        with self.db.read() as conn:
-            prior = self.messages.find(conn, "in", sender, control)
-        if prior is not None and prior.status != "received":
-            ack = self.messages.open(prior).ack
-            log.info("hl7.resend", sender=sender, control_id=control, status=prior.status)
-            return [ack] if ack else []
+        enhanced = bool(header.field(15) or header.field(16))
+        prior = None
+        if enhanced:
+            with self.db.read() as conn:
+                prior = self.messages.find(conn, "in", sender, control)
+            if prior is not None and prior.status != "received":
+                return self._first_answer(prior)
         why = refusal(header)
         if why is not None:
             result = _Result("AR", "rejected", error=why)
             return [self._keep(raw, peer, header, sender, control, event, result, now)]
-        enhanced = bool(header.field(15) or header.field(16))
         if not enhanced:
             return [self._process(raw, peer, header, sender, control, event, now)]
         if prior is None:
@@ -150,6 +160,18 @@ class Listener:
                 )
         ca = build_ack(header, "CA", control_id=_control_id(), now=now)
         return [ca] if _wanted("CA", header.field(15)) else []
+
+    def _first_answer(self, prior: Any) -> list[bytes]:
+        """A resend: nothing changes, the sender gets the ACK it was sent the first time."""
+        ack = self.messages.open(prior).ack
+        log.info("hl7.resend", sender=prior.peer, control_id=prior.control_id, status=prior.status)
+        return [ack] if ack else []
+
+    def _resent(self, conn: Connection, sender: str, control: str) -> bytes | None:
+        prior = self.messages.find(conn, "in", sender, control)
+        if prior is None or prior.status == "received":
+            return None
+        return (self._first_answer(prior) or [b""])[0]
 
     def process_pending(self, raw: bytes, peer: str) -> bytes | None:
         """Enhanced mode's second step: apply a message that was stored as ``received``."""
@@ -187,6 +209,7 @@ class Listener:
             row.control_id,
             row.event,
             datetime.now(UTC),
+            replay=True,
         )
         with self.db.read() as conn:
             return str(self.messages.get(conn, message_id).status)
@@ -205,6 +228,8 @@ class Listener:
         control: str,
         event: str,
         now: datetime,
+        *,
+        replay: bool = False,
     ) -> bytes:
         hl7_event = header.component(9, 2).decode("latin-1")
         trail = self._trail(sender, peer)
@@ -220,8 +245,15 @@ class Listener:
             origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
             try:
                 with self.db.write() as conn:
+                    if not replay and (first := self._resent(conn, sender, control)):
+                        return first
                     applied = apply_change(
-                        conn, store=self.store, config=self.clinic, change=change, now=now
+                        conn,
+                        store=self.store,
+                        config=self.clinic,
+                        change=change,
+                        now=now,
+                        known_patients=self.known_patients,
                     )
                     result = _Result("AA", applied.status, applied)
                     ack = build_ack(header, "AA", control_id=ack_id, now=now)
@@ -253,7 +285,9 @@ class Listener:
                 appointment=applied.appointment_id,
             )
             return ack
-        return self._keep(raw, peer, header, sender, control, event, result, now, trail=trail)
+        return self._keep(
+            raw, peer, header, sender, control, event, result, now, trail=trail, replay=replay
+        )
 
     def _keep(
         self,
@@ -267,6 +301,7 @@ class Listener:
         now: datetime,
         *,
         trail: Trail | None = None,
+        replay: bool = False,
     ) -> bytes:
         """Store a message that was not applied (AR or AE) with its ACK and AuditEvent."""
         ack = build_ack(header, result.code, control_id=_control_id(), now=now, error=result.error)
@@ -279,6 +314,8 @@ class Listener:
             description=result.error[1] if result.error else None,
         )
         with self.db.write() as conn:
+            if not replay and (first := self._resent(conn, sender, control)):
+                return first
             self._record(conn, raw, peer, sender, control, event, result, ack, now)
             if self.config.audit:
                 trail.commit_in(conn, self.keys)
