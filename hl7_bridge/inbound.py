@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, delete, insert, select, update
+from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import Unprocessable
@@ -60,16 +60,15 @@ class Applied:
 
 
 def _linked(conn: Connection, change: SIUChange) -> Any:
-    for kind, value in (("filler", change.filler), ("placer", change.placer)):
-        if value:
-            row = conn.execute(
-                select(LINK).where(
-                    LINK.c.sender == change.sender, LINK.c.kind == kind, LINK.c.value == value
-                )
-            ).first()
-            if row is not None:
-                return row
-    return None
+    """The link for the message's filler id, else its placer id (one query)."""
+    keys = [(k, v) for k, v in (("filler", change.filler), ("placer", change.placer)) if v]
+    rows = conn.execute(
+        select(LINK).where(
+            LINK.c.sender == change.sender,
+            or_(*(and_(LINK.c.kind == k, LINK.c.value == v) for k, v in keys)),
+        )
+    ).all()
+    return min(rows, key=lambda r: r.kind != "filler", default=None)
 
 
 def _link(conn: Connection, change: SIUChange, appointment_id: str, *, new: bool) -> None:

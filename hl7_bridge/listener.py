@@ -167,11 +167,14 @@ class Listener:
         log.info("hl7.resend", sender=prior.peer, control_id=prior.control_id, status=prior.status)
         return [ack] if ack else []
 
-    def _resent(self, conn: Connection, sender: str, control: str) -> bytes | None:
+    def _prior(
+        self, conn: Connection, sender: str, control: str, replay: bool
+    ) -> tuple[Any, bytes | None]:
+        """The stored row for this message, if any; a resend's first ACK if it is one."""
         prior = self.messages.find(conn, "in", sender, control)
-        if prior is None or prior.status == "received":
-            return None
-        return (self._first_answer(prior) or [b""])[0]
+        if prior is not None and prior.status != "received" and not replay:
+            return prior, (self._first_answer(prior) or [b""])[0]
+        return prior, None
 
     def process_pending(self, raw: bytes, peer: str) -> bytes | None:
         """Enhanced mode's second step: apply a message that was stored as ``received``."""
@@ -245,7 +248,8 @@ class Listener:
             origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
             try:
                 with self.db.write() as conn:
-                    if not replay and (first := self._resent(conn, sender, control)):
+                    prior, first = self._prior(conn, sender, control, replay)
+                    if first is not None:
                         return first
                     applied = apply_change(
                         conn,
@@ -257,7 +261,7 @@ class Listener:
                     )
                     result = _Result("AA", applied.status, applied)
                     ack = build_ack(header, "AA", control_id=ack_id, now=now)
-                    self._record(conn, raw, peer, sender, control, event, result, ack, now)
+                    self._record(conn, prior, raw, peer, sender, control, event, result, ack, now)
                     trail.note(
                         f"hl7-in:{hl7_event}",
                         refs=[f"Appointment/{applied.appointment_id}"]
@@ -314,9 +318,10 @@ class Listener:
             description=result.error[1] if result.error else None,
         )
         with self.db.write() as conn:
-            if not replay and (first := self._resent(conn, sender, control)):
+            prior, first = self._prior(conn, sender, control, replay)
+            if first is not None:
                 return first
-            self._record(conn, raw, peer, sender, control, event, result, ack, now)
+            self._record(conn, prior, raw, peer, sender, control, event, result, ack, now)
             if self.config.audit:
                 trail.commit_in(conn, self.keys)
         log.warning(
@@ -331,6 +336,7 @@ class Listener:
     def _record(
         self,
         conn: Connection,
+        prior: Any,
         raw: bytes,
         peer: str,
         sender: str,
@@ -340,7 +346,6 @@ class Listener:
         ack: bytes,
         now: datetime,
     ) -> None:
-        prior = self.messages.find(conn, "in", sender, control)
         appointment = result.applied.appointment_id if result.applied else None
         if prior is not None:
             self.messages.settle(

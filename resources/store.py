@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, cast
 
 import orjson
@@ -74,6 +75,19 @@ _ADVANCE_HEAD = (
 _INSERT_VERSION = insert(V)
 _DELETE_INDEX = {k: delete(t).where(t.c.seq == bindparam("seq_")) for k, t in INDEX_TABLES.items()}
 _INSERT_INDEX = {k: insert(t) for k, t in INDEX_TABLES.items()}
+_ST = INDEX_TABLES["slot"]
+_UPDATE_SLOT_TIME = update(_ST).where(_ST.c.seq == bindparam("b_seq"))  # SET from the params
+
+
+@lru_cache(maxsize=256)
+def _param_kinds(rtype: str, params: frozenset[str]) -> frozenset[str]:
+    """The index tables the search parameters ``params`` of ``rtype`` are kept in."""
+    declared = RESOURCE_TYPES[rtype].params
+    return frozenset(
+        "blind" if declared[p].phi else declared[p].type for p in params if p in declared
+    )
+
+
 _DELETE_PARAMS = {
     k: delete(t).where(
         t.c.seq == bindparam("seq_"), t.c.param.in_(bindparam("params", expanding=True))
@@ -351,8 +365,14 @@ class Store:
     ) -> None:
         for kind in KINDS_BY_TYPE[rtype]:
             values = getattr(rows, kind)
-            if kind == "slot":  # one row per Slot, always rewritten
+            if kind == "slot":  # one row per Slot, rewritten in place
+                if len(values) == 1:
+                    row = {k: v for k, v in values[0].items() if k != "seq"}
+                    if conn.execute(_UPDATE_SLOT_TIME, {**row, "b_seq": seq}).rowcount:
+                        continue
                 conn.execute(_DELETE_INDEX[kind], {"seq_": seq})
+            elif kind not in _param_kinds(rtype, params):
+                continue  # none of the changed parameters is indexed in this table
             else:
                 conn.execute(_DELETE_PARAMS[kind], {"seq_": seq, "params": list(params)})
                 values = [v for v in values if v["param"] in params]
