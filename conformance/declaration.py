@@ -308,6 +308,15 @@ def _appointment() -> ResourceDecl:
             _sp(t, "reason-code", "token", "reasonCode"),
             _sp(t, "part-status", "token", "participant.status"),
             _sp(t, "based-on", "reference", "basedOn", targets=("ServiceRequest",)),
+            _sp(
+                t,
+                "_tag",
+                "token",
+                "meta.tag",
+                url=f"{R4_SP}Resource-tag",
+                doc="Tags, e.g. urn:fhir-sched:tags|hl7-conflict (an EMR booking over time taken "
+                "here, for staff to resolve)",
+            ),
         ),
     )
 

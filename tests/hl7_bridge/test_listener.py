@@ -408,3 +408,16 @@ async def test_a_known_patient_is_reused(bridge: Bridge) -> None:
 
 def test_epic_sample_has_the_key_it_claims() -> None:
     assert b"98765^EPC" in epic_like("E", at(9))
+
+
+async def test_staff_find_conflicts_by_tag(bridge: Bridge, clinic: ClinicConfig) -> None:
+    await bridge.send(siu("S12", "T1", at(9), key="T-1"), siu("S12", "T2", at(9, 15), key="T-2"))
+    with bridge.db.read() as conn:
+        _, result = service.search(
+            conn,
+            store=bridge.store,
+            resource_type="Appointment",
+            params=[("_tag", "urn:fhir-sched:tags|hl7-conflict")],
+        )
+    [conflict] = [m.resource() for m in result.matches]
+    assert any(i["value"] == "T-2" for i in conflict["identifier"])

@@ -7,21 +7,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import hl7
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from fhir_server.app import create_app
 from fhir_server.errors import Conflict
 from fhir_server.scheduling import booking
-from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
+from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
 from fhir_server.scheduling.config import ClinicConfig
-from fhir_server.settings import HL7Endpoint
+from fhir_server.settings import HL7Endpoint, Settings
 from hl7_bridge.messages import HM, MessageStore
 from hl7_bridge.outbound import Outbox, Sender, trigger
+from resources.sql.engine import Database
+from resources.store import Store
+from security.crypto import KeyRing
+from tests.builders import FHIR_JSON
 from tests.fakes.emr import StandInEMR
-from tests.hl7_bridge.test_listener import Bridge, at, msa, siu
+from tests.hl7_bridge.samples import NY
+from tests.hl7_bridge.test_listener import DEMO, MONDAY, Bridge, at, msa, siu
+from tests.smart import backend_token
 
 pytestmark = pytest.mark.anyio
 
@@ -239,3 +248,45 @@ async def test_an_emrs_own_changes_are_not_echoed_back(
     to_emr = next(r for r in rows if r.peer == "emr")
     sch = hl7.parse(store.open(to_emr).message.decode()).segment("SCH")
     assert (str(sch[1][0][0]), str(sch[2])) == (appt["id"], "F-1")
+
+
+async def test_a_booking_through_the_fhir_api_reaches_the_emr(
+    db: Database, keys: KeyRing, store: Store, clinic: ClinicConfig, emr: StandInEMR, tmp_path: Path
+) -> None:
+    """The whole path as deployed: `serve` with the bridge inside, $find and $book over HTTP
+    with a SMART token, the outbox, the sender in the server's event loop, the EMR."""
+    with db.write() as conn:
+        load_clinic(conn, store=store, config=clinic, today=MONDAY, weeks=1)
+    settings = Settings(
+        database_url="sqlite://",
+        key_file=tmp_path / "k.json",
+        base_url="http://testserver/fhir",
+        clinic_file=DEMO,
+        hl7_listen=True,
+        hl7_port=0,
+        hl7_endpoints=[HL7Endpoint(name="emr", host="127.0.0.1", port=emr.port)],
+    )
+    with TestClient(create_app(settings, keys=keys, db=db)) as client:
+        client.headers["Authorization"] = f"Bearer {backend_token(client, db)}"
+        day = at(0)
+        found = client.get(
+            "/fhir/Appointment/$find",
+            params={
+                "start": day.astimezone(NY).isoformat(),
+                "end": (day + timedelta(days=1)).astimezone(NY).isoformat(),
+                "visit-type": "new-patient",
+                "_count": "1",
+            },
+        )
+        proposed = found.json()["entry"][0]["resource"]
+        body = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "appointment-resource", "resource": proposed}],
+        }
+        booked = client.post("/fhir/Appointment/$book", json=body, headers=FHIR_JSON)
+        assert booked.status_code == 201, booked.text
+        await _until(lambda: len(emr.received) == 1)
+    [message] = emr.received
+    assert str(message.segment("MSH")[9][0][1]) == "S12"
+    assert str(message.segment("SCH")[1][0][0]) == booked.json()["id"]
+    assert str(message.segment("SCH")[25]) == "Booked"
