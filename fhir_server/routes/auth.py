@@ -95,6 +95,7 @@ def openid_configuration(server: SmartServer) -> dict[str, Any]:
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "fhirUser", "nonce"],
         "token_endpoint_auth_methods_supported": smart["token_endpoint_auth_methods_supported"],
         "code_challenge_methods_supported": ["S256"],
+        "end_session_endpoint": f"{server.issuer}/auth/logout",
     }
 
 
@@ -172,3 +173,31 @@ async def introspect(request: Request, services: ServicesDep) -> Response:
 @router.post("/auth/revoke", summary="Token revocation (RFC 7009)")
 async def revoke(request: Request, services: ServicesDep) -> Response:
     return await _endpoint(services, request, "revocation")
+
+
+@router.get("/auth/logout", summary="Sign out (OpenID RP-Initiated Logout)")
+@router.post("/auth/logout", include_in_schema=False)
+async def logout(request: Request, services: ServicesDep) -> Response:
+    """``id_token_hint`` names the user and app: their tokens through that app are revoked.
+    A registered ``post_logout_redirect_uri`` gets the browser back (with ``state``)."""
+    oreq = await oauth_request(request)
+    server = services.oauth
+
+    def run() -> tuple[int, str | None]:
+        with server.unit():
+            return server.end_session(oreq)
+
+    status, location = await run_sync(run)
+    if location is not None:
+        return Response(
+            status_code=303, headers={"Location": location, "Cache-Control": "no-store"}
+        )
+    page = SIGNED_OUT if status == 200 else NOT_SIGNED_OUT
+    return Response(page, status_code=status, media_type="text/html; charset=utf-8")
+
+
+SIGNED_OUT = "<!doctype html><title>Signed out</title><p>You are signed out.</p>"
+NOT_SIGNED_OUT = (
+    "<!doctype html><title>Not signed out</title>"
+    "<p>The sign-out request did not say who is signing out (id_token_hint).</p>"
+)

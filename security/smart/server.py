@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import urlencode
 
 import httpx
 from authlib.oauth2.rfc6749 import (
@@ -474,6 +475,33 @@ class SmartServer(AuthorizationServer):  # type: ignore[misc]
     def active_user(self, user_id: str | None) -> User | None:
         user = get_user(self.conn, user_id) if user_id else None
         return user if user is not None and not user.disabled else None
+
+    def end_session(self, request: OAuthRequest) -> tuple[int, str | None]:
+        """OpenID RP-Initiated Logout in this request's transaction: the user named by
+        ``id_token_hint`` is signed out of its client (every token of theirs through it is
+        revoked) and the event is audited. Returns (status, where to send the browser)."""
+        params = {**request.args, **request.form}
+        claims = self.signer.read_hint(params.get("id_token_hint", ""), issuer=self.fhir_base)
+        if claims is None:
+            self.audit("logout", request, status=400, description="no valid id_token_hint")
+            return 400, None
+        user_id, client_id = str(claims["sub"]), str(claims["aud"])
+        ended = tokens.revoke_user_client(self.conn, user_id=user_id, client_id=client_id)
+        user = get_user(self.conn, user_id)
+        self.audit(
+            "logout",
+            request,
+            status=200,
+            client_id=client_id,
+            user=user,
+            description=None if ended else "no live tokens",
+        )
+        wanted = params.get("post_logout_redirect_uri")
+        client = self.query_client(client_id)
+        if wanted and client is not None and client.check_redirect_uri(wanted):
+            state = params.get("state")
+            return 303, wanted + (f"?{urlencode({'state': state})}" if state else "")
+        return 200, None
 
     def grant_alive(self, token: tokens.TokenRecord) -> bool:
         client = get_client(self.conn, token.client_id)

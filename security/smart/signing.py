@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from security.crypto import create_secret_file_once
@@ -49,6 +50,18 @@ class IdTokenSigner:
             claims["nonce"] = nonce
         header = {"alg": "RS256", "kid": self.key.kid, "typ": "JWT"}
         return jwt.encode(header, claims, self.key, algorithms=["RS256"])
+
+    def read_hint(self, token: str, *, issuer: str) -> dict[str, Any] | None:
+        """The claims of an id_token this server signed (``id_token_hint`` at sign-out), or
+        None. An expired one is still a valid hint (OpenID RP-Initiated Logout §2)."""
+        try:
+            decoded = jwt.decode(token, self.key, algorithms=["RS256"])
+        except (JoseError, ValueError):
+            return None
+        claims = dict(decoded.claims)
+        if claims.get("iss") != issuer or not claims.get("sub") or not claims.get("aud"):
+            return None
+        return claims
 
 
 def _new_signing_key() -> dict[str, Any]:

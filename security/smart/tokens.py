@@ -171,6 +171,21 @@ class _Revocations:
 revocations = _Revocations
 
 
+def revoke_user_client(conn: Connection, *, user_id: str, client_id: str) -> int:
+    """Sign-out: every live token this user holds through this client ends. Returns how many."""
+    done = conn.execute(
+        update(AuthToken)
+        .where(
+            AuthToken.user_id == user_id,
+            AuthToken.client_id == client_id,
+            AuthToken.revoked.is_(False),
+        )
+        .values(revoked=True)
+    )
+    revocations.bump()
+    return int(done.rowcount or 0)
+
+
 def revoke_grant(conn: Connection, grant_id: str) -> None:
     conn.execute(update(AuthToken).filter_by(grant_id=grant_id).values(revoked=True))
     revocations.bump()

@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from hl7_bridge.ack import SUPPORTED_VERSIONS
 from hl7_bridge.parse import Encoding, ParseError, parse, parse_dtm, unescape
 from hl7_bridge.siu_to_fhir import read_siu
-from tests.hl7_bridge.samples import seg
+from tests.hl7_bridge.samples import modern_like, seg
 
 NY = ZoneInfo("America/New_York")
 MSH = "MSH|^~\\&|EMR|FAC|FHIRSCHED|FAC|20261201090000||SIU^S12|1|P|2.5.1"
@@ -171,3 +172,13 @@ def test_patient_identifiers_and_demographics() -> None:
         }
     ]
     assert patient["birthDate"] == "1970-01-02" and patient["gender"] == "male"
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_every_supported_version_reads(version: str) -> None:
+    raw = modern_like("V", datetime(2026, 12, 1, 15, tzinfo=UTC), version)
+    message = parse(raw)
+    assert message.version == version and message.ignored == ()
+    change = read_siu(message, sender_tz=NY)
+    assert change.start == datetime(2026, 12, 1, 15, tzinfo=UTC)
+    assert change.patient is not None and change.patient["name"][0]["family"] == "GARCÍA"

@@ -9,10 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from resources.sql.engine import Database
-from resources.sql.tables import AuthCode
+from resources.sql.tables import AuditLog, AuthCode
+from security.audit import open_event
 from security.crypto import KeyRing
 from security.smart.registry import add_user
 from security.smart.tokens import mint_launch
@@ -343,3 +344,54 @@ def test_cors_on_discovery_token_and_fhir(anonymous: TestClient) -> None:
     denied = anonymous.get("/fhir/Patient", headers=origin)
     assert denied.status_code == 401
     assert "www-authenticate" in denied.headers["access-control-expose-headers"].lower()
+
+
+def test_sign_out_ends_the_apps_tokens_and_is_audited(
+    anonymous: TestClient, clinic: dict[str, str], db: Database, keys: KeyRing
+) -> None:
+    verifier, challenge = pkce()
+    params = authorize_params("app", challenge)
+    final = sign_in_and_allow(
+        anonymous, params, login="maria", password="maria-password-1", patient=clinic["A"]
+    )
+    token = exchange(anonymous, "app", _code(final), verifier).json()
+    auth = {"Authorization": f"Bearer {token['access_token']}"}
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=auth).status_code == 200
+    discovery = anonymous.get("/fhir/.well-known/openid-configuration").json()
+    assert discovery["end_session_endpoint"] == "http://testserver/auth/logout"
+
+    # a forged or missing hint signs no one out
+    assert anonymous.get("/auth/logout", params={"id_token_hint": "x.y.z"}).status_code == 400
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=auth).status_code == 200
+
+    out = anonymous.get(
+        "/auth/logout",
+        params={
+            "id_token_hint": token["id_token"],
+            "post_logout_redirect_uri": REDIRECT,
+            "state": "bye",
+        },
+    )
+    assert out.status_code == 303 and out.headers["location"] == f"{REDIRECT}?state=bye"
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=auth).status_code == 401
+    refreshed = anonymous.post(
+        "/auth/token",
+        data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
+        auth=("app", ""),
+    )
+    assert refreshed.status_code in (400, 401)
+    # an unregistered redirect is never followed
+    elsewhere = anonymous.get(
+        "/auth/logout",
+        params={"id_token_hint": token["id_token"], "post_logout_redirect_uri": "https://evil"},
+    )
+    assert elsewhere.status_code == 200 and "signed out" in elsewhere.text
+
+    with db.read() as conn:
+        rows = conn.execute(select(AuditLog.__table__).order_by(AuditLog.__table__.c.seq))
+        events = [open_event(keys, r) for r in rows]
+    logouts = [e for e in events if e["subtype"][0]["code"] == "110123"]
+    assert [e["outcome"] for e in logouts] == ["4", "0", "0"]
+    user_agent = logouts[1]["agent"][1]
+    assert user_agent["who"]["reference"] == f"Patient/{clinic['A']}"
+    assert logouts[1]["agent"][0]["who"]["identifier"]["value"] == "app"
