@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import Unprocessable
 from fhir_server.scheduling.availability import schedule_id
+from fhir_server.scheduling.booking import participant_id, set_slots
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.scheduling.find import match_patient
@@ -212,26 +213,6 @@ def _covered_slots(conn: Connection, sched: str, start: datetime, end: datetime)
     return sorted(r.slot_id for r in rows)
 
 
-def _set_slots(conn: Connection, store: Store, ids: list[str], status: str) -> None:
-    for sid in ids:
-        current = store.read(conn, "Slot", sid)
-        if current is None or current.deleted:
-            continue
-        body = current.resource()
-        if body.get("status") != status:
-            body = {**body, "status": status}
-            body.pop("meta", None)
-            service.update(
-                conn,
-                store=store,
-                resource_type="Slot",
-                resource_id=sid,
-                resource=body,
-                trusted=True,
-                changed=frozenset({"status"}),
-            )
-
-
 def _claim(
     conn: Connection,
     sched: str,
@@ -313,9 +294,9 @@ def apply_change(
     practitioner = _practitioner(config, change.practitioners[0]) if change.practitioners else None
     location = _location(config, change.locations[0]) if change.locations else None
     if old is not None and not change.practitioners:
-        practitioner = _ref(old, "Practitioner")
+        practitioner = participant_id(old, "Practitioner")
     if old is not None and not change.locations:
-        location = _ref(old, "Location")
+        location = participant_id(old, "Location")
 
     resource: dict[str, Any] = {
         "resourceType": "Appointment",
@@ -370,8 +351,8 @@ def apply_change(
         resource=resource,
     )
     assert outcome.stored is not None
-    _set_slots(conn, store, freed, "free")
-    _set_slots(conn, store, slots, "busy")
+    set_slots(conn, store, freed, "free")
+    set_slots(conn, store, slots, "busy")
     _link(conn, change, appointment_id, new=link is None)
     note = "overlaps a booking made here" if status == "conflict" else None
     return Applied(appointment_id, status, patient_id, note)
@@ -385,14 +366,6 @@ def _merge_identifiers(
         if not any(i.get("system") == ident.get("system") for i in out):
             out.append(ident)
     return out
-
-
-def _ref(appt: dict[str, Any], rtype: str) -> str | None:
-    for p in appt.get("participant", []):
-        ref = str((p.get("actor") or {}).get("reference", ""))
-        if ref.startswith(f"{rtype}/"):
-            return ref.split("/", 1)[1]
-    return None
 
 
 def _instant(value: str) -> datetime:

@@ -28,6 +28,7 @@ import structlog
 from sqlalchemy import Connection, select, update
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
+from fhir_server.scheduling.booking import participant_id
 from fhir_server.settings import HL7Endpoint
 from hl7_bridge.ack import read_ack
 from hl7_bridge.fhir_to_siu import Envelope, build_siu
@@ -79,14 +80,6 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resource.items() if k not in ("meta", "slot")}
 
 
-def _ref_id(appt: dict[str, Any], rtype: str) -> str | None:
-    for p in appt.get("participant", []):
-        ref = str((p.get("actor") or {}).get("reference", ""))
-        if ref.startswith(f"{rtype}/"):
-            return ref.split("/", 1)[1]
-    return None
-
-
 class Outbox:
     """Queues the SIU message for each endpoint inside the transaction that changed an
     Appointment. Register with ``store.watch("Appointment", outbox.on_change)``."""
@@ -125,9 +118,9 @@ class Outbox:
         if event is None:
             return
         appt = cast(dict[str, Any], new or old)
-        patient = self._read(conn, "Patient", _ref_id(appt, "Patient"))
-        practitioner = self._read(conn, "Practitioner", _ref_id(appt, "Practitioner"))
-        location = self._read(conn, "Location", _ref_id(appt, "Location"))
+        patient = self._read(conn, "Patient", participant_id(appt, "Patient"))
+        practitioner = self._read(conn, "Practitioner", participant_id(appt, "Practitioner"))
+        location = self._read(conn, "Location", participant_id(appt, "Location"))
         origin = ORIGIN.get()
         now = datetime.now(UTC)
         for endpoint in self.endpoints:
@@ -313,7 +306,9 @@ class Sender:
                 if row.appointment_id
                 else None
             )
-            patient = _ref_id(appt.resource(), "Patient") if appt and not appt.deleted else None
+            patient = (
+                participant_id(appt.resource(), "Patient") if appt and not appt.deleted else None
+            )
             trail.note(
                 f"hl7-out:{row.event.split('^')[-1]}",
                 refs=[f"Appointment/{row.appointment_id}"] if row.appointment_id else [],

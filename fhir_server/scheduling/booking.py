@@ -37,8 +37,10 @@ __all__ = [
     "existing",
     "hold",
     "modify",
+    "participant_id",
     "remember",
     "replay",
+    "set_slots",
 ]
 
 BT = cast(Table, BusyTime.__table__)
@@ -64,7 +66,8 @@ class Wanted:
     patient: str | None
 
 
-def _ref(appt: dict[str, Any], rtype: str) -> str | None:
+def participant_id(appt: dict[str, Any], rtype: str) -> str | None:
+    """The id of the Appointment's first participant of type ``rtype`` (e.g. Patient)."""
     for p in appt.get("participant", []):
         ref = (p.get("actor") or {}).get("reference", "")
         if ref.startswith(f"{rtype}/"):
@@ -84,7 +87,7 @@ def _wanted(appt: Any) -> Wanted:
         ),
         None,
     )
-    practitioner, location = _ref(appt, "Practitioner"), _ref(appt, "Location")
+    practitioner, location = participant_id(appt, "Practitioner"), participant_id(appt, "Location")
     if not (visit and practitioner and location and appt.get("start") and appt.get("end")):
         raise BadRequest(
             "the Appointment must name its visit type (serviceType), Practitioner, Location, "
@@ -94,7 +97,9 @@ def _wanted(appt: Any) -> Wanted:
         start, end = parse_fhir_date(appt["start"]), parse_fhir_date(appt["end"])
     except ValueError as exc:
         raise BadRequest(str(exc), expression=["Appointment.start"]) from exc
-    return Wanted(practitioner, location, visit, start.low, end.low, _ref(appt, "Patient"))
+    return Wanted(
+        practitioner, location, visit, start.low, end.low, participant_id(appt, "Patient")
+    )
 
 
 def _still_offered(
@@ -178,7 +183,7 @@ def _offered_locked(
     return option
 
 
-def _set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) -> None:
+def set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) -> None:
     """Mark Slots busy (booked) or free (cancelled)."""
     for sid in ids:
         current = store.read(conn, "Slot", sid)
@@ -323,7 +328,7 @@ def book_new(
         outcome = service.create(conn, store=store, resource_type="Appointment", resource=booked)
     assert outcome.stored is not None
     _claim(conn, config, w, outcome.stored.res_id, "booked", None, now)
-    _set_slots(conn, store, option.slots, "busy")
+    set_slots(conn, store, option.slots, "busy")
     return outcome.stored
 
 
@@ -346,7 +351,7 @@ def check_notice(config: ClinicConfig, appt: dict[str, Any], now: datetime, what
 def _release(conn: Connection, store: Store, appointment_id: str, appt: dict[str, Any]) -> None:
     """Give up an Appointment's time: its busy time and buffer, and its Slots."""
     conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
-    _set_slots(conn, store, _slot_ids(appt), "free")
+    set_slots(conn, store, _slot_ids(appt), "free")
 
 
 def cancel(
@@ -442,7 +447,7 @@ def modify(
     )
     assert outcome.stored is not None
     _claim(conn, config, w, appointment_id, "booked", None, now)
-    _set_slots(conn, store, option.slots, "busy")
+    set_slots(conn, store, option.slots, "busy")
     return outcome.stored
 
 

@@ -17,7 +17,8 @@ from hl7.mllp import open_hl7_connection
 from sqlalchemy import func, select, text
 
 import fhir_server.scheduling as scheduling_pkg
-from fhir_server.scheduling.clinic import load_clinic
+from fhir_server.scheduling import booking
+from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
 from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from hl7_bridge.inbound import CONFLICT_TAG
 from hl7_bridge.listener import BridgeConfig, Listener
@@ -119,6 +120,39 @@ async def bridge(
     port = await server.start("127.0.0.1", 0)
     yield Bridge(port, listener, db, store, keys)
     await server.close()
+
+
+def book_here(
+    bridge: Bridge,
+    clinic: ClinicConfig,
+    start: datetime,
+    practitioner: str = "dr-evans",
+    visit: str = "new-patient",
+    minutes: int = 45,
+) -> str:
+    """Book through the scheduling service, as $book does (every rule checked); the id."""
+    proposed = {
+        "resourceType": "Appointment",
+        "status": "proposed",
+        "serviceType": [{"coding": [{"system": VISIT_TYPE_SYSTEM, "code": visit}]}],
+        "start": start.isoformat(),
+        "end": (start + timedelta(minutes=minutes)).isoformat(),
+        "comment": "first line\nsecond | line",
+        "participant": [
+            {"actor": {"reference": f"Practitioner/{practitioner}"}, "status": "needs-action"},
+            {"actor": {"reference": "Location/loc-main"}, "status": "needs-action"},
+        ],
+    }
+    with bridge.db.write() as conn:
+        stored = booking.book_new(
+            conn,
+            store=bridge.store,
+            config=clinic,
+            appointment=proposed,
+            reference=None,
+            now=datetime.now(UTC),
+        )
+    return stored.res_id
 
 
 def msa(ack: bytes) -> tuple[str, str]:
@@ -271,47 +305,24 @@ async def test_an_older_message_arriving_late_does_not_roll_back(bridge: Bridge)
 async def test_a_booking_over_time_taken_here_is_kept_as_a_conflict(
     bridge: Bridge, clinic: ClinicConfig
 ) -> None:
-    from fhir_server.scheduling import booking
-
     # a booking made through FHIR on Tuesday at 10:00 (an unknown patient: new-patient rules)
-    with bridge.db.write() as conn:
-        proposed = {
-            "resourceType": "Appointment",
-            "status": "proposed",
-            "serviceType": [
-                {"coding": [{"system": booking.VISIT_TYPE_SYSTEM, "code": "procedure"}]}
-            ],
-            "start": at(10, day=1).isoformat(),
-            "end": (at(10, day=1) + timedelta(minutes=30)).isoformat(),
-            "participant": [
-                {"actor": {"reference": "Practitioner/dr-smith"}, "status": "needs-action"},
-                {"actor": {"reference": "Location/loc-main"}, "status": "needs-action"},
-            ],
-        }
-        ours = booking.book_new(
-            conn,
-            store=bridge.store,
-            config=clinic,
-            appointment=proposed,
-            reference=None,
-            now=datetime.now(UTC),
-        )
+    ours = book_here(bridge, clinic, at(10, day=1), "dr-smith", "procedure", 30)
     [ack] = await bridge.send(siu("S12", "X1", at(10, 15, day=1)))
     assert msa(ack) == ("AA", "X1")  # the EMR's calendar is its own: recorded, not refused
-    theirs = next(a for a in bridge.appointments() if a["id"] != ours.res_id)
+    theirs = next(a for a in bridge.appointments() if a["id"] != ours)
     assert theirs["status"] == "booked" and CONFLICT_TAG in theirs["meta"]["tag"]
     assert "slot" not in theirs
     [row] = bridge.message_rows()
     assert row.status == "conflict"
     with bridge.db.read() as conn:
         claims = conn.execute(select(BusyTime.__table__)).all()
-    assert {c.appointment_id for c in claims} == {ours.res_id}  # the guard was not weakened
+    assert {c.appointment_id for c in claims} == {ours}  # the guard was not weakened
     assert bridge.slot_status(at(10, day=1)) == "busy"
 
     # the EMR moves it to a free time: the conflict is resolved and its time claimed
     later = datetime.now(UTC) + timedelta(hours=1)
     await bridge.send(siu("S13", "X2", at(11, day=1), sent=later))
-    theirs = next(a for a in bridge.appointments() if a["id"] != ours.res_id)
+    theirs = next(a for a in bridge.appointments() if a["id"] != ours)
     assert CONFLICT_TAG not in theirs.get("meta", {}).get("tag", [])
     assert bridge.slot_status(at(11, day=1)) == "busy"
     assert bridge.slot_status(at(10, day=1)) == "busy"  # ours, untouched

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from fhir_server.app import create_app
 from fhir_server.errors import Conflict
 from fhir_server.scheduling import booking
-from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
+from fhir_server.scheduling.clinic import load_clinic
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import HL7Endpoint, Settings
 from hl7_bridge.messages import HM, MessageStore
@@ -29,7 +29,7 @@ from security.crypto import KeyRing
 from tests.builders import FHIR_JSON
 from tests.fakes.emr import StandInEMR
 from tests.hl7_bridge.samples import NY
-from tests.hl7_bridge.test_listener import DEMO, MONDAY, Bridge, at, msa, siu
+from tests.hl7_bridge.test_listener import DEMO, MONDAY, Bridge, at, book_here, msa, siu
 from tests.smart import backend_token
 
 pytestmark = pytest.mark.anyio
@@ -68,28 +68,7 @@ def _endpoint(port: int, name: str = "emr", senders: list[str] | None = None) ->
 
 
 def _book(bridge: Bridge, clinic: ClinicConfig, start: datetime) -> str:
-    proposed = {
-        "resourceType": "Appointment",
-        "status": "proposed",
-        "serviceType": [{"coding": [{"system": VISIT_TYPE_SYSTEM, "code": "new-patient"}]}],
-        "start": start.isoformat(),
-        "end": (start + timedelta(minutes=45)).isoformat(),
-        "comment": "first line\nsecond | line",
-        "participant": [
-            {"actor": {"reference": "Practitioner/dr-evans"}, "status": "needs-action"},
-            {"actor": {"reference": "Location/loc-main"}, "status": "needs-action"},
-        ],
-    }
-    with bridge.db.write() as conn:  # a new patient with Dr Evans (Monday to Thursday)
-        stored = booking.book_new(
-            conn,
-            store=bridge.store,
-            config=clinic,
-            appointment=proposed,
-            reference=None,
-            now=datetime.now(UTC),
-        )
-    return stored.res_id
+    return book_here(bridge, clinic, start)  # a new patient with Dr Evans (Monday to Thursday)
 
 
 def _outbox(bridge: Bridge) -> list[Any]:
