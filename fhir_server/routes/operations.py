@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from fhir_server import handlers
+from fhir_server import handlers, scheduling_handlers
 from fhir_server.errors import Conflict
 from fhir_server.http import (
     ContextDep,
@@ -41,16 +41,16 @@ async def _find(
 ) -> Response:
     now = datetime.now(UTC)
     if services.reader is not None:  # PostgreSQL
-        resp = await handlers.find_async(
+        resp = await scheduling_handlers.find_async(
             ctx, services.reader, services.db, services.clinic, params, now=now
         )
         return fhir_response(resp)
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:
-            return handlers.find(ctx, conn, services.clinic, params, now=now)
+            return scheduling_handlers.find(ctx, conn, services.clinic, params, now=now)
 
-    if handlers.find_is_small(ctx, services.clinic, params):
+    if scheduling_handlers.find_is_small(ctx, services.clinic, params):
         return fhir_response(await run_lookup(services, run))
     return fhir_response(await run_sync(run))
 
@@ -61,7 +61,9 @@ async def hold(request: Request, services: ServicesDep, ctx: ContextDep) -> Resp
 
     def run() -> handlers.FHIRResponse:
         with services.db.write() as conn:
-            return handlers.hold(ctx, conn, services.clinic, pairs, now=datetime.now(UTC))
+            return scheduling_handlers.hold(
+                ctx, conn, services.clinic, pairs, now=datetime.now(UTC)
+            )
 
     return fhir_response(await run_sync(run))
 
@@ -75,12 +77,12 @@ async def book(request: Request, services: ServicesDep, ctx: ContextDep) -> Resp
         now = datetime.now(UTC)
         try:
             with services.db.write() as conn:
-                return handlers.book(
+                return scheduling_handlers.book(
                     ctx, conn, services.clinic, pairs, now=now, idempotency_key=key
                 )
         except KeyInFlight as exc:
             with services.db.read() as conn:
-                replayed = handlers.replay_book(ctx, conn, exc.key)
+                replayed = scheduling_handlers.replay_book(ctx, conn, exc.key)
             if replayed is None:
                 raise Conflict("a request with this idempotency key is still in progress") from None
             return replayed

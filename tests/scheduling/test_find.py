@@ -319,7 +319,8 @@ def test_bad_input_is_400(
 
 def test_only_small_finds_run_on_the_event_loop(cfg: ClinicConfig) -> None:
     """A $find over a few schedule-days may run inline; a month of every schedule may not."""
-    from fhir_server.handlers import SMALL_FIND_SCHEDULE_DAYS, Context, find_is_small
+    from fhir_server.handlers import Context
+    from fhir_server.scheduling_handlers import SMALL_FIND_SCHEDULE_DAYS, find_is_small
 
     ctx = cast(Context, SimpleNamespace(paging=SimpleNamespace(max_count=200)))
 

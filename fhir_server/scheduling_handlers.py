@@ -1,0 +1,345 @@
+"""The scheduling operations as framework-free request → response functions: Appointment
+``$find`` (ITI-115), ``$hold`` (ITI-116) and ``$book`` (ITI-117).
+
+Like the RESTful interactions in ``handlers.py`` (whose checks, audit notes and response
+shapes they share), they authorise against the request's principal, confine a patient's token
+to that patient, note what they touch for the audit log, and call the scheduling domain
+(``fhir_server/scheduling``) inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from anyio import to_thread
+from sqlalchemy import Connection
+
+from conformance.operations import OPERATIONS, parse_operation
+from fhir_server import authz, handlers
+from fhir_server.authz import Access
+from fhir_server.errors import BadRequest, FHIRError, Forbidden, Unprocessable
+from fhir_server.handlers import Context, FHIRResponse, version_headers
+from fhir_server.scheduling import booking
+from fhir_server.scheduling.config import ClinicConfig
+from fhir_server.scheduling.find import (
+    FindRequest,
+    Found,
+    compute_options,
+    find_options,
+    parse_find,
+    plan_find,
+    proposed_appointment,
+    read_calendar_async,
+    schedule_days,
+)
+from resources.sql.async_reads import AsyncReader
+from resources.sql.engine import Database
+from resources.store import StoredVersion
+
+__all__ = [
+    "SMALL_FIND_SCHEDULE_DAYS",
+    "book",
+    "find",
+    "find_async",
+    "find_is_small",
+    "hold",
+    "replay_book",
+]
+
+
+def _clinic(config: ClinicConfig | None) -> ClinicConfig:
+    if config is None:
+        raise Unprocessable("no clinic is configured here; set FHIRSCHED_CLINIC_FILE")
+    return config
+
+
+def find(
+    ctx: Context,
+    conn: Connection,
+    config: ClinicConfig | None,
+    params: list[tuple[str, Any]],
+    *,
+    now: datetime,
+) -> FHIRResponse:
+    """Appointment/$find: a searchset Bundle of proposed Appointments, ordered by start."""
+    access = authz.require(ctx.principal, "Appointment", "$find")
+    config = _clinic(config)
+    request = _confine_find(access, parse_find(params, max_count=ctx.paging.max_count))
+    _note_find(ctx, params, request)
+    found = find_options(
+        conn, store=ctx.store, config=config, request=request, now=now, limit=request.count
+    )
+    return _find_bundle(config, request, found)
+
+
+def _note_find(ctx: Context, params: list[tuple[str, Any]], request: FindRequest) -> None:
+    shown = [(k, "(Patient resource)" if k == "patient-resource" else str(v)) for k, v in params]
+    patients = {request.patient_id} if request.patient_id else set()
+    query = f"Appointment/$find?{urlencode(shown)}"
+    handlers.note(ctx, "$find", "Appointment", query=query, patients=patients)
+
+
+async def find_async(
+    ctx: Context,
+    reader: AsyncReader,
+    db: Database,
+    config: ClinicConfig | None,
+    params: list[tuple[str, Any]],
+    *,
+    now: datetime,
+) -> FHIRResponse:
+    """``$find`` on PostgreSQL: the reads on async connections, the rules inline when the
+    window is small (in the thread pool when not). A ``patient-resource`` needs a Patient
+    search, which runs on the synchronous path."""
+    access = authz.require(ctx.principal, "Appointment", "$find")
+    config = _clinic(config)
+    request = _confine_find(access, parse_find(params, max_count=ctx.paging.max_count))
+    if request.patient_resource is not None:
+
+        def run() -> FHIRResponse:
+            with db.read() as conn:
+                return find(ctx, conn, config, params, now=now)
+
+        return await to_thread.run_sync(run)
+    _note_find(ctx, params, request)
+    plan = plan_find(config, request)
+    calendar = await read_calendar_async(reader, plan, request, now)
+
+    def compute() -> Found:
+        return compute_options(config, plan, request, calendar, now=now, limit=request.count)
+
+    if schedule_days(config, request) <= SMALL_FIND_SCHEDULE_DAYS:
+        found = compute()
+    else:
+        found = await to_thread.run_sync(compute)
+    return _find_bundle(config, request, found)
+
+
+def _confine_find(access: Access, request: FindRequest) -> FindRequest:
+    """A patient's token finds only for that patient."""
+    if access.patient is None:
+        return request
+    if request.patient_resource is not None:
+        raise Forbidden("a patient's token finds for its own patient: use patient-reference")
+    if request.patient_id not in (None, access.patient):
+        raise Forbidden("a patient's token finds only for that patient")
+    return replace(request, patient_id=access.patient)
+
+
+def _find_bundle(config: ClinicConfig, request: FindRequest, found: Found) -> FHIRResponse:
+    entries = [
+        {
+            "resource": proposed_appointment(config, o, patient_id=request.patient_id),
+            "search": {"mode": "match"},
+        }
+        for o in found.options
+    ]
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": found.total}
+    if entries:
+        bundle["entry"] = entries
+    return FHIRResponse(200, bundle)
+
+
+# A $find over at most this many schedule-days (a whole 50-practitioner clinic for two days:
+# a few milliseconds) may run on the event loop where lookups do (SQLite, see
+# http.run_lookup); anything larger goes to the thread pool so it cannot stall other requests.
+SMALL_FIND_SCHEDULE_DAYS = 100
+
+
+def find_is_small(ctx: Context, config: ClinicConfig | None, params: list[tuple[str, Any]]) -> bool:
+    """Whether a ``$find`` is cheap enough to run inline (invalid ones fail fast: yes)."""
+    if config is None:
+        return True
+    try:
+        request = parse_find(params, max_count=ctx.paging.max_count)
+    except FHIRError:
+        return True
+    return schedule_days(config, request) <= SMALL_FIND_SCHEDULE_DAYS
+
+
+def _operation_appointment(
+    op_id: str, params: list[tuple[str, Any]]
+) -> tuple[Any, str | None, dict[str, list[Any]]]:
+    values = parse_operation(OPERATIONS[op_id], params)
+    resource = values.get("appointment-resource", [None])[0]
+    reference = values.get("appointment-reference", [None])[0]
+    if resource is None and reference is None:
+        raise BadRequest("give appointment-resource or appointment-reference")
+    return resource, reference, values
+
+
+def hold(
+    ctx: Context,
+    conn: Connection,
+    config: ClinicConfig | None,
+    params: list[tuple[str, Any]],
+    *,
+    now: datetime,
+) -> FHIRResponse:
+    """Appointment/$hold (ITI-116): a pending Appointment and an ``Expires`` header."""
+    access = authz.require(ctx.principal, "Appointment", "$hold")
+    config = _clinic(config)
+    resource, reference, _ = _operation_appointment("appointment-hold", params)
+    if access.patient is not None:
+        if reference is not None:
+            raise Forbidden("a patient's token holds a proposed appointment-resource")
+        handlers.confined_write(access, resource)
+    _note_operation(ctx, "$hold", resource)
+    stored, expires = booking.hold(
+        conn, store=ctx.store, config=config, appointment=resource, now=now
+    )
+    _operation_done(ctx, conn, stored)
+    headers = {
+        "Expires": format_datetime(expires.astimezone(UTC), usegmt=True),
+        **version_headers(stored),
+    }
+    return FHIRResponse(200, stored.body, headers, stored)
+
+
+def book(
+    ctx: Context,
+    conn: Connection,
+    config: ClinicConfig | None,
+    params: list[tuple[str, Any]],
+    *,
+    now: datetime,
+    idempotency_key: str | None = None,
+) -> FHIRResponse:
+    """Appointment/$book (ITI-117): book (201), modify a booked one (200), cancel (status
+    cancelled, 200), or reschedule (``cancelled-appt-id``: the old one is cancelled only if the
+    new one is booked; 201)."""
+    access = authz.require(ctx.principal, "Appointment", "$book")
+    resource, reference, values = _operation_appointment("appointment-book", params)
+    old = values.get("cancelled-appointment-id", [None])[0]
+    if access.patient is not None:
+        _confine_book(ctx, conn, access, resource, reference, old)
+    _note_operation(ctx, "$book", resource, old)
+    config = _clinic(config)
+    action = _book_action(ctx, conn, resource, old)
+    key = _idempotency_key(idempotency_key, resource, action)
+    if key is not None:
+        prior = booking.claim_key(conn, key, now)
+        if prior is not None:  # a retry: the first result, never a second booking
+            first = ctx.store.vread(conn, prior.res_type, prior.res_id, prior.version)
+            assert first is not None
+            _operation_done(ctx, conn, first)
+            return FHIRResponse(int(prior.status), first.body, version_headers(first), first)
+    status = 200
+    if action == "cancel":
+        stored = booking.cancel(
+            conn,
+            store=ctx.store,
+            config=config,
+            appointment_id=str(resource["id"]),
+            now=now,
+            reason=resource.get("cancelationReason"),
+        )
+    elif action == "modify":
+        stored = booking.modify(conn, store=ctx.store, config=config, appointment=resource, now=now)
+    else:
+        if old:  # one transaction: if the new booking fails, the cancellation rolls back too
+            booking.cancel(
+                conn,
+                store=ctx.store,
+                config=config,
+                appointment_id=str(old).split("/")[-1],
+                now=now,
+            )
+        stored = booking.book_new(
+            conn,
+            store=ctx.store,
+            config=config,
+            appointment=resource,
+            reference=reference,
+            now=now,
+        )
+        status = 201
+    if key is not None:
+        booking.remember(conn, key, status, stored)
+    _operation_done(ctx, conn, stored)
+    headers = version_headers(stored)
+    if status == 201:
+        location = f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}"
+        headers["Location"] = location
+    return FHIRResponse(status, stored.body, headers, stored)
+
+
+def _note_operation(ctx: Context, kind: str, resource: Any, old: Any = None) -> None:
+    """Noted before acting, so a refused or failed attempt is audited with its patient."""
+    if ctx.trail is None:
+        return
+    patients = authz.patients_in(resource) if isinstance(resource, dict) else set()
+    refs = []
+    if isinstance(resource, dict) and resource.get("id"):
+        refs.append(f"Appointment/{resource['id']}")
+    if old:
+        refs.append(f"Appointment/{str(old).split('/')[-1]}")
+    ctx.trail.note(kind, refs=refs, patients=patients)
+
+
+def _operation_done(ctx: Context, conn: Connection, stored: StoredVersion) -> None:
+    if ctx.trail is None:
+        return
+    fact = ctx.trail.facts[-1]
+    ref = f"Appointment/{stored.res_id}"
+    if ref not in fact.refs:
+        fact.refs.insert(0, ref)
+    fact.patients |= handlers.patients_of("Appointment", stored.res_id, stored)
+    handlers.commit_notes(ctx, conn)
+
+
+def _confine_book(
+    ctx: Context, conn: Connection, access: Access, resource: Any, reference: Any, old: Any
+) -> None:
+    """A patient's token books, changes and cancels only that patient's appointments."""
+    if reference is not None:
+        target = str(reference.get("reference") if isinstance(reference, dict) else reference)
+        handlers.current_visible(ctx, conn, access, target.split("/")[-1])
+    if isinstance(resource, dict):
+        if resource.get("id"):
+            handlers.current_visible(ctx, conn, access, str(resource["id"]))
+        if resource.get("status") != "cancelled" or resource.get("participant"):
+            handlers.confined_write(access, resource)
+    if old:
+        handlers.current_visible(ctx, conn, access, str(old).split("/")[-1])
+
+
+def _book_action(ctx: Context, conn: Connection, resource: Any, old: Any) -> str:
+    """What a ``$book`` asks for: ``cancel``, ``modify``, ``reschedule`` or ``book``."""
+    if isinstance(resource, dict) and resource.get("status") == "cancelled":
+        if not resource.get("id"):
+            raise BadRequest("a cancellation names the Appointment by its id")
+        return "cancel"
+    if old:
+        return f"reschedule:{str(old).split('/')[-1]}"
+    if isinstance(resource, dict) and resource.get("id"):
+        stored = ctx.store.read(conn, "Appointment", str(resource["id"]))
+        if stored and not stored.deleted and stored.resource().get("status") == "booked":
+            return "modify"
+    return "book"
+
+
+def _idempotency_key(header: str | None, resource: Any, action: str) -> str | None:
+    """``Idempotency-Key`` header, else the Appointment's first identifier (system|value) for
+    that action: a modification, whose content differs each time, needs the header."""
+    if header:
+        return f"header:{header.strip()[:150]}"
+    if isinstance(resource, dict) and action != "modify":
+        for ident in resource.get("identifier", []):
+            if isinstance(ident, dict) and ident.get("value"):
+                prefix = "identifier" if action == "book" else f"identifier:{action}"
+                return f"{prefix}:{ident.get('system', '')}|{ident['value']}"[:200]
+    return None
+
+
+def replay_book(ctx: Context, conn: Connection, key: str) -> FHIRResponse | None:
+    """After losing a race on the idempotency key: the winner's result."""
+    found = booking.replay(conn, ctx.store, key)
+    if found is None:
+        return None
+    status, stored = found
+    return FHIRResponse(status, stored.body, version_headers(stored), stored)
