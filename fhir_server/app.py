@@ -36,7 +36,7 @@ from fhir_server.routes import audit, auth, authorize, metadata, operations, res
 from fhir_server.scheduling.clinic import load_clinic
 from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from fhir_server.settings import Settings
-from hl7_bridge.runtime import install_outbox
+from hl7_bridge.runtime import install_outbox, start_bridge
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database, migrate
@@ -214,8 +214,6 @@ def create_app(
             )
         bridge = None
         if settings.hl7_listen:
-            from hl7_bridge.runtime import start_bridge
-
             bridge = await start_bridge(settings, db=db, store=store, clinic=clinic)
             log.info("hl7.listening", host=settings.hl7_host, port=bridge.port)
         try:

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from hl7_bridge.parse import Encoding, ParseError, escape
+
 __all__ = [
     "SUPPORTED_EVENTS",
     "SUPPORTED_VERSIONS",
@@ -94,15 +96,12 @@ def refusal(header: Header) -> tuple[str, str] | None:
 
 
 def _escape(text: str, header: Header) -> bytes:
-    """Free text for ERR, with the message's delimiters escaped (HL7 2.7 escape sequences)."""
-    enc = header.field(2).decode("latin-1") or "^~\\&"
-    esc = enc[2] if len(enc) > 2 else "\\"
-    out = text.replace(esc, f"{esc}E{esc}")
-    for char, code in ((header.separator.decode("latin-1"), "F"), (enc[0], "S"), (enc[1], "R")):
-        out = out.replace(char, f"{esc}{code}{esc}")
-    if len(enc) > 3:
-        out = out.replace(enc[3], f"{esc}T{esc}")
-    return out.encode("latin-1", "replace")
+    """Free text for ERR, with the message's own delimiters escaped."""
+    try:
+        enc = Encoding.from_msh("MSH" + (header.separator + header.field(2)).decode("latin-1"))
+    except ParseError:
+        enc = Encoding()
+    return escape(text, enc).encode("latin-1", "replace")
 
 
 def build_ack(

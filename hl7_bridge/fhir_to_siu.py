@@ -24,7 +24,9 @@ from typing import Any
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message, Segment
 
-__all__ = ["FILLER_STATUS", "Envelope", "build_siu", "escape"]
+from hl7_bridge.parse import escape
+
+__all__ = ["FILLER_STATUS", "Envelope", "build_siu"]
 
 FILLER_STATUS = {
     "booked": "Booked",
@@ -53,14 +55,6 @@ class Envelope:
     receiving_application: str = ""
     receiving_facility: str = ""
     version: str = "2.5.1"
-
-
-def escape(text: str) -> str:
-    """Free text made safe for the standard delimiters ``|^~\\&``."""
-    out = text.replace("\\", "\\E\\")
-    for char, code in (("|", "F"), ("^", "S"), ("&", "T"), ("~", "R")):
-        out = out.replace(char, f"\\{code}\\")
-    return out.replace("\r", " ").replace("\n", " ")
 
 
 def _dtm(value: str | None) -> str:

@@ -21,7 +21,7 @@ no one's Slots, is tagged ``hl7-conflict`` (``Appointment?_tag=…``) and the me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
@@ -29,12 +29,13 @@ from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import Unprocessable
 from fhir_server.scheduling.availability import schedule_id
-from fhir_server.scheduling.booking import participant_id, set_slots
+from fhir_server.scheduling.booking import free_holds, participant_id, set_slots, slot_ids
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.scheduling.find import match_patient
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from resources import service
+from resources.fhirdate import parse_fhir_date
 from resources.sql.tables import BusyTime, HL7Link, SlotTime
 from resources.store import Store
 
@@ -222,16 +223,9 @@ def _claim(
     visit_type: str | None,
     now: datetime,
 ) -> bool:
-    """Claim the time; False if it is already booked or held here (the guard refused)."""
-    conn.execute(
-        delete(BT).where(
-            BT.c.schedule_id == sched,
-            BT.c.start < end,
-            BT.c.end > start,
-            BT.c.kind == "held",
-            BT.c.expires_at <= now,
-        )
-    )
+    """Claim the time; False if it is already booked or held here (the guard refused). A
+    savepoint keeps the refusal from failing the message's whole transaction."""
+    free_holds(conn, schedule=sched, start=start, end=end, now=now, appointment_id=appointment_id)
     try:
         with conn.begin_nested():
             conn.execute(
@@ -250,12 +244,63 @@ def _claim(
     return True
 
 
-def _slot_refs(old: dict[str, Any] | None) -> list[str]:
-    return [
-        str(s.get("reference", "")).split("/")[-1]
-        for s in (old or {}).get("slot", [])
-        if isinstance(s, dict) and s.get("reference")
-    ]
+def _span(
+    change: SIUChange,
+    old: dict[str, Any] | None,
+    config: ClinicConfig | None,
+    visit_type: str | None,
+) -> tuple[datetime, datetime]:
+    """Start and end in UTC (SQLite compares instants as text): the message's, else those the
+    Appointment had; an end missing from both comes from the clinic's visit type."""
+    start = change.start or (
+        parse_fhir_date(old["start"]).low if old and old.get("start") else None
+    )
+    end = change.end or (parse_fhir_date(old["end"]).low if old and old.get("end") else None)
+    if start is not None and end is None and visit_type and config is not None:
+        minutes = next(v.minutes for v in config.visit_types if v.code == visit_type)
+        end = start + timedelta(minutes=minutes)
+    if start is None or end is None:
+        raise Unprocessable(
+            "the message gives no appointment time: send TQ1-7/8, SCH-11 or AIS-4 with a "
+            "duration (TQ1-6, SCH-9/10 or AIS-7/8)"
+        )
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def _body(
+    change: SIUChange,
+    old: dict[str, Any] | None,
+    span: tuple[datetime, datetime],
+    shown: tzinfo,
+    visit_type: str | None,
+    participants: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The Appointment the message describes; what it leaves out is kept from ``old``."""
+    start, end = span
+    resource: dict[str, Any] = {
+        "resourceType": "Appointment",
+        "identifier": _merge_identifiers(old, change.identifiers()),
+        "status": change.status,
+        "start": start.astimezone(shown).isoformat(),
+        "end": end.astimezone(shown).isoformat(),
+        "minutesDuration": max(1, round((end - start).total_seconds() / 60)),
+        "participant": participants,
+    }
+    services = [dict(c) for c in change.services]
+    if visit_type:
+        services.insert(0, {"system": VISIT_TYPE_SYSTEM, "code": visit_type})
+    if services:
+        resource["serviceType"] = [{"coding": services}]
+    elif old and old.get("serviceType"):
+        resource["serviceType"] = old["serviceType"]
+    if change.reason:
+        resource["reasonCode"] = [{"text": change.reason}]
+    comment = change.comment or (old or {}).get("comment")
+    if comment:
+        resource["comment"] = comment
+    if change.status == "cancelled":
+        resource["cancelationReason"] = {"text": f"cancelled in the EMR ({change.event})"}
+    return resource
 
 
 def apply_change(
@@ -269,27 +314,13 @@ def apply_change(
 ) -> Applied:
     link = _linked(conn, change)
     old: dict[str, Any] | None = None
-    appointment_id: str | None = None
     if link is not None:
         if change.sent_at and link.last_sent_at and change.sent_at < _aware(link.last_sent_at):
             return Applied(link.appointment_id, "superseded", note="older than what was applied")
-        appointment_id = str(link.appointment_id)
-        stored = store.read(conn, "Appointment", appointment_id)
+        stored = store.read(conn, "Appointment", link.appointment_id)
         old = stored.resource() if stored is not None and not stored.deleted else None
-    start = change.start or (_instant(old["start"]) if old and old.get("start") else None)
-    end = change.end or (_instant(old["end"]) if old and old.get("end") else None)
     visit_type = _visit_type(config, change)
-    if start is not None and end is None and visit_type and config is not None:
-        minutes = next(v.minutes for v in config.visit_types if v.code == visit_type)
-        end = start + timedelta(minutes=minutes)
-    if start is None or end is None:
-        raise Unprocessable(
-            "the message gives no appointment time: send TQ1-7/8, SCH-11 or AIS-4 with a "
-            "duration (TQ1-6, SCH-9/10 or AIS-7/8)"
-        )
-    # instants are kept in UTC (SQLite compares them as text); shown in the clinic's offset
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    shown = config.tz if config is not None else UTC
+    start, end = _span(change, old, config, visit_type)
     patient_id = _patient(conn, store, change.patient, known_patients)
     practitioner = _practitioner(config, change.practitioners[0]) if change.practitioners else None
     location = _location(config, change.locations[0]) if change.locations else None
@@ -297,36 +328,17 @@ def apply_change(
         practitioner = participant_id(old, "Practitioner")
     if old is not None and not change.locations:
         location = participant_id(old, "Location")
-
-    resource: dict[str, Any] = {
-        "resourceType": "Appointment",
-        "identifier": _merge_identifiers(old, change.identifiers()),
-        "status": change.status,
-        "start": start.astimezone(shown).isoformat(),
-        "end": end.astimezone(shown).isoformat(),
-        "minutesDuration": max(1, round((end - start).total_seconds() / 60)),
-        "participant": _participants(change, patient_id, practitioner, location, old),
-    }
-    services = [dict(c) for c in change.services]
-    if visit_type:
-        services.insert(0, {"system": VISIT_TYPE_SYSTEM, "code": visit_type})
-    if services:
-        resource["serviceType"] = [{"coding": services}]
-    elif old and old.get("serviceType"):
-        resource["serviceType"] = old["serviceType"]
-    if change.reason:
-        resource["reasonCode"] = [{"text": change.reason}]
-    if change.comment or (old and old.get("comment")):
-        resource["comment"] = change.comment or old["comment"]  # type: ignore[index]
-    if change.status == "cancelled":
-        resource["cancelationReason"] = {"text": f"cancelled in the EMR ({change.event})"}
+    participants = _participants(change, patient_id, practitioner, location, old)
+    resource = _body(
+        change, old, (start, end), config.tz if config else UTC, visit_type, participants
+    )
 
     # give up the old time, then claim the new one (the guard decides)
-    if appointment_id is not None:
+    if link is not None:
+        appointment_id = str(link.appointment_id)
         conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
     else:
         appointment_id = service.new_id()
-        resource["id"] = appointment_id
     status = "applied"
     slots: list[str] = []
     if change.status in HOLDS_TIME and practitioner and location:
@@ -335,7 +347,7 @@ def apply_change(
             slots = _covered_slots(conn, sched, start, end)
         else:
             status = "conflict"
-    freed = [s for s in _slot_refs(old) if s not in slots]
+    freed = [s for s in slot_ids(old or {}) if s not in slots]
     if slots:
         resource["slot"] = [{"reference": f"Slot/{s}"} for s in slots]
     tags = [t for t in ((old or {}).get("meta") or {}).get("tag", []) if t != CONFLICT_TAG]
@@ -343,14 +355,13 @@ def apply_change(
         tags.append(CONFLICT_TAG)
     resource["meta"] = {"tag": tags} if tags else {}
     resource["id"] = appointment_id
-    outcome = service.update(
+    service.update(
         conn,
         store=store,
         resource_type="Appointment",
         resource_id=appointment_id,
         resource=resource,
     )
-    assert outcome.stored is not None
     set_slots(conn, store, freed, "free")
     set_slots(conn, store, slots, "busy")
     _link(conn, change, appointment_id, new=link is None)
@@ -366,10 +377,6 @@ def _merge_identifiers(
         if not any(i.get("system") == ident.get("system") for i in out):
             out.append(ident)
     return out
-
-
-def _instant(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 def _aware(value: datetime) -> datetime:

@@ -22,19 +22,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import Connection
 
 from fhir_server.errors import FHIRError
 from fhir_server.scheduling.config import ClinicConfig
-from hl7_bridge.ack import Header, NotHL7, build_ack, read_header, refusal
+from hl7_bridge.ack import Header, NotHL7, build_ack, read_ack, read_header, refusal
 from hl7_bridge.inbound import Applied, apply_change
 from hl7_bridge.messages import MessageStore
 from hl7_bridge.outbound import ORIGIN
 from hl7_bridge.parse import ParseError, parse
-from hl7_bridge.siu_to_fhir import read_siu
+from hl7_bridge.siu_to_fhir import read_siu, sender_key
 from resources.sql.engine import Database
 from resources.store import Store
 from security.balp import Actor
@@ -61,29 +60,49 @@ class BridgeConfig:
 
 @dataclass(frozen=True, slots=True)
 class _Result:
-    code: str  # AA | AE | AR
+    code: str | None  # AA | AE | AR; None while only received (enhanced mode)
     status: str  # message status
     applied: Applied | None = None
     error: tuple[str, str] | None = None  # (HL7 table 0357 code, words)
 
 
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    """One received message and what its header says, carried through the steps."""
+
+    raw: bytes
+    peer: str  # network address of the sender
+    header: Header
+    now: datetime
+
+    @property
+    def sender(self) -> str:
+        return sender_key(
+            self.header.component(3, 1).decode("latin-1"),
+            self.header.component(4, 1).decode("latin-1"),
+        )
+
+    @property
+    def control(self) -> str:
+        return self.header.field(10).decode("latin-1")
+
+    @property
+    def event(self) -> str:
+        return (
+            self.header.field(9).decode("latin-1").replace(self.header.field(2)[:1].decode(), "^")
+        )
+
+    @property
+    def trigger(self) -> str:
+        return self.header.component(9, 2).decode("latin-1") or "unknown"
+
+    @property
+    def enhanced(self) -> bool:
+        return bool(self.header.field(15) or self.header.field(16))
+
+
 def _control_id() -> str:
     return uuid.uuid4().hex[:20]
-
-
-def _sender(header: Header) -> str:
-    app = header.component(3, 1).decode("latin-1")
-    facility = header.component(4, 1).decode("latin-1")
-    raw = f"{app}.{facility}" if facility else app
-    return "".join(c if c.isalnum() or c in ".-" else "-" for c in raw).strip("-") or "unknown"
-
-
-def _enhanced(raw: bytes) -> bool:
-    try:
-        header = read_header(raw)
-    except NotHL7:
-        return False
-    return bool(header.field(15) or header.field(16))
 
 
 def _wanted(code: str, policy: bytes) -> bool:
@@ -109,90 +128,49 @@ class Listener:
         self.keys = keys
         self.store = store
         self.clinic = clinic
-        self.config = config or BridgeConfig(
-            sender_tz=ZoneInfo(clinic.timezone) if clinic is not None else UTC
-        )
+        self.config = config or BridgeConfig(sender_tz=clinic.tz if clinic is not None else UTC)
         self.messages = MessageStore(keys)
         self.known_patients: dict[str, str] = {}  # PID identifier → Patient id
 
     async def handle(self, raw: bytes, peer: str, reply: Reply) -> None:
-        for ack in await asyncio.to_thread(self.accept, raw, peer):
+        acks, pending = await asyncio.to_thread(self.accept, raw, peer)
+        for ack in acks:
             await reply(ack)
-        if _enhanced(raw) and (more := await asyncio.to_thread(self.process_pending, raw, peer)):
-            await reply(more)
+        if pending is not None:  # enhanced mode: the application ACK, as MSH-16 asks
+            ack = await asyncio.to_thread(self._process, pending)
+            if _wanted(read_ack(ack)[0], pending.header.field(16)):
+                await reply(ack)
 
-    # -- the two steps, each in its own thread hop ----------------------------------------------
-    def accept(self, raw: bytes, peer: str) -> list[bytes]:
+    def accept(self, raw: bytes, peer: str) -> tuple[list[bytes], _Inbound | None]:
         """Everything up to the first answer: a resend's original ACK, an AR, a CA (enhanced
-        mode), or (original mode) the whole processing and its ACK."""
-        now = datetime.now(UTC)
+        mode), or (original mode) the whole processing and its ACK. Returns the answers and,
+        in enhanced mode, the stored message still to apply."""
         try:
-            header = read_header(raw)
+            msg = _Inbound(raw, peer, read_header(raw), datetime.now(UTC))
         except NotHL7 as exc:
-            return [self._unreadable(raw, peer, str(exc), now)]
-        sender, control = _sender(header), header.field(10).decode("latin-1")
-        event = header.field(9).decode("latin-1").replace(header.field(2)[:1].decode(), "^")
-        enhanced = bool(header.field(15) or header.field(16))
-        prior = None
-        if enhanced:
-            with self.db.read() as conn:
-                prior = self.messages.find(conn, "in", sender, control)
-            if prior is not None and prior.status != "received":
-                return self._first_answer(prior)
-        why = refusal(header)
+            return [self._unreadable(raw, peer, str(exc))], None
+        why = refusal(msg.header)
         if why is not None:
-            result = _Result("AR", "rejected", error=why)
-            return [self._keep(raw, peer, header, sender, control, event, result, now)]
-        if not enhanced:
-            return [self._process(raw, peer, header, sender, control, event, now)]
-        if prior is None:
-            with self.db.write() as conn:
-                self.messages.add(
-                    conn,
-                    direction="in",
-                    peer=sender,
-                    control_id=control,
-                    event=event,
-                    message=raw,
-                    status="received",
-                    now=now,
-                    address=peer,
-                )
-        ca = build_ack(header, "CA", control_id=_control_id(), now=now)
-        return [ca] if _wanted("CA", header.field(15)) else []
+            return [self._keep(msg, _Result("AR", "rejected", error=why))], None
+        if not msg.enhanced:
+            return [self._process(msg)], None
+        with self.db.write() as conn:
+            prior, first = self._prior(conn, msg, replay=False)
+            if first is not None:
+                return [first], None
+            if prior is None:
+                self._record(conn, None, msg, _Result(None, "received"), None)
+        ca = build_ack(msg.header, "CA", control_id=_control_id(), now=msg.now)
+        return ([ca] if _wanted("CA", msg.header.field(15)) else []), msg
 
-    def _first_answer(self, prior: Any) -> list[bytes]:
-        """A resend: nothing changes, the sender gets the ACK it was sent the first time."""
-        ack = self.messages.open(prior).ack
+    def _prior(self, conn: Connection, msg: _Inbound, *, replay: bool) -> tuple[Any, bytes | None]:
+        """The stored row for this message, if any; for a resend, the ACK sent the first time
+        (nothing changes)."""
+        prior = self.messages.find(conn, "in", msg.sender, msg.control)
+        if prior is None or prior.status == "received" or replay:
+            return prior, None
         log.info("hl7.resend", sender=prior.peer, control_id=prior.control_id, status=prior.status)
-        return [ack] if ack else []
-
-    def _prior(
-        self, conn: Connection, sender: str, control: str, replay: bool
-    ) -> tuple[Any, bytes | None]:
-        """The stored row for this message, if any; a resend's first ACK if it is one."""
-        prior = self.messages.find(conn, "in", sender, control)
-        if prior is not None and prior.status != "received" and not replay:
-            return prior, (self._first_answer(prior) or [b""])[0]
-        return prior, None
-
-    def process_pending(self, raw: bytes, peer: str) -> bytes | None:
-        """Enhanced mode's second step: apply a message that was stored as ``received``."""
-        try:
-            header = read_header(raw)
-        except NotHL7:
-            return None
-        if not (header.field(15) or header.field(16)) or refusal(header) is not None:
-            return None
-        sender, control = _sender(header), header.field(10).decode("latin-1")
-        with self.db.read() as conn:
-            prior = self.messages.find(conn, "in", sender, control)
-        if prior is None or prior.status != "received":
-            return None
-        event = prior.event
-        ack = self._process(raw, peer, header, sender, control, event, datetime.now(UTC))
-        code = ack.split(b"MSA", 1)[1][1:3].decode("latin-1")
-        return ack if _wanted(code, header.field(16)) else None
+        return prior, self.messages.open(prior).ack or b""
 
     def replay(self, message_id: str) -> str:
         """Apply a kept (failed or received) message again; returns its new status."""
@@ -203,44 +181,26 @@ class Listener:
         if row.direction != "in" or row.status not in ("failed", "received"):
             raise ValueError(f"message {message_id} is {row.status}; only failed ones are replayed")
         opened = self.messages.open(row)
-        header = read_header(opened.message)
-        self._process(
+        msg = _Inbound(
             opened.message,
             opened.address or "replay",
-            header,
-            row.peer,
-            row.control_id,
-            row.event,
+            read_header(opened.message),
             datetime.now(UTC),
-            replay=True,
         )
+        self._process(msg, replay=True)
         with self.db.read() as conn:
             return str(self.messages.get(conn, message_id).status)
 
     # -- processing -----------------------------------------------------------------------------
-    def _trail(self, sender: str, peer: str) -> Trail:
-        host = peer.rsplit(":", 1)[0] if ":" in peer else peer
-        return Trail(Actor(client_id=f"hl7:{sender}", address=host), self.config.server)
+    def _trail(self, msg: _Inbound) -> Trail:
+        host = msg.peer.rsplit(":", 1)[0] if ":" in msg.peer else msg.peer
+        return Trail(Actor(client_id=f"hl7:{msg.sender}", address=host), self.config.server)
 
-    def _process(
-        self,
-        raw: bytes,
-        peer: str,
-        header: Header,
-        sender: str,
-        control: str,
-        event: str,
-        now: datetime,
-        *,
-        replay: bool = False,
-    ) -> bytes:
-        hl7_event = header.component(9, 2).decode("latin-1")
-        trail = self._trail(sender, peer)
-        ack_id = _control_id()
+    def _process(self, msg: _Inbound, *, replay: bool = False) -> bytes:
+        """Apply the message; the ACK says how it went (AA after commit, else AE)."""
         try:
-            message = parse(raw)
             change = read_siu(
-                message,
+                parse(msg.raw),
                 sender_tz=self.config.sender_tz,
                 status_map=self.config.status_map,
                 identifier_systems=self.config.identifier_systems,
@@ -248,7 +208,7 @@ class Listener:
             origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
             try:
                 with self.db.write() as conn:
-                    prior, first = self._prior(conn, sender, control, replay)
+                    prior, first = self._prior(conn, msg, replay=replay)
                     if first is not None:
                         return first
                     applied = apply_change(
@@ -256,14 +216,14 @@ class Listener:
                         store=self.store,
                         config=self.clinic,
                         change=change,
-                        now=now,
+                        now=msg.now,
                         known_patients=self.known_patients,
                     )
-                    result = _Result("AA", applied.status, applied)
-                    ack = build_ack(header, "AA", control_id=ack_id, now=now)
-                    self._record(conn, prior, raw, peer, sender, control, event, result, ack, now)
+                    ack = build_ack(msg.header, "AA", control_id=_control_id(), now=msg.now)
+                    self._record(conn, prior, msg, _Result("AA", applied.status, applied), ack)
+                    trail = self._trail(msg)
                     trail.note(
-                        f"hl7-in:{hl7_event}",
+                        f"hl7-in:{msg.trigger}",
                         refs=[f"Appointment/{applied.appointment_id}"]
                         if applied.appointment_id
                         else [],
@@ -275,113 +235,93 @@ class Listener:
                 ORIGIN.reset(origin)
         except (ParseError, FHIRError) as exc:
             code = "101" if isinstance(exc, ParseError) else "207"
-            result = _Result("AE", "failed", error=(code, _words(exc)))
+            return self._keep(msg, _Result("AE", "failed", error=(code, _words(exc))), replay)
         except Exception as exc:
-            log.exception("hl7.failed", sender=sender, control_id=control, error=type(exc).__name__)
-            result = _Result("AE", "failed", error=("207", "internal error; kept for review"))
-        else:
-            log.info(
-                "hl7.applied",
-                sender=sender,
-                control_id=control,
-                trigger=hl7_event,
-                status=applied.status,
-                appointment=applied.appointment_id,
+            log.exception(
+                "hl7.failed", sender=msg.sender, control_id=msg.control, error=type(exc).__name__
             )
-            return ack
-        return self._keep(
-            raw, peer, header, sender, control, event, result, now, trail=trail, replay=replay
+            result = _Result("AE", "failed", error=("207", "internal error; kept for review"))
+            return self._keep(msg, result, replay)
+        log.info(
+            "hl7.applied",
+            sender=msg.sender,
+            control_id=msg.control,
+            trigger=msg.trigger,
+            status=applied.status,
+            appointment=applied.appointment_id,
         )
+        return ack
 
-    def _keep(
-        self,
-        raw: bytes,
-        peer: str,
-        header: Header,
-        sender: str,
-        control: str,
-        event: str,
-        result: _Result,
-        now: datetime,
-        *,
-        trail: Trail | None = None,
-        replay: bool = False,
-    ) -> bytes:
-        """Store a message that was not applied (AR or AE) with its ACK and AuditEvent."""
-        ack = build_ack(header, result.code, control_id=_control_id(), now=now, error=result.error)
-        trail = trail or self._trail(sender, peer)
-        trail.facts.clear()
-        trail.staged = 0
+    def _keep(self, msg: _Inbound, result: _Result, replay: bool = False) -> bytes:
+        """Store a message that was not applied (AR or AE) with its ACK and AuditEvent, in a
+        transaction of its own (whatever the failed attempt wrote has rolled back)."""
+        assert result.code is not None
+        ack = build_ack(
+            msg.header, result.code, control_id=_control_id(), now=msg.now, error=result.error
+        )
+        trail = self._trail(msg)
         trail.note(
-            f"hl7-in:{header.component(9, 2).decode('latin-1') or 'unknown'}",
+            f"hl7-in:{msg.trigger}",
             outcome="minor" if result.code == "AR" else "serious",
             description=result.error[1] if result.error else None,
         )
         with self.db.write() as conn:
-            prior, first = self._prior(conn, sender, control, replay)
+            prior, first = self._prior(conn, msg, replay=replay)
             if first is not None:
                 return first
-            self._record(conn, prior, raw, peer, sender, control, event, result, ack, now)
+            self._record(conn, prior, msg, result, ack)
             if self.config.audit:
                 trail.commit_in(conn, self.keys)
         log.warning(
             "hl7.not_applied",
-            sender=sender,
-            control_id=control,
+            sender=msg.sender,
+            control_id=msg.control,
             ack=result.code,
             error_code=result.error[0] if result.error else None,
         )
         return ack
 
     def _record(
-        self,
-        conn: Connection,
-        prior: Any,
-        raw: bytes,
-        peer: str,
-        sender: str,
-        control: str,
-        event: str,
-        result: _Result,
-        ack: bytes,
-        now: datetime,
+        self, conn: Connection, prior: Any, msg: _Inbound, result: _Result, ack: bytes | None
     ) -> None:
+        """The message row: a new one, or the stored one (received, or being replayed)."""
         appointment = result.applied.appointment_id if result.applied else None
         if prior is not None:
             self.messages.settle(
                 conn,
                 prior.id,
-                message=raw,
-                address=peer,
+                message=msg.raw,
+                address=msg.peer,
                 status=result.status,
                 ack=ack,
                 ack_code=result.code,
                 appointment_id=appointment,
                 error=result.error,
             )
-        else:
-            self.messages.add(
-                conn,
-                direction="in",
-                peer=sender,
-                control_id=control,
-                event=event,
-                message=raw,
-                status=result.status,
-                now=now,
-                address=peer,
-                ack=ack,
-                ack_code=result.code,
-                appointment_id=appointment,
-                error=result.error,
-            )
+            return
+        self.messages.add(
+            conn,
+            direction="in",
+            peer=msg.sender,
+            control_id=msg.control,
+            event=msg.event,
+            message=msg.raw,
+            status=result.status,
+            now=msg.now,
+            address=msg.peer,
+            ack=ack,
+            ack_code=result.code,
+            appointment_id=appointment,
+            error=result.error,
+        )
 
-    def _unreadable(self, raw: bytes, peer: str, why: str, now: datetime) -> bytes:
+    def _unreadable(self, raw: bytes, peer: str, why: str) -> bytes:
         """No MSH to answer: keep it, and answer AR with an ACK of our own."""
         control = f"unreadable-{uuid.uuid4().hex[:12]}"
-        header = read_header(b"MSH|^~\\&|||||||ACK|||2.5.1")
-        result = _Result("AR", "rejected", error=("100", why))
-        return self._keep(raw, peer, header, "unknown", control, "unknown", result, now)
+        fields = ["MSH", "^~\\&", *[""] * 7, control, "P", "2.5.1"]  # MSH, then MSH-2 to MSH-12
+        header = read_header("|".join(fields).encode())
+        msg = _Inbound(raw, peer, header, datetime.now(UTC))
+        return self._keep(msg, _Result("AR", "rejected", error=("100", why)))
 
 
 def _words(exc: Exception) -> str:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import uuid
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
@@ -237,7 +237,7 @@ class Sender:
                 retry_in=round(wait, 2),
                 error=str(error),
             )
-            await asyncio.to_thread(self._attempted, row.id, state.attempt_number)
+            await asyncio.to_thread(self._attempted, row.id, state.attempt_number, wait)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Undelivered),
@@ -284,12 +284,14 @@ class Sender:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    def _attempted(self, message_id: str, attempts: int) -> None:
+    def _attempted(self, message_id: str, attempts: int, wait: float) -> None:
+        """For staff: how often it was tried and when the next try is."""
+        retry_at = datetime.now(UTC) + timedelta(seconds=wait)
         with self.db.write() as conn:
             conn.execute(
                 update(HM)
                 .where(HM.c.id == message_id)
-                .values(attempts=attempts, next_attempt=datetime.now(UTC))
+                .values(attempts=attempts, next_attempt=retry_at)
             )
 
     def _settle(self, row: Any, message: bytes, ack: bytes) -> None:

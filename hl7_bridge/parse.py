@@ -36,6 +36,7 @@ __all__ = [
     "ParseError",
     "Segment",
     "decode",
+    "escape",
     "parse",
     "parse_dtm",
     "unescape",
@@ -98,6 +99,9 @@ class Encoding:
         return cls(sep, chars[0], chars[1], chars[2], chars[3], extra)
 
 
+_STANDARD = Encoding()
+
+
 def unescape(text: str, enc: Encoding, charset: str = "utf-8") -> str:
     """Decode HL7 escape sequences (v2.5.1 §2.7.4); ``""`` is an explicit null, read as ''."""
     if text == '""':
@@ -118,6 +122,17 @@ def unescape(text: str, enc: Encoding, charset: str = "utf-8") -> str:
         out.append(_sequence(body, enc, charset, text[i : end + 1]))
         i = end + 1
     return "".join(out)
+
+
+def escape(text: str, enc: Encoding = _STANDARD) -> str:
+    """Free text made safe inside a field: the delimiters become escape sequences (v2.5.1
+    §2.7.4) and line breaks spaces (a CR would end the segment)."""
+    esc = enc.escape
+    out = text.replace(esc, f"{esc}E{esc}")
+    pairs = [(enc.field, "F"), (enc.component, "S"), (enc.subcomponent, "T"), (enc.repetition, "R")]
+    for char, code in pairs:
+        out = out.replace(char, f"{esc}{code}{esc}")
+    return out.replace("\r", " ").replace("\n", " ")
 
 
 def _sequence(body: str, enc: Encoding, charset: str, literal: str) -> str:
@@ -208,25 +223,23 @@ class Message:
         return [s for s in self.segments if s.name == name]
 
 
-def _charset_of(raw: bytes) -> tuple[str, str | None]:
-    """(codec, declared MSH-18) from the header's bytes (the header itself is ASCII)."""
+def _charset_of(raw: bytes) -> str | None:
+    """The codec MSH-18 declares (read from the header's bytes, which are ASCII), or None."""
     first = _TERMINATORS.split(raw.lstrip(b"\r\n").decode("latin-1"), maxsplit=1)[0]
-    declared = None
-    if first.startswith("MSH") and len(first) > 3:
-        parts = first.split(first[3])
-        if len(parts) > 17:
-            declared = parts[17].split(first[4:5] or "^")[0].strip().upper() or None
-    if declared is None:
-        return "", None
-    codec = CHARSETS.get(declared)
-    if codec is None:
+    if not first.startswith("MSH") or len(first) < 4:
+        return None
+    parts = first.split(first[3])
+    declared = parts[17].split(first[4:5] or "^")[0].strip().upper() if len(parts) > 17 else ""
+    if not declared:
+        return None
+    if declared not in CHARSETS:
         raise ParseError(f"unsupported character set {declared!r} in MSH-18")
-    return codec, declared
+    return CHARSETS[declared]
 
 
 def decode(raw: bytes) -> tuple[str, str]:
     """The message as text (terminators normalised to CR) and the codec used."""
-    codec, _ = _charset_of(raw)
+    codec = _charset_of(raw)
     if codec:
         text = raw.decode(codec, errors="replace")
     else:

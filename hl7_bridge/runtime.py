@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, tzinfo
 from zoneinfo import ZoneInfo
 
 from fhir_server.scheduling.config import ClinicConfig
@@ -23,12 +23,13 @@ __all__ = ["Bridge", "bridge_config", "install_outbox", "start_bridge"]
 
 
 def bridge_config(settings: Settings, clinic: ClinicConfig | None) -> BridgeConfig:
+    zone: tzinfo = UTC
     if settings.hl7_sender_timezone:
         zone = ZoneInfo(settings.hl7_sender_timezone)
-    else:
-        zone = ZoneInfo(clinic.timezone) if clinic is not None else ZoneInfo("UTC")
+    elif clinic is not None:
+        zone = clinic.tz
     return BridgeConfig(
-        sender_tz=zone if zone.key != "UTC" else UTC,
+        sender_tz=zone,
         status_map=settings.hl7_status_map,
         identifier_systems=settings.hl7_identifier_systems,
         server=settings.fhir_base,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from hl7_bridge.parse import Message, ParseError, Segment, parse_date, parse_dtm
+from hl7_bridge.parse import Message, ParseError, parse_date, parse_dtm
 
 __all__ = [
     "DEFAULT_STATUS_MAP",
@@ -124,9 +124,10 @@ class SIUChange:
         return out
 
 
-def sender_key(msh: Segment) -> str:
-    app, facility = msh.get(3), msh.get(4)
-    raw = f"{app}.{facility}" if facility else app
+def sender_key(application: str, facility: str) -> str:
+    """How a sender is named here: MSH-3 and MSH-4 (first components) joined by a dot, with
+    only letters, digits, dots and dashes (it goes into identifier system URIs)."""
+    raw = f"{application}.{facility}" if facility else application
     return re.sub(r"[^A-Za-z0-9.-]+", "-", raw).strip("-") or "unknown"
 
 
@@ -287,7 +288,7 @@ def read_siu(
     """What ``msg`` asks for. :class:`ParseError` when it cannot be understood."""
     msh = msg.msh
     event = msh.get(9, 2).upper()
-    sender = sender_key(msh)
+    sender = sender_key(msh.get(3), msh.get(4))
     sch = msg.first("SCH")
     if sch is None:
         raise ParseError("an SIU message needs an SCH segment")

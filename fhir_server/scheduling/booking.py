@@ -35,12 +35,14 @@ __all__ = [
     "check_notice",
     "claim_key",
     "existing",
+    "free_holds",
     "hold",
     "modify",
     "participant_id",
     "remember",
     "replay",
     "set_slots",
+    "slot_ids",
 ]
 
 BT = cast(Table, BusyTime.__table__)
@@ -130,7 +132,8 @@ def _still_offered(
     return None
 
 
-def _slot_ids(appt: dict[str, Any]) -> list[str]:
+def slot_ids(appt: dict[str, Any]) -> list[str]:
+    """The ids of the Slots an Appointment names."""
     return [
         str(s["reference"]).split("/")[-1]
         for s in appt.get("slot", [])
@@ -168,7 +171,7 @@ def _offered_locked(
     moving: str | None = None,
 ) -> Option:
     """The option still offered for ``w``, with its Slots locked; 409 if it is gone."""
-    named = set(_slot_ids(appt))
+    named = set(slot_ids(appt))
     _lock_slots(conn, named)
     option = _still_offered(conn, store, config, w, now, ignore_hold=ignore_hold, moving=moving)
     if option is not None and conn.dialect.name == "postgresql" and set(option.slots) - named:
@@ -204,6 +207,32 @@ def set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) -
             )
 
 
+def free_holds(
+    conn: Connection,
+    *,
+    schedule: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    appointment_id: str,
+) -> None:
+    """Before claiming time: expired holds on it, and this Appointment's own hold, go."""
+    conn.execute(
+        delete(BT).where(
+            or_(
+                and_(
+                    BT.c.schedule_id == schedule,
+                    BT.c.start < end,
+                    BT.c.end > start,
+                    BT.c.kind == "held",
+                    BT.c.expires_at <= now,
+                ),
+                and_(BT.c.kind == "held", BT.c.appointment_id == appointment_id),
+            )
+        )
+    )
+
+
 def _claim(
     conn: Connection,
     config: ClinicConfig,
@@ -214,20 +243,8 @@ def _claim(
     now: datetime,
 ) -> None:
     sched = schedule_id(w.practitioner, w.location)
-    # expired holds on this time, and this Appointment's own hold, free themselves here
-    conn.execute(
-        delete(BT).where(
-            or_(
-                and_(
-                    BT.c.schedule_id == sched,
-                    BT.c.start < w.end,
-                    BT.c.end > w.start,
-                    BT.c.kind == "held",
-                    BT.c.expires_at <= now,
-                ),
-                and_(BT.c.kind == "held", BT.c.appointment_id == appointment_id),
-            )
-        )
+    free_holds(
+        conn, schedule=sched, start=w.start, end=w.end, now=now, appointment_id=appointment_id
     )
     rows = [
         {
@@ -351,7 +368,7 @@ def check_notice(config: ClinicConfig, appt: dict[str, Any], now: datetime, what
 def _release(conn: Connection, store: Store, appointment_id: str, appt: dict[str, Any]) -> None:
     """Give up an Appointment's time: its busy time and buffer, and its Slots."""
     conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
-    set_slots(conn, store, _slot_ids(appt), "free")
+    set_slots(conn, store, slot_ids(appt), "free")
 
 
 def cancel(
@@ -369,7 +386,7 @@ def cancel(
     A booked one needs the clinic's cancellation notice (``enforce_notice``); a hold can always
     be let go.
     """
-    _lock_slots(conn, _slot_ids(existing(conn, store, appointment_id)))
+    _lock_slots(conn, slot_ids(existing(conn, store, appointment_id)))
     appt = existing(conn, store, appointment_id)  # after the lock
     if appt.get("status") not in ("booked", "pending"):
         raise BadRequest(
@@ -411,7 +428,7 @@ def modify(
     if the new time is refused nothing changes.  The patient cannot change.
     """
     appointment_id = str(appointment["id"])
-    _lock_slots(conn, _slot_ids(existing(conn, store, appointment_id)))
+    _lock_slots(conn, slot_ids(existing(conn, store, appointment_id)))
     old = existing(conn, store, appointment_id)  # after the lock
     if old.get("status") != "booked":
         raise BadRequest(f"Appointment/{appointment_id} is {old.get('status')}, not booked")
