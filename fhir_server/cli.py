@@ -49,11 +49,13 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from fhir_server.app import create_app
+    from fhir_server.heap import settle_heap
     from fhir_server.logging import configure_logging
 
     settings.check_bind()
     configure_logging(settings.log_level)
     app = create_app(settings)
+    settle_heap()
     click.echo(f"FHIR base URL: {settings.fhir_base}", err=True)
     uvicorn.run(
         app,

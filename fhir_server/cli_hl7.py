@@ -38,6 +38,7 @@ def _clinic(settings: Settings) -> ClinicConfig | None:
 @click.option("--port", type=int, default=None, help="Port (default 2575)")
 def listen(host: str | None, port: int | None) -> None:
     """Accept SIU messages over MLLP and send outbound ones, until interrupted."""
+    from fhir_server.heap import settle_heap
     from fhir_server.logging import configure_logging
     from hl7_bridge.runtime import install_outbox, start_bridge
     from resources.store import Store
@@ -52,6 +53,7 @@ def listen(host: str | None, port: int | None) -> None:
     assert ring is not None
     store = Store(ring, base_url=settings.fhir_base)
     install_outbox(settings, store)
+    settle_heap()
 
     async def run() -> None:
         bridge = await start_bridge(settings, db=database, store=store, clinic=_clinic(settings))

@@ -1,13 +1,20 @@
 """Engine setup for SQLite (embedded default) and PostgreSQL, and schema migration.
 
 SQLite runs in WAL mode; a write transaction starts with ``BEGIN IMMEDIATE`` so two writers
-serialise on the database lock up front instead of failing at commit.  PostgreSQL uses psycopg 3.
+serialise on the database lock up front instead of failing at commit. Checkpoints (copying the
+WAL back into the database file, with an fsync) run on a background thread, not inside whichever
+commit happens to cross SQLite's threshold: on the event loop that commit would stall every
+request for the length of an fsync. PostgreSQL uses psycopg 3.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -20,15 +27,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import Conflict
+from fhir_server.logging import get_logger
 
 T = TypeVar("T")
 
-__all__ = ["Database", "migrate"]
+__all__ = ["CHECKPOINTER", "Checkpointer", "Database", "migrate"]
 
 # PostgreSQL: serialization_failure, deadlock_detected
 TRANSIENT_SQLSTATES = {"40001", "40P01"}
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+log = get_logger("resources.sql.engine")
 
 
 class Database:
@@ -53,6 +63,11 @@ class Database:
                 **engine_kwargs,
             )
             _sqlite_pragmas(self.engine)
+            self._checkpoints: weakref.finalize[Any, Any] | None = None
+            if parsed.database and parsed.database != ":memory:":
+                path = str(Path(parsed.database).resolve())
+                CHECKPOINTER.add(path)
+                self._checkpoints = weakref.finalize(self, CHECKPOINTER.remove, path)
         else:
             self.engine = create_engine(
                 url,
@@ -92,22 +107,123 @@ class Database:
                 ) from exc
             raise
 
-    def try_write_now(self, fn: Callable[[Connection], T]) -> tuple[bool, T | None]:
-        """SQLite only: run ``fn`` in a write unit if no writer in this process holds the lock
-        right now, without waiting for it (so an event loop may call this). Returns (ran,
-        result)."""
+    def try_write_now(self, fn: Callable[[Any], T]) -> tuple[bool, T | None]:
+        """SQLite only: run ``fn`` on a DB-API connection inside a write transaction if no
+        writer in this process holds the lock right now, without waiting for it (so an event
+        loop may call this). Returns (ran, result). For short, hot writes that gain from
+        skipping SQLAlchemy (the audit writer); everything else uses :meth:`write`."""
         if not self.is_sqlite or not self._writer.acquire(blocking=False):
             return False, None
         try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(sqlite_immediate=True)
-                with conn.begin():
-                    return True, fn(conn)
+            raw = self.engine.raw_connection()
+            try:
+                dbapi: Any = raw.dbapi_connection
+                dbapi.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(dbapi)
+                except BaseException:
+                    dbapi.execute("ROLLBACK")
+                    raise
+                dbapi.execute("COMMIT")
+                return True, result
+            finally:
+                raw.close()
         finally:
             self._writer.release()
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.is_sqlite and self._checkpoints is not None:
+            self._checkpoints()
+
+
+class Checkpointer:
+    """One thread per process that checkpoints the WAL of every SQLite database in use.
+
+    Every ``interval`` seconds it looks at each database's WAL file and, if it changed since
+    the last look and has reached ``threshold`` bytes (about SQLite's own default of 1,000
+    pages), runs a PASSIVE checkpoint: that copies what no reader still needs into the
+    database file and fsyncs it, without blocking readers or writers. Connections keep
+    SQLite's automatic checkpoint only as a backstop (``BACKSTOP_PAGES``, about 80 MB of WAL),
+    for when this thread falls behind or the database is written by a process that does not
+    run it. The WAL index (``-shm``) would say exactly how much is waiting, but this process
+    must never open SQLite's files itself: closing any descriptor of a file drops every POSIX
+    lock the process holds on it, SQLite's included.
+    """
+
+    BACKSTOP_PAGES = 20_000
+
+    def __init__(
+        self, interval: float = 1.0, threshold: int = 4 * 1024 * 1024, *, background: bool = True
+    ) -> None:
+        self.interval = interval
+        self.threshold = threshold
+        self.background = background  # False: rounds run only when run_once is called
+        self._lock = threading.Condition()
+        self._dbs: dict[str, list[Any]] = {}  # path -> [users, connection, last WAL signature]
+        self._thread: threading.Thread | None = None
+
+    def add(self, path: str) -> None:
+        with self._lock:
+            entry = self._dbs.setdefault(path, [0, None, None])
+            entry[0] += 1
+            if self._thread is None and self.background:
+                self._thread = threading.Thread(
+                    target=self._run, name="sqlite-checkpoint", daemon=True
+                )
+                self._thread.start()
+            self._lock.notify()
+
+    def remove(self, path: str) -> None:
+        with self._lock:
+            entry = self._dbs.get(path)
+            if entry is None:
+                return
+            entry[0] -= 1
+            if entry[0] <= 0:
+                del self._dbs[path]
+                if entry[1] is not None:
+                    entry[1].close()
+
+    def run_once(self) -> int:
+        """Checkpoint every database whose WAL changed and is big enough; returns how many."""
+        done = 0
+        with self._lock:
+            for path, entry in list(self._dbs.items()):
+                try:
+                    st = os.stat(path + "-wal")
+                except FileNotFoundError:
+                    continue
+                signature = (st.st_size, st.st_mtime_ns)
+                if st.st_size < self.threshold or signature == entry[2]:
+                    continue
+                try:
+                    if entry[1] is None:
+                        entry[1] = sqlite3.connect(
+                            path, isolation_level=None, check_same_thread=False, timeout=0
+                        )
+                    entry[1].execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.OperationalError:
+                    # another process is checkpointing (SQLITE_BUSY): an expected race; the
+                    # next round tries again, and the backstop holds meanwhile
+                    continue
+                except sqlite3.Error as exc:
+                    log.error("sqlite.checkpoint_failed", error=str(exc))
+                    continue
+                entry[2] = signature
+                done += 1
+        return done
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._dbs:
+                    self._lock.wait()
+            self.run_once()
+            time.sleep(self.interval)
+
+
+CHECKPOINTER = Checkpointer()
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -120,6 +236,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA wal_autocheckpoint={Checkpointer.BACKSTOP_PAGES}")
         cur.close()
 
     @event.listens_for(engine, "begin")
