@@ -287,7 +287,7 @@ def create_app(
     )
     app.add_middleware(
         AuditMiddleware,
-        writer=AuditWriter(db, keys, enabled=settings.audit_enabled),
+        writer=AuditWriter(db, keys, enabled=settings.audit_enabled, reader=reader),
         server=settings.fhir_base,
     )
     app.add_middleware(RequestContextMiddleware)

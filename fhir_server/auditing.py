@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fhir_server.errors import ServiceUnavailable
 from fhir_server.http import error_response
 from fhir_server.logging import get_logger
+from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
-from security.audit import append
+from security.audit import append, append_async, append_dbapi
 from security.balp import Actor
 from security.crypto import KeyRing
 from security.trail import AuditUnavailable, Trail
@@ -36,10 +37,18 @@ log = get_logger("fhir_server.auditing")
 class AuditWriter:
     """Appends batches of AuditEvents; callers await their own batch's commit."""
 
-    def __init__(self, db: Database, keys: KeyRing, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keys: KeyRing,
+        *,
+        enabled: bool = True,
+        reader: AsyncReader | None = None,
+    ) -> None:
         self.db = db
         self.keys = keys
         self.enabled = enabled
+        self.reader = reader  # PostgreSQL: async connections, so a batch blocks no thread
         self._events: list[dict[str, Any]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -61,13 +70,22 @@ class AuditWriter:
                 append(conn, self.keys, events)
 
     async def _drain(self) -> None:
+        await asyncio.sleep(0)  # let requests that are ready to flush join this batch
         while self._events:
             events, waiters = self._events, self._waiters
             self._events, self._waiters = [], []
             try:
                 # SQLite with no other writer in this process: a short in-process write, done
-                # here (a thread hop costs more); otherwise, or on PostgreSQL, in a thread.
-                ran, _ = self.db.try_write_now(partial(append, keys=self.keys, events=events))
+                # here (a thread hop costs more). PostgreSQL: on an async connection. Otherwise
+                # (another writer holds SQLite's lock; the pool is not open yet) in a thread.
+                if self.reader is not None and not self.reader.pool.closed:
+                    async with self.reader.pool.connection() as conn, conn.transaction():
+                        await append_async(conn, self.keys, events)
+                    ran = True
+                else:
+                    ran, _ = self.db.try_write_now(
+                        partial(append_dbapi, dialect="sqlite", keys=self.keys, events=events)
+                    )
                 if not ran:
                     await to_thread.run_sync(self.record_now, events)
             except Exception as exc:  # noqa: BLE001 - every failure means "not recorded"

@@ -20,19 +20,30 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import uuid
+import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy.exc import DBAPIError
 
 from resources.sql.tables import AuditHead, AuditIndex, AuditLog
 from security.crypto import DecryptionError, KeyRing, Sealed
 
-__all__ = ["AuditQuery", "ChainReport", "append", "open_event", "search", "verify"]
+__all__ = [
+    "AuditQuery",
+    "ChainReport",
+    "append",
+    "append_async",
+    "append_dbapi",
+    "open_event",
+    "search",
+    "verify",
+]
 
 GENESIS = bytes(32)
 # Straight to the driver: this runs for every audited request, and SQLAlchemy's per-row
@@ -44,7 +55,8 @@ _LOG_COLUMNS = (
 _INSERT_LOG = f"INSERT INTO audit_log ({', '.join(_LOG_COLUMNS)}) VALUES ({{p}})"  # noqa: S608
 _INSERT_INDEX = "INSERT INTO audit_index (seq, param, digest) VALUES ({p}, {p}, {p})"
 _UPDATE_HEAD = "UPDATE audit_head SET seq = {p}, mac = {p} WHERE id = 1"
-_LOCK_HEAD = text("SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE")
+_READ_HEAD = "SELECT seq, mac FROM audit_head WHERE id = 1"
+_LOCK_HEAD = _READ_HEAD + " FOR UPDATE"
 
 
 def _canonical(event: dict[str, Any]) -> bytes:
@@ -53,7 +65,13 @@ def _canonical(event: dict[str, Any]) -> bytes:
 
 def _mac(keys: KeyRing, seq: int, prev: bytes, body: bytes) -> bytes:
     message = seq.to_bytes(8, "big") + prev + hashlib.sha256(body).digest()
-    return hmac.new(keys.index_key("audit.chain"), message, hashlib.sha256).digest()
+    return hmac.digest(keys.index_key("audit.chain"), message, "sha256")
+
+
+def _event_id() -> str:
+    """A new AuditEvent id: 32 hex digits, time first, so ids arrive in index order (a random
+    id would dirty a random page of the unique index on every insert)."""
+    return f"{time.time_ns():016x}{secrets.token_hex(8)}"
 
 
 def _aad(event_id: str, seq: int) -> bytes:
@@ -70,13 +88,12 @@ def _coding(concept: Any) -> str | None:
 
 
 def _search_values(event: dict[str, Any]) -> Iterable[tuple[str, str]]:
-    """The patient, agent and entity references a compliance query looks for."""
+    """The patient, agent and entity references a compliance query looks for. A Patient
+    entity is indexed once, as ``patient``; :func:`search` looks there for ``entity`` too."""
     for entity in event.get("entity") or []:
         ref = (entity.get("what") or {}).get("reference")
         if isinstance(ref, str):
-            yield "entity", ref
-            if ref.startswith("Patient/"):
-                yield "patient", ref
+            yield ("patient" if ref.startswith("Patient/") else "entity"), ref
     for agent in event.get("agent") or []:
         who = agent.get("who") or {}
         if isinstance(who.get("reference"), str):
@@ -104,54 +121,103 @@ def digest(keys: KeyRing, param: str, value: str) -> bytes:
 
 def append(conn: Connection, keys: KeyRing, events: list[dict[str, Any]]) -> list[int]:
     """Add ``events`` to the chain in this transaction; returns their sequence numbers."""
+    driver_error = conn.dialect.loaded_dbapi.Error
+    try:
+        return append_dbapi(conn.connection.dbapi_connection, conn.dialect.name, keys, events)
+    except driver_error as exc:  # raised as SQLAlchemy would have, for the callers' handlers
+        raise DBAPIError.instance("audit append", None, exc, driver_error) from exc
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The rows that extend the chain from a given head by a list of events."""
+
+    log: list[tuple[Any, ...]]
+    index: list[tuple[int, str, bytes]]
+    head: tuple[int, bytes]
+    numbers: list[int]
+
+
+def _extend(head: Any, keys: KeyRing, events: list[dict[str, Any]], *, sqlite: bool) -> _Batch:
+    """Seal, chain and index ``events`` after ``head`` (its sequence number and MAC)."""
+    seq, prev = int(head[0]), bytes(head[1])
+    first = seq + 1
+    for event in events:
+        event.setdefault("id", _event_id())
+    bodies = [_canonical(e) for e in events]
+    boxes = keys.seal_many(
+        [
+            (body, _aad(e["id"], first + n))
+            for n, (e, body) in enumerate(zip(events, bodies, strict=True))
+        ]
+    )
+    batch = _Batch([], [], (seq, prev), [])
+    for event, body, box in zip(events, bodies, boxes, strict=True):
+        seq += 1
+        mac = _mac(keys, seq, prev, body)
+        columns = _columns(event)
+        if sqlite:  # stored as SQLAlchemy's DateTime does on SQLite (naive UTC text)
+            when = columns["recorded"].astimezone(UTC).replace(tzinfo=None)
+            columns["recorded"] = when.isoformat(" ", "microseconds")
+        row = {
+            "seq": seq,
+            "event_id": event["id"],
+            **columns,
+            "kek_id": box.kek_id,
+            "wrapped_key": box.wrapped_key,
+            "nonce": box.nonce,
+            "ciphertext": box.ciphertext,
+            "prev_hash": prev,
+            "mac": mac,
+        }
+        batch.log.append(tuple(row[c] for c in _LOG_COLUMNS))
+        batch.index.extend((seq, p, digest(keys, p, v)) for p, v in set(_search_values(event)))
+        batch.numbers.append(seq)
+        prev = mac
+    batch.head = (seq, prev)
+    return batch
+
+
+def append_dbapi(
+    dbapi: Any, dialect: str, keys: KeyRing, events: list[dict[str, Any]]
+) -> list[int]:
+    """:func:`append` on a DB-API connection whose transaction the caller holds (the audit
+    writer's own short transactions skip SQLAlchemy's per-statement machinery)."""
     if not events:
         return []
-    if conn.dialect.name == "postgresql":
-        head = conn.execute(_LOCK_HEAD).one()
-    else:  # SQLite: the caller holds the database's write lock (BEGIN IMMEDIATE)
-        head = conn.execute(select(AuditHead.seq, AuditHead.mac).filter_by(id=1)).one()
-    seq, prev = int(head[0]), bytes(head[1])
-    rows: list[dict[str, Any]] = []
-    index: list[dict[str, Any]] = []
-    numbers: list[int] = []
-    for event in events:
-        seq += 1
-        event.setdefault("id", uuid.uuid4().hex)
-        body = _canonical(event)
-        sealed = keys.seal(body, aad=_aad(event["id"], seq))
-        mac = _mac(keys, seq, prev, body)
-        rows.append(
-            {
-                "seq": seq,
-                "event_id": event["id"],
-                **_columns(event),
-                "kek_id": sealed.kek_id,
-                "wrapped_key": sealed.wrapped_key,
-                "nonce": sealed.nonce,
-                "ciphertext": sealed.ciphertext,
-                "prev_hash": prev,
-                "mac": mac,
-            }
+    sqlite = dialect == "sqlite"
+    cur = dbapi.cursor()
+    try:
+        # PostgreSQL: the head's row lock orders concurrent appenders. SQLite: the caller
+        # holds the database's write lock (BEGIN IMMEDIATE).
+        cur.execute(_READ_HEAD if sqlite else _LOCK_HEAD)
+        batch = _extend(cur.fetchone(), keys, events, sqlite=sqlite)
+        style = "?" if sqlite else "%s"
+        cur.executemany(_INSERT_LOG.format(p=", ".join([style] * len(_LOG_COLUMNS))), batch.log)
+        if batch.index:
+            cur.executemany(_INSERT_INDEX.format(p=style), batch.index)
+        cur.execute(_UPDATE_HEAD.format(p=style), batch.head)
+    finally:
+        cur.close()
+    return batch.numbers
+
+
+async def append_async(conn: Any, keys: KeyRing, events: list[dict[str, Any]]) -> list[int]:
+    """:func:`append` on a psycopg ``AsyncConnection`` inside the caller's transaction
+    (PostgreSQL only): the event loop is not blocked while the database answers, and the
+    inserts go in one pipelined round trip."""
+    if not events:
+        return []
+    cur = await conn.execute(_LOCK_HEAD)
+    batch = _extend(await cur.fetchone(), keys, events, sqlite=False)
+    async with conn.pipeline(), conn.cursor() as out:
+        await out.executemany(
+            _INSERT_LOG.format(p=", ".join(["%s"] * len(_LOG_COLUMNS))), batch.log
         )
-        index.extend(
-            {"seq": seq, "param": p, "digest": digest(keys, p, v)}
-            for p, v in set(_search_values(event))
-        )
-        numbers.append(seq)
-        prev = mac
-    sqlite = conn.dialect.name == "sqlite"
-    style = "?" if sqlite else "%s"
-    if sqlite:  # stored as SQLAlchemy's DateTime does on SQLite (naive UTC text)
-        for r in rows:
-            r["recorded"] = r["recorded"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    conn.exec_driver_sql(_INSERT_LOG.format(p=", ".join([style] * len(_LOG_COLUMNS))),
-                         [tuple(r[c] for c in _LOG_COLUMNS) for r in rows])  # fmt: skip
-    if index:
-        conn.exec_driver_sql(
-            _INSERT_INDEX.format(p=style), [(i["seq"], i["param"], i["digest"]) for i in index]
-        )
-    conn.exec_driver_sql(_UPDATE_HEAD.format(p=style), (seq, prev))
-    return numbers
+        if batch.index:
+            await out.executemany(_INSERT_INDEX.format(p="%s"), batch.index)
+        await out.execute(_UPDATE_HEAD.format(p="%s"), batch.head)
+    return batch.numbers
 
 
 def open_event(keys: KeyRing, row: Any) -> dict[str, Any]:
@@ -241,9 +307,12 @@ def search(conn: Connection, keys: KeyRing, query: AuditQuery) -> tuple[int, lis
     for name, values in query.plain:
         where.append(_PLAIN[name].in_(values))
     for name, values in query.digested:
-        digests = [digest(keys, name, v) for v in values]
+        lookups = [(name, [digest(keys, name, v) for v in values])]
+        if name == "entity":  # Patient entities are indexed under "patient" only
+            patients = [digest(keys, "patient", v) for v in values if v.startswith("Patient/")]
+            lookups += [("patient", patients)] if patients else []
         hits = select(AuditIndex.seq).where(
-            AuditIndex.param == name, AuditIndex.digest.in_(digests)
+            or_(*(and_(AuditIndex.param == p, AuditIndex.digest.in_(d)) for p, d in lookups))
         )
         where.append(AuditLog.seq.in_(hits))
     total = int(conn.execute(select(func.count()).select_from(AuditLog).where(*where)).scalar_one())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["OUTCOMES", "Actor", "balp_event"]
@@ -82,7 +83,9 @@ def _coding(system: str, code: str, display: str | None = None) -> dict[str, str
     return out
 
 
+@lru_cache(maxsize=4096)
 def _agents(actor: Actor, server: str) -> list[dict[str, Any]]:
+    """The agents of an event (shared between events of the same actor: never mutated)."""
     client: dict[str, Any] = {
         "type": {"coding": [_coding(DCM, "110150", "Application")]},
         "who": {
@@ -120,6 +123,15 @@ def _agents(actor: Actor, server: str) -> list[dict[str, Any]]:
         }
     )
     return agents
+
+
+@lru_cache(maxsize=16)
+def _source(server: str) -> dict[str, Any]:
+    return {
+        "site": server,
+        "observer": {"display": "fhir-sched"},
+        "type": [_coding(SOURCE_TYPE, "4", "Application Server")],
+    }
 
 
 def balp_event(
@@ -164,11 +176,7 @@ def balp_event(
     if description and outcome != "success":
         event["outcomeDesc"] = description
     event["agent"] = _agents(actor, server)
-    event["source"] = {
-        "site": server,
-        "observer": {"display": "fhir-sched"},
-        "type": [_coding(SOURCE_TYPE, "4", "Application Server")],
-    }
+    event["source"] = _source(server)
     items: list[dict[str, Any]] = []
     if patient:
         items.append(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import hashlib
 import hmac
 import json
 import os
@@ -201,6 +200,20 @@ class KeyRing:
         ciphertext = AESGCM(dek).encrypt(nonce, plaintext, aad)
         return Sealed(kek_id, _wrap(kek, dek, kek_id=kek_id, aad=aad), nonce, ciphertext)
 
+    def seal_many(self, items: list[tuple[bytes, bytes]]) -> list[Sealed]:
+        """:meth:`seal` for a batch of ``(plaintext, aad)``: one look at the key file and one
+        DEK for the batch, with its own nonce per item and the DEK wrapped for each item's
+        AAD, so every row still opens (and rewraps) on its own."""
+        kek_id, kek = self._active_kek()
+        key = AESGCM.generate_key(bit_length=256)
+        dek = AESGCM(key)
+        out = []
+        for plaintext, aad in items:
+            nonce = os.urandom(NONCE_BYTES)
+            ciphertext = dek.encrypt(nonce, plaintext, aad)
+            out.append(Sealed(kek_id, _wrap(kek, key, kek_id=kek_id, aad=aad), nonce, ciphertext))
+        return out
+
     def open(self, sealed: Sealed, *, aad: bytes) -> bytes:
         """Decrypt; raises :class:`DecryptionError` if the row, key or bytes do not match."""
         dek = self._unwrap(sealed.wrapped_key, kek_id=sealed.kek_id, aad=aad)
@@ -239,9 +252,7 @@ class KeyRing:
 
     def blind(self, purpose: str, value: str) -> bytes:
         """Keyed digest (HMAC-SHA256, truncated to 16 bytes) of a normalised value."""
-        return hmac.new(self.index_key(purpose), value.encode(), hashlib.sha256).digest()[
-            :DIGEST_BYTES
-        ]
+        return hmac.digest(self.index_key(purpose), value.encode(), "sha256")[:DIGEST_BYTES]
 
 
 def _wrap(kek: AESGCM, dek: bytes, *, kek_id: str, aad: bytes) -> bytes:

@@ -197,6 +197,15 @@ def test_compliance_queries(anonymous: TestClient, db: Database, keys: KeyRing) 
         "/fhir/AuditEvent", params={"agent": "nobody", "outcome": "0"}, headers=auditor
     )
     assert by_client.json()["total"] == 0
+    # a Patient entity is indexed once (as the patient) and found by either parameter
+    as_entity = anonymous.get(
+        "/fhir/AuditEvent", params={"entity": f"Patient/{b}"}, headers=auditor
+    ).json()
+    assert as_entity["total"] == 2  # created and read once
+    either = anonymous.get(
+        "/fhir/AuditEvent", params={"entity": f"Patient/{a},Patient/{b}"}, headers=auditor
+    ).json()
+    assert either["total"] == 6
 
 
 def test_only_compliance_may_query(anonymous: TestClient, db: Database) -> None:

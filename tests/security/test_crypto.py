@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,16 @@ def test_round_trip_and_fresh_nonces(ring: KeyRing) -> None:
     assert one.ciphertext != two.ciphertext
     assert one.wrapped_key != two.wrapped_key
     assert b'"a"' not in one.ciphertext
+
+
+def test_a_batch_sealed_together_opens_row_by_row(ring: KeyRing) -> None:
+    items = [(f"body {n}".encode(), f"row|{n}".encode()) for n in range(3)]
+    boxes = ring.seal_many(items)
+    assert len({b.nonce for b in boxes}) == 3 and len({b.wrapped_key for b in boxes}) == 3
+    for (body, aad), box in zip(items, boxes, strict=True):
+        assert ring.open(box, aad=aad) == body
+    with pytest.raises(DecryptionError):  # each DEK wrap is bound to its own row
+        ring.open(replace(boxes[0], wrapped_key=boxes[1].wrapped_key), aad=items[0][1])
 
 
 @pytest.mark.parametrize(
