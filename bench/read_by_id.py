@@ -1,17 +1,22 @@
 """Read-by-id throughput with encryption on, beside a bare FastAPI constant endpoint.
 
-    .venv/bin/python -m bench.read_by_id [--seconds 10] [--connections 16]
+    .venv/bin/python -m bench.read_by_id [--rounds 5] [--seconds 5] [--connections 16]
 
-Both servers are one uvicorn worker (uvloop + httptools); wrk (one thread) drives each in turn
-with random ids from 1,000 seeded Patients, with a backend token. The FHIR server is measured
-twice in the same run: with the audit log on (every read recorded before its response) and off
-(``FHIRSCHED_AUDIT_ENABLED=false``), so the audit's cost is a ratio of the same run.
+Every server is one uvicorn worker (uvloop + httptools); wrk (one thread) drives each in turn
+with random ids from 1,000 seeded Patients, with a backend token. The FHIR server runs twice
+side by side on one database: with the audit log on (every read recorded before its response)
+and off (``FHIRSCHED_AUDIT_ENABLED=false``). wrk visits the bare app, audit off and audit on in
+turn, ``--rounds`` times; the figures are medians over the rounds, so the audit's cost is a
+ratio of measurements taken seconds apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench.common import bench_auth, bulk_load, database, keyring, save, serve, serve_bare, wrk
@@ -28,7 +33,8 @@ end
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=5, help="per target and round")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     args = ap.parse_args()
@@ -52,35 +58,45 @@ def main() -> None:
             ids.write_text("\n".join(p["id"] for p in patients) + "\n")
             script = work / "read.lua"
             script.write_text(LUA % ids)
-            with serve_bare(8702) as bare:
-                baseline = wrk(
-                    f"{bare}/fhir/Patient/x",
-                    script=None,
-                    seconds=args.seconds,
-                    connections=args.connections,
-                )
-            runs = {}
-            for audit in ("true", "false"):
-                env = {"FHIRSCHED_AUDIT_ENABLED": audit}
-                with serve(work, url, 8701, env) as base:
-                    auth = bench_auth(base, url)
-                    wrk(
-                        f"{base}/fhir/Patient/p1",
-                        script=script,
-                        seconds=2,
-                        connections=args.connections,
-                        headers=auth,
-                    )  # warm-up
-                    runs[audit] = wrk(
-                        f"{base}/fhir/Patient/p1",
-                        script=script,
-                        seconds=args.seconds,
-                        connections=args.connections,
-                        headers=auth,
+            with ExitStack() as stack:
+                # All three servers run side by side and wrk visits them in turn, round after
+                # round: this machine's speed drifts by ±20 % over a minute, so only
+                # measurements taken close together compare fairly.
+                bare = stack.enter_context(serve_bare(8702))
+                servers = {}
+                for audit, port in (("true", 8701), ("false", 8703)):
+                    env = {"FHIRSCHED_AUDIT_ENABLED": audit}
+                    base = stack.enter_context(serve(work, url, port, env))
+                    servers[audit] = (base, bench_auth(base, url))
+                targets = {
+                    "bare": (f"{bare}/fhir/Patient/x", None, None),
+                    "off": (f"{servers['false'][0]}/fhir/Patient/p1", script, servers["false"][1]),
+                    "on": (f"{servers['true'][0]}/fhir/Patient/p1", script, servers["true"][1]),
+                }
+                for target, lua, auth in targets.values():  # warm-up
+                    wrk(target, script=lua, seconds=2, connections=args.connections, headers=auth)
+                rounds: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
+                for n in range(args.rounds):
+                    for name, (target, lua, auth) in targets.items():
+                        rounds[name].append(
+                            wrk(
+                                target,
+                                script=lua,
+                                seconds=args.seconds,
+                                connections=args.connections,
+                                headers=auth,
+                            )
+                        )
+                    print(
+                        f"round {n + 1}/{args.rounds}: "
+                        + ", ".join(f"{k} {v[-1]['rps']:.0f}" for k, v in rounds.items())
+                        + " req/s",
+                        file=sys.stderr,
                     )
-            fhir, unaudited = runs["true"], runs["false"]
+    baseline, unaudited, fhir = (_median(rounds[k]) for k in ("bare", "off", "on"))
     ratio = fhir["rps"] / baseline["rps"]
-    print(f"{'endpoint':<36}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}")
+    head = f"{'endpoint (median of rounds)':<36}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+    print(f"{head}{'non-2xx':>9}")
     rows = (
         ("bare FastAPI constant", baseline),
         (f"read-by-id, audit off ({args.db})", unaudited),
@@ -91,9 +107,15 @@ def main() -> None:
             f"{name:<36}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
             f"{r['non_2xx']:>9.0f}"
         )
+    paired = [
+        1 - on["rps"] / off["rps"] for on, off in zip(rounds["on"], rounds["off"], strict=True)
+    ]
     cost = 1 - fhir["rps"] / unaudited["rps"]
     print(f"read-by-id (audited) / bare = {ratio:.0%} (target >= 50%)")
-    print(f"audit cost = {cost:.0%} of unaudited throughput (target <= 20%)")
+    print(
+        f"audit cost = {cost:.0%} of unaudited throughput (target <= 20%); "
+        f"per round: {', '.join(f'{c:.0%}' for c in paired)}"
+    )
     save(
         f"read_by_id_{args.db}",
         {
@@ -102,9 +124,16 @@ def main() -> None:
             "read_by_id_unaudited": unaudited,
             "ratio": ratio,
             "audit_cost": cost,
+            "audit_cost_per_round": paired,
+            "rounds": rounds,
             "args": vars(args),
         },
     )
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 if __name__ == "__main__":
