@@ -169,8 +169,11 @@ def main() -> None:
                 )
                 try:
                     wait_listening(args.port, proc)
-                    one = asyncio.run(run(args.port, messages[: args.one], 1))
-                    eight = asyncio.run(run(args.port, messages[args.one :], 8))
+                    # a part asked to send nothing (--one 0 or --eight 0) is skipped
+                    one = asyncio.run(run(args.port, messages[: args.one], 1)) if args.one else None
+                    eight = (
+                        asyncio.run(run(args.port, messages[args.one :], 8)) if args.eight else None
+                    )
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
