@@ -75,19 +75,7 @@ class AuditWriter:
             events, waiters = self._events, self._waiters
             self._events, self._waiters = [], []
             try:
-                # SQLite with no other writer in this process: a short in-process write, done
-                # here (a thread hop costs more). PostgreSQL: on an async connection. Otherwise
-                # (another writer holds SQLite's lock; the pool is not open yet) in a thread.
-                if self.reader is not None and not self.reader.pool.closed:
-                    async with self.reader.pool.connection() as conn, conn.transaction():
-                        await append_async(conn, self.keys, events)
-                    ran = True
-                else:
-                    ran, _ = self.db.try_write_now(
-                        partial(append_dbapi, dialect="sqlite", keys=self.keys, events=events)
-                    )
-                if not ran:
-                    await to_thread.run_sync(self.record_now, events)
+                await self._append(events)
             except Exception as exc:  # noqa: BLE001 - every failure means "not recorded"
                 log.error("audit.write_failed", error_type=type(exc).__name__, events=len(events))
                 for w in waiters:
@@ -97,6 +85,18 @@ class AuditWriter:
                 for w in waiters:
                     if not w.done():
                         w.set_result(None)
+
+    async def _append(self, events: list[dict[str, Any]]) -> None:
+        """One batch, by the cheapest way open: PostgreSQL on an async connection; SQLite
+        with no other writer in this process inline (a thread hop costs more than the write);
+        otherwise (SQLite's lock is taken, the async pool is not open yet) in a thread."""
+        if self.reader is not None and self.reader.is_open:
+            async with self.reader.transaction() as conn:
+                await append_async(conn, self.keys, events)
+            return
+        inline = partial(append_dbapi, dialect="sqlite", keys=self.keys, events=events)
+        if not self.db.try_write_now(inline):
+            await to_thread.run_sync(self.record_now, events)
 
 
 def kind_of(method: str, path: str) -> str:

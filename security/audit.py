@@ -4,10 +4,12 @@ that shows any edit, deletion or reordering done behind the application's back.
 Each record has a sequence number (no gaps), the previous record's MAC, and its own MAC: an
 HMAC-SHA256, under a key derived from the index secret, of the sequence number, the previous
 MAC and the SHA-256 of the record's canonical JSON. A head row holds the last sequence number
-and MAC, so a truncated tail shows too. :func:`append` is the one way records are written; it
-takes the head's row lock (PostgreSQL) or runs under SQLite's single writer, so the chain is
-extended by one writer at a time, inside the caller's transaction: a write and its AuditEvent
-commit together or not at all. Triggers refuse UPDATE and DELETE on the records for every
+and MAC, so a truncated tail shows too. Records are written only by :func:`append` (in a
+SQLAlchemy transaction), :func:`append_dbapi` and :func:`append_async` (the audit writer's own
+transactions), which all build their rows with ``_extend``; each takes the head's row lock
+(PostgreSQL) or runs under SQLite's single writer, so the chain is extended by one writer at a
+time, inside the caller's transaction: a write and its AuditEvent commit together or not at
+all. Triggers refuse UPDATE and DELETE on the records for every
 database role; :func:`verify` finds what someone with more power than that did anyway.
 
 Search values that identify a patient or an agent are stored only as keyed digests
@@ -25,9 +27,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
+from psycopg import AsyncConnection
 from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
@@ -56,7 +59,26 @@ _INSERT_LOG = f"INSERT INTO audit_log ({', '.join(_LOG_COLUMNS)}) VALUES ({{p}})
 _INSERT_INDEX = "INSERT INTO audit_index (seq, param, digest) VALUES ({p}, {p}, {p})"
 _UPDATE_HEAD = "UPDATE audit_head SET seq = {p}, mac = {p} WHERE id = 1"
 _READ_HEAD = "SELECT seq, mac FROM audit_head WHERE id = 1"
-_LOCK_HEAD = _READ_HEAD + " FOR UPDATE"
+
+
+class _Sql(NamedTuple):
+    """The statements that extend the chain, in one dialect's parameter style."""
+
+    head: str
+    log: str
+    digests: str
+    update: str
+
+
+def _sql(style: str, head: str) -> _Sql:
+    marks = ", ".join([style] * len(_LOG_COLUMNS))
+    log, index = _INSERT_LOG.format(p=marks), _INSERT_INDEX.format(p=style)
+    return _Sql(head, log, index, _UPDATE_HEAD.format(p=style))
+
+
+# PostgreSQL: the head's row lock orders concurrent appenders. SQLite: the caller holds the
+# database's write lock (BEGIN IMMEDIATE).
+_SQL = {"sqlite": _sql("?", _READ_HEAD), "postgresql": _sql("%s", _READ_HEAD + " FOR UPDATE")}
 
 
 def _canonical(event: dict[str, Any]) -> bytes:
@@ -151,7 +173,8 @@ def _extend(head: Any, keys: KeyRing, events: list[dict[str, Any]], *, sqlite: b
             for n, (e, body) in enumerate(zip(events, bodies, strict=True))
         ]
     )
-    batch = _Batch([], [], (seq, prev), [])
+    log: list[tuple[Any, ...]] = []
+    index: list[tuple[int, str, bytes]] = []
     for event, body, box in zip(events, bodies, boxes, strict=True):
         seq += 1
         mac = _mac(keys, seq, prev, body)
@@ -170,12 +193,10 @@ def _extend(head: Any, keys: KeyRing, events: list[dict[str, Any]], *, sqlite: b
             "prev_hash": prev,
             "mac": mac,
         }
-        batch.log.append(tuple(row[c] for c in _LOG_COLUMNS))
-        batch.index.extend((seq, p, digest(keys, p, v)) for p, v in set(_search_values(event)))
-        batch.numbers.append(seq)
+        log.append(tuple(row[c] for c in _LOG_COLUMNS))
+        index.extend((seq, p, digest(keys, p, v)) for p, v in set(_search_values(event)))
         prev = mac
-    batch.head = (seq, prev)
-    return batch
+    return _Batch(log, index, (seq, prev), list(range(first, seq + 1)))
 
 
 def append_dbapi(
@@ -185,38 +206,36 @@ def append_dbapi(
     writer's own short transactions skip SQLAlchemy's per-statement machinery)."""
     if not events:
         return []
-    sqlite = dialect == "sqlite"
+    sql = _SQL[dialect]
     cur = dbapi.cursor()
     try:
-        # PostgreSQL: the head's row lock orders concurrent appenders. SQLite: the caller
-        # holds the database's write lock (BEGIN IMMEDIATE).
-        cur.execute(_READ_HEAD if sqlite else _LOCK_HEAD)
-        batch = _extend(cur.fetchone(), keys, events, sqlite=sqlite)
-        style = "?" if sqlite else "%s"
-        cur.executemany(_INSERT_LOG.format(p=", ".join([style] * len(_LOG_COLUMNS))), batch.log)
+        cur.execute(sql.head)
+        batch = _extend(cur.fetchone(), keys, events, sqlite=dialect == "sqlite")
+        cur.executemany(sql.log, batch.log)
         if batch.index:
-            cur.executemany(_INSERT_INDEX.format(p=style), batch.index)
-        cur.execute(_UPDATE_HEAD.format(p=style), batch.head)
+            cur.executemany(sql.digests, batch.index)
+        cur.execute(sql.update, batch.head)
     finally:
         cur.close()
     return batch.numbers
 
 
-async def append_async(conn: Any, keys: KeyRing, events: list[dict[str, Any]]) -> list[int]:
+async def append_async(
+    conn: AsyncConnection[Any], keys: KeyRing, events: list[dict[str, Any]]
+) -> list[int]:
     """:func:`append` on a psycopg ``AsyncConnection`` inside the caller's transaction
     (PostgreSQL only): the event loop is not blocked while the database answers, and the
     inserts go in one pipelined round trip."""
     if not events:
         return []
-    cur = await conn.execute(_LOCK_HEAD)
+    sql = _SQL["postgresql"]
+    cur = await conn.execute(sql.head)
     batch = _extend(await cur.fetchone(), keys, events, sqlite=False)
     async with conn.pipeline(), conn.cursor() as out:
-        await out.executemany(
-            _INSERT_LOG.format(p=", ".join(["%s"] * len(_LOG_COLUMNS))), batch.log
-        )
+        await out.executemany(sql.log, batch.log)
         if batch.index:
-            await out.executemany(_INSERT_INDEX.format(p="%s"), batch.index)
-        await out.execute(_UPDATE_HEAD.format(p="%s"), batch.head)
+            await out.executemany(sql.digests, batch.index)
+        await out.execute(sql.update, batch.head)
     return batch.numbers
 
 

@@ -194,11 +194,7 @@ class KeyRing:
     # -- envelope encryption ------------------------------------------------------------------
     def seal(self, plaintext: bytes, *, aad: bytes) -> Sealed:
         """Encrypt ``plaintext`` under a fresh DEK wrapped by the active KEK."""
-        kek_id, kek = self._active_kek()
-        dek = AESGCM.generate_key(bit_length=256)
-        nonce = os.urandom(NONCE_BYTES)
-        ciphertext = AESGCM(dek).encrypt(nonce, plaintext, aad)
-        return Sealed(kek_id, _wrap(kek, dek, kek_id=kek_id, aad=aad), nonce, ciphertext)
+        return self.seal_many([(plaintext, aad)])[0]
 
     def seal_many(self, items: list[tuple[bytes, bytes]]) -> list[Sealed]:
         """:meth:`seal` for a batch of ``(plaintext, aad)``: one look at the key file and one

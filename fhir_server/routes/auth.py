@@ -190,7 +190,7 @@ async def logout(request: Request, services: ServicesDep) -> Response:
     status, location = await run_sync(run)
     if location is not None:
         return Response(
-            status_code=303, headers={"Location": location, "Cache-Control": "no-store"}
+            status_code=status, headers={"Location": location, "Cache-Control": "no-store"}
         )
     page = SIGNED_OUT if status == 200 else NOT_SIGNED_OUT
     return Response(page, status_code=status, media_type="text/html; charset=utf-8")

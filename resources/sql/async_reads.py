@@ -8,8 +8,11 @@ writer borrows the same pool for its batches (``fhir_server/auditing.py``).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool
@@ -57,6 +60,17 @@ class AsyncReader:
             open=False,
             kwargs={"row_factory": namedtuple_row, "autocommit": True},
         )
+
+    @property
+    def is_open(self) -> bool:
+        return not self.pool.closed
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection inside a read-write transaction, committed on exit (the audit
+        writer's batches)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)

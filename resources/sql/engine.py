@@ -16,9 +16,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -28,8 +29,6 @@ from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import Conflict
 from fhir_server.logging import get_logger
-
-T = TypeVar("T")
 
 __all__ = ["CHECKPOINTER", "Checkpointer", "Database", "migrate"]
 
@@ -51,9 +50,11 @@ class Database:
         # instead of polling in SQLite's busy handler (whose sleeps grow to 100 ms).
         self._writer = threading.Lock()
         self.dialect = parsed.get_backend_name()
+        self._checkpoints: weakref.finalize[Any, Any] | None = None  # SQLite files only
+        file = parsed.database if parsed.database not in (None, "", ":memory:") else None
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            if file:
+                Path(file).parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"timeout": 30, "check_same_thread": False},
@@ -63,9 +64,8 @@ class Database:
                 **engine_kwargs,
             )
             _sqlite_pragmas(self.engine)
-            self._checkpoints: weakref.finalize[Any, Any] | None = None
-            if parsed.database and parsed.database != ":memory:":
-                path = str(Path(parsed.database).resolve())
+            if file:
+                path = str(Path(file).resolve())
                 CHECKPOINTER.add(path)
                 self._checkpoints = weakref.finalize(self, CHECKPOINTER.remove, path)
         else:
@@ -107,34 +107,40 @@ class Database:
                 ) from exc
             raise
 
-    def try_write_now(self, fn: Callable[[Any], T]) -> tuple[bool, T | None]:
+    def try_write_now(self, fn: Callable[[Any], object]) -> bool:
         """SQLite only: run ``fn`` on a DB-API connection inside a write transaction if no
         writer in this process holds the lock right now, without waiting for it (so an event
-        loop may call this). Returns (ran, result). For short, hot writes that gain from
+        loop may call this). Returns whether it ran. For short, hot writes that gain from
         skipping SQLAlchemy (the audit writer); everything else uses :meth:`write`."""
         if not self.is_sqlite or not self._writer.acquire(blocking=False):
-            return False, None
+            return False
         try:
-            raw = self.engine.raw_connection()
-            try:
+            with closing(self.engine.raw_connection()) as raw:
                 dbapi: Any = raw.dbapi_connection
                 dbapi.execute("BEGIN IMMEDIATE")
                 try:
-                    result = fn(dbapi)
+                    fn(dbapi)
                 except BaseException:
                     dbapi.execute("ROLLBACK")
                     raise
                 dbapi.execute("COMMIT")
-                return True, result
-            finally:
-                raw.close()
+                return True
         finally:
             self._writer.release()
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self.is_sqlite and self._checkpoints is not None:
+        if self._checkpoints is not None:
             self._checkpoints()
+
+
+@dataclass(slots=True)
+class _Watched:
+    """A database the checkpointer looks after."""
+
+    users: int = 0  # Database objects of this process open on it
+    conn: sqlite3.Connection | None = None  # the checkpointer's own connection
+    signature: tuple[int, int] | None = None  # WAL size and mtime at the last checkpoint
 
 
 class Checkpointer:
@@ -160,13 +166,13 @@ class Checkpointer:
         self.threshold = threshold
         self.background = background  # False: rounds run only when run_once is called
         self._lock = threading.Condition()
-        self._dbs: dict[str, list[Any]] = {}  # path -> [users, connection, last WAL signature]
+        self._dbs: dict[str, _Watched] = {}
         self._thread: threading.Thread | None = None
 
     def add(self, path: str) -> None:
         with self._lock:
-            entry = self._dbs.setdefault(path, [0, None, None])
-            entry[0] += 1
+            entry = self._dbs.setdefault(path, _Watched())
+            entry.users += 1
             if self._thread is None and self.background:
                 self._thread = threading.Thread(
                     target=self._run, name="sqlite-checkpoint", daemon=True
@@ -179,11 +185,11 @@ class Checkpointer:
             entry = self._dbs.get(path)
             if entry is None:
                 return
-            entry[0] -= 1
-            if entry[0] <= 0:
+            entry.users -= 1
+            if entry.users <= 0:
                 del self._dbs[path]
-                if entry[1] is not None:
-                    entry[1].close()
+                if entry.conn is not None:
+                    entry.conn.close()
 
     def run_once(self) -> int:
         """Checkpoint every database whose WAL changed and is big enough; returns how many."""
@@ -195,14 +201,14 @@ class Checkpointer:
                 except FileNotFoundError:
                     continue
                 signature = (st.st_size, st.st_mtime_ns)
-                if st.st_size < self.threshold or signature == entry[2]:
+                if st.st_size < self.threshold or signature == entry.signature:
                     continue
                 try:
-                    if entry[1] is None:
-                        entry[1] = sqlite3.connect(
+                    if entry.conn is None:
+                        entry.conn = sqlite3.connect(
                             path, isolation_level=None, check_same_thread=False, timeout=0
                         )
-                    entry[1].execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    entry.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.OperationalError:
                     # another process is checkpointing (SQLITE_BUSY): an expected race; the
                     # next round tries again, and the backstop holds meanwhile
@@ -210,7 +216,7 @@ class Checkpointer:
                 except sqlite3.Error as exc:
                     log.error("sqlite.checkpoint_failed", error=str(exc))
                     continue
-                entry[2] = signature
+                entry.signature = signature
                 done += 1
         return done
 
