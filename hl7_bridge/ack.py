@@ -2,9 +2,10 @@
 
 MSA-2 must equal the inbound MSH-10 byte for byte, so the header is read with the message's own
 delimiters (MSH-1, MSH-2) and echoed fields are copied, never re-encoded; sender and receiver
-are swapped, the version is echoed and the ACK gets a fresh control id. Original mode only:
-``AA`` (applied), ``AE`` (processing failed), ``AR`` (rejected: message type, event, processing
-id or version not supported), the last two with an ERR segment.
+are swapped, the version is echoed and the ACK gets a fresh control id. Original mode: ``AA``
+(applied), ``AE`` (processing failed), ``AR`` (rejected: message type, event, processing id or
+version not supported), the last two with an ERR segment; enhanced mode adds the commit
+acknowledgement ``CA``.
 
 See HL7 v2.5.1 chapter 2 (2.9 acknowledgment messages, 2.15 MSH/MSA/ERR).
 """
@@ -112,7 +113,7 @@ def build_ack(
     now: datetime,
     error: tuple[str, str] | None = None,
 ) -> bytes:
-    """The ACK for ``header`` with acknowledgment ``code`` (AA, AE or AR)."""
+    """The ACK for ``header`` with acknowledgment ``code`` (AA, AE, AR or CA)."""
     sep = header.separator
     comp = header.field(2)[:1] or b"^"
     event = header.component(9, 2)

@@ -31,7 +31,7 @@ from fhir_server.errors import Unprocessable
 from fhir_server.scheduling.availability import schedule_id
 from fhir_server.scheduling.booking import free_holds, participant_id, set_slots, slot_ids
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
-from fhir_server.scheduling.config import ClinicConfig
+from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.find import match_patient
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from resources import service
@@ -160,12 +160,11 @@ def _location(config: ClinicConfig | None, where: Person) -> str | None:
     return None
 
 
-def _visit_type(config: ClinicConfig | None, change: SIUChange) -> str | None:
+def _visit_type(config: ClinicConfig | None, change: SIUChange) -> VisitType | None:
     codes = {c["code"].lower() for c in change.services}
-    for visit in config.visit_types if config else []:
-        if visit.code.lower() in codes:
-            return visit.code
-    return None
+    return (
+        next((v for v in config.visit_types if v.code.lower() in codes), None) if config else None
+    )
 
 
 def _participants(
@@ -245,10 +244,7 @@ def _claim(
 
 
 def _span(
-    change: SIUChange,
-    old: dict[str, Any] | None,
-    config: ClinicConfig | None,
-    visit_type: str | None,
+    change: SIUChange, old: dict[str, Any] | None, visit: VisitType | None
 ) -> tuple[datetime, datetime]:
     """Start and end in UTC (SQLite compares instants as text): the message's, else those the
     Appointment had; an end missing from both comes from the clinic's visit type."""
@@ -256,9 +252,8 @@ def _span(
         parse_fhir_date(old["start"]).low if old and old.get("start") else None
     )
     end = change.end or (parse_fhir_date(old["end"]).low if old and old.get("end") else None)
-    if start is not None and end is None and visit_type and config is not None:
-        minutes = next(v.minutes for v in config.visit_types if v.code == visit_type)
-        end = start + timedelta(minutes=minutes)
+    if start is not None and end is None and visit is not None:
+        end = start + timedelta(minutes=visit.minutes)
     if start is None or end is None:
         raise Unprocessable(
             "the message gives no appointment time: send TQ1-7/8, SCH-11 or AIS-4 with a "
@@ -319,8 +314,9 @@ def apply_change(
             return Applied(link.appointment_id, "superseded", note="older than what was applied")
         stored = store.read(conn, "Appointment", link.appointment_id)
         old = stored.resource() if stored is not None and not stored.deleted else None
-    visit_type = _visit_type(config, change)
-    start, end = _span(change, old, config, visit_type)
+    visit = _visit_type(config, change)
+    visit_type = visit.code if visit else None
+    start, end = _span(change, old, visit)
     patient_id = _patient(conn, store, change.patient, known_patients)
     practitioner = _practitioner(config, change.practitioners[0]) if change.practitioners else None
     location = _location(config, change.locations[0]) if change.locations else None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -27,10 +26,12 @@ import structlog
 from sqlalchemy import Connection
 
 from fhir_server.errors import FHIRError
+from fhir_server.logging import exception_frames
 from fhir_server.scheduling.config import ClinicConfig
 from hl7_bridge.ack import Header, NotHL7, build_ack, read_ack, read_header, refusal
 from hl7_bridge.inbound import Applied, apply_change
 from hl7_bridge.messages import MessageStore
+from hl7_bridge.mllp import Reply
 from hl7_bridge.outbound import ORIGIN
 from hl7_bridge.parse import ParseError, parse
 from hl7_bridge.siu_to_fhir import read_siu, sender_key
@@ -43,8 +44,6 @@ from security.trail import Trail
 __all__ = ["BridgeConfig", "Listener", "Reply"]
 
 log = structlog.get_logger("hl7_bridge.listener")
-
-Reply = Callable[[bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,7 @@ class Listener:
 
     # -- processing -----------------------------------------------------------------------------
     def _trail(self, msg: _Inbound) -> Trail:
-        host = msg.peer.rsplit(":", 1)[0] if ":" in msg.peer else msg.peer
+        host = msg.peer.rsplit(":", 1)[0]
         return Trail(Actor(client_id=f"hl7:{msg.sender}", address=host), self.config.server)
 
     def _process(self, msg: _Inbound, *, replay: bool = False) -> bytes:
@@ -236,9 +235,13 @@ class Listener:
         except (ParseError, FHIRError) as exc:
             code = "101" if isinstance(exc, ParseError) else "207"
             return self._keep(msg, _Result("AE", "failed", error=(code, _words(exc))), replay)
-        except Exception as exc:
-            log.exception(
-                "hl7.failed", sender=msg.sender, control_id=msg.control, error=type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 - the one boundary: kept, and answered AE
+            log.error(
+                "hl7.failed",
+                sender=msg.sender,
+                control_id=msg.control,
+                error=type(exc).__name__,
+                where=exception_frames(exc.__traceback__),  # frames only: no message text
             )
             result = _Result("AE", "failed", error=("207", "internal error; kept for review"))
             return self._keep(msg, result, replay)

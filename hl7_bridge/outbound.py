@@ -93,10 +93,13 @@ class Outbox:
         facility: str = "",
     ) -> None:
         self.store = store
-        self.endpoints = endpoints
         self.application = application
         self.facility = facility
         self.messages = MessageStore(store.keys)
+        # each endpoint with the identifier systems of its own filler ids (SCH-2)
+        self._targets = [
+            (e, frozenset(key_system(s, "filler") for s in e.senders)) for e in endpoints
+        ]
 
     def _read(self, conn: Connection, rtype: str, rid: str | None) -> dict[str, Any] | None:
         if rid is None:
@@ -105,8 +108,10 @@ class Outbox:
         return stored.resource() if stored is not None and not stored.deleted else None
 
     def on_change(self, conn: Connection, stored: StoredVersion) -> None:
-        if stored.res_type != "Appointment" or not self.endpoints:
-            return
+        origin = ORIGIN.get()  # the EMR that told us this change is not told it back
+        targets = [(e, f) for e, f in self._targets if origin is None or origin not in e.senders]
+        if not targets:
+            return  # nothing configured, or only the EMR this change came from: read nothing
         before = (
             self.store.vread(conn, "Appointment", stored.res_id, stored.version - 1)
             if stored.version > 1
@@ -121,12 +126,8 @@ class Outbox:
         patient = self._read(conn, "Patient", participant_id(appt, "Patient"))
         practitioner = self._read(conn, "Practitioner", participant_id(appt, "Practitioner"))
         location = self._read(conn, "Location", participant_id(appt, "Location"))
-        origin = ORIGIN.get()
         now = datetime.now(UTC)
-        for endpoint in self.endpoints:
-            if origin is not None and origin in endpoint.senders:
-                continue  # the EMR told us this change: do not echo it back
-            fillers = {key_system(s, "filler") for s in endpoint.senders}
+        for endpoint, fillers in targets:
             filler = next(
                 (i.get("value") for i in appt.get("identifier", []) if i.get("system") in fillers),
                 None,
@@ -245,13 +246,14 @@ class Sender:
             before_sleep=failed,
             reraise=True,
         )
-        ack = b""
+        code, ack = "", b""
         async for attempt in retrying:
             with attempt:
-                ack = await self._exchange(opened.message, row.control_id)
-        await asyncio.to_thread(self._settle, row, opened.message, ack)
+                code, ack = await self._exchange(opened.message, row.control_id)
+        await asyncio.to_thread(self._settle, row, opened.message, ack, code)
 
-    async def _exchange(self, message: bytes, control_id: str) -> bytes:
+    async def _exchange(self, message: bytes, control_id: str) -> tuple[str, bytes]:
+        """Send one message and wait for its ACK: (MSA-1 code, the ACK)."""
         try:
             if self._stream is None:
                 self._stream = await asyncio.wait_for(
@@ -270,7 +272,7 @@ class Sender:
                     for answer in self._frames.feed(data):
                         code, acked = read_ack(answer)
                         if acked == control_id and code:
-                            return answer
+                            return code, answer
                         log.warning("hl7.unexpected_ack", endpoint=self.endpoint.name, acked=acked)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             await self._close()
@@ -294,8 +296,7 @@ class Sender:
                 .values(attempts=attempts, next_attempt=retry_at)
             )
 
-    def _settle(self, row: Any, message: bytes, ack: bytes) -> None:
-        code, _ = read_ack(ack)
+    def _settle(self, row: Any, message: bytes, ack: bytes, code: str) -> None:
         delivered = code in ("AA", "CA")
         status = "sent" if delivered else "rejected"
         error = None if delivered else ("207", f"the EMR answered {code}")

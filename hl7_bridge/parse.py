@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 _TERMINATORS = re.compile(r"\r\n|\n\r|\r|\n")
+_SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
 
 # HL7 table 0211 (MSH-18) → Python codec
 CHARSETS = {
@@ -178,12 +179,6 @@ class Segment:
             return [raw]
         return raw.split(self.enc.repetition) if raw else []
 
-    def components(self, n: int, rep: int = 0) -> list[str]:
-        reps = self.repetitions(n)
-        if rep >= len(reps):
-            return []
-        return [self._value(c) for c in reps[rep].split(self.enc.component)]
-
     def get(self, n: int, comp: int = 1, sub: int = 1, rep: int = 0) -> str:
         reps = self.repetitions(n)
         if rep >= len(reps):
@@ -254,10 +249,8 @@ def decode(raw: bytes) -> tuple[str, str]:
 def parse(raw: bytes) -> Message:
     """Read and check one inbound message; :class:`ParseError` says what is wrong."""
     text, charset = decode(raw)
-    if not text.startswith("MSH"):
-        raise ParseError("the message does not start with an MSH segment")
-    enc = Encoding.from_msh(text.split("\r", 1)[0])
     lines = text.split("\r")
+    enc = Encoding.from_msh(lines[0])
     head = lines[0].split(enc.field)
     version = head[11].split(enc.component)[0] if len(head) > 11 else ""
     ignored = _check(lines, enc, version)
@@ -272,7 +265,7 @@ def parse(raw: bytes) -> Message:
         else:
             fields = tuple(line.split(enc.field))
         segments.append(Segment(name, fields, enc, charset))
-    return Message(text, enc, charset, tuple(segments), version, tuple(sorted(set(ignored))))
+    return Message(text, enc, charset, tuple(segments), version, tuple(sorted(ignored)))
 
 
 def _check(lines: list[str], enc: Encoding, version: str) -> list[str]:
@@ -291,7 +284,7 @@ def _check(lines: list[str], enc: Encoding, version: str) -> list[str]:
     unknown = []
     for line in lines[1:]:
         name = line[:3]
-        if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", name) or (len(line) > 3 and line[3] != enc.field):
+        if not _SEGMENT_NAME.fullmatch(name) or (len(line) > 3 and line[3] != enc.field):
             raise ParseError(f"{line[:10]!r} does not start a segment")
         if name[0] == "Z" or name in unknown or _known(name, checked):
             continue
