@@ -56,6 +56,12 @@ class SearchParam:
     def definition(self) -> str:
         return self.url
 
+    @property
+    def index_table(self) -> str:
+        """Which index its rows go to (an ``IndexRows`` field, an ``idx_*`` table): PHI only
+        ever as blind digests."""
+        return "blind" if self.phi else self.type
+
 
 @dataclass(frozen=True, slots=True)
 class ResourceDecl:

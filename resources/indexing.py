@@ -27,7 +27,7 @@ def index_kinds(rtype: str) -> tuple[str, ...]:
     kinds: set[str] = {"slot"} if rtype == "Slot" else set()
     for param in RESOURCE_TYPES[rtype].params.values():
         if param.type in ("string", "token", "date", "reference"):
-            kinds.add("blind" if param.phi else param.type)
+            kinds.add(param.index_table)
     return tuple(sorted(kinds))
 
 

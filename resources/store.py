@@ -83,9 +83,7 @@ _UPDATE_SLOT_TIME = update(_ST).where(_ST.c.seq == bindparam("b_seq"))  # SET fr
 def _param_kinds(rtype: str, params: frozenset[str]) -> frozenset[str]:
     """The index tables the search parameters ``params`` of ``rtype`` are kept in."""
     declared = RESOURCE_TYPES[rtype].params
-    return frozenset(
-        "blind" if declared[p].phi else declared[p].type for p in params if p in declared
-    )
+    return frozenset(declared[p].index_table for p in params if p in declared)
 
 
 _DELETE_PARAMS = {

@@ -88,7 +88,7 @@ class ConditionBuilder:
             return self._chain_set(rtype, clause)
         if param.name in ("_id", "_lastUpdated") or clause.modifier in ("missing", "not"):
             return None
-        table = INDEX_TABLES["blind" if param.phi else param.type]
+        table = INDEX_TABLES[param.index_table]
         value_cond = or_(*(self._value(rtype, table, param, clause, v) for v in clause.values))
         return select(table.c.seq).where(
             table.c.res_type == rtype, table.c.param == param.name, value_cond
@@ -111,7 +111,7 @@ class ConditionBuilder:
                     for v in clause.values
                 )
             )
-        table_kind = "blind" if param.phi else param.type
+        table_kind = param.index_table
         table = INDEX_TABLES[table_kind]
         base = [table.c.res_type == rtype, table.c.param == param.name]
         if clause.modifier == "missing":
