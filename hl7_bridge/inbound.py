@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import Unprocessable
@@ -52,6 +52,37 @@ CONFLICT_TAG = {
 }
 HOLDS_TIME = {"booked", "pending", "arrived", "checked-in", "fulfilled"}
 
+# Built once: every inbound message runs these (no statement construction per message).
+# A key the message does not carry is bound as NULL, which matches nothing.
+_LINKED = select(LINK).where(
+    LINK.c.sender == bindparam("sender"),
+    or_(
+        and_(LINK.c.kind == "filler", LINK.c.value == bindparam("filler")),
+        and_(LINK.c.kind == "placer", LINK.c.value == bindparam("placer")),
+    ),
+)
+_INSERT_LINK = insert(LINK)
+_UPDATE_LINK = (
+    update(LINK)
+    .where(
+        LINK.c.sender == bindparam("b_sender"),
+        LINK.c.kind == bindparam("b_kind"),
+        LINK.c.value == bindparam("b_value"),
+    )
+    .values(appointment_id=bindparam("appointment_id"), last_sent_at=bindparam("last_sent_at"))
+)
+_COVERED = (
+    select(ST.c.slot_id)
+    .where(
+        ST.c.schedule_id == bindparam("sched"),
+        ST.c.start_s < bindparam("end_s"),
+        ST.c.end_s > bindparam("start_s"),
+    )
+    .order_by(ST.c.slot_id)
+)
+_INSERT_BUSY = insert(BT)
+_RELEASE = delete(BT).where(BT.c.appointment_id == bindparam("appointment_id"))
+
 
 @dataclass(frozen=True, slots=True)
 class Applied:
@@ -63,13 +94,12 @@ class Applied:
 
 def _linked(conn: Connection, change: SIUChange) -> Any:
     """The link for the message's filler id, else its placer id (one query)."""
-    keys = [(k, v) for k, v in (("filler", change.filler), ("placer", change.placer)) if v]
-    rows = conn.execute(
-        select(LINK).where(
-            LINK.c.sender == change.sender,
-            or_(*(and_(LINK.c.kind == k, LINK.c.value == v) for k, v in keys)),
-        )
-    ).all()
+    keys = {
+        "sender": change.sender,
+        "filler": change.filler or None,
+        "placer": change.placer or None,
+    }
+    rows = conn.execute(_LINKED, keys).all()
     return min(rows, key=lambda r: r.kind != "filler", default=None)
 
 
@@ -78,7 +108,7 @@ def _link(conn: Connection, change: SIUChange, appointment_id: str, *, new: bool
     keys = [(k, v) for k, v in (("filler", change.filler), ("placer", change.placer)) if v]
     if new:
         conn.execute(
-            insert(LINK),
+            _INSERT_LINK,
             [
                 {
                     "sender": change.sender,
@@ -92,19 +122,14 @@ def _link(conn: Connection, change: SIUChange, appointment_id: str, *, new: bool
         )
         return
     for kind, value in keys:
-        key = and_(LINK.c.sender == change.sender, LINK.c.kind == kind, LINK.c.value == value)
+        key = {"b_sender": change.sender, "b_kind": kind, "b_value": value}
         done = conn.execute(
-            update(LINK).where(key).values(appointment_id=appointment_id, last_sent_at=sent)
+            _UPDATE_LINK, {**key, "appointment_id": appointment_id, "last_sent_at": sent}
         )
         if not done.rowcount:
+            row = {"sender": change.sender, "kind": kind, "value": value}
             conn.execute(
-                insert(LINK).values(
-                    sender=change.sender,
-                    kind=kind,
-                    value=value,
-                    appointment_id=appointment_id,
-                    last_sent_at=sent,
-                )
+                _INSERT_LINK, {**row, "appointment_id": appointment_id, "last_sent_at": sent}
             )
 
 
@@ -203,14 +228,8 @@ def _participants(
 
 
 def _covered_slots(conn: Connection, sched: str, start: datetime, end: datetime) -> list[str]:
-    rows = conn.execute(
-        select(ST.c.slot_id).where(
-            ST.c.schedule_id == sched,
-            ST.c.start_s < int(end.timestamp()),
-            ST.c.end_s > int(start.timestamp()),
-        )
-    )
-    return sorted(r.slot_id for r in rows)
+    span = {"sched": sched, "start_s": int(start.timestamp()), "end_s": int(end.timestamp())}
+    return list(conn.execute(_COVERED, span).scalars())
 
 
 def _claim(
@@ -228,15 +247,16 @@ def _claim(
     try:
         with conn.begin_nested():
             conn.execute(
-                insert(BT).values(
-                    schedule_id=sched,
-                    start=start,
-                    end=end,
-                    appointment_id=appointment_id,
-                    kind="booked",
-                    visit_type=visit_type,
-                    expires_at=None,
-                )
+                _INSERT_BUSY,
+                {
+                    "schedule_id": sched,
+                    "start": start,
+                    "end": end,
+                    "appointment_id": appointment_id,
+                    "kind": "booked",
+                    "visit_type": visit_type,
+                    "expires_at": None,
+                },
             )
     except DBAPIError:
         return False
@@ -332,7 +352,7 @@ def apply_change(
     # give up the old time, then claim the new one (the guard decides)
     if link is not None:
         appointment_id = str(link.appointment_id)
-        conn.execute(delete(BT).where(BT.c.appointment_id == appointment_id))
+        conn.execute(_RELEASE, {"appointment_id": appointment_id})
     else:
         appointment_id = service.new_id()
     status = "applied"
@@ -350,14 +370,23 @@ def apply_change(
     if status == "conflict":
         tags.append(CONFLICT_TAG)
     resource["meta"] = {"tag": tags} if tags else {}
-    resource["id"] = appointment_id
-    service.update(
-        conn,
-        store=store,
-        resource_type="Appointment",
-        resource_id=appointment_id,
-        resource=resource,
-    )
+    if link is None:  # a new Appointment, under the id minted above
+        service.create(
+            conn,
+            store=store,
+            resource_type="Appointment",
+            resource=resource,
+            assigned_id=appointment_id,
+        )
+    else:
+        resource["id"] = appointment_id
+        service.update(
+            conn,
+            store=store,
+            resource_type="Appointment",
+            resource_id=appointment_id,
+            resource=resource,
+        )
     set_slots(conn, store, freed, "free")
     set_slots(conn, store, slots, "busy")
     _link(conn, change, appointment_id, new=link is None)

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from resources.sql.tables import HL7Message
 from security.crypto import KeyRing, Sealed
@@ -30,6 +30,14 @@ from security.crypto import KeyRing, Sealed
 __all__ = ["HM", "MessageRecord", "MessageStore", "Opened"]
 
 HM = cast(Table, HL7Message.__table__)
+
+# Built once: every inbound message runs these (no statement construction per message).
+_INSERT = insert(HM)
+_FIND = select(HM).where(
+    HM.c.direction == bindparam("direction"),
+    HM.c.peer == bindparam("peer"),
+    HM.c.control_id == bindparam("control_id"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,21 +122,22 @@ class MessageStore:
     ) -> str:
         message_id = str(uuid.uuid4())
         conn.execute(
-            insert(HM).values(
-                id=message_id,
-                direction=direction,
-                peer=peer[:200],
-                control_id=control_id[:200],
-                event=event[:16],
-                created=now,
-                status=status,
-                ack_code=ack_code,
-                appointment_id=appointment_id,
-                error=error[0] if error else None,
-                attempts=0,
-                next_attempt=next_attempt,
+            _INSERT,
+            {
+                "id": message_id,
+                "direction": direction,
+                "peer": peer[:200],
+                "control_id": control_id[:200],
+                "event": event[:16],
+                "created": now,
+                "status": status,
+                "ack_code": ack_code,
+                "appointment_id": appointment_id,
+                "error": error[0] if error else None,
+                "attempts": 0,
+                "next_attempt": next_attempt,
                 **self._seal(message_id, message, ack, address, error[1] if error else None),
-            )
+            },
         )
         return message_id
 
@@ -159,13 +168,8 @@ class MessageStore:
         )
 
     def find(self, conn: Connection, direction: str, peer: str, control_id: str) -> Any:
-        return conn.execute(
-            select(HM).where(
-                HM.c.direction == direction,
-                HM.c.peer == peer[:200],
-                HM.c.control_id == control_id[:200],
-            )
-        ).first()
+        wanted = {"direction": direction, "peer": peer[:200], "control_id": control_id[:200]}
+        return conn.execute(_FIND, wanted).first()
 
     def get(self, conn: Connection, message_id: str) -> Any:
         return conn.execute(select(HM).where(HM.c.id == message_id)).first()

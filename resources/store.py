@@ -62,6 +62,22 @@ _READ_CURRENT = (
 )
 
 
+_CURRENT = select(R.c.seq, R.c.version, R.c.last_updated, R.c.deleted).where(
+    R.c.res_type == bindparam("rtype"), R.c.res_id == bindparam("rid")
+)
+_READ_CURRENT_MANY = (
+    select(R.c.seq, V)
+    .join(
+        V,
+        and_(
+            R.c.res_type == V.c.res_type,
+            R.c.res_id == V.c.res_id,
+            R.c.version == V.c.version,
+        ),
+    )
+    .where(R.c.res_type == bindparam("rtype"), R.c.res_id.in_(bindparam("rids", expanding=True)))
+    .order_by(R.c.res_id)
+)
 _INSERT_HEAD = insert(R).returning(R.c.seq)
 _ADVANCE_HEAD = (
     update(R)
@@ -74,6 +90,10 @@ _ADVANCE_HEAD = (
 )
 _INSERT_VERSION = insert(V)
 _DELETE_INDEX = {k: delete(t).where(t.c.seq == bindparam("seq_")) for k, t in INDEX_TABLES.items()}
+_DELETE_INDEX_MANY = {
+    k: delete(t).where(t.c.seq.in_(bindparam("seqs", expanding=True)))
+    for k, t in INDEX_TABLES.items()
+}
 _INSERT_INDEX = {k: insert(t) for k, t in INDEX_TABLES.items()}
 _ST = INDEX_TABLES["slot"]
 _UPDATE_SLOT_TIME = update(_ST).where(_ST.c.seq == bindparam("b_seq"))  # SET from the params
@@ -88,7 +108,8 @@ def _param_kinds(rtype: str, params: frozenset[str]) -> frozenset[str]:
 
 _DELETE_PARAMS = {
     k: delete(t).where(
-        t.c.seq == bindparam("seq_"), t.c.param.in_(bindparam("params", expanding=True))
+        t.c.seq.in_(bindparam("seqs", expanding=True)),
+        t.c.param.in_(bindparam("params", expanding=True)),
     )
     for k, t in INDEX_TABLES.items()
     if k != "slot"
@@ -167,11 +188,7 @@ class Store:
 
     # -- reads ------------------------------------------------------------------------------
     def current(self, conn: Connection, rtype: str, rid: str) -> Current | None:
-        row = conn.execute(
-            select(R.c.seq, R.c.version, R.c.last_updated, R.c.deleted).where(
-                R.c.res_type == rtype, R.c.res_id == rid
-            )
-        ).first()
+        row = conn.execute(_CURRENT, {"rtype": rtype, "rid": rid}).first()
         if row is None:
             return None
         return Current(row.seq, row.version, _utc(row.last_updated), bool(row.deleted))
@@ -260,7 +277,7 @@ class Store:
         self._insert_version(conn, rtype, rid, version, when, method, body)
         rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
         if changed is not None and expected is not None:
-            self._reindex_params(conn, rtype, seq, rows, changed)
+            self._reindex_params(conn, rtype, [(seq, rows)], changed)
         else:
             self._reindex(conn, rtype, seq, rows, new=expected is None)
         stored = StoredVersion(rtype, rid, version, when, method, False, body)
@@ -359,23 +376,116 @@ class Store:
                 conn.execute(_INSERT_INDEX[kind], values)
 
     def _reindex_params(
-        self, conn: Connection, rtype: str, seq: int, rows: IndexRows, params: frozenset[str]
+        self,
+        conn: Connection,
+        rtype: str,
+        batch: Sequence[tuple[int, IndexRows]],
+        params: frozenset[str],
     ) -> None:
+        """Rewrite only the index rows of ``params`` for each ``(seq, rows)`` of ``batch``,
+        one statement per table whatever the batch's size."""
+        seqs = [seq for seq, _ in batch]
         for kind in KINDS_BY_TYPE[rtype]:
-            values = getattr(rows, kind)
             if kind == "slot":  # one row per Slot, rewritten in place
-                if len(values) == 1:
-                    row = {k: v for k, v in values[0].items() if k != "seq"}
-                    if conn.execute(_UPDATE_SLOT_TIME, {**row, "b_seq": seq}).rowcount:
+                rows = [getattr(r, kind) for _, r in batch]
+                if all(len(v) == 1 for v in rows):
+                    moved = [
+                        {**{k: v for k, v in vals[0].items() if k != "seq"}, "b_seq": seq}
+                        for (seq, _), vals in zip(batch, rows, strict=True)
+                    ]
+                    if conn.execute(_UPDATE_SLOT_TIME, moved).rowcount == len(moved):
                         continue
-                conn.execute(_DELETE_INDEX[kind], {"seq_": seq})
+                conn.execute(_DELETE_INDEX_MANY[kind], {"seqs": seqs})
+                values = [v for vals in rows for v in vals]
             elif kind not in _param_kinds(rtype, params):
                 continue  # none of the changed parameters is indexed in this table
             else:
-                conn.execute(_DELETE_PARAMS[kind], {"seq_": seq, "params": list(params)})
-                values = [v for v in values if v["param"] in params]
+                conn.execute(_DELETE_PARAMS[kind], {"seqs": seqs, "params": list(params)})
+                values = [v for _, r in batch for v in getattr(r, kind) if v["param"] in params]
             if values:
                 conn.execute(_INSERT_INDEX[kind], values)
+
+    def update_many(
+        self,
+        conn: Connection,
+        rtype: str,
+        ids: Iterable[str],
+        edit: Callable[[dict[str, Any]], dict[str, Any] | None],
+        *,
+        changed: frozenset[str],
+    ) -> list[StoredVersion]:
+        """Server-made edits of several resources of one type (Slots marked busy or free),
+        written with one statement per table however many there are.
+
+        ``edit`` gets each current body and returns the new one, or None to leave that
+        resource alone; missing and deleted ids are skipped. Only the search parameters in
+        ``changed`` may differ, so only their index rows are rewritten, and the bodies are
+        not validated again: never for anything a client sent. Resources are read and written
+        in id order. Raises :class:`VersionConflict` if one changed since it was read.
+        """
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        when = now_ms()
+        edited: list[tuple[Any, dict[str, Any]]] = []
+        for row in conn.execute(_READ_CURRENT_MANY, {"rtype": rtype, "rids": wanted}):
+            if row.deleted:
+                continue
+            body = edit(self.open_row(row).resource())
+            if body is not None:
+                body["meta"] = {
+                    **(body.get("meta") or {}),
+                    "versionId": str(row.version + 1),
+                    "lastUpdated": format_instant(when),
+                }
+                edited.append((row, body))
+        if not edited:
+            return []
+        heads = [
+            {
+                "seq_": row.seq,
+                "old": row.version,
+                "version": row.version + 1,
+                "last_updated": when,
+                "deleted": False,
+            }
+            for row, _ in edited
+        ]
+        if conn.execute(_ADVANCE_HEAD, heads).rowcount != len(heads):
+            raise VersionConflict(f"one of {len(heads)} {rtype} resources changed meanwhile")
+        stored = [
+            StoredVersion(rtype, row.res_id, row.version + 1, when, "PUT", False, orjson.dumps(b))
+            for row, b in edited
+        ]
+        sealed = self.keys.seal_many(
+            [(s.body or b"", aad(rtype, s.res_id, s.version)) for s in stored]
+        )
+        conn.execute(
+            _INSERT_VERSION,
+            [
+                {
+                    "res_type": rtype,
+                    "res_id": s.res_id,
+                    "version": s.version,
+                    "last_updated": when,
+                    "method": "PUT",
+                    "deleted": False,
+                    "kek_id": box.kek_id,
+                    "wrapped_key": box.wrapped_key,
+                    "nonce": box.nonce,
+                    "ciphertext": box.ciphertext,
+                }
+                for s, box in zip(stored, sealed, strict=True)
+            ],
+        )
+        batch = [
+            (row.seq, index_resource(body, seq=row.seq, keys=self.keys, base_url=self.base_url))
+            for row, body in edited
+        ]
+        self._reindex_params(conn, rtype, batch, changed)
+        for s in stored:
+            self._notify(conn, s)
+        return stored
 
     # -- key rotation -----------------------------------------------------------------------
     def rewrap_batch(self, conn: Connection, *, limit: int = 500) -> int:

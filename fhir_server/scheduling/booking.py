@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound
@@ -25,7 +25,7 @@ from fhir_server.scheduling.rules import buffer_after
 from resources import service
 from resources.fhirdate import parse_fhir_date
 from resources.sql.tables import BusyTime, IdempotencyKey
-from resources.store import R, Store, StoredVersion
+from resources.store import R, Store, StoredVersion, VersionConflict
 
 __all__ = [
     "HoldFailed",
@@ -187,24 +187,15 @@ def _offered_locked(
 
 
 def set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) -> None:
-    """Mark Slots busy (booked) or free (cancelled)."""
-    for sid in ids:
-        current = store.read(conn, "Slot", sid)
-        if current is None or current.deleted:
-            continue
-        body = current.resource()
-        if body.get("status") != status:
-            body = {**body, "status": status}
-            body.pop("meta", None)
-            service.update(
-                conn,
-                store=store,
-                resource_type="Slot",
-                resource_id=sid,
-                resource=body,
-                trusted=True,
-                changed=frozenset({"status"}),
-            )
+    """Mark Slots busy (booked) or free (cancelled), all in one write per table."""
+
+    def edit(body: dict[str, Any]) -> dict[str, Any] | None:
+        return None if body.get("status") == status else {**body, "status": status}
+
+    try:
+        store.update_many(conn, "Slot", ids, edit, changed=frozenset({"status"}))
+    except VersionConflict as exc:
+        raise Conflict(f"{exc}; try again") from exc
 
 
 def free_holds(
@@ -217,20 +208,22 @@ def free_holds(
     appointment_id: str,
 ) -> None:
     """Before claiming time: expired holds on it, and this Appointment's own hold, go."""
-    conn.execute(
-        delete(BT).where(
-            or_(
-                and_(
-                    BT.c.schedule_id == schedule,
-                    BT.c.start < end,
-                    BT.c.end > start,
-                    BT.c.kind == "held",
-                    BT.c.expires_at <= now,
-                ),
-                and_(BT.c.kind == "held", BT.c.appointment_id == appointment_id),
-            )
-        )
+    span = {"schedule": schedule, "start": start, "end": end, "now": now}
+    conn.execute(_FREE_HOLDS, {**span, "appointment_id": appointment_id})
+
+
+_FREE_HOLDS = delete(BT).where(
+    or_(
+        and_(
+            BT.c.schedule_id == bindparam("schedule"),
+            BT.c.start < bindparam("end"),
+            BT.c.end > bindparam("start"),
+            BT.c.kind == "held",
+            BT.c.expires_at <= bindparam("now"),
+        ),
+        and_(BT.c.kind == "held", BT.c.appointment_id == bindparam("appointment_id")),
     )
+)
 
 
 def _claim(
