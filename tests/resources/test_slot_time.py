@@ -6,12 +6,13 @@ import importlib
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import delete, select, text
 
 from resources import service
 from resources.sql.engine import Database
 from resources.sql.tables import SlotTime
-from resources.store import Store
+from resources.store import Store, VersionConflict
 
 ST = SlotTime.__table__
 migration = importlib.import_module("resources.sql.migrations.versions.0004_slot_time")
@@ -101,3 +102,51 @@ def test_a_status_only_update_rewrites_just_the_status_rows(db: Database, store:
     assert search(status="free") == set()
     assert search(schedule="Schedule/s1", start="ge2027-03-01") == {"a"}  # untouched rows
     assert {r[3] for r in _rows(db)} == {"busy"}
+
+
+def test_update_many_writes_a_batch_and_skips_what_it_need_not(db: Database, store: Store) -> None:
+    for n, sid in enumerate(["a", "b", "c", "d"]):
+        _put(db, store, _slot(sid, 9 + n, status="busy" if sid == "c" else "free"))
+    with db.write() as conn:
+        service.delete(conn, store=store, resource_type="Slot", resource_id="d")
+
+    def busy(body: dict[str, Any]) -> dict[str, Any] | None:
+        return None if body["status"] == "busy" else {**body, "status": "busy"}
+
+    with db.write() as conn:  # "c" is busy already, "d" deleted, "x" never existed
+        written = store.update_many(
+            conn, "Slot", ["b", "x", "c", "a", "d", "a"], busy, changed=frozenset({"status"})
+        )
+    assert [(s.res_id, s.version) for s in written] == [("a", 2), ("b", 2)]
+    with db.read() as conn:
+        for sid, version in [("a", 2), ("b", 2), ("c", 1)]:
+            stored = store.read(conn, "Slot", sid)
+            assert stored is not None and stored.version == version
+            assert stored.resource()["status"] == "busy"
+            assert stored.resource()["meta"]["versionId"] == str(version)
+        _, found = service.search(
+            conn, store=store, resource_type="Slot", params=[("status", "busy")]
+        )
+    assert {m.res_id for m in found.matches} == {"a", "b", "c"}
+    assert {r[0]: r[3] for r in _rows(db)} == {"a": "busy", "b": "busy", "c": "busy"}
+
+
+def test_update_many_refuses_a_batch_when_one_changed_meanwhile(db: Database, store: Store) -> None:
+    _put(db, store, _slot("a", 9))
+    _put(db, store, _slot("b", 10))
+
+    def busy_after_someone_else(body: dict[str, Any]) -> dict[str, Any]:
+        if body["id"] == "b":  # another write lands between the read and the batch's write
+            _put_in(conn, store, _slot("b", 10, status="busy-tentative"))
+        return {**body, "status": "busy"}
+
+    with pytest.raises(VersionConflict), db.write() as conn:
+        store.update_many(
+            conn, "Slot", ["a", "b"], busy_after_someone_else, changed=frozenset({"status"})
+        )
+    with db.read() as conn:  # the whole transaction rolled back, the other write with it
+        assert [store.read(conn, "Slot", s).version for s in "ab"] == [1, 1]  # type: ignore[union-attr]
+
+
+def _put_in(conn: Any, store: Store, body: dict[str, Any]) -> None:
+    service.update(conn, store=store, resource_type="Slot", resource_id=body["id"], resource=body)
