@@ -12,7 +12,6 @@ one transaction per batch, not per read.
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 from typing import Any
 
@@ -24,6 +23,7 @@ from fhir_server.http import error_response
 from fhir_server.logging import get_logger
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
+from resources.sql.group_commit import GroupCommit
 from security.audit import append, append_async, append_dbapi
 from security.balp import Actor
 from security.crypto import KeyRing
@@ -49,19 +49,11 @@ class AuditWriter:
         self.keys = keys
         self.enabled = enabled
         self.reader = reader  # PostgreSQL: async connections, so a batch blocks no thread
-        self._events: list[dict[str, Any]] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._group: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._append_group)
 
     async def record(self, events: list[dict[str, Any]]) -> None:
-        if not self.enabled or not events:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._events.extend(events)
-        self._waiters.append(waiter)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
-        await waiter
+        if self.enabled and events:
+            await self._group.submit(events)
 
     def record_now(self, events: list[dict[str, Any]]) -> None:
         """Synchronous append in a transaction of its own (command-line and thread callers)."""
@@ -69,22 +61,15 @@ class AuditWriter:
             with self.db.write() as conn:
                 append(conn, self.keys, events)
 
-    async def _drain(self) -> None:
-        await asyncio.sleep(0)  # let requests that are ready to flush join this batch
-        while self._events:
-            events, waiters = self._events, self._waiters
-            self._events, self._waiters = [], []
-            try:
-                await self._append(events)
-            except Exception as exc:  # noqa: BLE001 - every failure means "not recorded"
-                log.error("audit.write_failed", error_type=type(exc).__name__, events=len(events))
-                for w in waiters:
-                    if not w.done():
-                        w.set_exception(AuditUnavailable("the audit log refused the records"))
-            else:
-                for w in waiters:
-                    if not w.done():
-                        w.set_result(None)
+    async def _append_group(self, requests: list[list[dict[str, Any]]]) -> list[None]:
+        """The records of every request waiting, in one transaction."""
+        events = [e for request in requests for e in request]
+        try:
+            await self._append(events)
+        except Exception as exc:  # every failure means "not recorded"
+            log.error("audit.write_failed", error_type=type(exc).__name__, events=len(events))
+            raise AuditUnavailable("the audit log refused the records") from exc
+        return [None] * len(requests)
 
     async def _append(self, events: list[dict[str, Any]]) -> None:
         """One batch, by the cheapest way open: PostgreSQL on an async connection; SQLite

@@ -5,6 +5,9 @@
   change is in the database. If applying fails, that transaction rolls back and a second one
   keeps the message as ``failed`` with the ``AE`` sent (``fhir-sched hl7 replay`` applies it
   again once the cause is fixed). Unsupported type, event, processing id or version: ``AR``.
+  Messages that arrive on several connections while a transaction is being written are
+  applied together in the next one (a group commit, :meth:`Listener.process_many`); if one of
+  them fails, that transaction rolls back and each is applied on its own.
 * **Enhanced mode** (MSH-15 or MSH-16 present): the raw message is committed first and a
   ``CA`` goes back as MSH-15 asks (AL always, ER only on error, SU only on success, NE
   never); the application ACK follows on the same connection as MSH-16 asks.
@@ -24,6 +27,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import FHIRError
 from fhir_server.logging import exception_frames
@@ -36,10 +40,12 @@ from hl7_bridge.outbound import ORIGIN
 from hl7_bridge.parse import ParseError, parse
 from hl7_bridge.siu_to_fhir import read_siu, sender_key
 from resources.sql.engine import Database
+from resources.sql.group_commit import GroupCommit
 from resources.store import Store
+from security.audit import append
 from security.balp import Actor
 from security.crypto import KeyRing
-from security.trail import Trail
+from security.trail import AuditUnavailable, Trail
 
 __all__ = ["BridgeConfig", "Listener", "Reply"]
 
@@ -130,8 +136,18 @@ class Listener:
         self.config = config or BridgeConfig(sender_tz=clinic.tz if clinic is not None else UTC)
         self.messages = MessageStore(keys)
         self.known_patients: dict[str, str] = {}  # PID identifier → Patient id
+        self._group: GroupCommit[_Inbound, bytes] = GroupCommit(self._apply_group, limit=64)
 
     async def handle(self, raw: bytes, peer: str, reply: Reply) -> None:
+        try:
+            msg = _Inbound(raw, peer, read_header(raw), datetime.now(UTC))
+        except NotHL7:
+            msg = None  # answered by accept, below
+        if msg is not None and not msg.enhanced and refusal(msg.header) is None:
+            # original mode, the usual case: applied with whatever other connections sent
+            # meanwhile, in one transaction
+            await reply(await self._group.submit(msg))
+            return
         acks, pending = await asyncio.to_thread(self.accept, raw, peer)
         for ack in acks:
             await reply(ack)
@@ -139,6 +155,9 @@ class Listener:
             ack = await asyncio.to_thread(self._process, pending)
             if _wanted(read_ack(ack)[0], pending.header.field(16)):
                 await reply(ack)
+
+    async def _apply_group(self, msgs: list[_Inbound]) -> list[bytes]:
+        return await asyncio.to_thread(self.process_many, msgs)
 
     def accept(self, raw: bytes, peer: str) -> tuple[list[bytes], _Inbound | None]:
         """Everything up to the first answer: a resend's original ACK, an AR, a CA (enhanced
@@ -198,40 +217,7 @@ class Listener:
     def _process(self, msg: _Inbound, *, replay: bool = False) -> bytes:
         """Apply the message; the ACK says how it went (AA after commit, else AE)."""
         try:
-            change = read_siu(
-                parse(msg.raw),
-                sender_tz=self.config.sender_tz,
-                status_map=self.config.status_map,
-                identifier_systems=self.config.identifier_systems,
-            )
-            origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
-            try:
-                with self.db.write() as conn:
-                    prior, first = self._prior(conn, msg, replay=replay)
-                    if first is not None:
-                        return first
-                    applied = apply_change(
-                        conn,
-                        store=self.store,
-                        config=self.clinic,
-                        change=change,
-                        now=msg.now,
-                        known_patients=self.known_patients,
-                    )
-                    ack = build_ack(msg.header, "AA", control_id=_control_id(), now=msg.now)
-                    self._record(conn, prior, msg, _Result("AA", applied.status, applied), ack)
-                    trail = self._trail(msg)
-                    trail.note(
-                        f"hl7-in:{msg.trigger}",
-                        refs=[f"Appointment/{applied.appointment_id}"]
-                        if applied.appointment_id
-                        else [],
-                        patients={applied.patient_id} if applied.patient_id else set(),
-                    )
-                    if self.config.audit:
-                        trail.commit_in(conn, self.keys)
-            finally:
-                ORIGIN.reset(origin)
+            [ack] = self._apply_all([msg], replay=replay)
         except (ParseError, FHIRError) as exc:
             code = "101" if isinstance(exc, ParseError) else "207"
             return self._keep(msg, _Result("AE", "failed", error=(code, _words(exc))), replay)
@@ -245,15 +231,82 @@ class Listener:
             )
             result = _Result("AE", "failed", error=("207", "internal error; kept for review"))
             return self._keep(msg, result, replay)
-        log.info(
-            "hl7.applied",
-            sender=msg.sender,
-            control_id=msg.control,
-            trigger=msg.trigger,
-            status=applied.status,
-            appointment=applied.appointment_id,
-        )
         return ack
+
+    def process_many(self, msgs: list[_Inbound]) -> list[bytes]:
+        """Original-mode messages from several connections, applied in one transaction (a
+        group commit): each ACK is AA only once that transaction committed. If any message in
+        it fails, the whole transaction rolls back and each is applied on its own, so a bad
+        message costs its neighbours a second try, never their result."""
+        if len(msgs) > 1:
+            try:
+                return self._apply_all(msgs)
+            except Exception:  # noqa: BLE001, S110 - each is tried, and answered, on its own
+                pass
+        return [self._process(m) for m in msgs]
+
+    def _apply_all(self, msgs: list[_Inbound], *, replay: bool = False) -> list[bytes]:
+        """Map, apply and record ``msgs`` in one transaction, with one audit append for all;
+        raises if any of them fails (nothing of the transaction stays)."""
+        changes = [
+            read_siu(
+                parse(msg.raw),
+                sender_tz=self.config.sender_tz,
+                status_map=self.config.status_map,
+                identifier_systems=self.config.identifier_systems,
+            )
+            for msg in msgs
+        ]
+        acks: list[bytes] = []
+        done: list[tuple[_Inbound, Applied]] = []
+        trail_events: list[dict[str, Any]] = []
+        with self.db.write() as conn:
+            for msg, change in zip(msgs, changes, strict=True):
+                prior, first = self._prior(conn, msg, replay=replay)
+                if first is not None:  # a resend: its first answer, nothing changes
+                    acks.append(first)
+                    continue
+                origin = ORIGIN.set(change.sender)  # the outbox does not echo it to its EMR
+                try:
+                    applied = apply_change(
+                        conn,
+                        store=self.store,
+                        config=self.clinic,
+                        change=change,
+                        now=msg.now,
+                        known_patients=self.known_patients,
+                    )
+                finally:
+                    ORIGIN.reset(origin)
+                ack = build_ack(msg.header, "AA", control_id=_control_id(), now=msg.now)
+                self._record(conn, prior, msg, _Result("AA", applied.status, applied), ack)
+                trail = self._trail(msg)
+                trail.note(
+                    f"hl7-in:{msg.trigger}",
+                    refs=[f"Appointment/{applied.appointment_id}"]
+                    if applied.appointment_id
+                    else [],
+                    patients={applied.patient_id} if applied.patient_id else set(),
+                )
+                if self.config.audit:
+                    trail_events += trail.events(trail.facts)
+                acks.append(ack)
+                done.append((msg, applied))
+            if trail_events:
+                try:
+                    append(conn, self.keys, trail_events)
+                except DBAPIError as exc:
+                    raise AuditUnavailable("the audit log refused the record") from exc
+        for msg, applied in done:
+            log.info(
+                "hl7.applied",
+                sender=msg.sender,
+                control_id=msg.control,
+                trigger=msg.trigger,
+                status=applied.status,
+                appointment=applied.appointment_id,
+            )
+        return acks
 
     def _keep(self, msg: _Inbound, result: _Result, replay: bool = False) -> bytes:
         """Store a message that was not applied (AR or AE) with its ACK and AuditEvent, in a

@@ -432,3 +432,81 @@ async def test_staff_find_conflicts_by_tag(bridge: Bridge, clinic: ClinicConfig)
         )
     [conflict] = [m.resource() for m in result.matches]
     assert any(i["value"] == "T-2" for i in conflict["identifier"])
+
+
+class _Counting(Listener):
+    """The real listener, noting the size of each group it is handed."""
+
+    groups: list[int]
+
+    def process_many(self, msgs: list[Any]) -> list[bytes]:
+        self.groups.append(len(msgs))
+        return super().process_many(msgs)
+
+
+async def test_messages_arriving_together_commit_together_and_a_bad_one_alone(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    listener = _Counting(
+        bridge.db, bridge.keys, bridge.store, clinic=clinic, config=bridge.listener.config
+    )
+    listener.groups = []
+    answers: dict[str, list[bytes]] = {}
+
+    def reply_for(name: str) -> Any:
+        async def reply(ack: bytes) -> None:
+            answers.setdefault(name, []).append(ack)
+
+        return reply
+
+    sent = {
+        "a": siu("S12", "G1", at(9), key="G-1"),
+        "bad": siu("S12", "G2", at(10), key="G-2", status="Confirmed"),  # not in the table
+        "b": siu("S12", "G3", at(11), key="G-3"),
+    }
+    # three connections' messages ready in the same turn of the event loop
+    await asyncio.gather(
+        *(
+            listener.handle(raw, f"10.0.0.{n}:5000", reply_for(k))
+            for n, (k, raw) in enumerate(sent.items())
+        )
+    )
+    assert listener.groups == [3]  # one group, one transaction tried
+    assert {k: [msa(a) for a in v] for k, v in answers.items()} == {
+        "a": [("AA", "G1")],
+        "bad": [("AE", "G2")],
+        "b": [("AA", "G3")],
+    }
+    # the failed group rolled back and each message was applied on its own
+    booked = {i["value"] for a in bridge.appointments() for i in a["identifier"]}
+    assert {"G-1", "G-3"} <= booked and "G-2" not in booked
+    rows = {r.control_id: (r.status, r.ack_code) for r in bridge.message_rows()}
+    assert rows == {"G1": ("applied", "AA"), "G2": ("failed", "AE"), "G3": ("applied", "AA")}
+    assert bridge.slot_status(at(9)) == "busy" and bridge.slot_status(at(11)) == "busy"
+    imports = [e for e in bridge.audit_events() if e["type"]["code"] == "110107"]
+    assert sorted(e["outcome"] for e in imports) == ["0", "0", "8"]
+
+    # a group that applies cleanly commits as one: both AA, both kept, both audited
+    answers.clear()
+    await asyncio.gather(
+        listener.handle(siu("S12", "G4", at(13), key="G-4"), "10.0.0.1:5000", reply_for("c")),
+        listener.handle(siu("S12", "G5", at(14), key="G-5"), "10.0.0.2:5000", reply_for("d")),
+    )
+    assert listener.groups == [3, 2]
+    assert [msa(a)[0] for k in "cd" for a in answers[k]] == ["AA", "AA"]
+    assert bridge.slot_status(at(13)) == "busy" and bridge.slot_status(at(14)) == "busy"
+    assert len([e for e in bridge.audit_events() if e["type"]["code"] == "110107"]) == 5
+
+
+async def test_many_senders_at_once_are_all_applied(bridge: Bridge) -> None:
+    async def sender(n: int) -> list[bytes]:
+        messages = [
+            siu("S12", f"M{n}-{k}", at(9 + k, 15 * n, day=n % 5), key=f"M-{n}-{k}")
+            for k in range(3)
+        ]
+        return await bridge.send(*messages)
+
+    acks = await asyncio.gather(*(sender(n) for n in range(4)))
+    assert [msa(a)[0] for group in acks for a in group] == ["AA"] * 12
+    assert len(bridge.appointments()) == 12
+    assert {r.status for r in bridge.message_rows()} == {"applied"}
