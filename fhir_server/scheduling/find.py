@@ -135,7 +135,10 @@ def match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None
         tries.append([("family:exact", names[0]), ("birthdate", patient["birthDate"])])
     for params in tries:
         _, result = service.search(
-            conn, store=store, resource_type="Patient", params=[*params, ("_count", "2")]
+            conn,
+            store=store,
+            resource_type="Patient",
+            params=[*params, ("_count", "2"), ("_total", "none")],  # one or not: no count
         )
         if len(result.matches) == 1:
             return result.matches[0].res_id
