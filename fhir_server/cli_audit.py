@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 import orjson
 from sqlalchemy import select
 
 from fhir_server.cli_auth import open_database
+from resources.fhirdate import as_utc
 from resources.sql.engine import Database
 from security.crypto import KeyRing
 
@@ -67,7 +68,7 @@ def audit_export(since: str, patient: str | None) -> None:
         start = datetime.fromisoformat(since)
     except ValueError as exc:
         raise click.BadParameter("use a date (2026-01-31) or an instant with an offset") from exc
-    start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    start = as_utc(start)  # an offset-less --since is read in UTC
     database, ring = _open()
     query = select(AuditLog).where(AuditLog.recorded >= start).order_by(AuditLog.seq)
     if patient:

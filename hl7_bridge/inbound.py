@@ -35,7 +35,7 @@ from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.find import match_patient
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from resources import service
-from resources.fhirdate import parse_fhir_date
+from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.tables import BusyTime, HL7Link, SlotTime
 from resources.store import Store
 
@@ -330,7 +330,7 @@ def apply_change(
     link = _linked(conn, change)
     old: dict[str, Any] | None = None
     if link is not None:
-        if change.sent_at and link.last_sent_at and change.sent_at < _aware(link.last_sent_at):
+        if change.sent_at and link.last_sent_at and change.sent_at < as_utc(link.last_sent_at):
             return Applied(link.appointment_id, "superseded", note="older than what was applied")
         stored = store.read(conn, "Appointment", link.appointment_id)
         old = stored.resource() if stored is not None and not stored.deleted else None
@@ -402,7 +402,3 @@ def _merge_identifiers(
         if not any(i.get("system") == ident.get("system") for i in out):
             out.append(ident)
     return out
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
-__all__ = ["MAX_INSTANT", "MIN_INSTANT", "DateRange", "parse_fhir_date"]
+__all__ = ["MAX_INSTANT", "MIN_INSTANT", "DateRange", "as_utc", "parse_fhir_date"]
 
 MIN_INSTANT = datetime(1, 1, 2, tzinfo=UTC)
 MAX_INSTANT = datetime(9999, 12, 30, tzinfo=UTC)
@@ -29,6 +29,12 @@ class DateRange:
     high: datetime
     precision: str  # year, month, day, minute, second, fraction
     has_offset: bool = True
+
+
+def as_utc(value: datetime) -> datetime:
+    """A datetime read back from the database: SQLite hands back naive datetimes, which were
+    written in UTC; PostgreSQL's already carry their offset."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _add_months(value: datetime, months: int) -> datetime:

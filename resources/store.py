@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, selec
 from sqlalchemy.exc import IntegrityError
 
 from conformance.declaration import RESOURCE_TYPES
+from resources.fhirdate import as_utc
 from resources.indexing import IndexRows, index_kinds, index_resource
 from resources.sql.tables import (
     IdxBlind,
@@ -191,7 +192,7 @@ class Store:
         row = conn.execute(_CURRENT, {"rtype": rtype, "rid": rid}).first()
         if row is None:
             return None
-        return Current(row.seq, row.version, _utc(row.last_updated), bool(row.deleted))
+        return Current(row.seq, row.version, as_utc(row.last_updated), bool(row.deleted))
 
     def read(self, conn: Connection, rtype: str, rid: str) -> StoredVersion | None:
         """The current version (possibly a deletion marker), or None if it never existed."""
@@ -237,7 +238,7 @@ class Store:
             row.res_type,
             row.res_id,
             row.version,
-            _utc(row.last_updated),
+            as_utc(row.last_updated),
             row.method,
             bool(row.deleted),
             body,
@@ -521,8 +522,3 @@ class Store:
             select(V.c.kek_id, func.count()).where(V.c.kek_id.is_not(None)).group_by(V.c.kek_id)
         ).all()
         return {str(k): int(n) for k, n in rows}
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

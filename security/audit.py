@@ -34,6 +34,7 @@ from psycopg import AsyncConnection
 from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
+from resources.fhirdate import as_utc
 from resources.sql.tables import AuditHead, AuditIndex, AuditLog
 from security.crypto import DecryptionError, KeyRing, Sealed
 
@@ -247,8 +248,7 @@ def open_event(keys: KeyRing, row: Any) -> dict[str, Any]:
 
 def _same(stored: Any, derived: Any) -> bool:
     if isinstance(derived, datetime) and isinstance(stored, datetime):
-        stored = stored if stored.tzinfo else stored.replace(tzinfo=UTC)
-        return bool(stored == derived)
+        return bool(as_utc(stored) == derived)
     return bool(stored == derived)
 
 

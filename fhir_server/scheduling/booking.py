@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select, update
@@ -340,10 +340,6 @@ def book_new(
     _claim(conn, config, w, outcome.stored.res_id, "booked", None, now)
     set_slots(conn, store, option.slots, "busy")
     return outcome.stored
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def check_notice(config: ClinicConfig, appt: dict[str, Any], now: datetime, what: str) -> None:

@@ -24,7 +24,7 @@ from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.rules import Booked, DayPolicy, day_policy
 from resources import service
-from resources.fhirdate import parse_fhir_date
+from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.async_reads import AsyncReader
 from resources.sql.tables import BusyTime, SlotTime
 from resources.store import INDEX_TABLES, R, Store
@@ -230,7 +230,7 @@ _FREE_SLOTS = (
 
 
 def _epoch(when: datetime) -> int:
-    return int(_utc(when).timestamp())
+    return int(as_utc(when).timestamp())
 
 
 def _from_epoch(seconds: int) -> datetime:
@@ -407,7 +407,7 @@ def compute_options(
     for sched_id, b_start, b_end, kind, appointment_id, visit_type in calendar.busy:
         if ignore_hold and kind == "held" and appointment_id == ignore_hold:
             continue
-        b_start, b_end = _utc(b_start), _utc(b_end)
+        b_start, b_end = as_utc(b_start), as_utc(b_end)
         taken.setdefault(sched_id, []).append((_epoch(b_start), _epoch(b_end)))
         if kind == "booked" and sched_id in owner:
             key = (owner[sched_id], days.index(_epoch(b_start)))
@@ -476,10 +476,6 @@ def _untaken(
             continue
         out.append(slot)
     return out
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def proposed_appointment(

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from resources.fhirdate import as_utc
 from resources.sql.tables import AuthCode, AuthJti, AuthLaunch, AuthToken
 from security.principal import Principal
 from security.scopes import Grants
@@ -94,7 +95,7 @@ class TokenRecord:
 def _aware(value: datetime | str) -> datetime:
     if isinstance(value, str):  # SQLite through a text() query: the stored ISO string
         value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite drops the offset
+    return as_utc(value)
 
 
 def store_tokens(
