@@ -242,25 +242,30 @@ def _claim(
     now: datetime,
 ) -> bool:
     """Claim the time; False if it is already booked or held here (the guard refused). A
-    savepoint keeps the refusal from failing the message's whole transaction."""
-    free_holds(conn, schedule=sched, start=start, end=end, now=now, appointment_id=appointment_id)
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                _INSERT_BUSY,
-                {
-                    "schedule_id": sched,
-                    "start": start,
-                    "end": end,
-                    "appointment_id": appointment_id,
-                    "kind": "booked",
-                    "visit_type": visit_type,
-                    "expires_at": None,
-                },
+    savepoint keeps the refusal from failing the message's whole transaction. Expired holds
+    on the time are cleared only when the guard refuses, then the claim is tried once more
+    (this Appointment's own busy rows, holds included, were released by the caller)."""
+    row = {
+        "schedule_id": sched,
+        "start": start,
+        "end": end,
+        "appointment_id": appointment_id,
+        "kind": "booked",
+        "visit_type": visit_type,
+        "expires_at": None,
+    }
+    for last in (False, True):
+        try:
+            with conn.begin_nested():
+                conn.execute(_INSERT_BUSY, row)
+            return True
+        except DBAPIError:
+            if last:
+                return False
+            free_holds(
+                conn, schedule=sched, start=start, end=end, now=now, appointment_id=appointment_id
             )
-    except DBAPIError:
-        return False
-    return True
+    return False  # not reached: the second try returns
 
 
 def _span(

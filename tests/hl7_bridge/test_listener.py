@@ -25,6 +25,7 @@ from hl7_bridge.listener import BridgeConfig, Listener
 from hl7_bridge.messages import HM, MessageStore
 from hl7_bridge.mllp import MLLPServer
 from resources import service
+from resources.fhirdate import as_utc
 from resources.sql.engine import Database
 from resources.sql.tables import AuditLog, BusyTime
 from resources.store import Store
@@ -510,3 +511,47 @@ async def test_many_senders_at_once_are_all_applied(bridge: Bridge) -> None:
     assert [msa(a)[0] for group in acks for a in group] == ["AA"] * 12
     assert len(bridge.appointments()) == 12
     assert {r.status for r in bridge.message_rows()} == {"applied"}
+
+
+async def test_an_expired_hold_gives_way_to_the_emr_and_a_live_one_does_not(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    def proposed(start: datetime) -> dict[str, Any]:
+        return {
+            "resourceType": "Appointment",
+            "status": "proposed",
+            "serviceType": [{"coding": [{"system": VISIT_TYPE_SYSTEM, "code": "procedure"}]}],
+            "start": start.isoformat(),
+            "end": (start + timedelta(minutes=30)).isoformat(),
+            "participant": [
+                {"actor": {"reference": "Practitioner/dr-smith"}, "status": "needs-action"},
+                {"actor": {"reference": "Location/loc-main"}, "status": "needs-action"},
+            ],
+        }
+
+    long_ago = datetime.now(UTC) - timedelta(seconds=clinic.hold_seconds + 60)
+    with bridge.db.write() as conn:  # one hold that has run out, one still running
+        booking.hold(
+            conn,
+            store=bridge.store,
+            config=clinic,
+            appointment=proposed(at(10, day=1)),
+            now=long_ago,
+        )
+        booking.hold(
+            conn,
+            store=bridge.store,
+            config=clinic,
+            appointment=proposed(at(11, day=1)),
+            now=datetime.now(UTC),
+        )
+    acks = await bridge.send(
+        siu("S12", "H1", at(10, day=1), key="H-1"), siu("S12", "H2", at(11, day=1), key="H-2")
+    )
+    assert [msa(a) for a in acks] == [("AA", "H1"), ("AA", "H2")]
+    statuses = {r.control_id: r.status for r in bridge.message_rows()}
+    assert statuses == {"H1": "applied", "H2": "conflict"}
+    with bridge.db.read() as conn:
+        claims = {(as_utc(c.start), c.kind) for c in conn.execute(select(BusyTime.__table__))}
+    assert claims == {(at(10, day=1), "booked"), (at(11, day=1), "held")}
+    assert bridge.slot_status(at(10, day=1)) == "busy"
