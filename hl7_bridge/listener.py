@@ -136,7 +136,13 @@ class Listener:
         self.config = config or BridgeConfig(sender_tz=clinic.tz if clinic is not None else UTC)
         self.messages = MessageStore(keys)
         self.known_patients: dict[str, str] = {}  # PID identifier → Patient id
-        self._group: GroupCommit[_Inbound, bytes] = GroupCommit(self._apply_group, limit=64)
+        # SQLite has one writer, so groups go one after the other; PostgreSQL's concurrent
+        # transactions let the database work on one group while Python builds the next
+        self._group: GroupCommit[_Inbound, bytes] = GroupCommit(
+            self._apply_group,
+            limit=64,
+            concurrency=2 if db.engine.dialect.name == "postgresql" else 1,
+        )
 
     async def handle(self, raw: bytes, peer: str, reply: Reply) -> None:
         try:

@@ -24,21 +24,32 @@ class GroupCommit(Generic[T, R]):
     ``run`` gets the items gathered so far, in the order submitted (at most ``limit`` of them
     when a limit is set), and returns one result per item in the same order. If it raises,
     every caller in that batch gets the exception; the next batch runs all the same.
+    ``concurrency`` batches may run at once (1: strictly one after the other, as SQLite's
+    single writer wants; more lets PostgreSQL work on one batch while Python builds another).
     """
 
-    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]], *, limit: int = 0) -> None:
+    def __init__(
+        self,
+        run: Callable[[list[T]], Awaitable[list[R]]],
+        *,
+        limit: int = 0,
+        concurrency: int = 1,
+    ) -> None:
         self._run = run
         self._limit = limit
+        self._concurrency = concurrency
         self._items: list[T] = []
         self._waiters: list[asyncio.Future[R]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def submit(self, item: T) -> R:
         waiter: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._items.append(item)
         self._waiters.append(waiter)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
+        # a drain that has left its loop is done before anyone can submit (no await between)
+        self._tasks = [t for t in self._tasks if not t.done()]
+        if len(self._tasks) < self._concurrency:
+            self._tasks.append(asyncio.create_task(self._drain()))
         return await waiter
 
     async def _drain(self) -> None:

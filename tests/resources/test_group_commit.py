@@ -73,3 +73,25 @@ async def test_a_run_that_loses_results_fails_loudly() -> None:
     group: GroupCommit[int, int] = GroupCommit(run)
     with pytest.raises(RuntimeError, match="2 items gave 1 results"):
         await asyncio.gather(group.submit(1), group.submit(2))
+
+
+async def test_with_concurrency_a_second_batch_starts_while_the_first_runs() -> None:
+    running: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def run(items: list[int]) -> list[int]:
+        running.append(list(items))
+        await release.wait()
+        return items
+
+    group: GroupCommit[int, int] = GroupCommit(run, concurrency=2)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0.01)
+    second = [asyncio.create_task(group.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    third = asyncio.create_task(group.submit(4))  # both slots busy: it waits for a batch to end
+    await asyncio.sleep(0.01)
+    assert running == [[1], [2, 3]]
+    release.set()
+    assert await asyncio.gather(first, *second, third) == [1, 2, 3, 4]
+    assert running == [[1], [2, 3], [4]]
