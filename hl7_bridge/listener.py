@@ -93,9 +93,8 @@ class _Inbound:
 
     @property
     def event(self) -> str:
-        return (
-            self.header.field(9).decode("latin-1").replace(self.header.field(2)[:1].decode(), "^")
-        )
+        separator = (self.header.field(2)[:1] or b"^").decode("latin-1")  # as Header.component
+        return self.header.field(9).decode("latin-1").replace(separator, "^")
 
     @property
     def trigger(self) -> str:

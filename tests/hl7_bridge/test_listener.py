@@ -555,3 +555,13 @@ async def test_an_expired_hold_gives_way_to_the_emr_and_a_live_one_does_not(
         claims = {(as_utc(c.start), c.kind) for c in conn.execute(select(BusyTime.__table__))}
     assert claims == {(at(10, day=1), "booked"), (at(11, day=1), "held")}
     assert bridge.slot_status(at(10, day=1)) == "busy"
+
+
+async def test_a_header_without_encoding_characters_is_answered_and_kept(bridge: Bridge) -> None:
+    lines = siu("S12", "E1", at(9)).split(b"\r")
+    lines[0] = lines[0].replace(b"MSH|^~\\&|", b"MSH||", 1)
+    [ack] = await bridge.send(b"\r".join(lines))
+    assert msa(ack)[1] == "E1" and msa(ack)[0] in ("AE", "AR")
+    [row] = bridge.message_rows()
+    assert (row.event, row.status) == ("SIU^S12^SIU_S12", "failed")
+    assert bridge.appointments() == []
