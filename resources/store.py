@@ -49,16 +49,13 @@ KINDS_BY_TYPE = {rtype: index_kinds(rtype) for rtype in RESOURCE_TYPES}
 
 
 # Built once: the hot read path skips statement construction and cache-key work.
+# A resource's head row joined to its current version.
+_IS_CURRENT = and_(
+    R.c.res_type == V.c.res_type, R.c.res_id == V.c.res_id, R.c.version == V.c.version
+)
 _READ_CURRENT = (
     select(V)
-    .join(
-        R,
-        and_(
-            R.c.res_type == V.c.res_type,
-            R.c.res_id == V.c.res_id,
-            R.c.version == V.c.version,
-        ),
-    )
+    .join(R, _IS_CURRENT)
     .where(R.c.res_type == bindparam("rtype"), R.c.res_id == bindparam("rid"))
 )
 
@@ -68,16 +65,12 @@ _CURRENT = select(R.c.seq, R.c.version, R.c.last_updated, R.c.deleted).where(
 )
 _READ_CURRENT_MANY = (
     select(R.c.seq, V)
-    .join(
-        V,
-        and_(
-            R.c.res_type == V.c.res_type,
-            R.c.res_id == V.c.res_id,
-            R.c.version == V.c.version,
-        ),
-    )
+    .join(V, _IS_CURRENT)
     .where(R.c.res_type == bindparam("rtype"), R.c.res_id.in_(bindparam("rids", expanding=True)))
     .order_by(R.c.res_id)
+)
+_READ_SEQS = (
+    select(R.c.seq, V).join(V, _IS_CURRENT).where(R.c.seq.in_(bindparam("seqs", expanding=True)))
 )
 _INSERT_HEAD = insert(R).returning(R.c.seq)
 _ADVANCE_HEAD = (
@@ -209,18 +202,7 @@ class Store:
         """Current versions by ``resource.seq`` (for search pages and includes)."""
         if not seqs:
             return {}
-        rows = conn.execute(
-            select(R.c.seq, V)
-            .join(
-                V,
-                and_(
-                    R.c.res_type == V.c.res_type,
-                    R.c.res_id == V.c.res_id,
-                    R.c.version == V.c.version,
-                ),
-            )
-            .where(R.c.seq.in_(list(seqs)))
-        ).all()
+        rows = conn.execute(_READ_SEQS, {"seqs": list(seqs)}).all()
         return {row.seq: self.open_row(row) for row in rows}
 
     def history_rows(self, rows: Iterable[Any]) -> list[StoredVersion]:
