@@ -254,18 +254,19 @@ def _claim(
         "visit_type": visit_type,
         "expires_at": None,
     }
-    for last in (False, True):
-        try:
-            with conn.begin_nested():
-                conn.execute(_INSERT_BUSY, row)
-            return True
-        except DBAPIError:
-            if last:
-                return False
-            free_holds(
-                conn, schedule=sched, start=start, end=end, now=now, appointment_id=appointment_id
-            )
-    return False  # not reached: the second try returns
+    if _insert_claim(conn, row):
+        return True
+    free_holds(conn, schedule=sched, start=start, end=end, now=now, appointment_id=appointment_id)
+    return _insert_claim(conn, row)
+
+
+def _insert_claim(conn: Connection, row: dict[str, Any]) -> bool:
+    try:
+        with conn.begin_nested():
+            conn.execute(_INSERT_BUSY, row)
+    except DBAPIError:
+        return False
+    return True
 
 
 def _span(

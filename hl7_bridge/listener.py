@@ -27,7 +27,6 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import FHIRError
 from fhir_server.logging import exception_frames
@@ -42,10 +41,9 @@ from hl7_bridge.siu_to_fhir import read_siu, sender_key
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit
 from resources.store import Store
-from security.audit import append
 from security.balp import Actor
 from security.crypto import KeyRing
-from security.trail import AuditUnavailable, Trail
+from security.trail import Trail, commit_together
 
 __all__ = ["BridgeConfig", "Listener", "Reply"]
 
@@ -146,45 +144,41 @@ class Listener:
     async def handle(self, raw: bytes, peer: str, reply: Reply) -> None:
         try:
             msg = _Inbound(raw, peer, read_header(raw), datetime.now(UTC))
-        except NotHL7:
-            msg = None  # answered by accept, below
-        if msg is not None and not msg.enhanced and refusal(msg.header) is None:
+        except NotHL7 as exc:
+            await reply(await asyncio.to_thread(self._unreadable, raw, peer, str(exc)))
+            return
+        why = refusal(msg.header)
+        if why is not None:
+            result = _Result("AR", "rejected", error=why)
+            await reply(await asyncio.to_thread(self._keep, msg, result))
+            return
+        if not msg.enhanced:
             # original mode, the usual case: applied with whatever other connections sent
             # meanwhile, in one transaction
             await reply(await self._group.submit(msg))
             return
-        acks, pending = await asyncio.to_thread(self.accept, raw, peer)
+        acks, pending = await asyncio.to_thread(self._receive, msg)
         for ack in acks:
             await reply(ack)
-        if pending is not None:  # enhanced mode: the application ACK, as MSH-16 asks
-            ack = await asyncio.to_thread(self._process, pending)
-            if _wanted(read_ack(ack)[0], pending.header.field(16)):
+        if pending:  # the application ACK, as MSH-16 asks
+            ack = await asyncio.to_thread(self._process, msg)
+            if _wanted(read_ack(ack)[0], msg.header.field(16)):
                 await reply(ack)
 
     async def _apply_group(self, msgs: list[_Inbound]) -> list[bytes]:
         return await asyncio.to_thread(self.process_many, msgs)
 
-    def accept(self, raw: bytes, peer: str) -> tuple[list[bytes], _Inbound | None]:
-        """Everything up to the first answer: a resend's original ACK, an AR, a CA (enhanced
-        mode), or (original mode) the whole processing and its ACK. Returns the answers and,
-        in enhanced mode, the stored message still to apply."""
-        try:
-            msg = _Inbound(raw, peer, read_header(raw), datetime.now(UTC))
-        except NotHL7 as exc:
-            return [self._unreadable(raw, peer, str(exc))], None
-        why = refusal(msg.header)
-        if why is not None:
-            return [self._keep(msg, _Result("AR", "rejected", error=why))], None
-        if not msg.enhanced:
-            return [self._process(msg)], None
+    def _receive(self, msg: _Inbound) -> tuple[list[bytes], bool]:
+        """Enhanced mode's first step: store the message and answer CA as MSH-15 asks, or a
+        resend's original ACK. Returns the answers and whether the message is still to apply."""
         with self.db.write() as conn:
             prior, first = self._prior(conn, msg, replay=False)
             if first is not None:
-                return [first], None
+                return [first], False
             if prior is None:
                 self._record(conn, None, msg, _Result(None, "received"), None)
         ca = build_ack(msg.header, "CA", control_id=_control_id(), now=msg.now)
-        return ([ca] if _wanted("CA", msg.header.field(15)) else []), msg
+        return ([ca] if _wanted("CA", msg.header.field(15)) else []), True
 
     def _prior(self, conn: Connection, msg: _Inbound, *, replay: bool) -> tuple[Any, bytes | None]:
         """The stored row for this message, if any; for a resend, the ACK sent the first time
@@ -264,7 +258,7 @@ class Listener:
         ]
         acks: list[bytes] = []
         done: list[tuple[_Inbound, Applied]] = []
-        trail_events: list[dict[str, Any]] = []
+        trails: list[Trail] = []
         with self.db.write() as conn:
             for msg, change in zip(msgs, changes, strict=True):
                 prior, first = self._prior(conn, msg, replay=replay)
@@ -293,15 +287,11 @@ class Listener:
                     else [],
                     patients={applied.patient_id} if applied.patient_id else set(),
                 )
-                if self.config.audit:
-                    trail_events += trail.events(trail.facts)
+                trails.append(trail)
                 acks.append(ack)
                 done.append((msg, applied))
-            if trail_events:
-                try:
-                    append(conn, self.keys, trail_events)
-                except DBAPIError as exc:
-                    raise AuditUnavailable("the audit log refused the record") from exc
+            if self.config.audit:
+                commit_together(conn, self.keys, trails)
         for msg, applied in done:
             log.info(
                 "hl7.applied",

@@ -128,6 +128,21 @@ def aad(rtype: str, rid: str, version: int) -> bytes:
     return f"{rtype}|{rid}|{version}".encode()
 
 
+def _stamped(resource: dict[str, Any], version: int, when: datetime) -> bytes:
+    """Set ``meta.versionId`` and ``meta.lastUpdated`` (other meta kept); the JSON to store."""
+    resource["meta"] = {
+        **(resource.get("meta") or {}),
+        "versionId": str(version),
+        "lastUpdated": format_instant(when),
+    }
+    return orjson.dumps(resource)
+
+
+def _advanced(seq: int, old: int, when: datetime, deleted: bool) -> dict[str, Any]:
+    """Parameters of ``_ADVANCE_HEAD``: the head at ``seq`` moves from version ``old``."""
+    return {"seq_": seq, "old": old, "version": old + 1, "last_updated": when, "deleted": deleted}
+
+
 @dataclass(frozen=True, slots=True)
 class Current:
     seq: int
@@ -248,16 +263,11 @@ class Store:
         rtype, rid = resource["resourceType"], resource["id"]
         version = 1 if expected is None else expected.version + 1
         when = now_ms()
-        resource["meta"] = {
-            **(resource.get("meta") or {}),
-            "versionId": str(version),
-            "lastUpdated": format_instant(when),
-        }
-        body = orjson.dumps(resource)
+        body = _stamped(resource, version, when)
         seq = self._advance(
             conn, rtype, rid, expected, version, when, deleted=False, fresh_id=fresh_id
         )
-        self._insert_version(conn, rtype, rid, version, when, method, body)
+        self._insert_versions(conn, rtype, when, method, [(rid, version, body)])
         rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
         if changed is not None and expected is not None:
             self._reindex_params(conn, rtype, [(seq, rows)], changed)
@@ -272,7 +282,7 @@ class Store:
         version = expected.version + 1
         when = now_ms()
         seq = self._advance(conn, rtype, rid, expected, version, when, deleted=True)
-        self._insert_version(conn, rtype, rid, version, when, "DELETE", None)
+        self._insert_versions(conn, rtype, when, "DELETE", [(rid, version, None)])
         self._reindex(conn, rtype, seq, IndexRows())
         self._notify(conn, StoredVersion(rtype, rid, version, when, "DELETE", True, None))
         return version
@@ -304,49 +314,40 @@ class Store:
                     return int(conn.execute(_INSERT_HEAD, head).scalar_one())
             except IntegrityError as exc:
                 raise VersionConflict(f"{rtype}/{rid} already exists") from exc
-        done = conn.execute(
-            _ADVANCE_HEAD,
-            {
-                "seq_": expected.seq,
-                "old": expected.version,
-                "version": version,
-                "last_updated": when,
-                "deleted": deleted,
-            },
-        )
+        done = conn.execute(_ADVANCE_HEAD, _advanced(expected.seq, expected.version, when, deleted))
         if done.rowcount != 1:
             raise VersionConflict(f"{rtype}/{rid} changed since version {expected.version}")
         return expected.seq
 
-    def _insert_version(
+    def _insert_versions(
         self,
         conn: Connection,
         rtype: str,
-        rid: str,
-        version: int,
         when: datetime,
         method: str,
-        body: bytes | None,
+        versions: Sequence[tuple[str, int, bytes | None]],
     ) -> None:
-        values: dict[str, Any] = {
-            "res_type": rtype,
-            "res_id": rid,
-            "version": version,
-            "last_updated": when,
-            "method": method,
-            "deleted": body is None,
-        }
-        if body is not None:
-            sealed = self.keys.seal(body, aad=aad(rtype, rid, version))
-            values |= {
-                "kek_id": sealed.kek_id,
-                "wrapped_key": sealed.wrapped_key,
-                "nonce": sealed.nonce,
-                "ciphertext": sealed.ciphertext,
-            }
-        if body is None:
-            values |= {"kek_id": None, "wrapped_key": None, "nonce": None, "ciphertext": None}
-        conn.execute(_INSERT_VERSION, values)
+        """Insert ``(id, version, body)`` rows, bodies sealed together (None: a deletion)."""
+        bodies = [(body, aad(rtype, rid, v)) for rid, v, body in versions if body is not None]
+        boxes = iter(self.keys.seal_many(bodies) if bodies else [])
+        rows = []
+        for rid, version, body in versions:
+            box = next(boxes) if body is not None else None
+            rows.append(
+                {
+                    "res_type": rtype,
+                    "res_id": rid,
+                    "version": version,
+                    "last_updated": when,
+                    "method": method,
+                    "deleted": box is None,
+                    "kek_id": box.kek_id if box else None,
+                    "wrapped_key": box.wrapped_key if box else None,
+                    "nonce": box.nonce if box else None,
+                    "ciphertext": box.ciphertext if box else None,
+                }
+            )
+        conn.execute(_INSERT_VERSION, rows)
 
     def _reindex(
         self, conn: Connection, rtype: str, seq: int, rows: IndexRows, *, new: bool = False
@@ -410,64 +411,28 @@ class Store:
         if not wanted:
             return []
         when = now_ms()
-        edited: list[tuple[Any, dict[str, Any]]] = []
+        edited: list[tuple[Any, dict[str, Any], bytes]] = []
         for row in conn.execute(_READ_CURRENT_MANY, {"rtype": rtype, "rids": wanted}):
             if row.deleted:
                 continue
             body = edit(self.open_row(row).resource())
             if body is not None:
-                body["meta"] = {
-                    **(body.get("meta") or {}),
-                    "versionId": str(row.version + 1),
-                    "lastUpdated": format_instant(when),
-                }
-                edited.append((row, body))
+                edited.append((row, body, _stamped(body, row.version + 1, when)))
         if not edited:
             return []
-        heads = [
-            {
-                "seq_": row.seq,
-                "old": row.version,
-                "version": row.version + 1,
-                "last_updated": when,
-                "deleted": False,
-            }
-            for row, _ in edited
-        ]
+        heads = [_advanced(row.seq, row.version, when, False) for row, _, _ in edited]
         if conn.execute(_ADVANCE_HEAD, heads).rowcount != len(heads):
             raise VersionConflict(f"one of {len(heads)} {rtype} resources changed meanwhile")
-        stored = [
-            StoredVersion(rtype, row.res_id, row.version + 1, when, "PUT", False, orjson.dumps(b))
-            for row, b in edited
-        ]
-        sealed = self.keys.seal_many(
-            [(s.body or b"", aad(rtype, s.res_id, s.version)) for s in stored]
-        )
-        conn.execute(
-            _INSERT_VERSION,
-            [
-                {
-                    "res_type": rtype,
-                    "res_id": s.res_id,
-                    "version": s.version,
-                    "last_updated": when,
-                    "method": "PUT",
-                    "deleted": False,
-                    "kek_id": box.kek_id,
-                    "wrapped_key": box.wrapped_key,
-                    "nonce": box.nonce,
-                    "ciphertext": box.ciphertext,
-                }
-                for s, box in zip(stored, sealed, strict=True)
-            ],
-        )
+        versions = [(row.res_id, row.version + 1, raw) for row, _, raw in edited]
+        self._insert_versions(conn, rtype, when, "PUT", versions)
         batch = [
             (row.seq, index_resource(body, seq=row.seq, keys=self.keys, base_url=self.base_url))
-            for row, body in edited
+            for row, body, _ in edited
         ]
         self._reindex_params(conn, rtype, batch, changed)
-        for s in stored:
-            self._notify(conn, s)
+        stored = [StoredVersion(rtype, rid, v, when, "PUT", False, raw) for rid, v, raw in versions]
+        for version in stored:
+            self._notify(conn, version)
         return stored
 
     # -- key rotation -----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from security.audit import append
 from security.balp import Actor, balp_event
 from security.crypto import KeyRing
 
-__all__ = ["AuditUnavailable", "Fact", "Trail"]
+__all__ = ["AuditUnavailable", "Fact", "Trail", "commit_together"]
 
 
 class AuditUnavailable(Exception):
@@ -83,16 +83,24 @@ class Trail:
 
     def commit_in(self, conn: Connection, keys: KeyRing) -> None:
         """Append what is noted so far inside the caller's (write) transaction."""
-        pending = self.facts[self.staged :]
-        if not pending:
-            return
-        try:
-            append(conn, keys, self.events(pending))
-        except DBAPIError as exc:
-            raise AuditUnavailable("the audit log refused the record") from exc
-        self.staged = len(self.facts)
+        commit_together(conn, keys, [self])
 
     def remaining(self, *, failed: bool) -> list[Fact]:
         """What still needs writing: on success the unstaged facts; on failure every fact,
         since a failed request's transaction (and the records staged in it) rolled back."""
         return list(self.facts) if failed else self.facts[self.staged :]
+
+
+def commit_together(conn: Connection, keys: KeyRing, trails: list[Trail]) -> None:
+    """:meth:`Trail.commit_in` for several trails written in one transaction (the HL7
+    listener's groups of messages): their records go into the chain in one append."""
+    pending = [(trail, trail.facts[trail.staged :]) for trail in trails]
+    events = [e for trail, facts in pending if facts for e in trail.events(facts)]
+    if not events:
+        return
+    try:
+        append(conn, keys, events)
+    except DBAPIError as exc:
+        raise AuditUnavailable("the audit log refused the record") from exc
+    for trail in trails:
+        trail.staged = len(trail.facts)

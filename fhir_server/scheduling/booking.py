@@ -198,20 +198,6 @@ def set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) -
         raise Conflict(f"{exc}; try again") from exc
 
 
-def free_holds(
-    conn: Connection,
-    *,
-    schedule: str,
-    start: datetime,
-    end: datetime,
-    now: datetime,
-    appointment_id: str,
-) -> None:
-    """Before claiming time: expired holds on it, and this Appointment's own hold, go."""
-    span = {"schedule": schedule, "start": start, "end": end, "now": now}
-    conn.execute(_FREE_HOLDS, {**span, "appointment_id": appointment_id})
-
-
 _FREE_HOLDS = delete(BT).where(
     or_(
         and_(
@@ -224,6 +210,20 @@ _FREE_HOLDS = delete(BT).where(
         and_(BT.c.kind == "held", BT.c.appointment_id == bindparam("appointment_id")),
     )
 )
+
+
+def free_holds(
+    conn: Connection,
+    *,
+    schedule: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    appointment_id: str,
+) -> None:
+    """Before claiming time: expired holds on it, and this Appointment's own hold, go."""
+    span = {"schedule": schedule, "start": start, "end": end, "now": now}
+    conn.execute(_FREE_HOLDS, {**span, "appointment_id": appointment_id})
 
 
 def _claim(
