@@ -24,7 +24,7 @@ from fhir_server.logging import get_logger
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit
-from security.audit import append, append_async, append_dbapi
+from security.audit import AsyncChain, append, append_dbapi
 from security.balp import Actor
 from security.crypto import KeyRing
 from security.trail import AuditUnavailable, Trail
@@ -49,6 +49,7 @@ class AuditWriter:
         self.keys = keys
         self.enabled = enabled
         self.reader = reader  # PostgreSQL: async connections, so a batch blocks no thread
+        self._chain = AsyncChain(keys)
         self._group: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._append_group)
 
     async def record(self, events: list[dict[str, Any]]) -> None:
@@ -72,12 +73,13 @@ class AuditWriter:
         return [None] * len(requests)
 
     async def _append(self, events: list[dict[str, Any]]) -> None:
-        """One batch, by the cheapest way open: PostgreSQL on an async connection; SQLite
+        """One batch, by the cheapest way open: PostgreSQL in one statement on an async
+        connection; SQLite
         with no other writer in this process inline (a thread hop costs more than the write);
         otherwise (SQLite's lock is taken, the async pool is not open yet) in a thread."""
         if self.reader is not None and self.reader.is_open:
-            async with self.reader.transaction() as conn:
-                await append_async(conn, self.keys, events)
+            async with self.reader.connection() as conn:
+                await self._chain.append(conn, events)
             return
         inline = partial(append_dbapi, dialect="sqlite", keys=self.keys, events=events)
         if not self.db.try_write_now(inline):

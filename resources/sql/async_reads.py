@@ -66,10 +66,10 @@ class AsyncReader:
         return not self.pool.closed
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
-        """A connection inside a read-write transaction, committed on exit (the audit
-        writer's batches)."""
-        async with self.pool.connection() as conn, conn.transaction():
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection of the pool, in autocommit mode (the audit writer's batches, each one
+        statement)."""
+        async with self.pool.connection() as conn:
             yield conn
 
     async def open(self) -> None:

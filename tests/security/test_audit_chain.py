@@ -4,6 +4,7 @@ database refusing UPDATE and DELETE to the application's own role."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -11,10 +12,11 @@ import pytest
 from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import DBAPIError
 
+from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.sql.guards import audit_guard_drop
 from resources.sql.tables import AuditLog
-from security.audit import append, open_event, verify
+from security.audit import AsyncChain, AuditQuery, append, open_event, search, verify
 from security.balp import Actor, balp_event
 from security.crypto import KeyRing
 
@@ -52,6 +54,62 @@ def test_chain_is_intact_and_sealed(db: Database, keys: KeyRing) -> None:
     assert all(b"pat-" not in bytes(r.ciphertext) for r in rows)  # sealed, not plain JSON
     event = open_event(keys, rows[0])
     assert event["resourceType"] == "AuditEvent" and event["entity"][0]["what"]["reference"]
+
+
+def test_the_async_writer_extends_the_chain_after_other_writers(
+    db: Database, keys: KeyRing
+) -> None:
+    """PostgreSQL's one-statement appends: a batch sealed after a head another writer has
+    since moved adds nothing and is resealed after the new head; two writers racing, a batch
+    too big for one statement and a batch with nothing to index all leave one intact chain."""
+    if db.is_sqlite:
+        pytest.skip("the async writer is PostgreSQL's")
+
+    written: list[dict[str, Any]] = []
+
+    def events(n: int, offset: int) -> list[dict[str, Any]]:
+        made = _events(n, offset)
+        written.extend(made)
+        return made
+
+    async def run() -> list[list[int]]:
+        reader = AsyncReader(db.url, max_size=4)
+        await reader.open()
+        mine, other = AsyncChain(keys), AsyncChain(keys)
+        numbers = []
+        try:
+            async with reader.connection() as conn:
+                numbers.append(await mine.append(conn, events(3, 0)))
+                numbers.append(await mine.append(conn, events(2, 3)))
+                with db.write() as sync:  # a write transaction moves the head meanwhile
+                    numbers.append(append(sync, keys, events(1, 5)))
+                numbers.append(await mine.append(conn, events(2, 6)))
+                bare = [{**e, "agent": [], "entity": []} for e in _events(2, 8)]
+                numbers.append(await mine.append(conn, bare))  # no digests to index
+                numbers.append(await mine.append(conn, events(AsyncChain.MOST + 1, 10)))
+
+            async def race(chain: AsyncChain, start: int) -> list[int]:
+                got = []
+                async with reader.connection() as conn:
+                    for n in range(10):
+                        got += await chain.append(conn, events(2, start + 2 * n))
+                return got
+
+            numbers += await asyncio.gather(race(mine, 1000), race(other, 2000))
+        finally:
+            await reader.close()
+        return numbers
+
+    numbers = asyncio.run(run())
+    total = 3 + 2 + 1 + 2 + 2 + AsyncChain.MOST + 1 + 40
+    assert numbers[:5] == [[1, 2, 3], [4, 5], [6], [7, 8], [9, 10]]
+    assert sorted(n for batch in numbers for n in batch) == list(range(1, total + 1))
+    with db.read() as conn:
+        report = verify(conn, keys)
+        assert report.intact and report.records == total
+        hits, _ = search(conn, keys, AuditQuery(digested=(("patient", ("Patient/pat-1",)),)))
+    pat1 = [e for e in written if e["entity"][0]["what"]["reference"] == "Patient/pat-1"]
+    assert hits == len(pat1) > 0
 
 
 def test_application_role_cannot_update_or_delete(db: Database, keys: KeyRing) -> None:
