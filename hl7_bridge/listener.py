@@ -240,8 +240,8 @@ class Listener:
         if len(msgs) > 1:
             try:
                 return self._apply_all(msgs)
-            except Exception:  # noqa: BLE001, S110 - each is tried, and answered, on its own
-                pass
+            except Exception as exc:  # noqa: BLE001 - each is tried, and answered, on its own
+                log.info("hl7.group_retried_alone", messages=len(msgs), error=type(exc).__name__)
         return [self._process(m) for m in msgs]
 
     def _apply_all(self, msgs: list[_Inbound], *, replay: bool = False) -> list[bytes]:

@@ -5,6 +5,7 @@ its Slots and the audit log checked after each exchange."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -13,10 +14,12 @@ from typing import Any
 
 import hl7
 import pytest
+import structlog.testing
 from hl7.mllp import open_hl7_connection
 from sqlalchemy import func, select, text
 
 import fhir_server.scheduling as scheduling_pkg
+from fhir_server.logging import configure_logging
 from fhir_server.scheduling import booking
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
 from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
@@ -466,13 +469,20 @@ async def test_messages_arriving_together_commit_together_and_a_bad_one_alone(
         "b": siu("S12", "G3", at(11), key="G-3"),
     }
     # three connections' messages ready in the same turn of the event loop
-    await asyncio.gather(
-        *(
-            listener.handle(raw, f"10.0.0.{n}:5000", reply_for(k))
-            for n, (k, raw) in enumerate(sent.items())
-        )
-    )
+    configure_logging("info", stream=io.StringIO())  # the retry is logged at info
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.gather(
+                *(
+                    listener.handle(raw, f"10.0.0.{n}:5000", reply_for(k))
+                    for n, (k, raw) in enumerate(sent.items())
+                )
+            )
+    finally:
+        configure_logging("warning")
     assert listener.groups == [3]  # one group, one transaction tried
+    retried = [e for e in logs if e["event"] == "hl7.group_retried_alone"]
+    assert [(e["messages"], e["log_level"]) for e in retried] == [(3, "info")]
     assert {k: [msa(a) for a in v] for k, v in answers.items()} == {
         "a": [("AA", "G1")],
         "bad": [("AE", "G2")],
