@@ -175,6 +175,7 @@ def keys_rotate(batch: int) -> None:
 @click.argument("key_id")
 def keys_retire(key_id: str) -> None:
     """Remove an old key-encryption key once no stored row still needs it."""
+    from resources.rotation import kek_usage
     from resources.sql.engine import Database
     from resources.store import Store
     from security.crypto import retire_key
@@ -187,7 +188,7 @@ def keys_retire(key_id: str) -> None:
             f"{key_id} is the active key; run `fhir-sched keys rotate` first"
         )
     with database.read() as conn:
-        usage = store.kek_usage(conn)
+        usage = kek_usage(conn)
     if usage.get(key_id):
         raise click.ClickException(
             f"{usage[key_id]} rows still use {key_id}; run `fhir-sched keys rotate` first"
@@ -202,6 +203,7 @@ def keys_retire(key_id: str) -> None:
 @keys.command("status")
 def keys_status() -> None:
     """Show the active key and how many rows each key wraps."""
+    from resources.rotation import kek_usage
     from resources.sql.engine import Database
     from resources.store import Store
 
@@ -209,7 +211,7 @@ def keys_status() -> None:
     database, store = _key_store(settings)
     assert isinstance(database, Database) and isinstance(store, Store)
     with database.read() as conn:
-        usage = store.kek_usage(conn)
+        usage = kek_usage(conn)
     click.echo(json.dumps({"active": store.keys.active, "rows_by_key": usage}))
 
 

@@ -23,15 +23,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import text
+from sqlalchemy import Connection, Table, func, select, text, update
 
 from resources.sql.engine import Database
-from resources.store import Store
-from security.crypto import rotate_key_file
+from resources.sql.tables import ResourceVersion
+from resources.store import Store, aad
+from security.crypto import KeyRing, rotate_key_file
 
-__all__ = ["RotationIncomplete", "RotationReport", "rewrap_all", "rotate_keys"]
+__all__ = [
+    "RotationIncomplete",
+    "RotationReport",
+    "kek_usage",
+    "rewrap_all",
+    "rewrap_batch",
+    "rotate_keys",
+]
+
+V = cast(Table, ResourceVersion.__table__)
 
 _OLDER_TRANSACTIONS = text(
     "SELECT pid FROM pg_stat_activity "
@@ -54,12 +64,47 @@ class RotationReport:
         return {"active": self.active, "rewrapped": self.rewrapped, "rows_by_key": self.rows_by_key}
 
 
+def rewrap_batch(conn: Connection, keys: KeyRing, *, limit: int = 500) -> int:
+    """Rewrap up to ``limit`` stored versions not under the active KEK. Returns how many."""
+    active = keys.active
+    rows = conn.execute(
+        select(V.c.res_type, V.c.res_id, V.c.version, V.c.kek_id, V.c.wrapped_key)
+        .where(V.c.kek_id.is_not(None), V.c.kek_id != active)
+        .limit(limit)
+    ).all()
+    done = 0
+    for row in rows:
+        new_kek, wrapped = keys.rewrap(
+            row.wrapped_key, kek_id=row.kek_id, aad=aad(row.res_type, row.res_id, row.version)
+        )
+        result = conn.execute(
+            update(V)
+            .where(
+                V.c.res_type == row.res_type,
+                V.c.res_id == row.res_id,
+                V.c.version == row.version,
+                V.c.kek_id == row.kek_id,
+            )
+            .values(kek_id=new_kek, wrapped_key=wrapped)
+        )
+        done += result.rowcount
+    return done
+
+
+def kek_usage(conn: Connection) -> dict[str, int]:
+    """How many stored versions each KEK wraps."""
+    rows = conn.execute(
+        select(V.c.kek_id, func.count()).where(V.c.kek_id.is_not(None)).group_by(V.c.kek_id)
+    ).all()
+    return {str(k): int(n) for k, n in rows}
+
+
 def rewrap_all(*, database: Database, store: Store, batch: int = 500) -> int:
     """Rewrap, one short transaction per batch, until no row is under another KEK."""
     total = 0
     while True:
         with database.write() as conn:
-            done = store.rewrap_batch(conn, limit=batch)
+            done = rewrap_batch(conn, store.keys, limit=batch)
         total += done
         if done == 0:
             return total
@@ -113,5 +158,5 @@ def rotate_keys(
     _wait_for_older_transactions(database, cutoff, timeout=timeout, sleep=sleep)
     total += rewrap_all(database=database, store=store, batch=batch)
     with database.read() as conn:
-        usage = store.kek_usage(conn)
+        usage = kek_usage(conn)
     return RotationReport(store.keys.active, total, usage)

@@ -434,38 +434,3 @@ class Store:
         for version in stored:
             self._notify(conn, version)
         return stored
-
-    # -- key rotation -----------------------------------------------------------------------
-    def rewrap_batch(self, conn: Connection, *, limit: int = 500) -> int:
-        """Rewrap up to ``limit`` versions not under the active KEK. Returns how many."""
-        active = self.keys.active
-        rows = conn.execute(
-            select(V.c.res_type, V.c.res_id, V.c.version, V.c.kek_id, V.c.wrapped_key)
-            .where(V.c.kek_id.is_not(None), V.c.kek_id != active)
-            .limit(limit)
-        ).all()
-        done = 0
-        for row in rows:
-            new_kek, wrapped = self.keys.rewrap(
-                row.wrapped_key, kek_id=row.kek_id, aad=aad(row.res_type, row.res_id, row.version)
-            )
-            result = conn.execute(
-                update(V)
-                .where(
-                    V.c.res_type == row.res_type,
-                    V.c.res_id == row.res_id,
-                    V.c.version == row.version,
-                    V.c.kek_id == row.kek_id,
-                )
-                .values(kek_id=new_kek, wrapped_key=wrapped)
-            )
-            done += result.rowcount
-        return done
-
-    def kek_usage(self, conn: Connection) -> dict[str, int]:
-        from sqlalchemy import func
-
-        rows = conn.execute(
-            select(V.c.kek_id, func.count()).where(V.c.kek_id.is_not(None)).group_by(V.c.kek_id)
-        ).all()
-        return {str(k): int(n) for k, n in rows}

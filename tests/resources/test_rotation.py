@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from resources.rotation import RotationReport, rotate_keys
+from resources.rotation import RotationReport, kek_usage, rotate_keys
 from resources.sql.engine import Database
 from resources.store import Store
 from security.crypto import KeyRing, load_keyring, rotate_key_file
@@ -74,7 +74,7 @@ def test_rotation_waits_for_a_write_sealed_under_the_old_key(db: Database, tmp_p
     assert report.active != old
     assert report.rows_by_key == {report.active: 31}
     with db.read() as conn:
-        assert server.kek_usage(conn) == {report.active: 31}
+        assert kek_usage(conn) == {report.active: 31}
         assert server.read(conn, "Patient", "late") is not None
     assert waiting.is_set() != db.is_sqlite  # SQLite orders writers by its lock instead
 
