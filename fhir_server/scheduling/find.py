@@ -354,11 +354,10 @@ async def read_calendar_async(
         queries.append((_PG_ACTIVE_VISITS, (request.patient_id, ACTIVE_STATUSES.split(","))))
     busy_rows, free_rows, *visits = await reader.fetch_all(queries)
     new_patient = not visits or not any(res_id != request.moving for (res_id,) in visits[0])
-    busy = [tuple(row) for row in busy_rows]
     free: dict[str, list[tuple[int, int, str]]] = {}
     for sched, s_start, s_end, sid in free_rows:
         free.setdefault(sched, []).append((s_start, s_end, sid))
-    return Calendar(new_patient, cast(Any, busy), free)
+    return Calendar(new_patient, cast(Any, busy_rows), free)
 
 
 def find_options(
