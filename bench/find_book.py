@@ -306,7 +306,8 @@ def main() -> None:
     print(
         f"  $book  {booked['rps']:,.0f} req/s  p50 {booked['p50_ms']:.1f}  "
         f"p95 {booked['p95_ms']:.1f}  p99 {booked['p99_ms']:.1f} ms  "
-        f"(non-2xx {booked['non_2xx']:.0f}, booked {count:,} of {booked['requests']:,.0f})  "
+        f"(non-2xx {booked['non_2xx']:.0f}; {count:,} booked in all, wrk counted "
+        f"{booked['requests']:,.0f} answers inside its window)  "
         "targets: p95 <= 100 ms, >= 200/s"
     )
     save(

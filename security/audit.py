@@ -321,8 +321,8 @@ class AsyncChain:
             values = [v for row in (batch.head, head, *batch.log, *batch.index) for v in row]
             async with AsyncRawCursor(conn) as cur:
                 await cur.execute(sql, values)
-                moved = await cur.fetchone()
-            if moved is not None and moved[0] == 1:
+                extended = await cur.fetchone()
+            if extended is not None and extended[0] == 1:
                 self._head = batch.head
                 return batch.numbers
         async with conn.transaction():
