@@ -74,9 +74,9 @@ class AuditWriter:
 
     async def _append(self, events: list[dict[str, Any]]) -> None:
         """One batch, by the cheapest way open: PostgreSQL in one statement on an async
-        connection; SQLite
-        with no other writer in this process inline (a thread hop costs more than the write);
-        otherwise (SQLite's lock is taken, the async pool is not open yet) in a thread."""
+        connection; SQLite with no other writer in this process inline (a thread hop costs
+        more than the write); otherwise (SQLite's lock is taken, the async pool is not open
+        yet) in a thread."""
         if self.reader is not None and self.reader.is_open:
             async with self.reader.connection() as conn:
                 await self._chain.append(conn, events)

@@ -37,7 +37,7 @@ from hl7_bridge.messages import MessageStore
 from hl7_bridge.mllp import Reply
 from hl7_bridge.outbound import ORIGIN
 from hl7_bridge.parse import ParseError, parse
-from hl7_bridge.siu_to_fhir import read_siu, sender_key
+from hl7_bridge.siu_to_fhir import SIUChange, read_siu, sender_key
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit
 from resources.store import Store
@@ -261,35 +261,11 @@ class Listener:
         trails: list[Trail] = []
         with self.db.write() as conn:
             for msg, change in zip(msgs, changes, strict=True):
-                prior, first = self._prior(conn, msg, replay=replay)
-                if first is not None:  # a resend: its first answer, nothing changes
-                    acks.append(first)
-                    continue
-                origin = ORIGIN.set(change.sender)  # the outbox does not echo it to its EMR
-                try:
-                    applied = apply_change(
-                        conn,
-                        store=self.store,
-                        config=self.clinic,
-                        change=change,
-                        now=msg.now,
-                        known_patients=self.known_patients,
-                    )
-                finally:
-                    ORIGIN.reset(origin)
-                ack = build_ack(msg.header, "AA", control_id=_control_id(), now=msg.now)
-                self._record(conn, prior, msg, _Result("AA", applied.status, applied), ack)
-                trail = self._trail(msg)
-                trail.note(
-                    f"hl7-in:{msg.trigger}",
-                    refs=[f"Appointment/{applied.appointment_id}"]
-                    if applied.appointment_id
-                    else [],
-                    patients={applied.patient_id} if applied.patient_id else set(),
-                )
-                trails.append(trail)
+                ack, applied = self._apply_in(conn, msg, change, replay=replay)
                 acks.append(ack)
-                done.append((msg, applied))
+                if applied is not None:
+                    done.append((msg, applied))
+                    trails.append(self._applied_trail(msg, applied))
             if self.config.audit:
                 commit_together(conn, self.keys, trails)
         for msg, applied in done:
@@ -302,6 +278,39 @@ class Listener:
                 appointment=applied.appointment_id,
             )
         return acks
+
+    def _apply_in(
+        self, conn: Connection, msg: _Inbound, change: SIUChange, *, replay: bool
+    ) -> tuple[bytes, Applied | None]:
+        """One message inside the caller's transaction: its ACK, and what it changed (None for
+        a resend, which gets its first answer and changes nothing)."""
+        prior, first = self._prior(conn, msg, replay=replay)
+        if first is not None:
+            return first, None
+        origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
+        try:
+            applied = apply_change(
+                conn,
+                store=self.store,
+                config=self.clinic,
+                change=change,
+                now=msg.now,
+                known_patients=self.known_patients,
+            )
+        finally:
+            ORIGIN.reset(origin)
+        ack = build_ack(msg.header, "AA", control_id=_control_id(), now=msg.now)
+        self._record(conn, prior, msg, _Result("AA", applied.status, applied), ack)
+        return ack, applied
+
+    def _applied_trail(self, msg: _Inbound, applied: Applied) -> Trail:
+        trail = self._trail(msg)
+        trail.note(
+            f"hl7-in:{msg.trigger}",
+            refs=[f"Appointment/{applied.appointment_id}"] if applied.appointment_id else [],
+            patients={applied.patient_id} if applied.patient_id else set(),
+        )
+        return trail
 
     def _keep(self, msg: _Inbound, result: _Result, replay: bool = False) -> bytes:
         """Store a message that was not applied (AR or AE) with its ACK and AuditEvent, in a

@@ -23,13 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, func, select, text, update
+from sqlalchemy import Connection, func, select, text, update
 
 from resources.sql.engine import Database
-from resources.sql.tables import ResourceVersion
-from resources.store import Store, aad
+from resources.store import Store, V, aad
 from security.crypto import KeyRing, rotate_key_file
 
 __all__ = [
@@ -40,8 +39,6 @@ __all__ = [
     "rewrap_batch",
     "rotate_keys",
 ]
-
-V = cast(Table, ResourceVersion.__table__)
 
 _OLDER_TRANSACTIONS = text(
     "SELECT pid FROM pg_stat_activity "

@@ -55,13 +55,22 @@ __all__ = [
 
 GENESIS = bytes(32)
 # Straight to the driver: this runs for every audited request, and SQLAlchemy's per-row
-# statement handling cost more than the sealing.
-_LOG_COLUMNS = (
-    "seq", "event_id", "recorded", "type_code", "subtype_code", "action", "outcome", "source",
-    "kek_id", "wrapped_key", "nonce", "ciphertext", "prev_hash", "mac",
+# statement handling cost more than the sealing. Each column is declared once, with its
+# PostgreSQL type (the one-statement append casts its VALUES to them).
+_LOG = (
+    ("seq", "bigint"), ("event_id", "varchar"), ("recorded", "timestamptz"),
+    ("type_code", "varchar"), ("subtype_code", "varchar"), ("action", "varchar"),
+    ("outcome", "varchar"), ("source", "varchar"), ("kek_id", "varchar"),
+    ("wrapped_key", "bytea"), ("nonce", "bytea"), ("ciphertext", "bytea"),
+    ("prev_hash", "bytea"), ("mac", "bytea"),
 )  # fmt: skip
+_INDEX = (("seq", "bigint"), ("param", "varchar"), ("digest", "bytea"))
+_LOG_COLUMNS = tuple(name for name, _ in _LOG)
 _INSERT_LOG = f"INSERT INTO audit_log ({', '.join(_LOG_COLUMNS)}) VALUES ({{p}})"  # noqa: S608
-_INSERT_INDEX = "INSERT INTO audit_index (seq, param, digest) VALUES ({p}, {p}, {p})"
+_INSERT_INDEX = (
+    f"INSERT INTO audit_index ({', '.join(name for name, _ in _INDEX)}) "  # noqa: S608
+    "VALUES ({p}, {p}, {p})"
+)
 _UPDATE_HEAD = "UPDATE audit_head SET seq = {p}, mac = {p} WHERE id = 1"
 _READ_HEAD = "SELECT seq, mac FROM audit_head WHERE id = 1"
 
@@ -244,35 +253,34 @@ async def append_async(
     return batch.numbers
 
 
-# One statement (so one round trip, and atomic without a transaction around it) that extends
-# the chain only from the head it names: if another writer has moved the head, the UPDATE
-# matches nothing, the inserts (which add rows only when it matched) add nothing, and the
-# count says so. The UPDATE waits for a concurrent writer's row lock and then re-checks.
-# Built once per batch shape, with the server's own $n placeholders (psycopg re-parses a
-# %s statement of more than 50 parameters on every call), rows as VALUES (scalars reach the
-# driver cheaper than arrays).
-_LOG_TYPES = (
-    "bigint", "varchar", "timestamptz", "varchar", "varchar", "varchar", "varchar", "varchar",
-    "varchar", "bytea", "bytea", "bytea", "bytea", "bytea",
-)  # fmt: skip
-_INDEX_TYPES = ("bigint", "varchar", "bytea")
-
-
-def _rows(types: tuple[str, ...], count: int, first: int) -> str:
-    """``count`` VALUES rows of ``types``, numbered from ``$first``."""
-    width = len(types)
-    return ", ".join(
-        "(" + ", ".join(f"${first + r * width + c}::{t}" for c, t in enumerate(types)) + ")"
+def _insert_if_head(
+    table: str, columns: tuple[tuple[str, str], ...], count: int, first: int
+) -> str:
+    """``count`` rows into ``table``, as VALUES numbered from ``$first``, added only if the
+    head update matched."""
+    width = len(columns)
+    rows = ", ".join(
+        "(" + ", ".join(f"${first + r * width + c}::{t}" for c, (_, t) in enumerate(columns)) + ")"
         for r in range(count)
+    )
+    return (
+        f"INSERT INTO {table} ({', '.join(name for name, _ in columns)})\n"  # noqa: S608
+        f"    SELECT * FROM (VALUES {rows}) AS v WHERE EXISTS (SELECT FROM head)"
     )
 
 
 @functools.lru_cache(maxsize=256)
 def _append_after(records: int, digests: int) -> str:
+    """One statement (one round trip, atomic without a transaction around it) that extends
+    the chain only from the head it names: if another writer has moved the head, the UPDATE
+    matches nothing, the inserts (which add rows only when it matched) add nothing, and the
+    count says so. The UPDATE waits for a concurrent writer's row lock and then re-checks.
+    Built once per batch shape, with the server's own $n placeholders (psycopg re-parses a
+    %s statement of more than 50 parameters on every call), rows as VALUES (scalars reach
+    the driver cheaper than arrays)."""
+    log = _insert_if_head("audit_log", _LOG, records, 5)
     index = (
-        f"""INSERT INTO audit_index (seq, param, digest)
-    SELECT * FROM (VALUES {_rows(_INDEX_TYPES, digests, 5 + records * len(_LOG_TYPES))}) AS v
-    WHERE EXISTS (SELECT FROM head)"""  # noqa: S608 - built from constants
+        _insert_if_head("audit_index", _INDEX, digests, 5 + records * len(_LOG))
         if digests
         else "SELECT"
     )
@@ -280,9 +288,7 @@ def _append_after(records: int, digests: int) -> str:
 WITH head AS (
     UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1 AND seq = $3 AND mac = $4 RETURNING 1
 ), log AS (
-    INSERT INTO audit_log ({", ".join(_LOG_COLUMNS)})
-    SELECT * FROM (VALUES {_rows(_LOG_TYPES, records, 5)}) AS v
-    WHERE EXISTS (SELECT FROM head)
+    {log}
 ), ix AS (
     {index}
 )
@@ -310,7 +316,8 @@ class AsyncChain:
     async def append(self, conn: AsyncConnection[Any], events: list[dict[str, Any]]) -> list[int]:
         if not events:
             return []
-        for _ in range(self.TRIES if len(events) <= self.MOST else 0):
+        tries = self.TRIES if len(events) <= self.MOST else 0  # too big: the locked way
+        for _ in range(tries):
             head, self._head = self._head, None  # unknown until this batch's answer
             if head is None:
                 last = await (await conn.execute(_READ_HEAD)).fetchone()

@@ -222,8 +222,16 @@ def free_holds(
     appointment_id: str,
 ) -> None:
     """Before claiming time: expired holds on it, and this Appointment's own hold, go."""
-    span = {"schedule": schedule, "start": start, "end": end, "now": now}
-    conn.execute(_FREE_HOLDS, {**span, "appointment_id": appointment_id})
+    conn.execute(
+        _FREE_HOLDS,
+        {
+            "schedule": schedule,
+            "start": start,
+            "end": end,
+            "now": now,
+            "appointment_id": appointment_id,
+        },
+    )
 
 
 def _claim(
