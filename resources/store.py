@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from conformance.declaration import RESOURCE_TYPES
 from resources.fhirdate import as_utc
 from resources.indexing import IndexRows, index_kinds, index_resource
+from resources.sql.direct import Direct
 from resources.sql.tables import (
     IdxBlind,
     IdxDate,
@@ -72,8 +73,8 @@ _READ_CURRENT_MANY = (
 _READ_SEQS = (
     select(R.c.seq, V).join(V, _IS_CURRENT).where(R.c.seq.in_(bindparam("seqs", expanding=True)))
 )
-_INSERT_HEAD = insert(R).returning(R.c.seq)
-_ADVANCE_HEAD = (
+_INSERT_HEAD = Direct(insert(R).returning(R.c.seq))
+_ADVANCE_HEAD = Direct(
     update(R)
     .where(R.c.seq == bindparam("seq_"), R.c.version == bindparam("old"))
     .values(
@@ -82,15 +83,17 @@ _ADVANCE_HEAD = (
         deleted=bindparam("deleted"),
     )
 )
-_INSERT_VERSION = insert(V)
-_DELETE_INDEX = {k: delete(t).where(t.c.seq == bindparam("seq_")) for k, t in INDEX_TABLES.items()}
+_INSERT_VERSION = Direct(insert(V))
+_DELETE_INDEX = {
+    k: Direct(delete(t).where(t.c.seq == bindparam("seq_"))) for k, t in INDEX_TABLES.items()
+}
 _DELETE_INDEX_MANY = {
     k: delete(t).where(t.c.seq.in_(bindparam("seqs", expanding=True)))
     for k, t in INDEX_TABLES.items()
 }
-_INSERT_INDEX = {k: insert(t) for k, t in INDEX_TABLES.items()}
+_INSERT_INDEX = {k: Direct(insert(t)) for k, t in INDEX_TABLES.items()}
 _ST = INDEX_TABLES["slot"]
-_UPDATE_SLOT_TIME = update(_ST).where(_ST.c.seq == bindparam("b_seq"))  # SET from the params
+_UPDATE_SLOT_TIME = Direct(update(_ST).where(_ST.c.seq == bindparam("b_seq")))  # SET: params
 
 
 @lru_cache(maxsize=256)
@@ -308,13 +311,13 @@ class Store:
                 "deleted": deleted,
             }
             if fresh_id:  # a new UUID: no savepoint needed to survive a duplicate
-                return int(conn.execute(_INSERT_HEAD, head).scalar_one())
+                return int(_INSERT_HEAD.run(conn, head).fetchone()[0])
             try:
                 with conn.begin_nested():
-                    return int(conn.execute(_INSERT_HEAD, head).scalar_one())
+                    return int(_INSERT_HEAD.run(conn, head).fetchone()[0])
             except IntegrityError as exc:
                 raise VersionConflict(f"{rtype}/{rid} already exists") from exc
-        done = conn.execute(_ADVANCE_HEAD, _advanced(expected.seq, expected.version, when, deleted))
+        done = _ADVANCE_HEAD.run(conn, _advanced(expected.seq, expected.version, when, deleted))
         if done.rowcount != 1:
             raise VersionConflict(f"{rtype}/{rid} changed since version {expected.version}")
         return expected.seq
@@ -347,17 +350,17 @@ class Store:
                     "ciphertext": box.ciphertext if box else None,
                 }
             )
-        conn.execute(_INSERT_VERSION, rows)
+        _INSERT_VERSION.run(conn, rows)
 
     def _reindex(
         self, conn: Connection, rtype: str, seq: int, rows: IndexRows, *, new: bool = False
     ) -> None:
         for kind in KINDS_BY_TYPE[rtype]:
             if not new:  # a brand-new resource has no index rows yet
-                conn.execute(_DELETE_INDEX[kind], {"seq_": seq})
+                _DELETE_INDEX[kind].run(conn, {"seq_": seq})
             values = getattr(rows, kind)
             if values:
-                conn.execute(_INSERT_INDEX[kind], values)
+                _INSERT_INDEX[kind].run(conn, values)
 
     def _reindex_params(
         self,
@@ -377,7 +380,7 @@ class Store:
                         {**{k: v for k, v in vals[0].items() if k != "seq"}, "b_seq": seq}
                         for (seq, _), vals in zip(batch, rows, strict=True)
                     ]
-                    if conn.execute(_UPDATE_SLOT_TIME, moved).rowcount == len(moved):
+                    if _UPDATE_SLOT_TIME.run(conn, moved).rowcount == len(moved):
                         continue
                 conn.execute(_DELETE_INDEX_MANY[kind], {"seqs": seqs})
                 values = [v for vals in rows for v in vals]
@@ -387,7 +390,7 @@ class Store:
                 conn.execute(_DELETE_PARAMS[kind], {"seqs": seqs, "params": list(params)})
                 values = [v for _, r in batch for v in getattr(r, kind) if v["param"] in params]
             if values:
-                conn.execute(_INSERT_INDEX[kind], values)
+                _INSERT_INDEX[kind].run(conn, values)
 
     def update_many(
         self,
@@ -421,7 +424,7 @@ class Store:
         if not edited:
             return []
         heads = [_advanced(row.seq, row.version, when, False) for row, _, _ in edited]
-        if conn.execute(_ADVANCE_HEAD, heads).rowcount != len(heads):
+        if _ADVANCE_HEAD.run(conn, heads).rowcount != len(heads):
             raise VersionConflict(f"one of {len(heads)} {rtype} resources changed meanwhile")
         versions = [(row.res_id, row.version + 1, raw) for row, _, raw in edited]
         self._insert_versions(conn, rtype, when, "PUT", versions)

@@ -1,0 +1,100 @@
+"""``Direct`` stores exactly what ``Connection.execute`` stores, in the caller's transaction,
+and fails as SQLAlchemy would."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from resources.sql.direct import Direct
+from resources.sql.engine import Database
+from resources.sql.tables import ResourceRow
+
+R = cast(Table, ResourceRow.__table__)
+WHEN = datetime(2027, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)
+
+
+def _head(rid: str, version: int = 1, deleted: bool = False) -> dict[str, Any]:
+    return {
+        "res_type": "Patient",
+        "res_id": rid,
+        "version": version,
+        "last_updated": WHEN,
+        "deleted": deleted,
+    }
+
+
+def test_rows_read_back_as_if_sqlalchemy_had_written_them(db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(insert(R), _head("by-sqlalchemy", deleted=True))
+        seq = Direct(insert(R).returning(R.c.seq)).run(conn, _head("direct", deleted=True))
+        assert int(seq.fetchone()[0]) > 0
+        Direct(insert(R)).run(conn, [_head("many-1"), _head("many-2", version=3)])
+    with db.read() as conn:
+        rows = {
+            r.res_id: r
+            for r in conn.execute(select(R.c.res_id, R.c.version, R.c.last_updated, R.c.deleted))
+        }
+        raw = {
+            r[0]: tuple(r[1:])
+            for r in conn.exec_driver_sql("SELECT res_id, last_updated, deleted FROM resource")
+        }
+    assert set(rows) == {"by-sqlalchemy", "direct", "many-1", "many-2"}
+    for rid in ("direct", "many-1"):
+        # the driver's own values: the same text (SQLite) or timestamp the ORM path writes
+        assert raw[rid][0] == raw["by-sqlalchemy"][0]
+    assert raw["direct"][1] == raw["by-sqlalchemy"][1]
+    assert rows["direct"].last_updated.replace(tzinfo=UTC) == WHEN
+    assert rows["direct"].deleted is True and rows["many-1"].deleted is False
+    assert rows["many-2"].version == 3
+
+
+def test_rowcount_counts_every_row_of_an_executemany(db: Database) -> None:
+    advance = Direct(
+        update(R)
+        .where(R.c.res_id == bindparam("b_id"), R.c.version == bindparam("old"))
+        .values(version=bindparam("version"))
+    )
+    with db.write() as conn:
+        Direct(insert(R)).run(conn, [_head("a"), _head("b")])
+        moved = [{"b_id": "a", "old": 1, "version": 2}, {"b_id": "b", "old": 1, "version": 2}]
+        assert advance.run(conn, moved).rowcount == 2
+        stale = [{"b_id": "a", "old": 1, "version": 3}, {"b_id": "b", "old": 2, "version": 3}]
+        assert advance.run(conn, stale).rowcount == 1  # "a" is at 2 now: its row is untouched
+
+
+def test_a_driver_error_is_sqlalchemys_and_rolls_back_with_the_transaction(db: Database) -> None:
+    def twice() -> None:
+        with db.write() as conn:
+            Direct(insert(R)).run(conn, _head("dup"))
+            Direct(insert(R)).run(conn, _head("dup"))  # (res_type, res_id) is unique
+
+    with pytest.raises(IntegrityError):
+        twice()
+    with db.read() as conn:
+        assert conn.execute(select(R.c.res_id).where(R.c.res_id == "dup")).first() is None
+
+
+def test_a_savepoint_keeps_the_rest_of_the_transaction(db: Database) -> None:
+    with db.write() as conn:
+        Direct(insert(R)).run(conn, _head("kept"))
+        with pytest.raises(IntegrityError), conn.begin_nested():
+            Direct(insert(R)).run(conn, _head("kept"))
+        Direct(delete(R).where(R.c.res_id == bindparam("rid"))).run(conn, {"rid": "none"})
+    with db.read() as conn:
+        assert conn.execute(select(R.c.version).where(R.c.res_id == "kept")).scalar_one() == 1
+
+
+def test_statements_that_need_sqlalchemy_at_run_time_are_refused(db: Database) -> None:
+    expanding = Direct(delete(R).where(R.c.res_id.in_(bindparam("ids", expanding=True))))
+    partial = Direct(update(R).where(R.c.res_id == bindparam("rid")))
+    with db.write() as conn:
+        with pytest.raises(ValueError, match="expanding"):
+            expanding.run(conn, {"ids": ["a"]})
+        with pytest.raises(ValueError, match="b_missing"):
+            Direct(delete(R).where(R.c.res_id == bindparam("b_missing"))).run(conn, {"x": 1})
+        assert partial.run(conn, {"rid": "a", "version": 2}).rowcount == 0
