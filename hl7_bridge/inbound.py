@@ -33,6 +33,7 @@ from fhir_server.scheduling.booking import free_holds, participant_id, set_slots
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.find import match_patient
+from fhir_server.scheduling.spans import lower, slots_overlapping
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
@@ -71,15 +72,7 @@ _UPDATE_LINK = (
     )
     .values(appointment_id=bindparam("appointment_id"), last_sent_at=bindparam("last_sent_at"))
 )
-_COVERED = (
-    select(ST.c.slot_id)
-    .where(
-        ST.c.schedule_id == bindparam("sched"),
-        ST.c.start_s < bindparam("end_s"),
-        ST.c.end_s > bindparam("start_s"),
-    )
-    .order_by(ST.c.slot_id)
-)
+_COVERED = slots_overlapping(ST.c.schedule_id == bindparam("sched"))
 _INSERT_BUSY = insert(BT)
 _RELEASE = delete(BT).where(BT.c.appointment_id == bindparam("appointment_id"))
 
@@ -228,8 +221,13 @@ def _participants(
 
 
 def _covered_slots(conn: Connection, sched: str, start: datetime, end: datetime) -> list[str]:
-    span = {"sched": sched, "start_s": int(start.timestamp()), "end_s": int(end.timestamp())}
-    return list(conn.execute(_COVERED, span).scalars())
+    span = {
+        "sched": sched,
+        "start_s": int(start.timestamp()),
+        "end_s": int(end.timestamp()),
+        "lower_s": int(lower(start).timestamp()),
+    }
+    return sorted(conn.execute(_COVERED, span).scalars())
 
 
 def _claim(

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Delete,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 
 from fhir_server.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound
@@ -22,9 +32,10 @@ from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.scheduling.find import FindRequest, Option, find_options
 from fhir_server.scheduling.rules import buffer_after
+from fhir_server.scheduling.spans import busy_overlapping, lower
 from resources import service
 from resources.fhirdate import parse_fhir_date
-from resources.sql.tables import BusyTime, IdempotencyKey
+from resources.sql.tables import BUSY_IS_LONG, BusyTime, IdempotencyKey
 from resources.store import R, Store, StoredVersion, VersionConflict
 
 __all__ = [
@@ -198,18 +209,21 @@ def set_slots(conn: Connection, store: Store, ids: Iterable[str], status: str) -
         raise Conflict(f"{exc}; try again") from exc
 
 
-_FREE_HOLDS = delete(BT).where(
-    or_(
-        and_(
-            BT.c.schedule_id == bindparam("schedule"),
-            BT.c.start < bindparam("end"),
-            BT.c.end > bindparam("start"),
-            BT.c.kind == "held",
-            BT.c.expires_at <= bindparam("now"),
-        ),
-        and_(BT.c.kind == "held", BT.c.appointment_id == bindparam("appointment_id")),
+def _free_holds(dialect: str) -> Delete:
+    expired = busy_overlapping(
+        dialect,
+        [BT.c.pk],
+        BT.c.schedule_id == bindparam("schedule"),
+        BT.c.kind == "held",
+        BT.c.expires_at <= bindparam("now"),
     )
-)
+    own = select(BT.c.pk).where(
+        BT.c.kind == "held", BT.c.appointment_id == bindparam("appointment_id")
+    )
+    return delete(BT).where(BT.c.pk.in_(union_all(*expired, own)))
+
+
+_FREE_HOLDS = {dialect: _free_holds(dialect) for dialect in BUSY_IS_LONG}
 
 
 def free_holds(
@@ -223,11 +237,12 @@ def free_holds(
 ) -> None:
     """Before claiming time: expired holds on it, and this Appointment's own hold, go."""
     conn.execute(
-        _FREE_HOLDS,
+        _FREE_HOLDS[conn.dialect.name],
         {
             "schedule": schedule,
             "start": start,
             "end": end,
+            "lower": lower(start),
             "now": now,
             "appointment_id": appointment_id,
         },

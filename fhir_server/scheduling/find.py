@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, or_, select
+from sqlalchemy import Connection, and_, bindparam, or_, select, union_all
 
 from conformance.operations import OPERATIONS, parse_operation
 from fhir_server.errors import BadRequest
@@ -23,10 +23,11 @@ from fhir_server.scheduling.availability import schedule_id
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.rules import Booked, DayPolicy, day_policy
+from fhir_server.scheduling.spans import busy_overlapping, lower
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.async_reads import AsyncReader
-from resources.sql.tables import BusyTime, SlotTime
+from resources.sql.tables import BUSY_IS_LONG, BusyTime, SlotTime
 from resources.store import INDEX_TABLES, R, Store
 
 __all__ = [
@@ -180,16 +181,21 @@ def schedule_days(config: ClinicConfig, request: FindRequest) -> float:
 def _busy(
     conn: Connection, schedules: list[str], start: datetime, end: datetime, now: datetime
 ) -> list[Any]:
-    params = {"schedules": schedules, "start": start, "end": end, "now": now}
-    return list(conn.execute(_BUSY, params).all())
+    params = {"schedules": schedules, "start": start, "end": end, "now": now, "lower": lower(start)}
+    return list(conn.execute(_BUSY[conn.dialect.name], params).all())
 
 
-_BUSY = select(BT).where(
-    BT.c.schedule_id.in_(bindparam("schedules", expanding=True)),
-    BT.c.start < bindparam("end"),
-    BT.c.end > bindparam("start"),
-    or_(BT.c.kind != "held", BT.c.expires_at > bindparam("now")),
-)
+_BUSY = {
+    dialect: union_all(
+        *busy_overlapping(
+            dialect,
+            [BT],
+            BT.c.schedule_id.in_(bindparam("schedules", expanding=True)),
+            or_(BT.c.kind != "held", BT.c.expires_at > bindparam("now")),
+        )
+    )
+    for dialect in BUSY_IS_LONG
+}
 
 
 def _free_slots(
@@ -329,10 +335,15 @@ _PG_ACTIVE_VISITS = (
     "WHERE ir.res_type = 'Appointment' AND ir.param = 'patient' AND ir.target_id = %s "
     "AND it.code = ANY(%s) LIMIT 2"
 )
-_PG_BUSY = (
-    'SELECT schedule_id, start, "end", kind, appointment_id, visit_type FROM busy_time '
-    'WHERE schedule_id = ANY(%s) AND start < %s AND "end" > %s '
+_PG_BUSY_WHERE = (
+    'FROM busy_time WHERE schedule_id = ANY(%s) AND start < %s AND "end" > %s '
     "AND (kind <> 'held' OR expires_at > %s)"
+)
+_PG_BUSY = (  # as _BUSY: short rows by a bounded scan, long ones by their partial index
+    f'SELECT schedule_id, start, "end", kind, appointment_id, visit_type {_PG_BUSY_WHERE} '
+    f"AND start >= %s AND NOT ({BUSY_IS_LONG['postgresql']}) UNION ALL "
+    f'SELECT schedule_id, start, "end", kind, appointment_id, visit_type {_PG_BUSY_WHERE} '
+    f"AND {BUSY_IS_LONG['postgresql']}"
 )
 
 
@@ -343,8 +354,9 @@ async def read_calendar_async(
     hop). A ``patient-resource`` needs a Patient search: callers use the sync path for it."""
     assert request.patient_resource is None
     start, end = _busy_window(request)
+    owner = list(plan.owner)
     queries: list[tuple[str, tuple[Any, ...]]] = [
-        (_PG_BUSY, (list(plan.owner), end, start, now)),
+        (_PG_BUSY, (owner, end, start, now, lower(start), owner, end, start, now)),
         (
             _FREE_SLOTS.format(schedules="= ANY(%s)", p="%s"),
             (plan.schedules, _epoch(request.start), _epoch(request.end)),

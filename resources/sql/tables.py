@@ -8,7 +8,7 @@ by key rotation).  Search index tables hold the *current* version's values, keye
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -22,10 +22,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "BUSY_IS_LONG",
+    "LONG_SPAN",
+    "SLOT_IS_LONG",
     "AuditHead",
     "AuditIndex",
     "AuditLog",
@@ -164,6 +168,19 @@ class IdxBlind(Base):
     __table_args__ = (Index("ix_idx_blind_lookup", "res_type", "param", "digest", "seq"),)
 
 
+# Overlap queries on Slots and busy time ("starts before the window ends and ends after it
+# starts") range-scan only the rows that start at most LONG_SPAN before the window, so their
+# cost does not grow with a schedule's history; the rare longer rows (an on-call Slot, a leave
+# block sent by an EMR) come from a partial index of their own. The predicates are SQL text,
+# the same in each index and in the queries that must match it.
+LONG_SPAN = timedelta(days=1)
+SLOT_IS_LONG = "end_s - start_s > 86400"
+BUSY_IS_LONG = {
+    "sqlite": 'julianday("end") - julianday(start) > 1',
+    "postgresql": "\"end\" - start > interval '1 day'",
+}
+
+
 class SlotTime(Base):
     """Each live Slot's schedule, times and status, for ``$find``: one index range scan per
     schedule instead of intersecting three generic index lookups.  Maintained with the other
@@ -179,6 +196,13 @@ class SlotTime(Base):
     # covering: $find reads a schedule's free Slots in start order from the index alone
     __table_args__ = (
         Index("ix_slot_time_free", "schedule_id", "status", "start_s", "end_s", "slot_id"),
+        Index(
+            "ix_slot_time_long",
+            "schedule_id",
+            "start_s",
+            sqlite_where=text(SLOT_IS_LONG),
+            postgresql_where=text(SLOT_IS_LONG),
+        ),
     )
 
 
@@ -204,6 +228,13 @@ class BusyTime(Base):
         CheckConstraint('start < "end"', name="ck_busy_time_positive"),
         Index("ix_busy_time_schedule_start", "schedule_id", "start"),
         Index("ix_busy_time_appointment", "appointment_id"),
+        Index(
+            "ix_busy_time_long",
+            "schedule_id",
+            "start",
+            sqlite_where=text(BUSY_IS_LONG["sqlite"]),
+            postgresql_where=text(BUSY_IS_LONG["postgresql"]),
+        ),
     )
 
 

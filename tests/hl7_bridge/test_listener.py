@@ -575,3 +575,26 @@ async def test_a_header_without_encoding_characters_is_answered_and_kept(bridge:
     [row] = bridge.message_rows()
     assert (row.event, row.status) == ("SIU^S12^SIU_S12", "failed")
     assert bridge.appointments() == []
+
+
+async def test_a_slot_longer_than_a_day_is_still_found_under_a_booking(bridge: Bridge) -> None:
+    """Covered Slots are found by a bounded scan plus a partial index of long Slots (see
+    fhir_server/scheduling/spans.py): an on-call Slot that began two days earlier counts."""
+    on_call = {
+        "resourceType": "Slot",
+        "id": "on-call",
+        "schedule": {"reference": "Schedule/sched-dr-smith-loc-main"},
+        "status": "free",
+        "start": (at(8) - timedelta(days=2)).isoformat(),
+        "end": (at(8) + timedelta(days=1)).isoformat(),
+    }
+    with bridge.db.write() as conn:
+        service.create(
+            conn, store=bridge.store, resource_type="Slot", resource=on_call, assigned_id="on-call"
+        )
+    [ack] = await bridge.send(siu("S12", "C-LONG", at(10)))
+    assert msa(ack)[0] == "AA"
+    with bridge.db.read() as conn:
+        stored = bridge.store.read(conn, "Slot", "on-call")
+    assert stored is not None and stored.resource()["status"] == "busy"
+    assert bridge.slot_status(at(10)) == "busy" and bridge.slot_status(at(10, 30)) == "free"

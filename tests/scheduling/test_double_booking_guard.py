@@ -77,3 +77,37 @@ def test_update_into_overlap_is_refused(db: Database) -> None:
 def test_empty_or_negative_ranges_are_refused(db: Database) -> None:
     with pytest.raises(DBAPIError):
         add(db, busy("s1", 30, 30))
+
+
+def _at(start: timedelta, end: timedelta, appt: str) -> dict[str, Any]:
+    return {**busy("s1", 0, 1, appt), "start": T0 + start, "end": T0 + end}
+
+
+DAY, US = timedelta(days=1), timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ((-2 * DAY, DAY), (timedelta(0), timedelta(minutes=30))),  # inside a long row's tail
+        ((timedelta(0), timedelta(minutes=30)), (-2 * DAY, DAY)),  # a long row over a short one
+        ((-3 * DAY, -DAY + US), (-DAY, timedelta(0))),  # long, overlapping by a microsecond
+        ((-DAY + 500 * US, 500 * US), (timedelta(0), timedelta(minutes=30))),  # exactly a day
+    ],
+    ids=["short-in-long", "long-over-short", "long-by-a-microsecond", "one-day-row"],
+)
+def test_rows_longer_than_a_day_are_guarded_like_the_rest(
+    db: Database, first: tuple[timedelta, timedelta], second: tuple[timedelta, timedelta]
+) -> None:
+    """SQLite's guard scans short rows from a day before and finds long ones by their own
+    index (migration 0008); overlaps across that boundary are refused all the same."""
+    add(db, _at(*first, "a1"))
+    with pytest.raises(DBAPIError):
+        add(db, _at(*second, "a2"))
+    add(db, _at(first[1], first[1] + timedelta(minutes=30), "a3"))  # touching is fine
+
+
+def test_update_into_a_long_row_is_refused(db: Database) -> None:
+    add(db, _at(-2 * DAY, DAY, "a1"), _at(2 * DAY, 2 * DAY + timedelta(hours=1), "a2"))
+    with pytest.raises(DBAPIError), db.write() as conn:
+        conn.execute(update(BT).where(BT.c.appointment_id == "a2").values(start=T0))

@@ -224,6 +224,42 @@ def test_live_holds_hide_time_and_expired_holds_free_it(
     assert smith == ["10:00", "10:15", "10:30", "10:45", "11:00", "11:15", "11:30"]
 
 
+def _block(
+    db: Database, start: datetime, end: datetime, kind: str, expires: datetime | None
+) -> None:
+    with db.write() as conn:
+        conn.execute(
+            insert(BusyTime.__table__).values(
+                schedule_id="sched-smith-main",
+                start=start.astimezone(UTC),
+                end=end.astimezone(UTC),
+                appointment_id=f"block-{kind}",
+                kind=kind,
+                visit_type=None,
+                expires_at=expires,
+            )
+        )
+
+
+@pytest.mark.parametrize("kind", ["booked", "held"])
+def test_busy_time_longer_than_a_day_that_began_days_before_is_never_offered(
+    app_client: TestClient, db: Database, cfg: ClinicConfig, kind: str
+) -> None:
+    """Busy time is read by a scan bounded below plus a partial index of rows longer than a
+    day (fhir_server/scheduling/spans.py): a leave block sent from Friday to Monday 10:30, or
+    a long live hold, still hides Monday morning."""
+    pid = existing_patient(app_client)
+    before = find(app_client, cfg, MONDAY, "procedure", **{"patient-reference": pid}).json()
+    smith = [t for who, t in options(before, cfg) if who == "smith"]
+    assert "09:00" in smith and "11:00" in smith
+    expires = datetime.now(UTC) + timedelta(minutes=5) if kind == "held" else None
+    _block(db, local(cfg, MONDAY - timedelta(days=3), 9), local(cfg, MONDAY, 10, 30), kind, expires)
+    after = find(app_client, cfg, MONDAY, "procedure", **{"patient-reference": pid}).json()
+    assert [t for who, t in options(after, cfg) if who == "smith"] == [
+        t for t in smith if t >= "10:30"
+    ]
+
+
 def test_daily_cap(app_client: TestClient, db: Database, cfg: ClinicConfig) -> None:
     _busy(db, cfg, 9, 0, 15, "booked")
     _busy(db, cfg, 9, 30, 15, "booked")
