@@ -5,7 +5,8 @@
 Seeds (with a progress bar) a clinic of 50 practitioners in 5 specialties, weekdays 08:00-18:00
 in America/New_York, 15-minute Slots over 53 weeks (530,000 Slots), with the clinic's rules
 (buffers, new-patient windows, exclusions, daily caps) loaded from a clinic file as in
-production. Then, with wrk (one thread, 8 connections) against one uvicorn worker:
+production; with ``--history-weeks N``, also the busy time of N past weeks (about 60 % of every
+practitioner's half hours), as a clinic that has used the server for a while has. Then, with wrk (one thread, 8 connections) against one uvicorn worker:
 
 * ``$find``: a mix of what patients and staff ask: one practitioner over 7 days (50 %), one
   specialty (10 practitioners) over 2 days (40 %), the whole clinic for one day (10 %); always
@@ -29,12 +30,13 @@ from urllib.parse import urlencode
 
 import httpx
 import yaml
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
 from bench.common import WRK_P95, bench_auth, bulk_load, database, keyring, save, serve, wrk
-from fhir_server.scheduling.availability import slot_specs
+from fhir_server.scheduling.availability import schedule_id, slot_specs
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, clinic_resources, slot_resource
 from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
+from resources.sql.tables import BusyTime
 
 PRACTITIONERS = 50
 SPECIALTIES = 5
@@ -122,6 +124,38 @@ def seed(
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))
     return done
+
+
+def past_bookings(db: Any, config: ClinicConfig, today: date, weeks: int) -> int:
+    """A clinic's history: busy time for about 60 % of every practitioner's half hours over
+    the ``weeks`` before ``today`` (rows only: ``$find`` and ``$book`` read busy time, not the
+    past Appointments). Every overlap query of the server sees these rows before its window."""
+    rnd = random.Random(5)
+    rows = []
+    for back in range(1, 7 * weeks + 1):
+        day = today - timedelta(days=back)
+        if day.weekday() >= 5:
+            continue
+        for doc in range(PRACTITIONERS):
+            for half in range(20):
+                if rnd.random() < 0.6:
+                    start = datetime.combine(day, datetime.min.time(), tzinfo=config.tz)
+                    start += timedelta(hours=8, minutes=30 * half)
+                    rows.append(
+                        {
+                            "schedule_id": schedule_id(f"p{doc:02d}", "main"),
+                            "start": start.astimezone(UTC),
+                            "end": (start + timedelta(minutes=30)).astimezone(UTC),
+                            "appointment_id": f"past-{len(rows)}",
+                            "kind": "booked",
+                            "visit_type": "follow-up",
+                            "expires_at": None,
+                        }
+                    )
+    with db.engine.begin() as conn:
+        conn.execute(insert(BusyTime.__table__), rows)
+        conn.execute(text("ANALYZE busy_time"))
+    return len(rows)
 
 
 def known_patient(c: httpx.Client) -> str:
@@ -245,6 +279,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument(
+        "--history-weeks",
+        type=int,
+        default=0,
+        help="busy time over this many past weeks first, as a clinic in use has (0: none)",
+    )
     args = ap.parse_args()
     port = 8731
     today = datetime.now(UTC).date()
@@ -256,6 +296,7 @@ def main() -> None:
         clinic_file.write_text(yaml.safe_dump(data))
         with database(args.db, work) as (url, db):
             slots = seed(db, keyring(work), config, today, f"http://127.0.0.1:{port}/fhir")
+            past = past_bookings(db, config, today, args.history_weeks)
             env = {"FHIRSCHED_CLINIC_FILE": str(clinic_file)}
             with serve(work, url, port, env) as base:
                 auth = bench_auth(base, url)
@@ -297,7 +338,8 @@ def main() -> None:
                     count = c.get(
                         "/Appointment", params={"status": "booked", "_summary": "count"}
                     ).json()["total"]
-    print(f"$find / $book over {slots:,} Slots on {args.db}, {CONNECTIONS} connections:")
+    history = f", {past:,} past busy rows" if past else ""
+    print(f"$find / $book over {slots:,} Slots{history} on {args.db}, {CONNECTIONS} connections:")
     print(
         f"  $find  {found['rps']:,.0f} req/s  p50 {found['p50_ms']:.1f}  "
         f"p95 {found['p95_ms']:.1f}  p99 {found['p99_ms']:.1f} ms  "
@@ -312,7 +354,14 @@ def main() -> None:
     )
     save(
         f"find_book_{args.db}",
-        {"slots": slots, "find": found, "book": booked, "booked": count, "args": vars(args)},
+        {
+            "slots": slots,
+            "past_busy_rows": past,
+            "find": found,
+            "book": booked,
+            "booked": count,
+            "args": vars(args),
+        },
     )
 
 
