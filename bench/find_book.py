@@ -152,9 +152,10 @@ def past_bookings(db: Any, config: ClinicConfig, today: date, weeks: int) -> int
                             "expires_at": None,
                         }
                     )
-    with db.engine.begin() as conn:
-        conn.execute(insert(BusyTime.__table__), rows)
-        conn.execute(text("ANALYZE busy_time"))
+    if rows:
+        with db.engine.begin() as conn:
+            conn.execute(insert(BusyTime.__table__), rows)
+            conn.execute(text("ANALYZE busy_time"))
     return len(rows)
 
 
