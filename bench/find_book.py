@@ -6,7 +6,8 @@ Seeds (with a progress bar) a clinic of 50 practitioners in 5 specialties, weekd
 in America/New_York, 15-minute Slots over 53 weeks (530,000 Slots), with the clinic's rules
 (buffers, new-patient windows, exclusions, daily caps) loaded from a clinic file as in
 production; with ``--history-weeks N``, also the busy time of N past weeks (about 60 % of every
-practitioner's half hours), as a clinic that has used the server for a while has. Then, with wrk (one thread, 8 connections) against one uvicorn worker:
+practitioner's half hours), as a clinic that has used the server for a while has. Then, with
+wrk (one thread, 8 connections) against one uvicorn worker:
 
 * ``$find``: a mix of what patients and staff ask: one practitioner over 7 days (50 %), one
   specialty (10 practitioners) over 2 days (40 %), the whole clinic for one day (10 %); always
