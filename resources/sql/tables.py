@@ -425,5 +425,5 @@ class HL7Link(Base):
     sender: Mapped[str] = mapped_column(String(200), primary_key=True)
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # placer | filler
     value: Mapped[str] = mapped_column(String(200), primary_key=True)
-    appointment_id: Mapped[str] = mapped_column(String(64), index=True)
+    appointment_id: Mapped[str] = mapped_column(String(64))  # read with its key, never looked up
     last_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
