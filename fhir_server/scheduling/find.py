@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, or_, select, union_all
+from sqlalchemy import Connection, and_, bindparam, select
 
 from conformance.operations import OPERATIONS, parse_operation
 from fhir_server.errors import BadRequest
@@ -23,7 +24,7 @@ from fhir_server.scheduling.availability import schedule_id
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.rules import Booked, DayPolicy, day_policy
-from fhir_server.scheduling.spans import busy_overlapping, lower
+from fhir_server.scheduling.spans import lower
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.async_reads import AsyncReader
@@ -180,22 +181,54 @@ def schedule_days(config: ClinicConfig, request: FindRequest) -> float:
 
 def _busy(
     conn: Connection, schedules: list[str], start: datetime, end: datetime, now: datetime
-) -> list[Any]:
-    params = {"schedules": schedules, "start": start, "end": end, "now": now, "lower": lower(start)}
-    return list(conn.execute(_BUSY[conn.dialect.name], params).all())
+) -> list[tuple[Any, ...]]:
+    """Busy time on ``schedules`` overlapping [start, end): (schedule id, start, end, kind,
+    appointment id, visit type). On the driver's cursor, as :func:`_free_slots`; datetimes go
+    in and come out through SQLAlchemy's own processors for the column type, so SQLite sees
+    and returns exactly what the ORM stores (naive UTC text)."""
+    if not schedules:
+        return []
+    dialect = conn.dialect
+    kind = BT.c.start.type.dialect_impl(dialect)
+    put: Callable[[Any], Any] = kind.bind_processor(dialect) or _as_is
+    when = (put(end), put(start), put(now))
+    if dialect.name == "sqlite":
+        marks = f"IN ({','.join('?' * len(schedules))})"
+        sql = _busy_sql("sqlite", marks, "?")
+        params: tuple[Any, ...] = (*schedules, *when, put(lower(start)), *schedules, *when)
+    else:
+        sql = _busy_sql(dialect.name, "= ANY(%s)", "%s")
+        params = (schedules, *when, put(lower(start)), schedules, *when)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    get = kind.result_processor(dialect, None)
+    if get is None:
+        return [tuple(r) for r in rows]
+    return [(r[0], get(r[1]), get(r[2]), r[3], r[4], r[5]) for r in rows]
 
 
-_BUSY = {
-    dialect: union_all(
-        *busy_overlapping(
-            dialect,
-            [BT],
-            BT.c.schedule_id.in_(bindparam("schedules", expanding=True)),
-            or_(BT.c.kind != "held", BT.c.expires_at > bindparam("now")),
-        )
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _busy_sql(dialect: str, schedules: str, p: str) -> str:
+    """The busy-time read, bounded as ``spans.busy_overlapping`` is (short rows by a range
+    scan from ``lower``, long ones by their partial index); parameters: end, start, now and
+    lower, then end, start, now again, with the schedules before each group."""
+    long = BUSY_IS_LONG[dialect]
+    select_ = 'SELECT schedule_id, start, "end", kind, appointment_id, visit_type FROM busy_time'
+    where = (
+        f'WHERE schedule_id {schedules} AND start < {p} AND "end" > {p} '
+        f"AND (kind <> 'held' OR expires_at > {p})"
     )
-    for dialect in BUSY_IS_LONG
-}
+    return (
+        f"{select_} {where} AND start >= {p} AND NOT ({long}) "
+        f"UNION ALL {select_} {where} AND {long}"
+    )
 
 
 def _free_slots(
@@ -317,13 +350,9 @@ def read_calendar(
     conn: Connection, store: Store, plan: FindPlan, request: FindRequest, now: datetime
 ) -> Calendar:
     start, end = _busy_window(request)
-    busy = [
-        (b.schedule_id, b.start, b.end, b.kind, b.appointment_id, b.visit_type)
-        for b in _busy(conn, list(plan.owner), start, end, now)
-    ]
     return Calendar(
         new_patient=not _is_existing_patient(conn, store, request),
-        busy=busy,
+        busy=cast(Any, _busy(conn, list(plan.owner), start, end, now)),
         free=_free_slots(conn, plan.schedules, _epoch(request.start), _epoch(request.end)),
     )
 
@@ -334,16 +363,6 @@ _PG_ACTIVE_VISITS = (
     "AND it.param = 'status' "
     "WHERE ir.res_type = 'Appointment' AND ir.param = 'patient' AND ir.target_id = %s "
     "AND it.code = ANY(%s) LIMIT 2"
-)
-_PG_BUSY_WHERE = (
-    'FROM busy_time WHERE schedule_id = ANY(%s) AND start < %s AND "end" > %s '
-    "AND (kind <> 'held' OR expires_at > %s)"
-)
-_PG_BUSY = (  # as _BUSY: short rows by a bounded scan, long ones by their partial index
-    f'SELECT schedule_id, start, "end", kind, appointment_id, visit_type {_PG_BUSY_WHERE} '
-    f"AND start >= %s AND NOT ({BUSY_IS_LONG['postgresql']}) UNION ALL "
-    f'SELECT schedule_id, start, "end", kind, appointment_id, visit_type {_PG_BUSY_WHERE} '
-    f"AND {BUSY_IS_LONG['postgresql']}"
 )
 
 
@@ -356,7 +375,10 @@ async def read_calendar_async(
     start, end = _busy_window(request)
     owner = list(plan.owner)
     queries: list[tuple[str, tuple[Any, ...]]] = [
-        (_PG_BUSY, (owner, end, start, now, lower(start), owner, end, start, now)),
+        (
+            _busy_sql("postgresql", "= ANY(%s)", "%s"),
+            (owner, end, start, now, lower(start), owner, end, start, now),
+        ),
         (
             _FREE_SLOTS.format(schedules="= ANY(%s)", p="%s"),
             (plan.schedules, _epoch(request.start), _epoch(request.end)),
