@@ -24,11 +24,11 @@ from fhir_server.scheduling.availability import schedule_id
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.rules import Booked, DayPolicy, day_policy
-from fhir_server.scheduling.spans import lower
+from fhir_server.scheduling.spans import BUSY_OVERLAPPING_SQL, lower
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.async_reads import AsyncReader
-from resources.sql.tables import BUSY_IS_LONG, BusyTime, SlotTime
+from resources.sql.tables import BusyTime, SlotTime
 from resources.store import INDEX_TABLES, R, Store
 
 __all__ = [
@@ -183,28 +183,17 @@ def _busy(
     conn: Connection, schedules: list[str], start: datetime, end: datetime, now: datetime
 ) -> list[tuple[Any, ...]]:
     """Busy time on ``schedules`` overlapping [start, end): (schedule id, start, end, kind,
-    appointment id, visit type). On the driver's cursor, as :func:`_free_slots`; datetimes go
-    in and come out through SQLAlchemy's own processors for the column type, so SQLite sees
-    and returns exactly what the ORM stores (naive UTC text)."""
+    appointment id, visit type). Datetimes go in and come out through SQLAlchemy's own
+    processors for the column type, so SQLite sees and returns exactly what the ORM stores
+    (naive UTC text)."""
     if not schedules:
         return []
     dialect = conn.dialect
     kind = BT.c.start.type.dialect_impl(dialect)
     put: Callable[[Any], Any] = kind.bind_processor(dialect) or _as_is
     when = (put(end), put(start), put(now))
-    if dialect.name == "sqlite":
-        marks = f"IN ({','.join('?' * len(schedules))})"
-        sql = _busy_sql("sqlite", marks, "?")
-        params: tuple[Any, ...] = (*schedules, *when, put(lower(start)), *schedules, *when)
-    else:
-        sql = _busy_sql(dialect.name, "= ANY(%s)", "%s")
-        params = (schedules, *when, put(lower(start)), schedules, *when)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
+    template = BUSY_OVERLAPPING_SQL[dialect.name]
+    rows = _driver_rows(conn, template, schedules, (*when, put(lower(start))), when)
     get = kind.result_processor(dialect, None)
     if get is None:
         return [tuple(r) for r in rows]
@@ -215,20 +204,25 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-def _busy_sql(dialect: str, schedules: str, p: str) -> str:
-    """The busy-time read, bounded as ``spans.busy_overlapping`` is (short rows by a range
-    scan from ``lower``, long ones by their partial index); parameters: end, start, now and
-    lower, then end, start, now again, with the schedules before each group."""
-    long = BUSY_IS_LONG[dialect]
-    select_ = 'SELECT schedule_id, start, "end", kind, appointment_id, visit_type FROM busy_time'
-    where = (
-        f'WHERE schedule_id {schedules} AND start < {p} AND "end" > {p} '
-        f"AND (kind <> 'held' OR expires_at > {p})"
-    )
-    return (
-        f"{select_} {where} AND start >= {p} AND NOT ({long}) "
-        f"UNION ALL {select_} {where} AND {long}"
-    )
+def _driver_rows(
+    conn: Connection, template: str, schedules: list[str], *groups: tuple[Any, ...]
+) -> list[Any]:
+    """Run ``template`` on the driver's own cursor (building SQLAlchemy rows for a clinic's
+    day of Slots cost more than the query). It matches the schedules at each ``{schedules}``
+    and takes each group of other parameters (``{p}``) after them."""
+    if conn.dialect.name == "sqlite":
+        marks = f"IN ({','.join('?' * len(schedules))})"
+        sql = template.format(schedules=marks, p="?")
+        params = tuple(v for group in groups for v in (*schedules, *group))
+    else:
+        sql = template.format(schedules="= ANY(%s)", p="%s")
+        params = tuple(v for group in groups for v in (schedules, *group))
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def _free_slots(
@@ -236,25 +230,11 @@ def _free_slots(
 ) -> dict[str, list[tuple[int, int, str]]]:
     """Free Slots starting in the window, by schedule, in start order.
 
-    One range scan of a covering index per schedule. The driver's own cursor is used: building
-    SQLAlchemy rows for a clinic's day of Slots cost more than the query.
+    One range scan of a covering index per schedule.
     """
     if not schedules:
         return {}
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if conn.dialect.name == "sqlite":
-            marks = ",".join("?" * len(schedules))
-            cursor.execute(
-                _FREE_SLOTS.format(schedules=f"IN ({marks})", p="?"), (*schedules, start, end)
-            )
-        else:
-            cursor.execute(
-                _FREE_SLOTS.format(schedules="= ANY(%s)", p="%s"), (schedules, start, end)
-            )
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
+    rows = _driver_rows(conn, _FREE_SLOTS, schedules, (start, end))
     out: dict[str, list[tuple[int, int, str]]] = {}
     for sched, s_start, s_end, sid in rows:
         out.setdefault(sched, []).append((s_start, s_end, sid))
@@ -376,7 +356,7 @@ async def read_calendar_async(
     owner = list(plan.owner)
     queries: list[tuple[str, tuple[Any, ...]]] = [
         (
-            _busy_sql("postgresql", "= ANY(%s)", "%s"),
+            BUSY_OVERLAPPING_SQL["postgresql"].format(schedules="= ANY(%s)", p="%s"),
             (owner, end, start, now, lower(start), owner, end, start, now),
         ),
         (

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, CompoundSelect, Select, Table, bindparam, 
 from resources.sql.tables import BUSY_IS_LONG, LONG_SPAN, SLOT_IS_LONG, BusyTime, SlotTime
 from resources.validation import REQUIRED_CODES
 
-__all__ = ["busy_overlapping", "lower", "slots_overlapping"]
+__all__ = ["BUSY_OVERLAPPING_SQL", "busy_overlapping", "lower", "slots_overlapping"]
 
 BT = cast(Table, BusyTime.__table__)
 ST = cast(Table, SlotTime.__table__)
@@ -42,6 +42,25 @@ def busy_overlapping(
     span = (BT.c.start < bindparam("end"), BT.c.end > bindparam("start"), *where)
     short = select(*columns).where(*span, BT.c.start >= bindparam("lower"), text(f"NOT ({long})"))
     return short, select(*columns).where(*span, text(long))
+
+
+def _busy_overlapping_sql(dialect: str) -> str:
+    """:func:`busy_overlapping` as SQL text for the driver's cursor, the schedules matched by
+    ``{schedules}`` and every other parameter a ``{p}``: schedules, end, start, now and lower,
+    then schedules, end, start and now again (busy time that is not an expired hold)."""
+    long = BUSY_IS_LONG[dialect]
+    select_ = 'SELECT schedule_id, start, "end", kind, appointment_id, visit_type FROM busy_time'
+    where = (
+        'WHERE schedule_id {schedules} AND start < {p} AND "end" > {p} '
+        "AND (kind <> 'held' OR expires_at > {p})"
+    )
+    return (
+        f"{select_} {where} AND start >= {{p}} AND NOT ({long}) "
+        f"UNION ALL {select_} {where} AND {long}"
+    )
+
+
+BUSY_OVERLAPPING_SQL = {dialect: _busy_overlapping_sql(dialect) for dialect in BUSY_IS_LONG}
 
 
 def slots_overlapping(schedule: ColumnElement[bool]) -> CompoundSelect[Any]:

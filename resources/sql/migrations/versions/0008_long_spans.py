@@ -6,6 +6,8 @@ Revision ID: 0008
 Revises: 0007
 """
 
+import importlib
+
 from alembic import op
 import sqlalchemy as sa
 
@@ -24,33 +26,17 @@ BUSY_IS_LONG = {
 # SQLite's guard: an overlapping row no longer than a day starts at most a day before the new
 # one (a second of slack: strftime keeps milliseconds, the rows keep microseconds, and
 # julianday differences are floating point); longer rows come from ix_busy_time_long.
-_NEW_INSERT = """
-CREATE TRIGGER busy_time_no_overlap BEFORE INSERT ON busy_time
+_GUARD = """
+CREATE TRIGGER {name} BEFORE {event} ON busy_time
 FOR EACH ROW WHEN EXISTS (
     SELECT 1 FROM busy_time b
-    WHERE b.schedule_id = NEW.schedule_id AND b.start < NEW."end" AND b."end" > NEW.start
-      AND b.start >= strftime('%Y-%m-%d %H:%M:%f', NEW.start, '-1 day', '-1 second')
-      AND NOT (julianday(b."end") - julianday(b.start) > 1)
-) OR EXISTS (
-    SELECT 1 FROM busy_time b
-    WHERE b.schedule_id = NEW.schedule_id AND julianday(b."end") - julianday(b.start) > 1
-      AND b.start < NEW."end" AND b."end" > NEW.start
-)
-BEGIN
-    SELECT RAISE(ABORT, 'busy_time overlap: double booking refused');
-END
-"""
-_NEW_UPDATE = """
-CREATE TRIGGER busy_time_no_overlap_update BEFORE UPDATE ON busy_time
-FOR EACH ROW WHEN EXISTS (
-    SELECT 1 FROM busy_time b
-    WHERE b.pk != NEW.pk AND b.schedule_id = NEW.schedule_id
+    WHERE {other}b.schedule_id = NEW.schedule_id
       AND b.start < NEW."end" AND b."end" > NEW.start
       AND b.start >= strftime('%Y-%m-%d %H:%M:%f', NEW.start, '-1 day', '-1 second')
       AND NOT (julianday(b."end") - julianday(b.start) > 1)
 ) OR EXISTS (
     SELECT 1 FROM busy_time b
-    WHERE b.pk != NEW.pk AND b.schedule_id = NEW.schedule_id
+    WHERE {other}b.schedule_id = NEW.schedule_id
       AND julianday(b."end") - julianday(b.start) > 1
       AND b.start < NEW."end" AND b."end" > NEW.start
 )
@@ -58,30 +44,12 @@ BEGIN
     SELECT RAISE(ABORT, 'busy_time overlap: double booking refused');
 END
 """
-
-
-# as revision 0002 installed them (for downgrade)
-_OLD_INSERT = """
-CREATE TRIGGER busy_time_no_overlap BEFORE INSERT ON busy_time
-FOR EACH ROW WHEN EXISTS (
-    SELECT 1 FROM busy_time b
-    WHERE b.schedule_id = NEW.schedule_id AND b.start < NEW."end" AND b."end" > NEW.start
+_NEW_INSERT = _GUARD.format(name="busy_time_no_overlap", event="INSERT", other="")
+_NEW_UPDATE = _GUARD.format(
+    name="busy_time_no_overlap_update", event="UPDATE", other="b.pk != NEW.pk AND "
 )
-BEGIN
-    SELECT RAISE(ABORT, 'busy_time overlap: double booking refused');
-END
-"""
-_OLD_UPDATE = """
-CREATE TRIGGER busy_time_no_overlap_update BEFORE UPDATE ON busy_time
-FOR EACH ROW WHEN EXISTS (
-    SELECT 1 FROM busy_time b
-    WHERE b.pk != NEW.pk AND b.schedule_id = NEW.schedule_id
-      AND b.start < NEW."end" AND b."end" > NEW.start
-)
-BEGIN
-    SELECT RAISE(ABORT, 'busy_time overlap: double booking refused');
-END
-"""
+# what downgrade puts back: the triggers as revision 0002 installed them
+_REVISION_0002 = importlib.import_module("resources.sql.migrations.versions.0002_busy_time_guard")
 
 
 def _replace_triggers(insert: str, update: str) -> None:
@@ -112,6 +80,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        _replace_triggers(_OLD_INSERT, _OLD_UPDATE)
+        _replace_triggers(_REVISION_0002.SQLITE_GUARD, _REVISION_0002.SQLITE_GUARD_UPDATE)
     op.drop_index("ix_busy_time_long", table_name="busy_time")
     op.drop_index("ix_slot_time_long", table_name="slot_time")
