@@ -47,6 +47,7 @@ __all__ = [
     "find_async",
     "find_is_small",
     "hold",
+    "parse_quietly",
     "replay_book",
 ]
 
@@ -64,11 +65,13 @@ def find(
     params: list[tuple[str, Any]],
     *,
     now: datetime,
+    parsed: FindRequest | None = None,
 ) -> FHIRResponse:
-    """Appointment/$find: a searchset Bundle of proposed Appointments, ordered by start."""
+    """Appointment/$find: a searchset Bundle of proposed Appointments, ordered by start.
+    ``parsed``: ``params`` as :func:`parse_quietly` read them, if the caller did."""
     access = authz.require(ctx.principal, "Appointment", "$find")
     config = _clinic(config)
-    request = _confine_find(access, parse_find(params, max_count=ctx.paging.max_count))
+    request = _confine_find(access, parsed or parse_find(params, max_count=ctx.paging.max_count))
     _note_find(ctx, params, request)
     found = find_options(
         conn, store=ctx.store, config=config, request=request, now=now, limit=request.count
@@ -150,13 +153,17 @@ def _find_bundle(config: ClinicConfig, request: FindRequest, found: Found) -> FH
 SMALL_FIND_SCHEDULE_DAYS = 100
 
 
-def find_is_small(ctx: Context, config: ClinicConfig | None, params: list[tuple[str, Any]]) -> bool:
-    """Whether a ``$find`` is cheap enough to run inline (invalid ones fail fast: yes)."""
-    if config is None:
-        return True
+def parse_quietly(ctx: Context, params: list[tuple[str, Any]]) -> FindRequest | None:
+    """``$find``'s parameters read, or None when they are invalid (:func:`find` says why)."""
     try:
-        request = parse_find(params, max_count=ctx.paging.max_count)
+        return parse_find(params, max_count=ctx.paging.max_count)
     except FHIRError:
+        return None
+
+
+def find_is_small(config: ClinicConfig | None, request: FindRequest | None) -> bool:
+    """Whether a ``$find`` is cheap enough to run inline (invalid ones fail fast: yes)."""
+    if config is None or request is None:
         return True
     return schedule_days(config, request) <= SMALL_FIND_SCHEDULE_DAYS
 

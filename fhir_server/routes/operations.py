@@ -46,11 +46,15 @@ async def _find(
         )
         return fhir_response(resp)
 
+    parsed = scheduling_handlers.parse_quietly(ctx, params)
+
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:
-            return scheduling_handlers.find(ctx, conn, services.clinic, params, now=now)
+            return scheduling_handlers.find(
+                ctx, conn, services.clinic, params, now=now, parsed=parsed
+            )
 
-    if scheduling_handlers.find_is_small(ctx, services.clinic, params):
+    if scheduling_handlers.find_is_small(services.clinic, parsed):
         return fhir_response(await run_lookup(services, run))
     return fhir_response(await run_sync(run))
 

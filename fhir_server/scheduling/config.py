@@ -8,6 +8,7 @@ demo clinic in ``fhir_server/scheduling/demo_clinic.yaml``.
 from __future__ import annotations
 
 from datetime import date, time
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -280,6 +281,27 @@ class ClinicConfig(_Model):
 
     def offers(self, visit: VisitType, practitioner: str) -> bool:
         return visit.practitioners is None or practitioner in visit.practitioners
+
+    # Derived once (the model is frozen), for the per-request paths of $find and $book.
+
+    @cached_property
+    def schedule_pairs(self) -> list[tuple[str, str]]:
+        """Each (practitioner, location) that has hours, once, in the order of the file."""
+        return list(dict.fromkeys((h.practitioner, h.location) for h in self.hours))
+
+    @cached_property
+    def specialty_codes(self) -> dict[str, frozenset[str]]:
+        """Practitioner id -> the codes of their specialties."""
+        return {p.id: frozenset(c.code for c in p.specialties) for p in self.practitioners}
+
+    @cached_property
+    def location_names(self) -> dict[str, str]:
+        return {loc.id: loc.name for loc in self.locations}
+
+    @cached_property
+    def buffer_seconds(self) -> dict[tuple[str, str | None], int]:
+        """Filled by :func:`~fhir_server.scheduling.rules.buffer_after` as it is asked."""
+        return {}
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -10,13 +10,16 @@ See https://profiles.ihe.net/ITI/Scheduling/ITI-115.html.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from itertools import islice, repeat
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, bindparam, select
+from sqlalchemy import Connection
 
 from conformance.operations import OPERATIONS, parse_operation
 from fhir_server.errors import BadRequest
@@ -28,8 +31,8 @@ from fhir_server.scheduling.spans import BUSY_OVERLAPPING_SQL, lower
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.async_reads import AsyncReader
-from resources.sql.tables import BusyTime, SlotTime
-from resources.store import INDEX_TABLES, R, Store
+from resources.sql.tables import BusyTime
+from resources.store import Store
 
 __all__ = [
     "Calendar",
@@ -47,10 +50,6 @@ __all__ = [
 ]
 
 BT = BusyTime.__table__
-ST = SlotTime.__table__
-IR = INDEX_TABLES["reference"]
-IT = INDEX_TABLES["token"]
-ACTIVE_STATUSES = "booked,arrived,fulfilled,checked-in"
 
 
 @dataclass
@@ -99,27 +98,17 @@ def _is_existing_patient(conn: Connection, store: Store, req: FindRequest) -> bo
     patient_id = req.patient_id or match_patient(conn, store, req.patient_resource)
     if patient_id is None:
         return False
-    rows = conn.execute(
-        _ACTIVE_VISITS, {"pid": patient_id, "statuses": ACTIVE_STATUSES.split(",")}
-    ).scalars()
-    return any(res_id != req.moving for res_id in rows)
+    rows = _driver_rows(conn, _ACTIVE_VISITS, None, (patient_id,))
+    return any(res_id != req.moving for (res_id,) in rows)
 
 
+# At most two: one may be the Appointment being moved.
 _ACTIVE_VISITS = (
-    select(R.c.res_id)
-    .select_from(IR)
-    .join(R, R.c.seq == IR.c.seq)
-    .join(
-        IT,
-        and_(IT.c.seq == IR.c.seq, IT.c.res_type == "Appointment", IT.c.param == "status"),
-    )
-    .where(
-        IR.c.res_type == "Appointment",
-        IR.c.param == "patient",
-        IR.c.target_id == bindparam("pid"),
-        IT.c.code.in_(bindparam("statuses", expanding=True)),
-    )
-    .limit(2)
+    "SELECT r.res_id FROM idx_reference ir JOIN resource r ON r.seq = ir.seq "
+    "JOIN idx_token it ON it.seq = ir.seq AND it.res_type = 'Appointment' "
+    "AND it.param = 'status' "
+    "WHERE ir.res_type = 'Appointment' AND ir.param = 'patient' AND ir.target_id = {p} "
+    "AND it.code IN ('booked', 'arrived', 'fulfilled', 'checked-in') LIMIT 2"
 )
 
 
@@ -149,24 +138,21 @@ def match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None
 
 def _schedules(config: ClinicConfig, req: FindRequest, visit: VisitType) -> list[tuple[str, str]]:
     """(practitioner, location) pairs that offer this visit and fit the filters."""
+    codes = {s.split("|")[-1] for s in req.specialties}
+    text = req.location_text.lower() if req.location_text else None
     out = []
-    specialties = {p.id: p.specialties for p in config.practitioners}
-    loc_names = {loc.id: loc.name for loc in config.locations}
-    for h in config.hours:
-        pair = (h.practitioner, h.location)
-        if pair in out or not config.offers(visit, h.practitioner):
+    for practitioner, location in config.schedule_pairs:
+        if not config.offers(visit, practitioner):
             continue
-        if req.practitioners and h.practitioner not in req.practitioners:
+        if req.practitioners and practitioner not in req.practitioners:
             continue
-        if req.locations and h.location not in req.locations:
+        if req.locations and location not in req.locations:
             continue
-        if req.location_text and req.location_text.lower() not in loc_names[h.location].lower():
+        if text and text not in config.location_names[location].lower():
             continue
-        if req.specialties and not any(
-            s.split("|")[-1] == c.code for s in req.specialties for c in specialties[h.practitioner]
-        ):
+        if codes and codes.isdisjoint(config.specialty_codes[practitioner]):
             continue
-        out.append(pair)
+        out.append((practitioner, location))
     return out
 
 
@@ -205,17 +191,17 @@ def _as_is(value: Any) -> Any:
 
 
 def _driver_rows(
-    conn: Connection, template: str, schedules: list[str], *groups: tuple[Any, ...]
+    conn: Connection, template: str, schedules: list[str] | None, *groups: tuple[Any, ...]
 ) -> list[Any]:
     """Run ``template`` on the driver's own cursor (building SQLAlchemy rows for a clinic's
     day of Slots cost more than the query). It matches the schedules at each ``{schedules}``
-    and takes each group of other parameters (``{p}``) after them."""
-    if conn.dialect.name == "sqlite":
-        marks = f"IN ({','.join('?' * len(schedules))})"
-        sql = template.format(schedules=marks, p="?")
+    (if any) and takes each group of other parameters (``{p}``) after them."""
+    sql = _dialect_sql(template, conn.dialect.name, len(schedules or ()))
+    if schedules is None:
+        params = tuple(v for group in groups for v in group)
+    elif conn.dialect.name == "sqlite":
         params = tuple(v for group in groups for v in (*schedules, *group))
     else:
-        sql = template.format(schedules="= ANY(%s)", p="%s")
         params = tuple(v for group in groups for v in (schedules, *group))
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -225,27 +211,60 @@ def _driver_rows(
         cursor.close()
 
 
+def _dialect_sql(template: str, dialect: str, schedules: int) -> str:
+    if dialect == "sqlite":
+        return template.format(schedules=f"IN ({','.join('?' * schedules)})", p="?")
+    return template.format(schedules="= ANY(%s)", p="%s")
+
+
+# (start, end, id) of a schedule's free Slots, as three lists in start order
+FreeSlots = tuple[list[int], list[int], list[str]]
+
+
 def _free_slots(
     conn: Connection, schedules: list[str], start: int, end: int
-) -> dict[str, list[tuple[int, int, str]]]:
+) -> dict[str, FreeSlots]:
     """Free Slots starting in the window, by schedule, in start order.
 
-    One range scan of a covering index per schedule.
+    One range scan of a covering index per schedule, each schedule's Slots aggregated into
+    one row (a clinic's day is 2,000 Slots: a Python row apiece cost more than the scan).
     """
     if not schedules:
         return {}
-    rows = _driver_rows(conn, _FREE_SLOTS, schedules, (start, end))
-    out: dict[str, list[tuple[int, int, str]]] = {}
-    for sched, s_start, s_end, sid in rows:
-        out.setdefault(sched, []).append((s_start, s_end, sid))
-    return out
+    name = conn.dialect.name
+    return _free_by_schedule(_driver_rows(conn, _FREE_SLOTS[name], schedules, (start, end)))
 
 
-_FREE_SLOTS = (
-    "SELECT schedule_id, start_s, end_s, slot_id FROM slot_time "
-    "WHERE schedule_id {schedules} AND status = 'free' AND start_s >= {p} AND start_s < {p} "
-    "ORDER BY schedule_id, start_s"
+_FREE_SLOTS_WHERE = (
+    "FROM slot_time WHERE schedule_id {schedules} AND status = 'free' "
+    "AND start_s >= {p} AND start_s < {p} GROUP BY schedule_id"
 )
+_FREE_SLOTS = {
+    # SQLite (3.40) has no ORDER BY inside an aggregate; it aggregates in the covering index's
+    # order, which _free_by_schedule checks rather than trusts. Ids cannot hold a comma.
+    "sqlite": "SELECT schedule_id, group_concat(start_s), group_concat(end_s), "
+    "group_concat(slot_id) " + _FREE_SLOTS_WHERE,
+    "postgresql": "SELECT schedule_id, array_agg(start_s ORDER BY start_s), "
+    "array_agg(end_s ORDER BY start_s), array_agg(slot_id ORDER BY start_s) " + _FREE_SLOTS_WHERE,
+}
+
+
+def _free_by_schedule(rows: list[Any]) -> dict[str, FreeSlots]:
+    out: dict[str, FreeSlots] = {}
+    for sched, starts, ends, ids in rows:
+        if isinstance(starts, str):  # SQLite's group_concat
+            starts = list(map(int, starts.split(",")))
+            ends = list(map(int, ends.split(",")))
+            ids = ids.split(",")
+        if len(ids) != len(starts):
+            raise RuntimeError(f"slot_time: a Slot id of schedule {sched} holds a comma")
+        if starts != sorted(starts):
+            order = sorted(range(len(starts)), key=starts.__getitem__)
+            starts = [starts[k] for k in order]
+            ends = [ends[k] for k in order]
+            ids = [ids[k] for k in order]
+        out[sched] = (starts, ends, ids)
+    return out
 
 
 def _epoch(when: datetime) -> int:
@@ -263,11 +282,18 @@ class _Days:
         tz = config.tz
         first = start.astimezone(tz).date() - timedelta(days=1)
         count = (end.astimezone(tz).date() - first).days + 2
-        self.days = [first + timedelta(days=k) for k in range(count)]
-        self.bounds = [_epoch(datetime.combine(d, time(0), tzinfo=tz)) for d in self.days]
+        self.days, self.bounds = _local_days(config.timezone, first, count)
 
     def index(self, instant: int) -> int:
         return bisect_right(self.bounds, instant) - 1
+
+
+@lru_cache(maxsize=4096)
+def _local_days(timezone: str, first: date, count: int) -> tuple[list[date], list[int]]:
+    """``count`` local days from ``first`` and the epoch second each begins (shared: read only)."""
+    tz = ZoneInfo(timezone)
+    days = [first + timedelta(days=k) for k in range(count)]
+    return days, [_epoch(datetime.combine(d, time(0), tzinfo=tz)) for d in days]
 
 
 @dataclass(frozen=True)
@@ -319,7 +345,7 @@ class Calendar:
     new_patient: bool
     busy: list[tuple[str, datetime, datetime, str, str, str | None]]
     # (schedule id, start, end, kind, appointment id, visit type)
-    free: dict[str, list[tuple[int, int, str]]]  # schedule id -> (start, end, Slot id)
+    free: dict[str, FreeSlots]  # schedule id -> its free Slots
 
 
 def _busy_window(request: FindRequest) -> tuple[datetime, datetime]:
@@ -337,15 +363,6 @@ def read_calendar(
     )
 
 
-_PG_ACTIVE_VISITS = (
-    "SELECT r.res_id FROM idx_reference ir JOIN resource r ON r.seq = ir.seq "
-    "JOIN idx_token it ON it.seq = ir.seq AND it.res_type = 'Appointment' "
-    "AND it.param = 'status' "
-    "WHERE ir.res_type = 'Appointment' AND ir.param = 'patient' AND ir.target_id = %s "
-    "AND it.code = ANY(%s) LIMIT 2"
-)
-
-
 async def read_calendar_async(
     reader: AsyncReader, plan: FindPlan, request: FindRequest, now: datetime
 ) -> Calendar:
@@ -356,22 +373,19 @@ async def read_calendar_async(
     owner = list(plan.owner)
     queries: list[tuple[str, tuple[Any, ...]]] = [
         (
-            BUSY_OVERLAPPING_SQL["postgresql"].format(schedules="= ANY(%s)", p="%s"),
+            _dialect_sql(BUSY_OVERLAPPING_SQL["postgresql"], "postgresql", 1),
             (owner, end, start, now, lower(start), owner, end, start, now),
         ),
         (
-            _FREE_SLOTS.format(schedules="= ANY(%s)", p="%s"),
+            _dialect_sql(_FREE_SLOTS["postgresql"], "postgresql", 1),
             (plan.schedules, _epoch(request.start), _epoch(request.end)),
         ),
     ]
     if request.patient_id is not None:
-        queries.append((_PG_ACTIVE_VISITS, (request.patient_id, ACTIVE_STATUSES.split(","))))
+        queries.append((_dialect_sql(_ACTIVE_VISITS, "postgresql", 0), (request.patient_id,)))
     busy_rows, free_rows, *visits = await reader.fetch_all(queries)
     new_patient = not visits or not any(res_id != request.moving for (res_id,) in visits[0])
-    free: dict[str, list[tuple[int, int, str]]] = {}
-    for sched, s_start, s_end, sid in free_rows:
-        free.setdefault(sched, []).append((s_start, s_end, sid))
-    return Calendar(new_patient, cast(Any, busy_rows), free)
+    return Calendar(new_patient, cast(Any, busy_rows), _free_by_schedule(free_rows))
 
 
 def find_options(
@@ -425,70 +439,89 @@ def compute_options(
         if kind == "booked" and sched_id in owner:
             key = (owner[sched_id], days.index(_epoch(b_start)))
             booked.setdefault(key, []).append(Booked(visit_type, b_start, b_end))
-    free = calendar.free
     policies: dict[tuple[str, int], DayPolicy] = {}
-    found: list[tuple[int, str, str, int]] = []  # start, practitioner, location, Slot index
-    runs: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
+    total = 0
+    streams = []  # per schedule: the admitted starts as (start, practitioner, location, index)
     for practitioner, location in pairs:
         sched = schedule_id(practitioner, location)
-        slots = _untaken(free.get(sched, []), sorted(taken.get(sched, [])))
-        runs[(practitioner, location)] = slots
-        # chain[i]: how many Slots from i on follow each other without a gap
-        chain = [1] * len(slots)
-        for i in range(len(slots) - 2, -1, -1):
-            s_start, s_end, _ = slots[i]
-            if s_end - s_start == step and s_end == slots[i + 1][0]:
-                chain[i] = chain[i + 1] + 1
-        day, next_day, policy = -1, -1, None
-        for i, (start, _, _) in enumerate(slots):
-            if chain[i] < need or start + length > window_end:
-                continue
-            if start >= next_day or start < days.bounds[day]:
-                day = days.index(start)
-                next_day = days.bounds[day + 1] if day + 1 < len(days.bounds) else window_end
-                policy = policies.get((practitioner, day))
-                if policy is None:
-                    policy = day_policy(
-                        config,
-                        practitioner,
-                        visit,
-                        new_patient,
-                        days.days[day],
-                        now=now,
-                        booked=booked.get((practitioner, day), []),
-                    )
-                    policies[(practitioner, day)] = policy
-            assert policy is not None
-            if policy.check(start, start + length) is None:
-                found.append((start, practitioner, location, i))
-    first = sorted(found) if limit is None else heapq.nsmallest(limit, found)
-    options = []
-    for start, practitioner, location, i in first:
-        slots = runs[(practitioner, location)]
-        ids = tuple(slot[2] for slot in slots[i : i + need])
-        options.append(
-            Option(
-                practitioner, location, visit, _from_epoch(start), _from_epoch(start + length), ids
+        starts, ends, ids = _untaken(calendar.free.get(sched), sorted(taken.get(sched, [])))
+        # candidates: Slots followed by enough others without a gap to hold the visit, in
+        # runs of Slots that follow each other (a run ends where the next Slot does not start
+        # as this one ends); the visit must also end inside the window
+        ends_run = [
+            j
+            for j, (start, end, following) in enumerate(zip(starts, ends, starts[1:], strict=False))
+            if end - start != step or end != following
+        ]
+        ends_run.append(len(starts) - 1)
+        cut = bisect_right(starts, window_end - length)
+        candidates: list[int] = []
+        first = 0
+        for last in ends_run:
+            candidates += range(first, min(last - need + 2, cut))
+            first = last + 1
+        admitted: list[int] = []
+        lo = 0
+        while lo < len(candidates):
+            day = days.index(starts[candidates[lo]])
+            next_day = days.bounds[day + 1] if day + 1 < len(days.bounds) else window_end + 1
+            hi = bisect_left(candidates, next_day, lo, key=starts.__getitem__)
+            policy = policies.get((practitioner, day))
+            if policy is None:
+                policy = day_policy(
+                    config,
+                    practitioner,
+                    visit,
+                    new_patient,
+                    days.days[day],
+                    now=now,
+                    booked=booked.get((practitioner, day), []),
+                )
+                policies[(practitioner, day)] = policy
+            admitted += policy.admits(starts, candidates[lo:hi], length)
+            lo = hi
+        total += len(admitted)
+        streams.append(
+            zip(
+                map(starts.__getitem__, admitted),
+                repeat(practitioner),
+                repeat(location),
+                admitted,
+                repeat(ids),
+                strict=False,  # the repeats are endless
             )
         )
-    return Found(len(found), options)
+    merged = heapq.merge(*streams, key=lambda o: o[:4])
+    options = [
+        Option(
+            practitioner,
+            location,
+            visit,
+            _from_epoch(start),
+            _from_epoch(start + length),
+            tuple(ids[i : i + need]),
+        )
+        for start, practitioner, location, i, ids in islice(merged, limit)
+    ]
+    return Found(total, options)
 
 
-def _untaken(
-    slots: list[tuple[int, int, str]], taken: list[tuple[int, int]]
-) -> list[tuple[int, int, str]]:
-    """Slots that overlap no taken time (both lists in start order; taken never overlaps)."""
+def _untaken(free: FreeSlots | None, taken: list[tuple[int, int]]) -> FreeSlots:
+    """The free Slots that overlap no taken time (both in start order; taken never overlaps)."""
+    if free is None:
+        return [], [], []
     if not taken:
-        return slots
-    out = []
+        return free
+    starts, ends, ids = free
+    keep = []
     j = 0
-    for slot in slots:
-        while j < len(taken) and taken[j][1] <= slot[0]:
+    for k, start in enumerate(starts):
+        while j < len(taken) and taken[j][1] <= start:
             j += 1
-        if j < len(taken) and taken[j][0] < slot[1]:
+        if j < len(taken) and taken[j][0] < ends[k]:
             continue
-        out.append(slot)
-    return out
+        keep.append(k)
+    return [starts[k] for k in keep], [ends[k] for k in keep], [ids[k] for k in keep]
 
 
 def proposed_appointment(

@@ -356,7 +356,11 @@ def test_bad_input_is_400(
 def test_only_small_finds_run_on_the_event_loop(cfg: ClinicConfig) -> None:
     """A $find over a few schedule-days may run inline; a month of every schedule may not."""
     from fhir_server.handlers import Context
-    from fhir_server.scheduling_handlers import SMALL_FIND_SCHEDULE_DAYS, find_is_small
+    from fhir_server.scheduling_handlers import (
+        SMALL_FIND_SCHEDULE_DAYS,
+        find_is_small,
+        parse_quietly,
+    )
 
     ctx = cast(Context, SimpleNamespace(paging=SimpleNamespace(max_count=200)))
 
@@ -367,7 +371,11 @@ def test_only_small_finds_run_on_the_event_loop(cfg: ClinicConfig) -> None:
             ("visit-type", "follow-up"),
         ]
 
+    def small(params: list[tuple[str, Any]]) -> bool:
+        return find_is_small(cfg, parse_quietly(ctx, params))
+
     schedules = 2  # Smith and Evans at the main location offer follow-ups
-    assert find_is_small(ctx, cfg, params(1))
-    assert not find_is_small(ctx, cfg, params(SMALL_FIND_SCHEDULE_DAYS // schedules + 1))
-    assert find_is_small(ctx, cfg, [("start", "not a date")])  # refused at once, inline
+    assert small(params(1))
+    assert not small(params(SMALL_FIND_SCHEDULE_DAYS // schedules + 1))
+    assert parse_quietly(ctx, [("start", "not a date")]) is None
+    assert small([("start", "not a date")])  # refused at once, inline

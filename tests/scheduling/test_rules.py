@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
 
 from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
-from fhir_server.scheduling.rules import Booked, Candidate, check_rules
+from fhir_server.scheduling.rules import Booked, Candidate, check_rules, day_policy
 from tests.scheduling.test_clinic_config import make_config
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # Friday
@@ -149,3 +149,29 @@ def test_rules(
     cfg = rules_clinic()
     refusal = check_rules(cfg, cand(cfg, who, code, start, new), now=NOW, booked_that_day=booked)
     assert (refusal.rule if refusal else None) == refused_by
+
+
+@pytest.mark.parametrize(
+    ("who", "code", "start", "new", "booked", "refused_by"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_admits_agrees_with_check_at_every_start_of_the_day(
+    who: str, code: str, start: datetime, new: bool, booked: list[Booked], refused_by: str | None
+) -> None:
+    """``$find`` admits a day's candidates in bulk; the answer is what ``check`` says of each
+    (every quarter hour of the case's day, so notice, horizon, windows and buffers all cut)."""
+    cfg = rules_clinic()
+    visit = cfg.visit_type(code)
+    assert visit is not None
+    day = start.astimezone(cfg.tz).date()
+    policy = day_policy(cfg, who, visit, new, day, now=NOW, booked=booked)
+    midnight = int(datetime.combine(day, time(0), tzinfo=cfg.tz).timestamp())
+    starts = [midnight + 900 * k for k in range(96)]
+    length = 60 * visit.minutes
+    everyone = list(range(len(starts)))
+    expected = [i for i in everyone if policy.check(starts[i], starts[i] + length) is None]
+    assert policy.admits(starts, everyone, length) == expected
+    assert policy.admits(starts, everyone[::3], length) == [i for i in expected if i % 3 == 0]
+    if refused_by is None:  # the case's own start is among those admitted
+        assert int(start.timestamp()) in [starts[i] for i in expected]
