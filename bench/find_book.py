@@ -7,7 +7,8 @@ in America/New_York, 15-minute Slots over 53 weeks (530,000 Slots), with the cli
 (buffers, new-patient windows, exclusions, daily caps) loaded from a clinic file as in
 production; with ``--history-weeks N``, also the busy time of N past weeks (about 60 % of every
 practitioner's half hours), as a clinic that has used the server for a while has. Then, with
-wrk (one thread, 8 connections) against one uvicorn worker:
+wrk (one thread, 8 connections) against one uvicorn worker, after measuring the bare FastAPI app
+(`bench/bare_app.py`) the same way for 5 s as a yardstick of the machine's speed at the time:
 
 * ``$find``: a mix of what patients and staff ask: one practitioner over 7 days (50 %), one
   specialty (10 practitioners) over 2 days (40 %), the whole clinic for one day (10 %); always
@@ -33,7 +34,17 @@ import httpx
 import yaml
 from sqlalchemy import insert, text
 
-from bench.common import WRK_P95, bench_auth, bulk_load, database, keyring, save, serve, wrk
+from bench.common import (
+    WRK_P95,
+    bench_auth,
+    bulk_load,
+    database,
+    keyring,
+    save,
+    serve,
+    serve_bare,
+    wrk,
+)
 from fhir_server.scheduling.availability import schedule_id, slot_specs
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, clinic_resources, slot_resource
 from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
@@ -300,6 +311,10 @@ def main() -> None:
             slots = seed(db, keyring(work), config, today, f"http://127.0.0.1:{port}/fhir")
             past = past_bookings(db, config, today, args.history_weeks)
             env = {"FHIRSCHED_CLINIC_FILE": str(clinic_file)}
+            with serve_bare(port + 1) as bare_base:  # how fast this machine is right now
+                bare = wrk(
+                    f"{bare_base}/fhir/Patient/x", script=None, seconds=5, connections=CONNECTIONS
+                )
             with serve(work, url, port, env) as base:
                 auth = bench_auth(base, url)
                 with httpx.Client(base_url=f"{base}/fhir", timeout=30, headers=auth) as c:
@@ -342,6 +357,7 @@ def main() -> None:
                     ).json()["total"]
     history = f", {past:,} past busy rows" if past else ""
     print(f"$find / $book over {slots:,} Slots{history} on {args.db}, {CONNECTIONS} connections:")
+    print(f"  bare FastAPI app (machine speed, same run): {bare['rps']:,.0f} req/s")
     print(
         f"  $find  {found['rps']:,.0f} req/s  p50 {found['p50_ms']:.1f}  "
         f"p95 {found['p95_ms']:.1f}  p99 {found['p99_ms']:.1f} ms  "
@@ -362,6 +378,7 @@ def main() -> None:
             "find": found,
             "book": booked,
             "booked": count,
+            "bare_app_rps": bare["rps"],
             "args": vars(args),
         },
     )
