@@ -240,12 +240,13 @@ _FREE_SLOTS_WHERE = (
     "AND start_s >= {p} AND start_s < {p} GROUP BY schedule_id"
 )
 _FREE_SLOTS = {
-    # SQLite (3.40) has no ORDER BY inside an aggregate; it aggregates in the covering index's
-    # order, which _free_by_schedule checks rather than trusts. Ids cannot hold a comma.
+    # Both aggregate in the covering index's order, which _free_by_schedule checks rather than
+    # trusts (SQLite 3.40 has no ORDER BY inside an aggregate; PostgreSQL 15 would sort every
+    # group again). Ids cannot hold a comma.
     "sqlite": "SELECT schedule_id, group_concat(start_s), group_concat(end_s), "
     "group_concat(slot_id) " + _FREE_SLOTS_WHERE,
-    "postgresql": "SELECT schedule_id, array_agg(start_s ORDER BY start_s), "
-    "array_agg(end_s ORDER BY start_s), array_agg(slot_id ORDER BY start_s) " + _FREE_SLOTS_WHERE,
+    "postgresql": "SELECT schedule_id, array_agg(start_s), array_agg(end_s), array_agg(slot_id) "
+    + _FREE_SLOTS_WHERE,
 }
 
 

@@ -94,7 +94,8 @@ class AsyncReader:
     ) -> list[list[tuple[Any, ...]]]:
         """Every row of each query, as plain tuples (a named tuple per row cost $find more than
         its query), all read from one snapshot (a REPEATABLE READ transaction), as the
-        synchronous ``Database.read()`` gives."""
+        synchronous ``Database.read()`` gives. Results come in binary: an array of a day's
+        Slot times arrives as machine integers instead of text to parse."""
         out: list[list[tuple[Any, ...]]] = []
         async with (
             self.pool.connection() as conn,
@@ -103,7 +104,7 @@ class AsyncReader:
         ):
             await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             for sql, params in queries:
-                await cur.execute(sql, params)
+                await cur.execute(sql, params, binary=True)
                 out.append(await cur.fetchall())
         return out
 
