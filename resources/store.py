@@ -91,7 +91,8 @@ _DELETE_INDEX_MANY = {
     k: delete(t).where(t.c.seq.in_(bindparam("seqs", expanding=True)))
     for k, t in INDEX_TABLES.items()
 }
-_INSERT_INDEX = {k: Direct(insert(t)) for k, t in INDEX_TABLES.items()}
+# inline(): PostgreSQL would otherwise return each row's surrogate key, which nothing reads
+_INSERT_INDEX = {k: Direct(insert(t).inline()) for k, t in INDEX_TABLES.items()}
 _ST = INDEX_TABLES["slot"]
 _UPDATE_SLOT_TIME = Direct(update(_ST).where(_ST.c.seq == bindparam("b_seq")))  # SET: params
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from resources.sql.direct import Direct
+from resources.sql.direct import _MAX_ROWS, Direct
 from resources.sql.engine import Database
 from resources.sql.tables import ResourceRow
 
@@ -98,3 +98,22 @@ def test_statements_that_need_sqlalchemy_at_run_time_are_refused(db: Database) -
         with pytest.raises(ValueError, match="b_missing"):
             Direct(delete(R).where(R.c.res_id == bindparam("b_missing"))).run(conn, {"x": 1})
         assert partial.run(conn, {"rid": "a", "version": 2}).rowcount == 0
+
+
+def test_many_rows_go_in_one_statement_on_postgresql_up_to_a_limit(db: Database) -> None:
+    """PostgreSQL: a VALUES list for up to _MAX_ROWS rows, executemany past it; both count
+    every row and store the same values. (inline(): no implicit RETURNING of ``seq``, which
+    keeps a statement out of the VALUES list.)"""
+    rows = [_head(f"v{i}", version=i % 7 + 1) for i in range(_MAX_ROWS + 4)]
+    stmt = Direct(insert(R).inline())
+    with db.write() as conn:
+        assert stmt.run(conn, rows[:3]).rowcount == 3
+        assert stmt.run(conn, rows[3:]).rowcount == _MAX_ROWS + 1  # one over: executemany
+    with db.read() as conn:
+        stored = dict(conn.execute(select(R.c.res_id, R.c.version)).all())
+    assert stored == {r["res_id"]: r["version"] for r in rows}
+    (compiled,) = stmt._compiled.values()
+    if db.dialect == "postgresql":
+        assert compiled.values is not None and set(compiled.values.sql) == {3}
+    else:
+        assert compiled.values is None
