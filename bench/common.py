@@ -189,6 +189,13 @@ def serve_bare(port: int) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+def machine_speed(port: int, seconds: int = 5) -> float:
+    """Requests/s of the bare FastAPI app (``bench/bare_app.py``, 8 connections): a yardstick
+    for this machine's speed at the time of a run, which moves by half between hours here."""
+    with serve_bare(port) as base:
+        return wrk(f"{base}/fhir/Patient/x", script=None, seconds=seconds, connections=8)["rps"]
+
+
 def wait_up(base: str, path: str, proc: subprocess.Popen[Any]) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -40,9 +40,9 @@ from bench.common import (
     bulk_load,
     database,
     keyring,
+    machine_speed,
     save,
     serve,
-    serve_bare,
     wrk,
 )
 from fhir_server.scheduling.availability import schedule_id, slot_specs
@@ -311,10 +311,7 @@ def main() -> None:
             slots = seed(db, keyring(work), config, today, f"http://127.0.0.1:{port}/fhir")
             past = past_bookings(db, config, today, args.history_weeks)
             env = {"FHIRSCHED_CLINIC_FILE": str(clinic_file)}
-            with serve_bare(port + 1) as bare_base:  # how fast this machine is right now
-                bare = wrk(
-                    f"{bare_base}/fhir/Patient/x", script=None, seconds=5, connections=CONNECTIONS
-                )
+            bare = machine_speed(port + 1)
             with serve(work, url, port, env) as base:
                 auth = bench_auth(base, url)
                 with httpx.Client(base_url=f"{base}/fhir", timeout=30, headers=auth) as c:
@@ -357,7 +354,7 @@ def main() -> None:
                     ).json()["total"]
     history = f", {past:,} past busy rows" if past else ""
     print(f"$find / $book over {slots:,} Slots{history} on {args.db}, {CONNECTIONS} connections:")
-    print(f"  bare FastAPI app (machine speed, same run): {bare['rps']:,.0f} req/s")
+    print(f"  bare FastAPI app (machine speed, same run): {bare:,.0f} req/s")
     print(
         f"  $find  {found['rps']:,.0f} req/s  p50 {found['p50_ms']:.1f}  "
         f"p95 {found['p95_ms']:.1f}  p99 {found['p99_ms']:.1f} ms  "
@@ -378,7 +375,7 @@ def main() -> None:
             "find": found,
             "book": booked,
             "booked": count,
-            "bare_app_rps": bare["rps"],
+            "bare_app_rps": bare,
             "args": vars(args),
         },
     )

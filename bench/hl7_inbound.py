@@ -11,7 +11,8 @@ mark busy; patients drawn from a pool of 500, so the first message for each crea
 Patient and later ones match it by identifier), first over one MLLP connection, then over 8
 at once. Each connection waits for the ACK before sending the next message, as MLLP senders
 do. Reports messages/s and per-message round-trip percentiles, and checks that every ACK
-was AA and every message was applied.
+was AA and every message was applied; first, the bare FastAPI app's requests/s for 5 s
+(``bench.common.machine_speed``) as a yardstick of the machine's speed at the time.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from sqlalchemy import text
 
-from bench.common import VENV_BIN, database, keyring, percentiles, save
+from bench.common import VENV_BIN, database, keyring, machine_speed, percentiles, save
 from bench.find_book import clinic, seed
 from fhir_server.scheduling.config import parse_clinic_config
 from hl7_bridge.ack import read_ack
@@ -149,6 +150,7 @@ def main() -> None:
         keys = keyring(workdir)
         with database(args.db, workdir) as (url, db):
             slots = seed(db, keys, config, today, "http://127.0.0.1/fhir", weeks=WEEKS)
+            bare = machine_speed(args.port + 1)  # this machine's speed at the time
             picked = times(today, args.one + args.eight)
             messages = [message(n, p, t) for n, (p, t) in enumerate(picked)]
             random.Random(3).shuffle(messages)
@@ -184,6 +186,7 @@ def main() -> None:
                 busy = conn.execute(text("SELECT count(*) FROM busy_time")).scalar()
     result = {
         "db": args.db,
+        "bare_app_rps": round(bare),
         "slots": slots,
         "one_connection": one,
         "eight_connections": eight,
