@@ -115,7 +115,7 @@ async def find_async(
     def compute() -> Found:
         return compute_options(config, plan, request, calendar, now=now, limit=request.count)
 
-    if schedule_days(config, request) <= SMALL_FIND_SCHEDULE_DAYS:
+    if plan.schedule_days(request) <= SMALL_FIND_SCHEDULE_DAYS:
         found = compute()
     else:
         found = await to_thread.run_sync(compute)

@@ -161,8 +161,11 @@ def schedule_days(config: ClinicConfig, request: FindRequest) -> float:
     visit = config.visit_type(request.visit_type)
     if visit is None or request.end <= request.start:
         return 0.0
-    days = (request.end - request.start).total_seconds() / 86400
-    return len(_schedules(config, request, visit)) * max(days, 1.0)
+    return len(_schedules(config, request, visit)) * _days_asked(request)
+
+
+def _days_asked(request: FindRequest) -> float:
+    return max((request.end - request.start).total_seconds() / 86400, 1.0)
 
 
 def _busy(
@@ -318,6 +321,10 @@ class FindPlan:
     @property
     def schedules(self) -> list[str]:
         return [schedule_id(p, loc) for p, loc in self.pairs]
+
+    def schedule_days(self, request: FindRequest) -> float:
+        """:func:`schedule_days` of a planned (so valid) request, without choosing again."""
+        return len(self.pairs) * _days_asked(request)
 
 
 def plan_find(config: ClinicConfig, request: FindRequest) -> FindPlan:

@@ -138,11 +138,14 @@ CASES: list[tuple[str, str, str, datetime, bool, list[Booked], str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(
+EACH_CASE = pytest.mark.parametrize(
     ("who", "code", "start", "new", "booked", "refused_by"),
     [c[1:] for c in CASES],
     ids=[c[0] for c in CASES],
 )
+
+
+@EACH_CASE
 def test_rules(
     who: str, code: str, start: datetime, new: bool, booked: list[Booked], refused_by: str | None
 ) -> None:
@@ -151,11 +154,7 @@ def test_rules(
     assert (refusal.rule if refusal else None) == refused_by
 
 
-@pytest.mark.parametrize(
-    ("who", "code", "start", "new", "booked", "refused_by"),
-    [c[1:] for c in CASES],
-    ids=[c[0] for c in CASES],
-)
+@EACH_CASE
 def test_admits_agrees_with_check_at_every_start_of_the_day(
     who: str, code: str, start: datetime, new: bool, booked: list[Booked], refused_by: str | None
 ) -> None:
