@@ -19,7 +19,10 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from sqlalchemy import text
+
 from bench.common import bench_auth, bulk_load, database, keyring, save, serve, serve_bare, wrk
+from resources.sql.engine import Database
 
 LUA = """
 local ids = {}
@@ -73,8 +76,15 @@ def main() -> None:
                     "off": (f"{servers['false'][0]}/fhir/Patient/p1", script, servers["false"][1]),
                     "on": (f"{servers['true'][0]}/fhir/Patient/p1", script, servers["true"][1]),
                 }
-                for target, lua, auth in targets.values():  # warm-up
-                    wrk(target, script=lua, seconds=2, connections=args.connections, headers=auth)
+                # The audited server's reads are counted against the records it wrote, so a
+                # cost that looks too small is checked, not believed.
+                records_before = _audit_records(db)
+                audited_reads = 0.0
+                for name, (target, lua, auth) in targets.items():  # warm-up
+                    warm = wrk(
+                        target, script=lua, seconds=2, connections=args.connections, headers=auth
+                    )
+                    audited_reads += warm["requests"] if name == "on" else 0
                 rounds: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
                 for n in range(args.rounds):
                     for name, (target, lua, auth) in targets.items():
@@ -87,12 +97,14 @@ def main() -> None:
                                 headers=auth,
                             )
                         )
+                    audited_reads += rounds["on"][-1]["requests"]
                     print(
                         f"round {n + 1}/{args.rounds}: "
                         + ", ".join(f"{k} {v[-1]['rps']:.0f}" for k, v in rounds.items())
                         + " req/s",
                         file=sys.stderr,
                     )
+            records = _audit_records(db) - records_before
     baseline, unaudited, fhir = (_median(rounds[k]) for k in ("bare", "off", "on"))
     ratio = fhir["rps"] / baseline["rps"]
     head = f"{'endpoint (median of rounds)':<36}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
@@ -116,6 +128,7 @@ def main() -> None:
         f"audit cost = {cost:.0%} of unaudited throughput (target <= 20%); "
         f"per round: {', '.join(f'{c:.0%}' for c in paired)}"
     )
+    print(f"audit log: {records:,} records for {audited_reads:,.0f} audited reads")
     save(
         f"read_by_id_{args.db}",
         {
@@ -125,10 +138,17 @@ def main() -> None:
             "ratio": ratio,
             "audit_cost": cost,
             "audit_cost_per_round": paired,
+            "audit_records": records,
+            "audited_reads": audited_reads,
             "rounds": rounds,
             "args": vars(args),
         },
     )
+
+
+def _audit_records(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one())
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
