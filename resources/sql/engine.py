@@ -76,6 +76,7 @@ class Database:
                 pool_recycle=1800,
                 **engine_kwargs,
             )
+            _postgresql_session(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -249,6 +250,22 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+# psycopg prepares a statement on the server after its fifth run on a connection, and PostgreSQL
+# then keeps one generic plan for it, chosen from the statistics of that moment. A search whose
+# table has grown since (a clinic's first weeks, an import) keeps scanning the whole table:
+# the patient lookup by identifier went from 0.02 ms to 1.2 ms, by name and birth date to 2.3
+# ms, as its index table grew from a few rows to 7,700 (BENCHMARKS.md). Plans made for each
+# run's values cost a little planning and never go stale.
+PLAN_PER_RUN = "SET plan_cache_mode = force_custom_plan"
+
+
+def _postgresql_session(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute(PLAN_PER_RUN)
+        dbapi_conn.commit()  # a session setting, kept past the pool's rollback on return
 
 
 def migrate(db: Database, revision: str = "head") -> None:
