@@ -30,6 +30,7 @@ from fhir_server.errors import BadRequest
 from resources.fhirdate import MAX_INSTANT, MIN_INSTANT
 from resources.search.conditions import ConditionBuilder
 from resources.search.query import SearchQuery, SortKey
+from resources.sql.engine import PLAN_PER_RUN
 from resources.store import INDEX_TABLES, R, Store, StoredVersion
 
 __all__ = ["SearchResult", "run_search"]
@@ -95,6 +96,9 @@ def _after(exprs: list[Any], descending: list[bool], values: list[Any]) -> Colum
     return or_(*terms) if terms else false()
 
 
+_PER_RUN = {PLAN_PER_RUN: True}
+
+
 def run_search(
     conn: Connection,
     *,
@@ -102,7 +106,9 @@ def run_search(
     query: SearchQuery,
     extra: list[ColumnElement[bool]] | None = None,
 ) -> SearchResult:
-    """Execute ``query``; ``extra`` conditions (e.g. scope filters) AND onto it."""
+    """Execute ``query``; ``extra`` conditions (e.g. scope filters) AND onto it. On
+    PostgreSQL the count and the page are planned for their own values on every run
+    (``resources.sql.engine.PLAN_PER_RUN``): how many rows a value matches decides the plan."""
     builder = ConditionBuilder(store.keys, store.base_url)
     plan = builder.plan(query.resource_type, query.clauses)
     source: FromClause = R
@@ -130,7 +136,8 @@ def run_search(
         where = true()
     result = SearchResult()
     if query.total != "none" or query.summary == "count":
-        total = conn.execute(select(func.count()).select_from(source).where(where)).scalar_one()
+        count = select(func.count()).select_from(source).where(where)
+        total = conn.execute(count, execution_options=_PER_RUN).scalar_one()
         result.total = int(total)
     if query.summary == "count":
         return result
@@ -147,7 +154,8 @@ def run_search(
         .select_from(source)
         .where(page_where)
         .order_by(*order)
-        .limit(query.count + 1)
+        .limit(query.count + 1),
+        execution_options=_PER_RUN,
     ).all()
     more = len(rows) > query.count
     rows = rows[: query.count]

@@ -18,8 +18,6 @@ from psycopg.rows import namedtuple_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
-from resources.sql.engine import PLAN_PER_RUN
-
 __all__ = ["AsyncReader"]
 
 _COLUMNS = (
@@ -51,10 +49,6 @@ def conninfo(url: str) -> str:
     )
 
 
-async def _configure(conn: AsyncConnection[Any]) -> None:
-    await conn.execute(PLAN_PER_RUN)  # as the Store's connections (resources.sql.engine)
-
-
 class AsyncReader:
     """A small pool of async connections for read-by-id and vread."""
 
@@ -65,7 +59,6 @@ class AsyncReader:
             max_size=max_size,
             open=False,
             kwargs={"row_factory": namedtuple_row, "autocommit": True},
-            configure=_configure,
         )
 
     @property

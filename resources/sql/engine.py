@@ -253,19 +253,24 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 
 # psycopg prepares a statement on the server after its fifth run on a connection, and PostgreSQL
-# then keeps one generic plan for it, chosen from the statistics of that moment. A search whose
-# table has grown since (a clinic's first weeks, an import) keeps scanning the whole table:
-# the patient lookup by identifier went from 0.02 ms to 1.2 ms, by name and birth date to 2.3
-# ms, as its index table grew from a few rows to 7,700 (BENCHMARKS.md). Plans made for each
-# run's values cost a little planning and never go stale.
-PLAN_PER_RUN = "SET plan_cache_mode = force_custom_plan"
+# may then give it one generic plan, made from the statistics of that moment and kept however
+# the table grows. For the fixed statements of writes and of $find that saves planning; for a
+# search (whose selectivity depends on its values) it went wrong: the patient lookup by
+# identifier went from 0.02 ms to 1.2 ms, by name and birth date to 2.3 ms, scanning the whole
+# index table as it grew from a few rows to 7,700 (BENCHMARKS.md). Statements run on a
+# connection with this execution option are never prepared, so each run is planned for its
+# values. (Planning every statement instead, plan_cache_mode = force_custom_plan, cost $find
+# about 15 % of its throughput.)
+PLAN_PER_RUN = "plan_per_run"
 
 
 def _postgresql_session(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.execute(PLAN_PER_RUN)
-        dbapi_conn.commit()  # a session setting, kept past the pool's rollback on return
+    @event.listens_for(engine, "do_execute")
+    def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
+        if not context.execution_options.get(PLAN_PER_RUN):
+            return None  # SQLAlchemy runs it as usual
+        cursor.execute(statement, parameters, prepare=False)
+        return True
 
 
 def migrate(db: Database, revision: str = "head") -> None:
