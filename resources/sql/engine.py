@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from fhir_server.errors import Conflict
 from fhir_server.logging import get_logger
 
-__all__ = ["CHECKPOINTER", "Checkpointer", "Database", "migrate"]
+__all__ = ["CHECKPOINTER", "PLAN_PER_RUN", "Checkpointer", "Database", "migrate"]
 
 # PostgreSQL: serialization_failure, deadlock_detected
 TRANSIENT_SQLSTATES = {"40001", "40P01"}
@@ -76,7 +76,7 @@ class Database:
                 pool_recycle=1800,
                 **engine_kwargs,
             )
-            _postgresql_session(self.engine)
+            _plan_per_run_hook(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -257,14 +257,13 @@ def _sqlite_pragmas(engine: Engine) -> None:
 # the table grows. For the fixed statements of writes and of $find that saves planning; for a
 # search (whose selectivity depends on its values) it went wrong: the patient lookup by
 # identifier went from 0.02 ms to 1.2 ms, by name and birth date to 2.3 ms, scanning the whole
-# index table as it grew from a few rows to 7,700 (BENCHMARKS.md). Statements run on a
-# connection with this execution option are never prepared, so each run is planned for its
-# values. (Planning every statement instead, plan_cache_mode = force_custom_plan, cost $find
-# about 15 % of its throughput.)
+# index table as it grew from a few rows to 7,700 (BENCHMARKS.md). A statement executed with
+# this execution option set is never prepared, so each run is planned for its values.
+# (Planning every statement so, plan_cache_mode = force_custom_plan, cost $find about 15 %.)
 PLAN_PER_RUN = "plan_per_run"
 
 
-def _postgresql_session(engine: Engine) -> None:
+def _plan_per_run_hook(engine: Engine) -> None:
     @event.listens_for(engine, "do_execute")
     def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
         if not context.execution_options.get(PLAN_PER_RUN):
