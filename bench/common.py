@@ -210,9 +210,9 @@ def wait_up(base: str, path: str, proc: subprocess.Popen[Any]) -> str:
     raise RuntimeError(f"{base} did not come up")
 
 
-def bench_auth(root: str, database_url: str, scope: str = "system/*.cruds") -> dict[str, str]:
-    """A full-access backend token, as any client gets one: a client registered in the
-    database, then a JWT assertion (ES384) at the token endpoint. Lasts 300 s."""
+def token_form(token_url: str, database_url: str, scope: str = "system/*.cruds") -> dict[str, str]:
+    """What a backend client sends to the token endpoint (SMART Backend Services): a client
+    registered in the database, then a JWT assertion (ES384) for ``token_url``."""
     import uuid
 
     from joserfc import jwt
@@ -241,19 +241,39 @@ def bench_auth(root: str, database_url: str, scope: str = "system/*.cruds") -> d
     claims = {
         "iss": client_id,
         "sub": client_id,
-        "aud": f"{root}/auth/token",
+        "aud": token_url,
         "exp": now + 240,
         "jti": uuid.uuid4().hex,
     }
     assertion = jwt.encode({"alg": "ES384", "kid": "bench"}, claims, key, algorithms=["ES384"])
-    form = {
+    return {
         "grant_type": "client_credentials",
         "scope": scope,
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
         "client_assertion": assertion,
     }
+
+
+def bench_auth(root: str, database_url: str, scope: str = "system/*.cruds") -> dict[str, str]:
+    """A full-access backend token, as any client gets one (:func:`token_form`). Lasts 300 s."""
+    form = token_form(f"{root}/auth/token", database_url, scope)
     token = httpx.post(f"{root}/auth/token", data=form, timeout=30).json()["access_token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+def patients(count: int) -> list[dict[str, Any]]:
+    """``count`` Patients ``p0``, ``p1``…, as the read benchmarks seed them."""
+    return [
+        {
+            "resourceType": "Patient",
+            "id": f"p{n}",
+            "gender": "other",
+            "name": [{"family": f"Family{n}", "given": ["Given"]}],
+            "birthDate": "1970-01-01",
+            "telecom": [{"system": "phone", "value": f"555-01{n:04d}"}],
+        }
+        for n in range(count)
+    ]
 
 
 def wrk(

@@ -190,10 +190,12 @@ def known_patient(c: httpx.Client) -> str:
     return str(p["id"])
 
 
-def find_urls(config: ClinicConfig, today: date, patient: str, n: int) -> list[str]:
+def find_urls(
+    config: ClinicConfig, today: date, patient: str, n: int, weeks: int = WEEKS
+) -> list[str]:
     rnd = random.Random(11)
     tz = config.tz
-    days = [today + timedelta(days=k) for k in range(2, 7 * WEEKS - 7)]
+    days = [today + timedelta(days=k) for k in range(2, 7 * weeks - 7)]
     out = []
     for _ in range(n):
         day = rnd.choice(days)

@@ -21,7 +21,17 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.common import bench_auth, bulk_load, database, keyring, save, serve, serve_bare, wrk
+from bench.common import (
+    bench_auth,
+    bulk_load,
+    database,
+    keyring,
+    patients,
+    save,
+    serve,
+    serve_bare,
+    wrk,
+)
 from resources.sql.engine import Database
 
 LUA = """
@@ -45,20 +55,10 @@ def main() -> None:
         work = Path(tmp)
         with database(args.db, work) as (url, db):
             keys = keyring(work)
-            patients = [
-                {
-                    "resourceType": "Patient",
-                    "id": f"p{n}",
-                    "gender": "other",
-                    "name": [{"family": f"Family{n}", "given": ["Given"]}],
-                    "birthDate": "1970-01-01",
-                    "telecom": [{"system": "phone", "value": f"555-01{n:04d}"}],
-                }
-                for n in range(1000)
-            ]
-            bulk_load(db, keys, patients, "http://127.0.0.1:8701/fhir")
+            seeded = patients(1000)
+            bulk_load(db, keys, seeded, "http://127.0.0.1:8701/fhir")
             ids = work / "ids.txt"
-            ids.write_text("\n".join(p["id"] for p in patients) + "\n")
+            ids.write_text("\n".join(p["id"] for p in seeded) + "\n")
             script = work / "read.lua"
             script.write_text(LUA % ids)
             with ExitStack() as stack:

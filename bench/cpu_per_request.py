@@ -1,0 +1,181 @@
+"""CPU time per request of the FHIR app, driven in-process: no sockets and no load generator.
+
+    .venv/bin/python -m bench.cpu_per_request --db sqlite        # and --db postgresql
+
+The throughput benchmarks share this two-core machine with wrk, and the machine's speed moves
+by half between hours, so their figures compare poorly from one session to the next. This one
+calls the ASGI app itself, ``--concurrency`` requests at a time (so the audit writer batches as
+it does under load), and reports the process's CPU time per request (``time.process_time``):
+read-by-id with the audit log off and on, hence the audit's cost, and ``bench.find_book``'s
+``$find`` mix over ``--weeks`` of Slots. Compare two commits, or two versions of a dependency,
+with it; the throughput targets are still measured over HTTP by the other benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvloop
+import yaml
+from fastapi import FastAPI
+
+from bench.common import bulk_load, database, keyring, patients, save, token_form
+from bench.find_book import clinic, find_urls, seed
+from fhir_server.app import create_app
+from fhir_server.logging import configure_logging
+from fhir_server.scheduling.config import parse_clinic_config
+from fhir_server.settings import Settings
+
+ROOT = "http://bench.invalid"
+PATIENTS = 200
+Call = Callable[[str], Awaitable[int]]
+
+
+def caller(app: FastAPI, token: str) -> Call:
+    """A GET as uvicorn would hand it to the app; returns the status."""
+    headers = [(b"host", b"bench.invalid"), (b"authorization", f"Bearer {token}".encode())]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def call(target: str) -> int:
+        path, _, query = target.partition("?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 80),
+        }
+        status = 0
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await app(scope, receive, send)
+        return status
+
+    return call
+
+
+async def cpu_per_request(call: Call, targets: list[str], count: int, concurrency: int) -> float:
+    """Microseconds of this process's CPU per request, over ``count`` requests after a warm-up;
+    every answer must be a 200."""
+    for k in range(0, 200, concurrency):
+        await asyncio.gather(*(call(targets[(k + j) % len(targets)]) for j in range(concurrency)))
+    started = time.process_time()
+    for k in range(0, count, concurrency):
+        batch = [targets[(k + j) % len(targets)] for j in range(concurrency)]
+        statuses = await asyncio.gather(*(call(t) for t in batch))
+        if any(s != 200 for s in statuses):
+            raise RuntimeError(f"a request failed: {statuses}")
+    return (time.process_time() - started) / count * 1e6
+
+
+async def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Read-by-id with the audit log off, then on, then ``$find`` (audited), ``--rounds`` times
+    in turn; medians over the rounds."""
+    apps = {
+        audit: create_app(settings.model_copy(update={"audit_enabled": audit}))
+        for audit in (False, True)
+    }
+    today = datetime.now(UTC).date()
+    config = parse_clinic_config(clinic(today))
+    reads = [f"/fhir/Patient/p{n}" for n in random.Random(5).sample(range(PATIENTS), PATIENTS)]
+    finds = find_urls(config, today, "p0", 2000, weeks=args.weeks)
+    samples: dict[str, list[float]] = {"read_off": [], "read_on": [], "find": []}
+    off, on = apps[False], apps[True]
+    async with off.router.lifespan_context(off), on.router.lifespan_context(on):
+        calls = {}
+        for audit, app in apps.items():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=ROOT) as client:
+                form = token_form(f"{ROOT}/auth/token", settings.database_url)
+                answer = await client.post("/auth/token", data=form)
+                calls[audit] = caller(app, answer.json()["access_token"])
+        for n in range(args.rounds):
+            for name, call, targets in (
+                ("read_off", calls[False], reads),
+                ("read_on", calls[True], reads),
+                ("find", calls[True], finds),
+            ):
+                us = await cpu_per_request(call, targets, args.requests, args.concurrency)
+                samples[name].append(us)
+            print(
+                f"round {n + 1}/{args.rounds}: "
+                + ", ".join(f"{k} {v[-1]:,.0f} us" for k, v in samples.items()),
+                file=sys.stderr,
+            )
+    medians = {k: round(statistics.median(v)) for k, v in samples.items()}
+    cost = (medians["read_on"] - medians["read_off"]) / medians["read_on"]
+    return {
+        "us_per_request": medians,
+        "rounds": samples,
+        # as bench.read_by_id states it: the throughput lost, 1 - on/off in requests/s
+        "audit_cost": round(cost, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--requests", type=int, default=3000, help="per measurement")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--weeks", type=int, default=8, help="of Slots for $find")
+    args = ap.parse_args()
+    configure_logging("warning")
+    today = datetime.now(UTC).date()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = clinic(today)
+        config = parse_clinic_config(data)
+        clinic_file = work / "clinic.yaml"
+        clinic_file.write_text(yaml.safe_dump(data))
+        with database(args.db, work) as (url, db):
+            keys = keyring(work)
+            seed(db, keys, config, today, f"{ROOT}/fhir", weeks=args.weeks)
+            known = {  # p0 has been seen before: $find applies the existing-patient rules
+                "resourceType": "Appointment",
+                "id": "known",
+                "status": "fulfilled",
+                "participant": [{"actor": {"reference": "Patient/p0"}, "status": "accepted"}],
+            }
+            bulk_load(db, keys, [*patients(PATIENTS), known], f"{ROOT}/fhir")
+            settings = Settings(
+                database_url=url,
+                key_file=work / "keys.json",
+                base_url=f"{ROOT}/fhir",
+                clinic_file=clinic_file,
+            )
+            result = uvloop.run(measure(settings, args))
+    m = result["us_per_request"]
+    print(f"CPU per request on {args.db}, {args.concurrency} at a time (median of rounds):")
+    print(f"  read-by-id, audit off  {m['read_off']:,} us")
+    print(f"  read-by-id, audited    {m['read_on']:,} us  (audit cost {result['audit_cost']:.0%})")
+    print(f"  $find mix, audited     {m['find']:,} us")
+    save(f"cpu_per_request_{args.db}", {"args": vars(args), **result})
+
+
+if __name__ == "__main__":
+    main()
