@@ -27,14 +27,13 @@ from typing import Any
 
 import httpx
 import uvloop
-import yaml
 from fastapi import FastAPI
 
 from bench.common import bulk_load, database, keyring, patients, save, token_form
-from bench.find_book import clinic, find_urls, seed
+from bench.find_book import clinic_file, find_urls, seed
 from fhir_server.app import create_app
 from fhir_server.logging import configure_logging
-from fhir_server.scheduling.config import parse_clinic_config
+from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import Settings
 
 ROOT = "http://bench.invalid"
@@ -92,7 +91,9 @@ async def cpu_per_request(call: Call, targets: list[str], count: int, concurrenc
     return (time.process_time() - started) / count * 1e6
 
 
-async def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(
+    settings: Settings, config: ClinicConfig, args: argparse.Namespace
+) -> dict[str, Any]:
     """Read-by-id with the audit log off, then on, then ``$find`` (audited), ``--rounds`` times
     in turn; medians over the rounds."""
     apps = {
@@ -100,7 +101,6 @@ async def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any
         for audit in (False, True)
     }
     today = datetime.now(UTC).date()
-    config = parse_clinic_config(clinic(today))
     reads = [f"/fhir/Patient/p{n}" for n in random.Random(5).sample(range(PATIENTS), PATIENTS)]
     finds = find_urls(config, today, "p0", 2000, weeks=args.weeks)
     samples: dict[str, list[float]] = {"read_off": [], "read_on": [], "find": []}
@@ -148,10 +148,7 @@ def main() -> None:
     today = datetime.now(UTC).date()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = clinic(today)
-        config = parse_clinic_config(data)
-        clinic_file = work / "clinic.yaml"
-        clinic_file.write_text(yaml.safe_dump(data))
+        config, path = clinic_file(work, today)
         with database(args.db, work) as (url, db):
             keys = keyring(work)
             seed(db, keys, config, today, f"{ROOT}/fhir", weeks=args.weeks)
@@ -166,9 +163,9 @@ def main() -> None:
                 database_url=url,
                 key_file=work / "keys.json",
                 base_url=f"{ROOT}/fhir",
-                clinic_file=clinic_file,
+                clinic_file=path,
             )
-            result = uvloop.run(measure(settings, args))
+            result = uvloop.run(measure(settings, config, args))
     m = result["us_per_request"]
     print(f"CPU per request on {args.db}, {args.concurrency} at a time (median of rounds):")
     print(f"  read-by-id, audit off  {m['read_off']:,} us")

@@ -101,6 +101,14 @@ def clinic(today: date) -> dict[str, Any]:
     }
 
 
+def clinic_file(work: Path, today: date) -> tuple[ClinicConfig, Path]:
+    """The benchmark clinic (:func:`clinic`), parsed and written where a server can load it."""
+    data = clinic(today)
+    path = work / "clinic.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return parse_clinic_config(data), path
+
+
 def seed(
     db: Any, keys: Any, config: ClinicConfig, today: date, base_url: str, weeks: int = WEEKS
 ) -> int:
@@ -305,14 +313,11 @@ def main() -> None:
     today = datetime.now(UTC).date()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = clinic(today)
-        config = parse_clinic_config(data)
-        clinic_file = work / "clinic.yaml"
-        clinic_file.write_text(yaml.safe_dump(data))
+        config, path = clinic_file(work, today)
         with database(args.db, work) as (url, db):
             slots = seed(db, keyring(work), config, today, f"http://127.0.0.1:{port}/fhir")
             past = past_bookings(db, config, today, args.history_weeks)
-            env = {"FHIRSCHED_CLINIC_FILE": str(clinic_file)}
+            env = {"FHIRSCHED_CLINIC_FILE": str(path)}
             bare = machine_speed(port + 1)
             with serve(work, url, port, env) as base:
                 auth = bench_auth(base, url)
