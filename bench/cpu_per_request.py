@@ -77,15 +77,20 @@ def caller(app: FastAPI, token: str) -> Call:
     return call
 
 
+async def _wave(call: Call, targets: list[str], first: int, concurrency: int) -> list[int]:
+    """``concurrency`` requests at once, from ``targets[first]`` on (wrapping round)."""
+    batch = [targets[(first + j) % len(targets)] for j in range(concurrency)]
+    return list(await asyncio.gather(*(call(t) for t in batch)))
+
+
 async def cpu_per_request(call: Call, targets: list[str], count: int, concurrency: int) -> float:
     """Microseconds of this process's CPU per request, over ``count`` requests after a warm-up;
     every answer must be a 200."""
     for k in range(0, 200, concurrency):
-        await asyncio.gather(*(call(targets[(k + j) % len(targets)]) for j in range(concurrency)))
+        await _wave(call, targets, k, concurrency)
     started = time.process_time()
     for k in range(0, count, concurrency):
-        batch = [targets[(k + j) % len(targets)] for j in range(concurrency)]
-        statuses = await asyncio.gather(*(call(t) for t in batch))
+        statuses = await _wave(call, targets, k, concurrency)
         if any(s != 200 for s in statuses):
             raise RuntimeError(f"a request failed: {statuses}")
     return (time.process_time() - started) / count * 1e6
