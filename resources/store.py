@@ -7,7 +7,8 @@ transaction as the version it indexes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -20,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from conformance.declaration import RESOURCE_TYPES
 from resources.fhirdate import as_utc
 from resources.indexing import IndexRows, index_kinds, index_resource
-from resources.sql.direct import Direct
+from resources.sql.direct import Direct, pipelined
 from resources.sql.tables import (
     IdxBlind,
     IdxDate,
@@ -87,14 +88,70 @@ _INSERT_VERSION = Direct(insert(V))
 _DELETE_INDEX = {
     k: Direct(delete(t).where(t.c.seq == bindparam("seq_"))) for k, t in INDEX_TABLES.items()
 }
-_DELETE_INDEX_MANY = {
-    k: delete(t).where(t.c.seq.in_(bindparam("seqs", expanding=True)))
-    for k, t in INDEX_TABLES.items()
-}
 # inline(): PostgreSQL would otherwise return each row's surrogate key, which nothing reads
 _INSERT_INDEX = {k: Direct(insert(t).inline()) for k, t in INDEX_TABLES.items()}
 _ST = INDEX_TABLES["slot"]
 _UPDATE_SLOT_TIME = Direct(update(_ST).where(_ST.c.seq == bindparam("b_seq")))  # SET: params
+
+
+@lru_cache(maxsize=512)
+def _delete_rows(kind: str, seqs: int, params: int = 0) -> Direct:
+    """A fixed DELETE of a table's index rows for ``seqs`` resources (bound as s0, s1, …),
+    only those of ``params`` search parameters (p0, p1, …) if that is not 0."""
+    t = INDEX_TABLES[kind]
+    where = [t.c.seq.in_([bindparam(f"s{i}") for i in range(seqs)])]
+    if params:
+        where.append(t.c.param.in_([bindparam(f"p{i}") for i in range(params)]))
+    return Direct(delete(t).where(*where))
+
+
+def _numbered(values: Sequence[Any], prefix: str = "s") -> dict[str, Any]:
+    return {f"{prefix}{i}": v for i, v in enumerate(values)}
+
+
+@contextmanager
+def _advancing(conn: Connection, heads: list[dict[str, Any]], conflict: str) -> Iterator[None]:
+    """Move ``heads`` one version on, then run the block's statements: one round trip on
+    PostgreSQL, checked after it. A head that had moved meanwhile raises
+    :class:`VersionConflict` ``conflict``, also when the block's version rows then collided
+    with the newer ones (the caller's transaction rolls back)."""
+    try:
+        with pipelined(conn):
+            moved = _ADVANCE_HEAD.run(conn, heads)
+            yield
+    except IntegrityError as exc:
+        if moved.rowcount != len(heads):
+            raise VersionConflict(conflict) from exc
+        raise
+    if moved.rowcount != len(heads):
+        raise VersionConflict(conflict)
+
+
+@dataclass(slots=True)
+class _Fetched:
+    """A head insert's row read already (inside its savepoint), as its cursor would give it."""
+
+    row: Any
+
+    def fetchone(self) -> Any:
+        return self.row
+
+
+@dataclass(slots=True)
+class _SlotTimes:
+    """Slots' time rows rewritten in place (``cursor``), checked once that has run: where a
+    row was missing (a Slot stored before it had a time), the rows are written anew."""
+
+    cursor: Any
+    seqs: list[int]
+    rows: list[dict[str, Any]]
+
+    def finish(self, conn: Connection) -> None:
+        if self.cursor is None or self.cursor.rowcount == len(self.seqs):
+            return
+        _delete_rows("slot", len(self.seqs)).run(conn, _numbered(self.seqs))
+        if self.rows:
+            _INSERT_INDEX["slot"].run(conn, self.rows)
 
 
 @lru_cache(maxsize=256)
@@ -102,16 +159,6 @@ def _param_kinds(rtype: str, params: frozenset[str]) -> frozenset[str]:
     """The index tables the search parameters ``params`` of ``rtype`` are kept in."""
     declared = RESOURCE_TYPES[rtype].params
     return frozenset(declared[p].index_table for p in params if p in declared)
-
-
-_DELETE_PARAMS = {
-    k: delete(t).where(
-        t.c.seq.in_(bindparam("seqs", expanding=True)),
-        t.c.param.in_(bindparam("params", expanding=True)),
-    )
-    for k, t in INDEX_TABLES.items()
-    if k != "slot"
-}
 
 
 class VersionConflict(Exception):
@@ -268,15 +315,31 @@ class Store:
         version = 1 if expected is None else expected.version + 1
         when = now_ms()
         body = _stamped(resource, version, when)
-        seq = self._advance(
-            conn, rtype, rid, expected, version, when, deleted=False, fresh_id=fresh_id
-        )
-        self._insert_versions(conn, rtype, when, method, [(rid, version, body)])
-        rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
-        if changed is not None and expected is not None:
-            self._reindex_params(conn, rtype, [(seq, rows)], changed)
+        if expected is None:
+            # the head (which gives the seq) with the version row, then the index rows: two
+            # round trips on PostgreSQL, whatever the number of index tables
+            with pipelined(conn) if fresh_id else nullcontext():
+                inserted = self._insert_head(conn, rtype, rid, version, when, fresh_id=fresh_id)
+                self._insert_versions(conn, rtype, when, method, [(rid, version, body)])
+            seq = int(inserted.fetchone()[0])
+            rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
+            with pipelined(conn):
+                self._reindex(conn, rtype, seq, rows, new=True)
         else:
-            self._reindex(conn, rtype, seq, rows, new=expected is None)
+            # the seq is known: the whole write in one round trip on PostgreSQL, checked after
+            seq = expected.seq
+            rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
+            head = _advanced(seq, expected.version, when, False)
+            with _advancing(
+                conn, [head], f"{rtype}/{rid} changed since version {expected.version}"
+            ):
+                self._insert_versions(conn, rtype, when, method, [(rid, version, body)])
+                if changed is not None:
+                    slot_times = self._reindex_params(conn, rtype, [(seq, rows)], changed)
+                else:
+                    self._reindex(conn, rtype, seq, rows)
+            if changed is not None:
+                slot_times.finish(conn)
         stored = StoredVersion(rtype, rid, version, when, method, False, body)
         self._notify(conn, stored)
         return stored
@@ -285,43 +348,38 @@ class Store:
         """Soft delete: a new version marked deleted; index rows removed. Returns version."""
         version = expected.version + 1
         when = now_ms()
-        seq = self._advance(conn, rtype, rid, expected, version, when, deleted=True)
-        self._insert_versions(conn, rtype, when, "DELETE", [(rid, version, None)])
-        self._reindex(conn, rtype, seq, IndexRows())
+        head = _advanced(expected.seq, expected.version, when, True)
+        with _advancing(conn, [head], f"{rtype}/{rid} changed since version {expected.version}"):
+            self._insert_versions(conn, rtype, when, "DELETE", [(rid, version, None)])
+            self._reindex(conn, rtype, expected.seq, IndexRows())
         self._notify(conn, StoredVersion(rtype, rid, version, when, "DELETE", True, None))
         return version
 
-    def _advance(
+    def _insert_head(
         self,
         conn: Connection,
         rtype: str,
         rid: str,
-        expected: Current | None,
         version: int,
         when: datetime,
         *,
-        deleted: bool,
-        fresh_id: bool = False,
-    ) -> int:
-        if expected is None:
-            head = {
-                "res_type": rtype,
-                "res_id": rid,
-                "version": version,
-                "last_updated": when,
-                "deleted": deleted,
-            }
-            if fresh_id:  # a new UUID: no savepoint needed to survive a duplicate
-                return int(_INSERT_HEAD.run(conn, head).fetchone()[0])
-            try:
-                with conn.begin_nested():
-                    return int(_INSERT_HEAD.run(conn, head).fetchone()[0])
-            except IntegrityError as exc:
-                raise VersionConflict(f"{rtype}/{rid} already exists") from exc
-        done = _ADVANCE_HEAD.run(conn, _advanced(expected.seq, expected.version, when, deleted))
-        if done.rowcount != 1:
-            raise VersionConflict(f"{rtype}/{rid} changed since version {expected.version}")
-        return expected.seq
+        fresh_id: bool,
+    ) -> Any:
+        """The new resource's head row; its cursor returns the seq."""
+        head = {
+            "res_type": rtype,
+            "res_id": rid,
+            "version": version,
+            "last_updated": when,
+            "deleted": False,
+        }
+        if fresh_id:  # a new UUID: no savepoint needed to survive a duplicate
+            return _INSERT_HEAD.run(conn, head)
+        try:
+            with conn.begin_nested():
+                return _Fetched(_INSERT_HEAD.run(conn, head).fetchone())
+        except IntegrityError as exc:
+            raise VersionConflict(f"{rtype}/{rid} already exists") from exc
 
     def _insert_versions(
         self,
@@ -369,29 +427,36 @@ class Store:
         rtype: str,
         batch: Sequence[tuple[int, IndexRows]],
         params: frozenset[str],
-    ) -> None:
+    ) -> _SlotTimes:
         """Rewrite only the index rows of ``params`` for each ``(seq, rows)`` of ``batch``,
-        one statement per table whatever the batch's size."""
+        one statement per table whatever the batch's size (all ``Direct``, so a caller may
+        pipeline them). A Slot's time row is rewritten in place: call ``finish`` on what this
+        returns once the statements have run."""
         seqs = [seq for seq, _ in batch]
+        slot_times = _SlotTimes(None, seqs, [])
         for kind in KINDS_BY_TYPE[rtype]:
             if kind == "slot":  # one row per Slot, rewritten in place
                 rows = [getattr(r, kind) for _, r in batch]
+                slot_times.rows = [v for vals in rows for v in vals]
                 if all(len(v) == 1 for v in rows):
                     moved = [
                         {**{k: v for k, v in vals[0].items() if k != "seq"}, "b_seq": seq}
                         for (seq, _), vals in zip(batch, rows, strict=True)
                     ]
-                    if _UPDATE_SLOT_TIME.run(conn, moved).rowcount == len(moved):
-                        continue
-                conn.execute(_DELETE_INDEX_MANY[kind], {"seqs": seqs})
-                values = [v for vals in rows for v in vals]
+                    slot_times.cursor = _UPDATE_SLOT_TIME.run(conn, moved)
+                    continue
+                _delete_rows(kind, len(seqs)).run(conn, _numbered(seqs))
+                values = slot_times.rows
             elif kind not in _param_kinds(rtype, params):
                 continue  # none of the changed parameters is indexed in this table
             else:
-                conn.execute(_DELETE_PARAMS[kind], {"seqs": seqs, "params": list(params)})
+                named = tuple(sorted(params))
+                wanted = {**_numbered(seqs), **_numbered(named, "p")}
+                _delete_rows(kind, len(seqs), len(named)).run(conn, wanted)
                 values = [v for _, r in batch for v in getattr(r, kind) if v["param"] in params]
             if values:
                 _INSERT_INDEX[kind].run(conn, values)
+        return slot_times
 
     def update_many(
         self,
@@ -425,15 +490,15 @@ class Store:
         if not edited:
             return []
         heads = [_advanced(row.seq, row.version, when, False) for row, _, _ in edited]
-        if _ADVANCE_HEAD.run(conn, heads).rowcount != len(heads):
-            raise VersionConflict(f"one of {len(heads)} {rtype} resources changed meanwhile")
         versions = [(row.res_id, row.version + 1, raw) for row, _, raw in edited]
-        self._insert_versions(conn, rtype, when, "PUT", versions)
         batch = [
             (row.seq, index_resource(body, seq=row.seq, keys=self.keys, base_url=self.base_url))
             for row, body, _ in edited
         ]
-        self._reindex_params(conn, rtype, batch, changed)
+        with _advancing(conn, heads, f"one of {len(heads)} {rtype} resources changed meanwhile"):
+            self._insert_versions(conn, rtype, when, "PUT", versions)
+            slot_times = self._reindex_params(conn, rtype, batch, changed)
+        slot_times.finish(conn)
         stored = [StoredVersion(rtype, rid, v, when, "PUT", False, raw) for rid, v, raw in versions]
         for version in stored:
             self._notify(conn, version)

@@ -15,12 +15,21 @@ build it with ``.inline()``) go as one statement with a ``VALUES`` list:
 psycopg's executemany runs a pipeline per call, about 0.1 ms of Python more than one
 statement for the handful of index rows a write inserts (SQLite's executemany steps one
 prepared statement per row, which is cheaper still).
+
+On PostgreSQL each statement is also a round trip to the server (0.1-0.2 ms here, and some
+50 µs of the driver's CPU for each wait). Statements run inside :func:`pipelined` go together
+in one psycopg pipeline, one round trip for all of them; their cursors hold their results
+(rowcount, rows) once the block has ended, and a driver error inside it is raised, as
+SQLAlchemy's, when it ends. Only ``Direct`` statements may run inside: SQLAlchemy's
+``Connection.execute`` reads its result at once, which a pipeline does not have yet (the engine
+refuses it there). SQLite runs the statements as they come.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +37,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["Direct"]
+__all__ = ["Direct", "pipelined"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +135,21 @@ class Direct:
         return _Compiled(
             compiled.string, names, fixed, tuple(processors), dialect.positional, values
         )
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """``Direct`` statements run in this block go to PostgreSQL in one round trip; read their
+    cursors after it. A no-op on SQLite."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    error = conn.dialect.loaded_dbapi.Error
+    try:
+        with conn.connection.dbapi_connection.pipeline():  # type: ignore[union-attr]
+            yield
+    except error as exc:
+        raise DBAPIError.instance("pipelined statements", None, exc, error) from exc
 
 
 def _bound(compiled: _Compiled, row: Mapping[str, Any]) -> Any:

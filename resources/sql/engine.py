@@ -260,12 +260,16 @@ def _sqlite_pragmas(engine: Engine) -> None:
 # index table as it grew from a few rows to 7,700 (BENCHMARKS.md). A statement executed with
 # this execution option set is never prepared, so each run is planned for its values.
 # (Planning every statement so, plan_cache_mode = force_custom_plan, cost $find about 15 %.)
+# The same hook refuses a statement inside a psycopg pipeline (resources.sql.direct.pipelined),
+# whose result SQLAlchemy would read before it exists.
 PLAN_PER_RUN = "plan_per_run"
 
 
 def _plan_per_run_hook(engine: Engine) -> None:
     @event.listens_for(engine, "do_execute")
     def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
+        if cursor.connection.pgconn.pipeline_status:
+            raise RuntimeError("SQLAlchemy cannot run a statement inside a pipeline")
         if not context.execution_options.get(PLAN_PER_RUN):
             return None  # SQLAlchemy runs it as usual
         cursor.execute(statement, parameters, prepare=False)

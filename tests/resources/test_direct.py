@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from resources.sql.direct import _MAX_ROWS, Direct
+from resources.sql.direct import _MAX_ROWS, Direct, pipelined
 from resources.sql.engine import Database
 from resources.sql.tables import ResourceRow
 
@@ -117,3 +117,49 @@ def test_many_rows_go_in_one_statement_on_postgresql_up_to_a_limit(db: Database)
         assert compiled.values is not None and set(compiled.values.sql) == {3}
     else:
         assert compiled.values is None
+
+
+def test_pipelined_statements_all_run_and_their_cursors_answer_after_the_block(
+    db: Database,
+) -> None:
+    advance = Direct(
+        update(R)
+        .where(R.c.res_id == bindparam("b_id"), R.c.version == bindparam("old"))
+        .values(version=bindparam("version"))
+    )
+    with db.write() as conn:
+        with pipelined(conn):
+            seq = Direct(insert(R).returning(R.c.seq)).run(conn, _head("piped-1"))
+            Direct(insert(R)).run(conn, [_head("piped-2"), _head("piped-3")])
+            moved = advance.run(conn, [{"b_id": "piped-2", "old": 1, "version": 2}])
+            missed = advance.run(conn, [{"b_id": "piped-3", "old": 7, "version": 8}])
+        assert int(seq.fetchone()[0]) > 0
+        assert (moved.rowcount, missed.rowcount) == (1, 0)
+    with db.read() as conn:
+        versions = dict(conn.execute(select(R.c.res_id, R.c.version)).all())
+    assert versions == {"piped-1": 1, "piped-2": 2, "piped-3": 1}
+
+
+def test_a_statement_failing_in_a_pipeline_fails_as_sqlalchemy_would(db: Database) -> None:
+    def twice() -> None:
+        with db.write() as conn, pipelined(conn):
+            Direct(insert(R)).run(conn, _head("twice"))
+            Direct(insert(R)).run(conn, _head("twice"))
+            Direct(insert(R)).run(conn, _head("after"))
+
+    with pytest.raises(IntegrityError):
+        twice()
+    with db.read() as conn:  # the transaction rolled back: nothing of it stays
+        assert conn.execute(select(R.c.res_id)).all() == []
+
+
+def test_sqlalchemy_refuses_to_run_a_statement_inside_a_pipeline(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("SQLite has no pipeline: its statements run as they come")
+
+    def mixed() -> None:
+        with db.write() as conn, pipelined(conn):
+            conn.execute(select(R.c.seq).where(R.c.res_id == "anything"))
+
+    with pytest.raises(RuntimeError, match="inside a pipeline"):
+        mixed()
