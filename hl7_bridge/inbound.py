@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError
 
 from fhir_server.errors import Unprocessable
 from fhir_server.scheduling.availability import schedule_id
@@ -38,6 +38,7 @@ from fhir_server.scheduling.spans import lower, slots_overlapping
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
+from resources.sql.direct import Direct
 from resources.sql.tables import BusyTime, HL7Link, SlotTime
 from resources.store import Store
 
@@ -68,7 +69,7 @@ _LINKED = union_all(
         for kind in ("filler", "placer")
     )
 )
-_INSERT_LINK = insert(LINK)
+_INSERT_LINK = Direct(insert(LINK).inline())
 _UPDATE_LINK = (
     update(LINK)
     .where(
@@ -79,8 +80,8 @@ _UPDATE_LINK = (
     .values(appointment_id=bindparam("appointment_id"), last_sent_at=bindparam("last_sent_at"))
 )
 _COVERED = slots_overlapping(ST.c.schedule_id == bindparam("sched"))
-_INSERT_BUSY = insert(BT)
-_INSERT_BUSY_UNLESS_TAKEN = pg_insert(BT).on_conflict_do_nothing().returning(BT.c.pk)
+_INSERT_BUSY = Direct(insert(BT).inline())
+_INSERT_BUSY_UNLESS_TAKEN = Direct(pg_insert(BT).on_conflict_do_nothing().returning(BT.c.pk))
 _RELEASE = delete(BT).where(BT.c.appointment_id == bindparam("appointment_id"))
 
 
@@ -107,8 +108,8 @@ def _link(conn: Connection, change: SIUChange, appointment_id: str, *, new: bool
     sent = change.sent_at.astimezone(UTC) if change.sent_at else None  # SQLite keeps no offset
     keys = [(k, v) for k, v in (("filler", change.filler), ("placer", change.placer)) if v]
     if new:
-        conn.execute(
-            _INSERT_LINK,
+        _INSERT_LINK.run(
+            conn,
             [
                 {
                     "sender": change.sender,
@@ -128,9 +129,7 @@ def _link(conn: Connection, change: SIUChange, appointment_id: str, *, new: bool
         )
         if not done.rowcount:
             row = {"sender": change.sender, "kind": kind, "value": value}
-            conn.execute(
-                _INSERT_LINK, {**row, "appointment_id": appointment_id, "last_sent_at": sent}
-            )
+            _INSERT_LINK.run(conn, {**row, "appointment_id": appointment_id, "last_sent_at": sent})
 
 
 def _patient(
@@ -246,8 +245,8 @@ def _claim(
     visit_type: str | None,
     now: datetime,
 ) -> bool:
-    """Claim the time; False if it is already booked or held here (the guard refused). A
-    savepoint keeps the refusal from failing the message's whole transaction. Expired holds
+    """Claim the time; False if it is already booked or held here (the guard refused, and
+    only the claim's own statement failed: the message's transaction goes on). Expired holds
     on the time are cleared only when the guard refuses, then the claim is tried once more
     (this Appointment's own busy rows, holds included, were released by the caller)."""
     row = {
@@ -269,11 +268,10 @@ def _insert_claim(conn: Connection, row: dict[str, Any]) -> bool:
     if row["end"] <= row["start"]:
         return False  # no time to claim (the table's check would refuse it)
     if conn.dialect.name == "postgresql":  # the exclusion constraint's refusal, in one statement
-        return conn.execute(_INSERT_BUSY_UNLESS_TAKEN, row).first() is not None
-    try:
-        with conn.begin_nested():  # SQLite's guard is a trigger that aborts the statement
-            conn.execute(_INSERT_BUSY, row)
-    except DBAPIError:
+        return _INSERT_BUSY_UNLESS_TAKEN.run(conn, row).fetchone() is not None
+    try:  # SQLite's guard is a trigger, RAISE(ABORT): the statement fails, the transaction stays
+        _INSERT_BUSY.run(conn, row)
+    except IntegrityError:
         return False
     return True
 

@@ -24,6 +24,7 @@ from typing import Any, cast
 import orjson
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
+from resources.sql.direct import Direct
 from resources.sql.tables import HL7Message
 from security.crypto import KeyRing, Sealed
 
@@ -32,7 +33,7 @@ __all__ = ["HM", "MessageRecord", "MessageStore", "Opened"]
 HM = cast(Table, HL7Message.__table__)
 
 # Built once: every inbound message runs these (no statement construction per message).
-_INSERT = insert(HM)
+_INSERT = Direct(insert(HM).inline())  # on the driver: every message writes one
 _FIND = select(HM).where(
     HM.c.direction == bindparam("direction"),
     HM.c.peer == bindparam("peer"),
@@ -121,8 +122,8 @@ class MessageStore:
         next_attempt: datetime | None = None,
     ) -> str:
         message_id = str(uuid.uuid4())
-        conn.execute(
-            _INSERT,
+        _INSERT.run(
+            conn,
             {
                 "id": message_id,
                 "direction": direction,
