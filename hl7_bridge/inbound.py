@@ -79,7 +79,7 @@ _UPDATE_LINK = (
     )
     .values(appointment_id=bindparam("appointment_id"), last_sent_at=bindparam("last_sent_at"))
 )
-_COVERED = slots_overlapping(ST.c.schedule_id == bindparam("sched"))
+_COVERED = Direct(slots_overlapping(ST.c.schedule_id == bindparam("sched")))
 _INSERT_BUSY = Direct(insert(BT).inline())
 _INSERT_BUSY_UNLESS_TAKEN = Direct(pg_insert(BT).on_conflict_do_nothing().returning(BT.c.pk))
 _RELEASE = delete(BT).where(BT.c.appointment_id == bindparam("appointment_id"))
@@ -233,7 +233,7 @@ def _covered_slots(conn: Connection, sched: str, start: datetime, end: datetime)
         "end_s": int(end.timestamp()),
         "lower_s": int(lower(start).timestamp()),
     }
-    return sorted(conn.execute(_COVERED, span).scalars())
+    return sorted(row[0] for row in _COVERED.run(conn, span).fetchall())
 
 
 def _claim(

@@ -70,7 +70,8 @@ def slots_overlapping(schedule: ColumnElement[bool]) -> CompoundSelect[Any]:
     span = (schedule, ST.c.start_s < bindparam("end_s"), ST.c.end_s > bindparam("start_s"))
     short = select(ST.c.slot_id).where(
         *span,
-        ST.c.status.in_(_SLOT_STATUSES),
+        # bound by name with their values, so the statement is fixed (it can run on the driver)
+        ST.c.status.in_([bindparam(f"status_{i}", v) for i, v in enumerate(_SLOT_STATUSES)]),
         ST.c.start_s >= bindparam("lower_s"),
         text(f"NOT ({SLOT_IS_LONG})"),
     )
