@@ -136,13 +136,21 @@ def split_reference(reference: str, base_url: str = "") -> tuple[str | None, str
 
 
 def index_resource(
-    resource: dict[str, Any], *, seq: int, keys: KeyRing, base_url: str = ""
+    resource: dict[str, Any],
+    *,
+    seq: int,
+    keys: KeyRing,
+    base_url: str = "",
+    only: frozenset[str] | None = None,
 ) -> IndexRows:
-    """Index rows for every declared parameter of this resource's type."""
+    """Index rows for every declared parameter of this resource's type, or only for the
+    parameters named in ``only`` (a Slot's ``slot_time`` row is always there)."""
     rtype = resource["resourceType"]
     rows = IndexRows()
     decl = RESOURCE_TYPES[rtype]
     for param in decl.params.values():
+        if only is not None and param.name not in only:
+            continue
         base = {"seq": seq, "res_type": rtype, "param": param.name}
         values = list(_param_values(resource, param))
         if not values:

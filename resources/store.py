@@ -328,7 +328,9 @@ class Store:
         else:
             # the seq is known: the whole write in one round trip on PostgreSQL, checked after
             seq = expected.seq
-            rows = index_resource(resource, seq=seq, keys=self.keys, base_url=self.base_url)
+            rows = index_resource(
+                resource, seq=seq, keys=self.keys, base_url=self.base_url, only=changed
+            )
             head = _advanced(seq, expected.version, when, False)
             with _advancing(
                 conn, [head], f"{rtype}/{rid} changed since version {expected.version}"
@@ -492,7 +494,12 @@ class Store:
         heads = [_advanced(row.seq, row.version, when, False) for row, _, _ in edited]
         versions = [(row.res_id, row.version + 1, raw) for row, _, raw in edited]
         batch = [
-            (row.seq, index_resource(body, seq=row.seq, keys=self.keys, base_url=self.base_url))
+            (
+                row.seq,
+                index_resource(
+                    body, seq=row.seq, keys=self.keys, base_url=self.base_url, only=changed
+                ),
+            )
             for row, body, _ in edited
         ]
         with _advancing(conn, heads, f"one of {len(heads)} {rtype} resources changed meanwhile"):
