@@ -76,7 +76,7 @@ class Database:
                 pool_recycle=1800,
                 **engine_kwargs,
             )
-            _plan_per_run_hook(self.engine)
+            _driver_hook(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -265,9 +265,12 @@ def _sqlite_pragmas(engine: Engine) -> None:
 PLAN_PER_RUN = "plan_per_run"
 
 
-def _plan_per_run_hook(engine: Engine) -> None:
+def _driver_hook(engine: Engine) -> None:
+    """PostgreSQL statements SQLAlchemy hands to psycopg: refused inside a pipeline, and run
+    unprepared when they ask for PLAN_PER_RUN."""
+
     @event.listens_for(engine, "do_execute")
-    def _unprepared(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
+    def _statement(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
         if cursor.connection.pgconn.pipeline_status:
             raise RuntimeError("SQLAlchemy cannot run a statement inside a pipeline")
         if not context.execution_options.get(PLAN_PER_RUN):
