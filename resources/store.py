@@ -85,9 +85,6 @@ _ADVANCE_HEAD = Direct(
     )
 )
 _INSERT_VERSION = Direct(insert(V))
-_DELETE_INDEX = {
-    k: Direct(delete(t).where(t.c.seq == bindparam("seq_"))) for k, t in INDEX_TABLES.items()
-}
 # inline(): PostgreSQL would otherwise return each row's surrogate key, which nothing reads
 _INSERT_INDEX = {k: Direct(insert(t).inline()) for k, t in INDEX_TABLES.items()}
 _ST = INDEX_TABLES["slot"]
@@ -332,15 +329,16 @@ class Store:
                 resource, seq=seq, keys=self.keys, base_url=self.base_url, only=changed
             )
             head = _advanced(seq, expected.version, when, False)
+            slot_times: _SlotTimes | None = None
             with _advancing(
                 conn, [head], f"{rtype}/{rid} changed since version {expected.version}"
             ):
                 self._insert_versions(conn, rtype, when, method, [(rid, version, body)])
-                if changed is not None:
-                    slot_times = self._reindex_params(conn, rtype, [(seq, rows)], changed)
-                else:
+                if changed is None:
                     self._reindex(conn, rtype, seq, rows)
-            if changed is not None:
+                else:
+                    slot_times = self._reindex_params(conn, rtype, [(seq, rows)], changed)
+            if slot_times is not None:
                 slot_times.finish(conn)
         stored = StoredVersion(rtype, rid, version, when, method, False, body)
         self._notify(conn, stored)
@@ -418,7 +416,7 @@ class Store:
     ) -> None:
         for kind in KINDS_BY_TYPE[rtype]:
             if not new:  # a brand-new resource has no index rows yet
-                _DELETE_INDEX[kind].run(conn, {"seq_": seq})
+                _delete_rows(kind, 1).run(conn, {"s0": seq})
             values = getattr(rows, kind)
             if values:
                 _INSERT_INDEX[kind].run(conn, values)

@@ -226,7 +226,8 @@ def append_dbapi(
     try:
         cur.execute(sql.head)
         batch = _extend(cur.fetchone(), keys, events, sqlite=dialect == "sqlite")
-        # on PostgreSQL the three writes go in one round trip
+        # on PostgreSQL the three writes go in one round trip (psycopg's pipeline itself:
+        # resources.sql.direct.pipelined wants a SQLAlchemy connection, the writer has a driver's)
         with dbapi.pipeline() if dialect == "postgresql" else nullcontext():
             cur.executemany(sql.log, batch.log)
             if batch.index:
