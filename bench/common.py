@@ -72,7 +72,8 @@ def database(kind: str, workdir: Path) -> Iterator[tuple[str, Database]]:
     admin = Database(PG_URL)
     with admin.engine.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    joiner = "&" if "?" in PG_URL else "?"  # a socket URL carries ?host=/var/run/postgresql
+    url = f"{PG_URL}{joiner}options=-csearch_path%3D{schema}"
     db = Database(url)
     migrate(db)
     try:

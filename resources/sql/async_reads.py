@@ -38,15 +38,16 @@ _VERSION = (
 def conninfo(url: str) -> str:
     """A libpq connection string from a SQLAlchemy ``postgresql+psycopg://`` URL."""
     u = make_url(url)
-    extra = {k: v if isinstance(v, str) else v[-1] for k, v in u.query.items()}
-    return make_conninfo(
-        host=u.host or "",
-        port=u.port or "",
-        dbname=u.database or "",
-        user=u.username or "",
-        password=u.password or "",
-        **extra,
-    )
+    params: dict[str, Any] = {
+        "host": u.host or "",
+        "port": u.port or "",
+        "dbname": u.database or "",
+        "user": u.username or "",
+        "password": u.password or "",
+    }
+    # the query wins, as it does for SQLAlchemy: ?host=/var/run/postgresql is a Unix socket
+    params.update({k: v if isinstance(v, str) else v[-1] for k, v in u.query.items()})
+    return make_conninfo("", **params)
 
 
 class AsyncReader:
