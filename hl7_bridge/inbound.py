@@ -59,14 +59,16 @@ HOLDS_TIME = {"booked", "pending", "arrived", "checked-in", "fulfilled"}
 # A key the message does not carry is bound as NULL, which matches nothing. Two whole-key
 # lookups, not one OR: PostgreSQL planned the OR as a scan of all the sender's links, a cost
 # that grew with every appointment the sender ever sent (0.4 ms at 1,200 links).
-_LINKED = union_all(
-    *(
-        select(LINK).where(
-            LINK.c.sender == bindparam("sender"),
-            LINK.c.kind == kind,
-            LINK.c.value == bindparam(kind),
+_LINKED = Direct(
+    union_all(
+        *(
+            select(LINK).where(
+                LINK.c.sender == bindparam("sender"),
+                LINK.c.kind == kind,
+                LINK.c.value == bindparam(kind),
+            )
+            for kind in ("filler", "placer")
         )
-        for kind in ("filler", "placer")
     )
 )
 _INSERT_LINK = Direct(insert(LINK).inline())
@@ -100,7 +102,7 @@ def _linked(conn: Connection, change: SIUChange) -> Any:
         "filler": change.filler or None,
         "placer": change.placer or None,
     }
-    rows = conn.execute(_LINKED, keys).all()
+    rows = _LINKED.rows(conn, keys)
     return min(rows, key=lambda r: r.kind != "filler", default=None)
 
 

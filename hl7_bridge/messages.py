@@ -34,10 +34,12 @@ HM = cast(Table, HL7Message.__table__)
 
 # Built once: every inbound message runs these (no statement construction per message).
 _INSERT = Direct(insert(HM).inline())  # on the driver: every message writes one
-_FIND = select(HM).where(
-    HM.c.direction == bindparam("direction"),
-    HM.c.peer == bindparam("peer"),
-    HM.c.control_id == bindparam("control_id"),
+_FIND = Direct(
+    select(HM).where(
+        HM.c.direction == bindparam("direction"),
+        HM.c.peer == bindparam("peer"),
+        HM.c.control_id == bindparam("control_id"),
+    )
 )
 
 
@@ -170,7 +172,8 @@ class MessageStore:
 
     def find(self, conn: Connection, direction: str, peer: str, control_id: str) -> Any:
         wanted = {"direction": direction, "peer": peer[:200], "control_id": control_id[:200]}
-        return conn.execute(_FIND, wanted).first()
+        found = _FIND.rows(conn, wanted)  # the key is unique: one row or none
+        return found[0] if found else None
 
     def get(self, conn: Connection, message_id: str) -> Any:
         return conn.execute(select(HM).where(HM.c.id == message_id)).first()

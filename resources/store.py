@@ -55,22 +55,36 @@ KINDS_BY_TYPE = {rtype: index_kinds(rtype) for rtype in RESOURCE_TYPES}
 _IS_CURRENT = and_(
     R.c.res_type == V.c.res_type, R.c.res_id == V.c.res_id, R.c.version == V.c.version
 )
-_READ_CURRENT = (
+# reads every write makes, on the driver (SQLAlchemy's execute and Row cost more than them)
+_READ_CURRENT = Direct(
     select(V)
     .join(R, _IS_CURRENT)
     .where(R.c.res_type == bindparam("rtype"), R.c.res_id == bindparam("rid"))
 )
 
 
-_CURRENT = select(R.c.seq, R.c.version, R.c.last_updated, R.c.deleted).where(
-    R.c.res_type == bindparam("rtype"), R.c.res_id == bindparam("rid")
+_CURRENT = Direct(
+    select(R.c.seq, R.c.version, R.c.last_updated, R.c.deleted).where(
+        R.c.res_type == bindparam("rtype"), R.c.res_id == bindparam("rid")
+    )
 )
-_READ_CURRENT_MANY = (
-    select(R.c.seq, V)
-    .join(V, _IS_CURRENT)
-    .where(R.c.res_type == bindparam("rtype"), R.c.res_id.in_(bindparam("rids", expanding=True)))
-    .order_by(R.c.res_id)
-)
+
+
+@lru_cache(maxsize=256)
+def _read_current_many(rids: int) -> Direct:
+    """The current versions of ``rids`` resources of one type (bound as r0, r1, …), in id
+    order: a fixed statement per count, as ``_delete_rows``."""
+    return Direct(
+        select(R.c.seq, V)
+        .join(V, _IS_CURRENT)
+        .where(
+            R.c.res_type == bindparam("rtype"),
+            R.c.res_id.in_([bindparam(f"r{i}") for i in range(rids)]),
+        )
+        .order_by(R.c.res_id)
+    )
+
+
 _READ_SEQS = (
     select(R.c.seq, V).join(V, _IS_CURRENT).where(R.c.seq.in_(bindparam("seqs", expanding=True)))
 )
@@ -245,15 +259,16 @@ class Store:
 
     # -- reads ------------------------------------------------------------------------------
     def current(self, conn: Connection, rtype: str, rid: str) -> Current | None:
-        row = conn.execute(_CURRENT, {"rtype": rtype, "rid": rid}).first()
-        if row is None:
+        found = _CURRENT.rows(conn, {"rtype": rtype, "rid": rid})
+        if not found:
             return None
+        row = found[0]
         return Current(row.seq, row.version, as_utc(row.last_updated), bool(row.deleted))
 
     def read(self, conn: Connection, rtype: str, rid: str) -> StoredVersion | None:
         """The current version (possibly a deletion marker), or None if it never existed."""
-        row = conn.execute(_READ_CURRENT, {"rtype": rtype, "rid": rid}).first()
-        return self.open_row(row) if row is not None else None
+        found = _READ_CURRENT.rows(conn, {"rtype": rtype, "rid": rid})
+        return self.open_row(found[0]) if found else None
 
     def vread(self, conn: Connection, rtype: str, rid: str, version: int) -> StoredVersion | None:
         row = conn.execute(
@@ -481,7 +496,10 @@ class Store:
             return []
         when = now_ms()
         edited: list[tuple[Any, dict[str, Any], bytes]] = []
-        for row in conn.execute(_READ_CURRENT_MANY, {"rtype": rtype, "rids": wanted}):
+        current = _read_current_many(len(wanted)).rows(
+            conn, {"rtype": rtype, **_numbered(wanted, "r")}
+        )
+        for row in current:
             if row.deleted:
                 continue
             body = edit(self.open_row(row).resource())

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 
+from resources.fhirdate import as_utc
 from resources.sql.direct import _MAX_ROWS, Direct, pipelined
 from resources.sql.engine import Database
 from resources.sql.tables import ResourceRow
@@ -87,6 +88,37 @@ def test_a_savepoint_keeps_the_rest_of_the_transaction(db: Database) -> None:
         Direct(delete(R).where(R.c.res_id == bindparam("rid"))).run(conn, {"rid": "none"})
     with db.read() as conn:
         assert conn.execute(select(R.c.version).where(R.c.res_id == "kept")).scalar_one() == 1
+
+
+def test_rows_are_the_values_sqlalchemy_reads_by_the_same_names(db: Database) -> None:
+    """``rows`` gives what ``conn.execute(stmt).all()`` gives: datetimes (SQLite keeps text;
+    naive UTC, as SQLAlchemy reads it),
+    bools (SQLite keeps 0/1), bytes and NULLs processed alike, reached by column name; also
+    for a UNION, and for none at all."""
+    query = select(R.c.seq, R.c.res_id, R.c.last_updated, R.c.deleted).where(
+        R.c.res_type == bindparam("rtype"), R.c.version == bindparam("version")
+    )
+    union = union_all(
+        select(R.c.res_id, R.c.deleted).where(R.c.res_id == bindparam("a")),
+        select(R.c.res_id, R.c.deleted).where(R.c.res_id == bindparam("b")),
+    )
+    with db.write() as conn:
+        Direct(insert(R)).run(conn, [_head("kept"), _head("gone", deleted=True)])
+        want = {"rtype": "Patient", "version": 1}
+        expected = conn.execute(query.order_by(R.c.res_id), want).all()
+        got = sorted(Direct(query).rows(conn, want), key=lambda r: r.res_id)
+        assert [tuple(r) for r in got] == [tuple(r) for r in expected]
+        assert [(r.res_id, as_utc(r.last_updated), r.deleted) for r in got] == [
+            ("gone", WHEN, True),
+            ("kept", WHEN, False),
+        ]
+        assert {tuple(r) for r in Direct(union).rows(conn, {"a": "kept", "b": "gone"})} == {
+            ("kept", False),
+            ("gone", True),
+        }
+        assert Direct(query).rows(conn, {"rtype": "Slot", "version": 1}) == []
+        with pytest.raises(ValueError, match="returns no rows"):
+            Direct(delete(R).where(R.c.res_id == bindparam("rid"))).rows(conn, {"rid": "x"})
 
 
 def test_statements_that_need_sqlalchemy_at_run_time_are_refused(db: Database) -> None:
