@@ -30,7 +30,13 @@ from sqlalchemy.exc import IntegrityError
 
 from fhir_server.errors import Unprocessable
 from fhir_server.scheduling.availability import schedule_id
-from fhir_server.scheduling.booking import free_holds, participant_id, set_slots, slot_ids
+from fhir_server.scheduling.booking import (
+    INSERT_BUSY,
+    free_holds,
+    participant_id,
+    set_slots,
+    slot_ids,
+)
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.find import match_patient
@@ -82,7 +88,6 @@ _UPDATE_LINK = (
     .values(appointment_id=bindparam("appointment_id"), last_sent_at=bindparam("last_sent_at"))
 )
 _COVERED = Direct(slots_overlapping(ST.c.schedule_id == bindparam("sched")))
-_INSERT_BUSY = Direct(insert(BT).inline())
 _INSERT_BUSY_UNLESS_TAKEN = Direct(pg_insert(BT).on_conflict_do_nothing().returning(BT.c.pk))
 _RELEASE = delete(BT).where(BT.c.appointment_id == bindparam("appointment_id"))
 
@@ -272,7 +277,7 @@ def _insert_claim(conn: Connection, row: dict[str, Any]) -> bool:
     if conn.dialect.name == "postgresql":  # the exclusion constraint's refusal, in one statement
         return _INSERT_BUSY_UNLESS_TAKEN.run(conn, row).fetchone() is not None
     try:  # SQLite's guard is a trigger, RAISE(ABORT): the statement fails, the transaction stays
-        _INSERT_BUSY.run(conn, row)
+        INSERT_BUSY.run(conn, row)
     except IntegrityError:
         return False
     return True

@@ -24,7 +24,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from fhir_server.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound
 from fhir_server.scheduling.availability import schedule_id
@@ -35,10 +35,12 @@ from fhir_server.scheduling.rules import buffer_after
 from fhir_server.scheduling.spans import busy_overlapping, lower
 from resources import service
 from resources.fhirdate import parse_fhir_date
+from resources.sql.direct import Direct, pipelined
 from resources.sql.tables import BUSY_IS_LONG, BusyTime, IdempotencyKey
 from resources.store import R, Store, StoredVersion, VersionConflict
 
 __all__ = [
+    "INSERT_BUSY",
     "HoldFailed",
     "KeyInFlight",
     "book_new",
@@ -223,7 +225,9 @@ def _free_holds(dialect: str) -> Delete:
     return delete(BT).where(BT.c.pk.in_(union_all(*expired, own)))
 
 
-_FREE_HOLDS = {dialect: _free_holds(dialect) for dialect in BUSY_IS_LONG}
+_FREE_HOLDS = {dialect: Direct(_free_holds(dialect)) for dialect in BUSY_IS_LONG}
+# the busy-time rows of a claim (no RETURNING: nothing reads their keys)
+INSERT_BUSY = Direct(insert(BT).inline())
 
 
 def free_holds(
@@ -236,8 +240,8 @@ def free_holds(
     appointment_id: str,
 ) -> None:
     """Before claiming time: expired holds on it, and this Appointment's own hold, go."""
-    conn.execute(
-        _FREE_HOLDS[conn.dialect.name],
+    _FREE_HOLDS[conn.dialect.name].run(
+        conn,
         {
             "schedule": schedule,
             "start": start,
@@ -259,9 +263,6 @@ def _claim(
     now: datetime,
 ) -> None:
     sched = schedule_id(w.practitioner, w.location)
-    free_holds(
-        conn, schedule=sched, start=w.start, end=w.end, now=now, appointment_id=appointment_id
-    )
     rows = [
         {
             "schedule_id": sched,
@@ -276,9 +277,20 @@ def _claim(
     buffer = buffer_after(config, w.practitioner, w.visit_type)
     if buffer and kind == "booked":
         rows.append({**rows[0], "start": w.end, "end": w.end + buffer, "kind": "buffer"})
-    try:  # no savepoint: a refused claim fails the whole request, which rolls back
-        conn.execute(insert(BT), rows)
-    except DBAPIError as exc:
+    # no savepoint: a refused claim fails the whole request, which rolls back. On PostgreSQL
+    # both statements go in one round trip; the guard's refusal is raised as the block ends.
+    try:
+        with pipelined(conn):
+            free_holds(
+                conn,
+                schedule=sched,
+                start=w.start,
+                end=w.end,
+                now=now,
+                appointment_id=appointment_id,
+            )
+            INSERT_BUSY.run(conn, rows)
+    except IntegrityError as exc:
         local = w.start.astimezone(config.tz).isoformat()
         raise Conflict(f"the time at {local} with {w.practitioner} was just taken") from exc
 

@@ -126,9 +126,9 @@ class Direct:
         try:
             if many and compiled.values is not None and 1 < len(values) <= _MAX_ROWS:
                 cursor.execute(*compiled.values.statement(values))
-            elif many:
+            elif len(values) > 1:
                 cursor.executemany(compiled.sql, values)
-            else:
+            else:  # one row: psycopg's executemany costs more than execute (SQLite's: the same)
                 cursor.execute(compiled.sql, values[0])
         except dialect.loaded_dbapi.Error as exc:
             error = dialect.loaded_dbapi.Error

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from fhir_server.scheduling.config import ClinicConfig
 from resources.sql.engine import Database
@@ -120,6 +123,69 @@ def test_an_expired_hold_frees_itself(
     with db.read() as conn:
         kinds = conn.execute(select(BT.c.kind, func.count()).group_by(BT.c.kind)).all()
     assert dict(kinds) == {"booked": 1}
+
+
+def test_time_taken_after_the_check_is_refused_by_the_guard(
+    app_client: TestClient, db: Database, cfg: ClinicConfig
+) -> None:
+    """PostgreSQL: another transaction books the time while this $book is past its check (the
+    time looked free: the other had not committed). The claim waits for it, the guard refuses,
+    and the request is a 409 that leaves nothing behind. (SQLite's one writer makes the check
+    and the claim see the same rows, so there the guard never has to speak.)"""
+    if db.is_sqlite:
+        pytest.skip("SQLite runs one writer at a time: its check already sees every claim")
+    pid = existing_patient(app_client)
+    proposed = first_option(app_client, cfg, pid)
+    start = datetime.fromisoformat(proposed["start"]).astimezone(UTC)
+    other_ready, answer = threading.Event(), {}
+
+    def other() -> None:
+        with db.write() as conn:
+            conn.execute(
+                insert(BT).values(
+                    schedule_id="sched-evans-main",
+                    start=start,
+                    end=start + timedelta(minutes=30),
+                    appointment_id="booked-elsewhere",
+                    kind="booked",
+                    visit_type="follow-up",
+                    expires_at=None,
+                )
+            )
+            other_ready.set()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not _someone_waits_for_a_lock(db):
+                time.sleep(0.02)
+        # committed: the waiting claim now meets the guard
+
+    def book() -> None:
+        answer["r"] = op(app_client, "book", appointment_resource=proposed)
+
+    holder = threading.Thread(target=other)
+    holder.start()
+    assert other_ready.wait(30)
+    booker = threading.Thread(target=book)
+    booker.start()
+    booker.join(60)
+    holder.join(60)
+    r = answer["r"]
+    assert r.status_code == 409, r.text
+    assert "was just taken" in r.json()["issue"][0]["diagnostics"]
+    assert count_appointments(app_client, "booked") == 0
+    with db.read() as conn:
+        rows = conn.execute(select(BT.c.appointment_id)).scalars().all()
+    assert rows == ["booked-elsewhere"]
+
+
+def _someone_waits_for_a_lock(db: Database) -> bool:
+    with db.read() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)
 
 
 def test_rules_are_checked_again_at_booking(app_client: TestClient, cfg: ClinicConfig) -> None:
