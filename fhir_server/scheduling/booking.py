@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -154,22 +155,29 @@ def slot_ids(appt: dict[str, Any]) -> list[str]:
     ]
 
 
+@lru_cache(maxsize=64)
+def _slot_lock(count: int) -> Direct:
+    return Direct(
+        select(R.c.seq)
+        .where(R.c.res_type == "Slot", R.c.res_id.in_([bindparam(f"s{i}") for i in range(count)]))
+        .order_by(R.c.res_id)
+        .with_for_update()
+    )
+
+
 def _lock_slots(conn: Connection, ids: Iterable[str]) -> None:
     """Lock these Slots (in id order) for the rest of the transaction.
 
     Bookings and cancellations touching the same Slots then run one after the other, and the
     availability check that follows sees what the other committed (PostgreSQL runs READ
-    COMMITTED; SQLite writers are already serialised).
+    COMMITTED, a snapshot per statement, and a statement that comes after the lock in a
+    pipeline starts after it was granted; SQLite writers are already serialised). The
+    statement is sent, not read: in the caller's pipeline it goes with the check's reads.
     """
     wanted = sorted(set(ids))
     if conn.dialect.name != "postgresql" or not wanted:
         return
-    conn.execute(
-        select(R.c.seq)
-        .where(R.c.res_type == "Slot", R.c.res_id.in_(wanted))
-        .order_by(R.c.res_id)
-        .with_for_update()
-    ).all()
+    _slot_lock(len(wanted)).run(conn, {f"s{i}": rid for i, rid in enumerate(wanted)})
 
 
 def _offered_locked(
@@ -185,12 +193,18 @@ def _offered_locked(
 ) -> Option:
     """The option still offered for ``w``, with its Slots locked; 409 if it is gone."""
     named = set(slot_ids(appt))
-    _lock_slots(conn, named)
-    option = _still_offered(conn, store, config, w, now, ignore_hold=ignore_hold, moving=moving)
+
+    def locked_then_offered(ids: Iterable[str]) -> Option | None:
+        with pipelined(conn):  # PostgreSQL: the locks and the check's reads in one round trip
+            _lock_slots(conn, ids)
+            return _still_offered(
+                conn, store, config, w, now, ignore_hold=ignore_hold, moving=moving
+            )
+
+    option = locked_then_offered(named)
     if option is not None and conn.dialect.name == "postgresql" and set(option.slots) - named:
         # the client named other Slots (or none): lock the real ones and look again
-        _lock_slots(conn, option.slots)
-        option = _still_offered(conn, store, config, w, now, ignore_hold=ignore_hold, moving=moving)
+        option = locked_then_offered(option.slots)
     if option is None:
         raise Conflict(
             f"the time at {w.start.astimezone(config.tz).isoformat()} with {w.practitioner} "

@@ -89,17 +89,18 @@ def _check_window(config: ClinicConfig, req: FindRequest) -> None:
         )
 
 
-def _is_existing_patient(conn: Connection, store: Store, req: FindRequest) -> bool:
+def _is_existing_patient(conn: Connection, store: Store, req: FindRequest) -> Callable[[], bool]:
     """New or existing, from our own records: an existing patient has had a visit here.
 
     Read straight from the search index (Appointment ``patient`` reference and ``status``
-    token), as the Appointment search would, without building a Bundle.
+    token), as the Appointment search would, without building a Bundle. The query is sent
+    now; the returned function reads the answer.
     """
     patient_id = req.patient_id or match_patient(conn, store, req.patient_resource)
     if patient_id is None:
-        return False
-    rows = _driver_rows(conn, _ACTIVE_VISITS, None, (patient_id,))
-    return any(res_id != req.moving for (res_id,) in rows)
+        return lambda: False
+    rows = _sent(conn, _ACTIVE_VISITS, None, (patient_id,))
+    return lambda: any(res_id != req.moving for (res_id,) in rows())
 
 
 # At most two: one may be the Appointment being moved.
@@ -170,35 +171,41 @@ def _days_asked(request: FindRequest) -> float:
 
 def _busy(
     conn: Connection, schedules: list[str], start: datetime, end: datetime, now: datetime
-) -> list[tuple[Any, ...]]:
+) -> Callable[[], list[tuple[Any, ...]]]:
     """Busy time on ``schedules`` overlapping [start, end): (schedule id, start, end, kind,
-    appointment id, visit type). Datetimes go in and come out through SQLAlchemy's own
-    processors for the column type, so SQLite sees and returns exactly what the ORM stores
-    (naive UTC text)."""
+    appointment id, visit type), from the returned function (the query is sent now).
+    Datetimes go in and come out through SQLAlchemy's own processors for the column type, so
+    SQLite sees and returns exactly what the ORM stores (naive UTC text)."""
     if not schedules:
-        return []
+        return list
     dialect = conn.dialect
     kind = BT.c.start.type.dialect_impl(dialect)
     put: Callable[[Any], Any] = kind.bind_processor(dialect) or _as_is
     when = (put(end), put(start), put(now))
     template = BUSY_OVERLAPPING_SQL[dialect.name]
-    rows = _driver_rows(conn, template, schedules, (*when, put(lower(start))), when)
+    rows = _sent(conn, template, schedules, (*when, put(lower(start))), when)
     get = kind.result_processor(dialect, None)
-    if get is None:
-        return [tuple(r) for r in rows]
-    return [(r[0], get(r[1]), get(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    def read() -> list[tuple[Any, ...]]:
+        if get is None:
+            return [tuple(r) for r in rows()]
+        return [(r[0], get(r[1]), get(r[2]), r[3], r[4], r[5]) for r in rows()]
+
+    return read
 
 
 def _as_is(value: Any) -> Any:
     return value
 
 
-def _driver_rows(
+def _sent(
     conn: Connection, template: str, schedules: list[str] | None, *groups: tuple[Any, ...]
-) -> list[Any]:
-    """Run ``template`` on the driver's own cursor (building SQLAlchemy rows for a clinic's
-    day of Slots cost more than the query). It matches the schedules at each ``{schedules}``
-    (if any) and takes each group of other parameters (``{p}``) after them."""
+) -> Callable[[], list[Any]]:
+    """Send ``template`` on the driver's own cursor (building SQLAlchemy rows for a clinic's
+    day of Slots cost more than the query); the returned function reads its rows. It matches
+    the schedules at each ``{schedules}`` (if any) and takes each group of other parameters
+    (``{p}``) after them. Queries sent before any is read go to PostgreSQL in one round trip
+    inside the caller's pipeline (``resources.sql.direct.pipelined``)."""
     sql = _dialect_sql(template, conn.dialect.name, len(schedules or ()))
     if schedules is None:
         params = tuple(v for group in groups for v in group)
@@ -209,9 +216,17 @@ def _driver_rows(
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, params)
-        return list(cursor.fetchall())
-    finally:
+    except BaseException:
         cursor.close()
+        raise
+
+    def rows() -> list[Any]:
+        try:
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    return rows
 
 
 def _dialect_sql(template: str, dialect: str, schedules: int) -> str:
@@ -226,16 +241,17 @@ FreeSlots = tuple[list[int], list[int], list[str]]
 
 def _free_slots(
     conn: Connection, schedules: list[str], start: int, end: int
-) -> dict[str, FreeSlots]:
-    """Free Slots starting in the window, by schedule, in start order.
+) -> Callable[[], dict[str, FreeSlots]]:
+    """Free Slots starting in the window, by schedule, in start order, from the returned
+    function (the query is sent now).
 
     One range scan of a covering index per schedule, each schedule's Slots aggregated into
     one row (a clinic's day is 2,000 Slots: a Python row apiece cost more than the scan).
     """
     if not schedules:
-        return {}
-    name = conn.dialect.name
-    return _free_by_schedule(_driver_rows(conn, _FREE_SLOTS[name], schedules, (start, end)))
+        return dict
+    rows = _sent(conn, _FREE_SLOTS[conn.dialect.name], schedules, (start, end))
+    return lambda: _free_by_schedule(rows())
 
 
 _FREE_SLOTS_WHERE = (
@@ -364,11 +380,12 @@ def read_calendar(
     conn: Connection, store: Store, plan: FindPlan, request: FindRequest, now: datetime
 ) -> Calendar:
     start, end = _busy_window(request)
-    return Calendar(
-        new_patient=not _is_existing_patient(conn, store, request),
-        busy=cast(Any, _busy(conn, list(plan.owner), start, end, now)),
-        free=_free_slots(conn, plan.schedules, _epoch(request.start), _epoch(request.end)),
-    )
+    # all three sent before any is read: one round trip in a caller's pipeline ($book's,
+    # which sends its Slot locks first)
+    existing = _is_existing_patient(conn, store, request)
+    busy = _busy(conn, list(plan.owner), start, end, now)
+    free = _free_slots(conn, plan.schedules, _epoch(request.start), _epoch(request.end))
+    return Calendar(new_patient=not existing(), busy=cast(Any, busy()), free=free())
 
 
 async def read_calendar_async(
