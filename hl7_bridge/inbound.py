@@ -20,6 +20,7 @@ no one's Slots, is tagged ``hl7-conflict`` (``Appointment?_tag=…``) and the me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, cast
@@ -44,7 +45,7 @@ from fhir_server.scheduling.spans import lower, slots_overlapping
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
-from resources.sql.direct import Direct
+from resources.sql.direct import Direct, pipelined
 from resources.sql.tables import BusyTime, HL7Link, SlotTime
 from resources.store import Store
 
@@ -233,14 +234,18 @@ def _participants(
     return [{**p, "status": state} for p in out]
 
 
-def _covered_slots(conn: Connection, sched: str, start: datetime, end: datetime) -> list[str]:
+def _covered_slots(
+    conn: Connection, sched: str, start: datetime, end: datetime
+) -> Callable[[], list[str]]:
+    """The Slots the time covers, from the returned function (the query is sent now)."""
     span = {
         "sched": sched,
         "start_s": int(start.timestamp()),
         "end_s": int(end.timestamp()),
         "lower_s": int(lower(start).timestamp()),
     }
-    return sorted(row[0] for row in _COVERED.run(conn, span).fetchall())
+    cursor = _COVERED.run(conn, span)
+    return lambda: sorted(row[0] for row in cursor.fetchall())
 
 
 def _claim(
@@ -251,12 +256,14 @@ def _claim(
     end: datetime,
     visit_type: str | None,
     now: datetime,
-) -> bool:
-    """Claim the time; False if it is already booked or held here (the guard refused, and
-    only the claim's own statement failed: the message's transaction goes on). Expired holds
-    on the time are cleared only when the guard refuses, then the claim is tried once more
-    (this Appointment's own busy rows, holds included, were released by the caller)."""
-    row = {
+) -> list[str] | None:
+    """Claim the time and return the Slots it covers; None if it is already booked or held
+    here (the guard refused, and only the claim's own statement failed: the message's
+    transaction goes on). On PostgreSQL the claim and the Slots' query go in one round trip.
+    Expired holds on the time are cleared only when the guard refuses, then the claim is
+    tried once more (this Appointment's own busy rows, holds included, were released by the
+    caller)."""
+    row: dict[str, Any] = {
         "schedule_id": sched,
         "start": start,
         "end": end,
@@ -265,22 +272,27 @@ def _claim(
         "visit_type": visit_type,
         "expires_at": None,
     }
-    if _insert_claim(conn, row):
-        return True
+    if end <= start:
+        return None  # no time to claim (the table's check would refuse it)
+    with pipelined(conn):
+        claimed = _insert_claim(conn, row)
+        covered = _covered_slots(conn, sched, start, end)
+    if claimed():
+        return covered()
     free_holds(conn, schedule=sched, start=start, end=end, now=now, appointment_id=appointment_id)
-    return _insert_claim(conn, row)
+    return covered() if _insert_claim(conn, row)() else None
 
 
-def _insert_claim(conn: Connection, row: dict[str, Any]) -> bool:
-    if row["end"] <= row["start"]:
-        return False  # no time to claim (the table's check would refuse it)
+def _insert_claim(conn: Connection, row: dict[str, Any]) -> Callable[[], bool]:
+    """Send the claim; the returned function says whether the guard let it in."""
     if conn.dialect.name == "postgresql":  # the exclusion constraint's refusal, in one statement
-        return _INSERT_BUSY_UNLESS_TAKEN.run(conn, row).fetchone() is not None
+        cursor = _INSERT_BUSY_UNLESS_TAKEN.run(conn, row)
+        return lambda: cursor.fetchone() is not None
     try:  # SQLite's guard is a trigger, RAISE(ABORT): the statement fails, the transaction stays
         INSERT_BUSY.run(conn, row)
     except IntegrityError:
-        return False
-    return True
+        return lambda: False
+    return lambda: True
 
 
 def _span(
@@ -379,10 +391,11 @@ def apply_change(
     slots: list[str] = []
     if change.status in HOLDS_TIME and practitioner and location:
         sched = schedule_id(practitioner, location)
-        if _claim(conn, sched, appointment_id, start, end, visit_type, now):
-            slots = _covered_slots(conn, sched, start, end)
-        else:
+        covered = _claim(conn, sched, appointment_id, start, end, visit_type, now)
+        if covered is None:
             status = "conflict"
+        else:
+            slots = covered
     freed = [s for s in slot_ids(old or {}) if s not in slots]
     if slots:
         resource["slot"] = [{"reference": f"Slot/{s}"} for s in slots]
