@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from resources.sql.async_reads import AsyncReader, conninfo
 from resources.sql.engine import Database
+from tests.conftest import pg_url
 
 SOCKET_DIR = Path("/var/run/postgresql")
 
@@ -57,3 +60,38 @@ def test_the_pool_reads_over_the_unix_socket(pg_schema: str) -> None:
         return tuple(row)
 
     assert asyncio.run(run()) == (pg_schema, "socket")
+
+
+def test_fetch_all_reads_every_query_in_one_transaction(
+    pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The queries' rows in order, from one REPEATABLE READ snapshot; a failing query raises
+    and leaves the pooled connection out of any transaction (ended here, not rolled back by
+    the pool with a warning), ready for the next call."""
+    url = pg_url(pg_schema)
+
+    async def run() -> tuple[list[Any], str, list[Any], str]:
+        reader = AsyncReader(url, max_size=1)  # one connection: the failed call's is reused
+        await reader.open()
+        try:
+            got = await reader.fetch_all(
+                [
+                    ("SELECT n FROM generate_series(1, %s) AS n", (3,)),
+                    ("SELECT current_setting('transaction_isolation')", ()),
+                    ("SELECT txid_current_if_assigned() IS NULL, %s::text", ("x",)),
+                ]
+            )
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                await reader.fetch_all([("SELECT 1", ()), ("SELECT 1 / %s", (0,))])
+            again = await reader.fetch_all([("SELECT %s::int", (7,))])
+            async with reader.connection() as conn:
+                status = conn.info.transaction_status.name
+            return got, status, again, pg_schema
+        finally:
+            await reader.close()
+
+    got, status, again, _ = asyncio.run(run())
+    assert got == [[(1,), (2,), (3,)], [("repeatable read",)], [(True, "x")]]
+    assert again == [[(7,)]]
+    assert status == "IDLE"
+    assert not [r for r in caplog.records if r.name.startswith("psycopg.pool")]
