@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy import text
 
 from resources.sql.async_reads import AsyncReader, conninfo
 from resources.sql.engine import Database
@@ -46,7 +47,12 @@ def test_the_pool_reads_over_the_unix_socket(pg_schema: str) -> None:
     url = (
         f"postgresql+psycopg://postgres@/test?host={SOCKET_DIR}&options=-csearch_path%3D{pg_schema}"
     )
-    Database(url).dispose()  # SQLAlchemy takes the same URL
+    db = Database(url)  # SQLAlchemy takes the same URL
+    try:
+        with db.read() as conn:
+            assert conn.execute(text("SELECT current_schema()")).scalar_one() == pg_schema
+    finally:
+        db.dispose()
 
     async def run() -> tuple[str, str]:
         reader = AsyncReader(url, max_size=1)
