@@ -25,7 +25,9 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
 from fhir_server.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound
 from fhir_server.scheduling.availability import schedule_id
@@ -514,31 +516,35 @@ class KeyInFlight(Exception):
         self.key = key
 
 
+# a key's reservation, or nothing if the key is taken (no error, so no savepoint is needed)
+_RESERVE_KEY = {
+    "postgresql": Direct(pg_insert(IK).on_conflict_do_nothing().returning(IK.c.key)),
+    "sqlite": Direct(sqlite_insert(IK).on_conflict_do_nothing().returning(IK.c.key)),
+}
+
+
 def claim_key(conn: Connection, key: str, now: datetime) -> Any:
     """The first result recorded under ``key``, or None after reserving it for this request.
 
-    The reservation is a row insert: a concurrent request with the same key waits on it and
-    then fails with :class:`KeyInFlight`, so a retried ``$book`` never books twice.
+    The reservation is a row insert, one statement when the key is new: a concurrent request
+    with the same key waits on it, then finds the first one's result (or, if that is not
+    there, fails with :class:`KeyInFlight`), so a retried ``$book`` never books twice.
     """
+    row = {
+        "key": key,
+        "operation": "book",
+        "status": 0,
+        "res_type": "",
+        "res_id": "",
+        "version": 0,
+        "created": now,
+    }
+    if _RESERVE_KEY[conn.dialect.name].run(conn, row).fetchone() is not None:
+        return None
     prior = conn.execute(select(IK).where(IK.c.key == key, IK.c.status > 0)).first()
-    if prior is not None:
-        return prior
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                insert(IK).values(
-                    key=key,
-                    operation="book",
-                    status=0,
-                    res_type="",
-                    res_id="",
-                    version=0,
-                    created=now,
-                )
-            )
-    except DBAPIError as exc:
-        raise KeyInFlight(key) from exc
-    return None
+    if prior is None:
+        raise KeyInFlight(key)
+    return prior
 
 
 def remember(conn: Connection, key: str, status: int, stored: StoredVersion) -> None:
