@@ -76,7 +76,7 @@ def test_fetch_all_reads_every_query_in_one_transaction(
     the pool with a warning), ready for the next call."""
     url = pg_url(pg_schema)
 
-    async def run() -> tuple[list[Any], str, list[Any], str]:
+    async def run() -> tuple[list[Any], str, list[Any]]:
         reader = AsyncReader(url, max_size=1)  # one connection: the failed call's is reused
         await reader.open()
         try:
@@ -92,11 +92,11 @@ def test_fetch_all_reads_every_query_in_one_transaction(
             again = await reader.fetch_all([("SELECT %s::int", (7,))])
             async with reader.connection() as conn:
                 status = conn.info.transaction_status.name
-            return got, status, again, pg_schema
+            return got, status, again
         finally:
             await reader.close()
 
-    got, status, again, _ = asyncio.run(run())
+    got, status, again = asyncio.run(run())
     assert got == [[(1,), (2,), (3,)], [("repeatable read",)], [(True, "x")]]
     assert again == [[(7,)]]
     assert status == "IDLE"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Connection, func, insert, select, text
 
 from fhir_server.scheduling.config import ClinicConfig
 from resources.sql.engine import Database
@@ -100,6 +100,27 @@ def test_held_time_is_not_bookable_by_anyone_else(
     assert (issue["severity"], issue["code"]) == ("fatal", "not-found")
 
 
+def _add_busy(
+    conn: Connection,
+    start: datetime,
+    appointment_id: str,
+    kind: str,
+    expires_at: datetime | None = None,
+) -> None:
+    """Half an hour of Dr Evans's time at Main taken behind the service's back."""
+    conn.execute(
+        insert(BT).values(
+            schedule_id="sched-evans-main",
+            start=start,
+            end=start + timedelta(minutes=30),
+            appointment_id=appointment_id,
+            kind=kind,
+            visit_type="follow-up",
+            expires_at=expires_at,
+        )
+    )
+
+
 def test_an_expired_hold_frees_itself(
     app_client: TestClient, db: Database, cfg: ClinicConfig
 ) -> None:
@@ -107,17 +128,7 @@ def test_an_expired_hold_frees_itself(
     proposed = first_option(app_client, cfg, pid)
     start = datetime.fromisoformat(proposed["start"]).astimezone(UTC)
     with db.write() as conn:  # someone's hold that ran out a second ago; no sweeper runs
-        conn.execute(
-            insert(BT).values(
-                schedule_id="sched-evans-main",
-                start=start,
-                end=start + timedelta(minutes=30),
-                appointment_id="stale",
-                kind="held",
-                visit_type="follow-up",
-                expires_at=datetime.now(UTC) - timedelta(seconds=1),
-            )
-        )
+        _add_busy(conn, start, "stale", "held", datetime.now(UTC) - timedelta(seconds=1))
     booked = op(app_client, "book", appointment_resource=proposed)
     assert booked.status_code == 201, booked.text
     with db.read() as conn:
@@ -141,17 +152,7 @@ def test_time_taken_after_the_check_is_refused_by_the_guard(
 
     def other() -> None:
         with db.write() as conn:
-            conn.execute(
-                insert(BT).values(
-                    schedule_id="sched-evans-main",
-                    start=start,
-                    end=start + timedelta(minutes=30),
-                    appointment_id="booked-elsewhere",
-                    kind="booked",
-                    visit_type="follow-up",
-                    expires_at=None,
-                )
-            )
+            _add_busy(conn, start, "booked-elsewhere", "booked")
             other_ready.set()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not _someone_waits_for_a_lock(db):
