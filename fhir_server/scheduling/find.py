@@ -28,8 +28,8 @@ from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.rules import Booked, DayPolicy, day_policy
 from fhir_server.scheduling.spans import BUSY_OVERLAPPING_SQL, lower
-from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
+from resources.search.lookup import blind_match
 from resources.sql.async_reads import AsyncReader
 from resources.sql.tables import BusyTime
 from resources.store import Store
@@ -114,26 +114,22 @@ _ACTIVE_VISITS = (
 
 
 def match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
-    """Match a ``patient-resource`` by identifier, else by family name and birth date."""
+    """Match a ``patient-resource`` by identifier, else by family name and birth date: the
+    first of those searches that finds exactly one Patient (all sent at once)."""
     if not patient:
         return None
     tries: list[list[tuple[str, str]]] = [
         [("identifier", f"{i.get('system', '')}|{i['value']}")]
         for i in patient.get("identifier", [])
-        if isinstance(i, dict) and i.get("value")
+        if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"]
     ]
     names = [n.get("family") for n in patient.get("name", []) if isinstance(n, dict)]
-    if patient.get("birthDate") and names and names[0]:
-        tries.append([("family:exact", names[0]), ("birthdate", patient["birthDate"])])
-    for params in tries:
-        _, result = service.search(
-            conn,
-            store=store,
-            resource_type="Patient",
-            params=[*params, ("_count", "2"), ("_total", "none")],  # one or not: no count
-        )
-        if len(result.matches) == 1:
-            return result.matches[0].res_id
+    birth = patient.get("birthDate")
+    if isinstance(birth, str) and birth and names and isinstance(names[0], str) and names[0]:
+        tries.append([("family:exact", names[0]), ("birthdate", birth)])
+    for ids in blind_match(conn, store.keys, "Patient", tries):
+        if len(ids) == 1:
+            return ids[0]
     return None
 
 

@@ -125,54 +125,55 @@ class ConditionBuilder:
     def _value(
         self, rtype: str, table: Table, param: SearchParam, clause: Clause, value: str
     ) -> ColumnElement[bool]:
+        if param.phi:
+            digests = self.blind_digests(rtype, param, clause.modifier, value)
+            if not digests:
+                return false()
+            if len(digests) == 1:
+                return table.c.digest == digests[0]
+            return table.c.digest.in_(digests)
         if param.type == "string":
-            return self._string(rtype, table, param, clause.modifier, value)
+            return self._string(table, clause.modifier, value)
         if param.type == "token":
-            return self._token(rtype, table, param, value)
+            return self._token(table, param, value)
         if param.type == "date":
-            if param.phi:
-                return self._blind_date(rtype, table, param, value)
             return self._date(table.c.low, table.c.high, value, point=param.point)
         if param.type == "reference":
             return self._reference(table, clause, value)
         raise BadRequest(f"search on {param.type} parameter {param.name} is not supported")
 
-    def _string(
-        self, rtype: str, table: Table, param: SearchParam, modifier: str | None, value: str
-    ) -> ColumnElement[bool]:
-        if param.phi:
+    def blind_digests(
+        self, rtype: str, param: SearchParam, modifier: str | None, value: str
+    ) -> list[bytes]:
+        """The ``idx_blind`` digests one value of a PHI parameter matches (any of them): the
+        exact value or a prefix of a string, a token's code or system, the year, month or day
+        tokens tiling a birth-date range. None of them: the value matches nothing."""
+        if param.type == "string":
             if modifier == "exact":
-                return table.c.digest == blind.exact_digest(self.keys, rtype, param, value)
-            return table.c.digest == blind.prefix_digest(self.keys, rtype, param, value)
+                return [blind.exact_digest(self.keys, rtype, param, value)]
+            return [blind.prefix_digest(self.keys, rtype, param, value)]
+        if param.type == "token":
+            system, code = _token_parts(value)
+            if system is not None and code is None:
+                return [blind.token_query_digest(self.keys, rtype, param, system, None)]
+            return [
+                blind.token_query_digest(self.keys, rtype, param, system, c)
+                for c in _token_code_variants(param, code)
+            ]
+        if param.type == "date":
+            return self._blind_date(rtype, param, value)
+        raise BadRequest(f"search on {param.type} parameter {param.name} is not supported")
+
+    def _string(self, table: Table, modifier: str | None, value: str) -> ColumnElement[bool]:
         if modifier == "exact":
             return table.c.value_exact == value
         needle = _like_escape(norm_string(value))
         pattern = f"%{needle}%" if modifier == "contains" else f"{needle}%"
         return table.c.value_norm.like(pattern, escape="\\")
 
-    def _token(
-        self, rtype: str, table: Table, param: SearchParam, value: str
-    ) -> ColumnElement[bool]:
-        system: str | None
-        code: str | None
-        if "|" in value:
-            system, code = value.split("|", 1)
-            code = code or None
-        else:
-            system, code = None, value
+    def _token(self, table: Table, param: SearchParam, value: str) -> ColumnElement[bool]:
+        system, code = _token_parts(value)
         codes = _token_code_variants(param, code)
-        if param.phi:
-            if system is None:
-                digests = [
-                    blind.token_query_digest(self.keys, rtype, param, None, c) for c in codes
-                ]
-            elif code is None:
-                digests = [blind.token_query_digest(self.keys, rtype, param, system, None)]
-            else:
-                digests = [
-                    blind.token_query_digest(self.keys, rtype, param, system, c) for c in codes
-                ]
-            return table.c.digest.in_(digests)
         conds: list[ColumnElement[bool]] = []
         if code is not None:
             conds.append(table.c.code.in_(codes))
@@ -228,9 +229,7 @@ class ConditionBuilder:
         }
         return table[prefix]
 
-    def _blind_date(
-        self, rtype: str, table: Table, param: SearchParam, value: str
-    ) -> ColumnElement[bool]:
+    def _blind_date(self, rtype: str, param: SearchParam, value: str) -> list[bytes]:
         """Birth dates are digests: a range becomes the set of year/month/day tokens tiling it."""
         prefix, rng = self._parse_date(value)
         lo, hi = rng.low.date(), rng.high.date()
@@ -251,11 +250,9 @@ class ConditionBuilder:
             token = blind.date_token(
                 rng.precision if rng.precision in ("year", "month") else "day", lo
             )
-            return table.c.digest == self.keys.blind(purpose, token)
+            return [self.keys.blind(purpose, token)]
         tokens = [t for a, b in spans if a < b for t in blind.date_cover_tokens(a, b)]
-        if not tokens:
-            return false()
-        return table.c.digest.in_([self.keys.blind(purpose, t) for t in tokens])
+        return [self.keys.blind(purpose, t) for t in tokens]
 
     def _reference(self, table: Table, clause: Clause, value: str) -> ColumnElement[bool]:
         target = split_reference(value, self.base_url)
@@ -297,6 +294,14 @@ def _is_point_range(clause: Clause) -> bool:
         and clause.modifier is None
         and len(clause.values) == 1
     )
+
+
+def _token_parts(value: str) -> tuple[str | None, str | None]:
+    """``system|code``, ``|code``, ``system|`` or ``code`` as (system, code); None: not given."""
+    if "|" not in value:
+        return None, value
+    system, code = value.split("|", 1)
+    return system, code or None
 
 
 def _token_code_variants(param: SearchParam, code: str | None) -> list[str]:
