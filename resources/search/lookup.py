@@ -49,7 +49,8 @@ def _statement(digests: tuple[int, ...], limit: int) -> Direct:
         select(R.c.res_id)
         .where(R.c.res_type == bindparam("rtype"), R.c.deleted == false(), *terms)
         .order_by(R.c.seq)
-        .limit(limit)
+        .limit(limit),
+        plan_per_run=True,  # a search's best plan depends on how many rows its values match
     )
 
 

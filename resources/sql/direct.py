@@ -107,10 +107,15 @@ class _ValuesList:
 class Direct:
     """``Direct(stmt).run(conn, params)``: ``conn.execute(stmt, params)`` without the per-call
     machinery. ``params`` is one dict (execute) or a list of dicts with the same keys
-    (executemany); returns the DB-API cursor (rowcount, fetchone/fetchall)."""
+    (executemany); returns the DB-API cursor (rowcount, fetchone/fetchall).
 
-    def __init__(self, statement: ClauseElement) -> None:
+    ``plan_per_run=True``: never prepared on PostgreSQL, so each run is planned for its values,
+    as ``PLAN_PER_RUN`` does for ``Connection.execute`` (for a lookup whose best plan depends
+    on how many rows its values match; see ``resources.sql.engine``)."""
+
+    def __init__(self, statement: ClauseElement, *, plan_per_run: bool = False) -> None:
         self.statement = statement
+        self.plan_per_run = plan_per_run
         self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
 
     def run(self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
@@ -128,6 +133,8 @@ class Direct:
                 cursor.execute(*compiled.values.statement(values))
             elif len(values) > 1:
                 cursor.executemany(compiled.sql, values)
+            elif self.plan_per_run and dialect.name == "postgresql":
+                cursor.execute(compiled.sql, values[0], prepare=False)  # type: ignore[call-arg]
             else:  # one row: psycopg's executemany costs more than execute (SQLite's: the same)
                 cursor.execute(compiled.sql, values[0])
         except dialect.loaded_dbapi.Error as exc:

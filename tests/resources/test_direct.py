@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, delete, insert, select, union_all, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, union_all, update
 from sqlalchemy.exc import IntegrityError
 
 from resources.fhirdate import as_utc
@@ -195,3 +195,26 @@ def test_sqlalchemy_refuses_to_run_a_statement_inside_a_pipeline(db: Database) -
 
     with pytest.raises(RuntimeError, match="inside a pipeline"):
         mixed()
+
+
+@pytest.mark.parametrize("plan_per_run", [False, True])
+def test_plan_per_run_statements_are_never_prepared(db: Database, plan_per_run: bool) -> None:
+    """psycopg prepares a statement on its fifth run; one planned per run stays unprepared
+    (and runs the same on SQLite, which has no such thing)."""
+    label = f"planned_{plan_per_run}".lower()  # its own text: the pool may keep a connection
+    query = Direct(
+        select(R.c.res_id.label(label)).where(R.c.res_id == bindparam("rid")),
+        plan_per_run=plan_per_run,
+    )
+    with db.write() as conn:
+        Direct(insert(R)).run(conn, _head("planned"))
+        for _ in range(8):
+            assert query.rows(conn, {"rid": "planned"}) == [("planned",)]
+        if db.engine.dialect.name != "postgresql":
+            return
+        prepared = conn.execute(
+            select(func.count())
+            .select_from(text("pg_prepared_statements"))
+            .where(func.strpos(text("statement"), f"AS {label}") > 0)
+        ).scalar()
+    assert prepared == (0 if plan_per_run else 1)
