@@ -39,7 +39,8 @@ _FIND = Direct(
         HM.c.direction == bindparam("direction"),
         HM.c.peer == bindparam("peer"),
         HM.c.control_id == bindparam("control_id"),
-    )
+    ),
+    plan_per_run=True,  # see _LINKED in hl7_bridge.inbound
 )
 
 
