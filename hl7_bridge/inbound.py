@@ -249,8 +249,8 @@ def _covered_slots(
         "end_s": int(end.timestamp()),
         "lower_s": int(lower(start).timestamp()),
     }
-    cursor = _COVERED.run(conn, span)
-    return lambda: sorted(row[0] for row in cursor.fetchall())
+    read = _COVERED.send(conn, span)
+    return lambda: sorted(row[0] for row in read())
 
 
 def _claim(

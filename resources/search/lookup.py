@@ -68,7 +68,7 @@ def blind_match(
     parameter is a programming error (``ValueError``): use the search engine for it. A search
     with no terms matches nothing here."""
     builder = ConditionBuilder(keys, "")
-    readers: list[Callable[[], list[str]]] = []
+    readers: list[Callable[[], list[Any]]] = []
     with pipelined(conn):
         for search in searches:
             params: dict[str, object] = {"rtype": rtype}
@@ -85,10 +85,5 @@ def blind_match(
             if not search or 0 in counts:  # a term that matches nothing
                 readers.append(list)
                 continue
-            cursor = _statement(tuple(counts), limit).run(conn, params)
-            readers.append(_ids(cursor))
-    return [read() for read in readers]
-
-
-def _ids(cursor: Any) -> Callable[[], list[str]]:
-    return lambda: [row[0] for row in cursor.fetchall()]
+            readers.append(_statement(tuple(counts), limit).send(conn, params))
+    return [[row.res_id for row in read()] for read in readers]

@@ -145,12 +145,16 @@ class Direct:
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """Every row of a query, as ``conn.execute(stmt, params).all()`` gives them: the same
         values, reached by column name (a named tuple, not SQLAlchemy's Row)."""
+        return self.send(conn, params)()
+
+    def send(self, conn: Connection, params: Mapping[str, Any]) -> Callable[[], list[Any]]:
+        """Send a query now and read its rows (as :meth:`rows` gives them) from the function
+        returned: inside :func:`pipelined`, call it once the block has ended."""
         cursor = self.run(conn, params)
-        keys = tuple(params)
-        result = self._compiled[(conn.dialect.name, keys)].result
+        result = self._compiled[(conn.dialect.name, tuple(params))].result
         if result is None:
             raise ValueError("the statement returns no rows")
-        return [result.make(row) for row in cursor.fetchall()]
+        return lambda: [result.make(row) for row in cursor.fetchall()]
 
     def _compile(self, conn: Connection, keys: tuple[str, ...]) -> _Compiled:
         dialect = conn.dialect

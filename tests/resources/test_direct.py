@@ -165,8 +165,11 @@ def test_pipelined_statements_all_run_and_their_cursors_answer_after_the_block(
             Direct(insert(R)).run(conn, [_head("piped-2"), _head("piped-3")])
             moved = advance.run(conn, [{"b_id": "piped-2", "old": 1, "version": 2}])
             missed = advance.run(conn, [{"b_id": "piped-3", "old": 7, "version": 8}])
+            read = Direct(select(R.c.res_id, R.c.version).where(R.c.res_id == bindparam("rid")))
+            sent = read.send(conn, {"rid": "piped-2"})  # queued after the update
         assert int(seq.fetchone()[0]) > 0
         assert (moved.rowcount, missed.rowcount) == (1, 0)
+        assert [(row.res_id, row.version) for row in sent()] == [("piped-2", 2)]
     with db.read() as conn:
         versions = dict(conn.execute(select(R.c.res_id, R.c.version)).all())
     assert versions == {"piped-1": 1, "piped-2": 2, "piped-3": 1}
