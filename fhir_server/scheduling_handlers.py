@@ -24,6 +24,7 @@ from fhir_server.authz import Access
 from fhir_server.errors import BadRequest, FHIRError, Forbidden, Unprocessable
 from fhir_server.handlers import Context, FHIRResponse, version_headers
 from fhir_server.scheduling import booking
+from fhir_server.scheduling.calendar_reads import read_calendar_async
 from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.scheduling.find import (
     FindRequest,
@@ -33,7 +34,6 @@ from fhir_server.scheduling.find import (
     parse_find,
     plan_find,
     proposed_appointment,
-    read_calendar_async,
     schedule_days,
 )
 from resources.sql.async_reads import AsyncReader

@@ -38,9 +38,9 @@ from fhir_server.scheduling.booking import (
     set_slots,
     slot_ids,
 )
+from fhir_server.scheduling.calendar_reads import match_patient
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
-from fhir_server.scheduling.find import match_patient
 from fhir_server.scheduling.spans import lower, slots_overlapping
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from resources import service

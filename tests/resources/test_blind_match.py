@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fhir_server.scheduling.find import match_patient
+from fhir_server.scheduling.calendar_reads import match_patient
 from resources import service
 from resources.search.lookup import blind_match
 from resources.sql.engine import Database

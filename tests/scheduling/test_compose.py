@@ -7,14 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fhir_server.scheduling.availability import schedule_id
+from fhir_server.scheduling.calendar_reads import Calendar, _free_by_schedule
 from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
-from fhir_server.scheduling.find import (
-    Calendar,
-    FindRequest,
-    _free_by_schedule,
-    compute_options,
-    plan_find,
-)
+from fhir_server.scheduling.find import FindRequest, compute_options, plan_find
 from tests.scheduling.test_find import MONDAY, clinic_data, local
 
 SMITH = schedule_id("smith", "main")
