@@ -69,7 +69,8 @@ async def read_calendar_async(
     reader: AsyncReader, plan: FindPlan, request: FindRequest, now: datetime
 ) -> Calendar:
     """The same reads as :func:`read_calendar`, on PostgreSQL's async connections (no thread
-    hop). A ``patient-resource`` needs a Patient search: callers use the sync path for it."""
+    hop). A ``patient-resource`` is matched on a sync connection: callers use the sync path
+    for it."""
     assert request.patient_resource is None
     start, end = _busy_window(request)
     owner = list(plan.owner)

@@ -3,7 +3,7 @@
 Free Slots come from ``slot_time`` (kept with the Slots' index rows); time taken in
 ``busy_time`` (bookings, buffers, unexpired holds) is removed; contiguous Slots are composed to
 the visit's length; each candidate start is checked against the clinic's rules for this
-patient.  Nothing is written; the reads are :mod:`.calendar_reads`'.
+patient.  Nothing is written; the database reads are in :mod:`.calendar_reads`.
 See https://profiles.ihe.net/ITI/Scheduling/ITI-115.html.
 """
 
