@@ -56,7 +56,9 @@ def listen(host: str | None, port: int | None) -> None:
     settle_heap()
 
     async def run() -> None:
-        bridge = await start_bridge(settings, db=database, store=store, clinic=_clinic(settings))
+        bridge = await start_bridge(
+            settings, db=database, store=store, clinic=_clinic(settings), own_loop=True
+        )
         click.echo(f"MLLP listening on {settings.hl7_host}:{bridge.port}", err=True)
         for endpoint in settings.hl7_endpoints:
             click.echo(f"sending to {endpoint.name} at {endpoint.host}:{endpoint.port}", err=True)

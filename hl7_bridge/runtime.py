@@ -70,11 +70,19 @@ async def start_bridge(
     db: Database,
     store: Store,
     clinic: ClinicConfig | None,
+    own_loop: bool = False,
 ) -> Bridge:
-    """Bind the MLLP listener and start the senders (``store`` must have its outbox)."""
+    """Bind the MLLP listener and start the senders (``store`` must have its outbox).
+    ``own_loop``: the event loop runs nothing but the bridge (``hl7 listen``, not ``serve``),
+    so on SQLite inbound groups are written on it, without a thread hop."""
     settings.check_hl7_bind()
     listener = Listener(
-        db, store.keys, store, clinic=clinic, config=bridge_config(settings, clinic)
+        db,
+        store.keys,
+        store,
+        clinic=clinic,
+        config=bridge_config(settings, clinic),
+        inline_writes=own_loop and db.is_sqlite,
     )
     server = MLLPServer(listener.handle, max_size=settings.hl7_max_message_bytes)
     port = await server.start(settings.hl7_host, settings.hl7_port)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -521,6 +522,55 @@ async def test_many_senders_at_once_are_all_applied(bridge: Bridge) -> None:
     assert [msa(a)[0] for group in acks for a in group] == ["AA"] * 12
     assert len(bridge.appointments()) == 12
     assert {r.status for r in bridge.message_rows()} == {"applied"}
+
+
+class _OnWhichThread(Listener):
+    """The real listener, noting the thread each group is written on."""
+
+    threads: list[int]
+
+    def process_many(self, msgs: list[Any]) -> list[bytes]:
+        self.threads.append(threading.get_ident())
+        return super().process_many(msgs)
+
+
+async def test_groups_written_on_the_event_loop_are_answered_and_kept_alike(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    """``hl7 listen`` on SQLite writes its groups on the event loop (``inline_writes``): the
+    same answers, Appointments and records as through a worker thread, a bad message
+    included."""
+    listener = _OnWhichThread(
+        bridge.db,
+        bridge.keys,
+        bridge.store,
+        clinic=clinic,
+        config=bridge.listener.config,
+        inline_writes=True,
+    )
+    listener.threads = []
+    server = MLLPServer(listener.handle)
+    inline = replace(bridge, port=await server.start("127.0.0.1", 0), listener=listener)
+
+    async def sender(n: int) -> list[bytes]:
+        messages = [
+            siu("S12", f"L{n}-{k}", at(9 + k, 15 * n, day=n % 5), key=f"L-{n}-{k}")
+            for k in range(3)
+        ]
+        return await inline.send(*messages)
+
+    try:
+        acks = await asyncio.gather(*(sender(n) for n in range(4)))
+        [bad] = await inline.send(siu("S12", "L-bad", at(15), key="L-B", status="Confirmed"))
+    finally:
+        await server.close()
+    assert [msa(a)[0] for group in acks for a in group] == ["AA"] * 12
+    assert msa(bad) == ("AE", "L-bad")
+    assert set(listener.threads) == {threading.get_ident()}  # the loop's own thread
+    assert len(bridge.appointments()) == 12
+    rows = {r.control_id: r.status for r in bridge.message_rows()}
+    assert rows.pop("L-bad") == "failed" and set(rows.values()) == {"applied"}
+    assert bridge.slot_status(at(9)) == "busy"
 
 
 async def test_an_expired_hold_gives_way_to_the_emr_and_a_live_one_does_not(
