@@ -439,23 +439,27 @@ async def test_staff_find_conflicts_by_tag(bridge: Bridge, clinic: ClinicConfig)
     assert any(i["value"] == "T-2" for i in conflict["identifier"])
 
 
-class _Counting(Listener):
-    """The real listener, noting the size of each group it is handed."""
+class _Recording(Listener):
+    """The real listener, noting the size of each group it is handed and the thread that
+    writes it."""
 
-    groups: list[int]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.groups: list[int] = []
+        self.threads: list[int] = []
 
     def process_many(self, msgs: list[Any]) -> list[bytes]:
         self.groups.append(len(msgs))
+        self.threads.append(threading.get_ident())
         return super().process_many(msgs)
 
 
 async def test_messages_arriving_together_commit_together_and_a_bad_one_alone(
     bridge: Bridge, clinic: ClinicConfig
 ) -> None:
-    listener = _Counting(
+    listener = _Recording(
         bridge.db, bridge.keys, bridge.store, clinic=clinic, config=bridge.listener.config
     )
-    listener.groups = []
     answers: dict[str, list[bytes]] = {}
 
     def reply_for(name: str) -> Any:
@@ -524,23 +528,13 @@ async def test_many_senders_at_once_are_all_applied(bridge: Bridge) -> None:
     assert {r.status for r in bridge.message_rows()} == {"applied"}
 
 
-class _OnWhichThread(Listener):
-    """The real listener, noting the thread each group is written on."""
-
-    threads: list[int]
-
-    def process_many(self, msgs: list[Any]) -> list[bytes]:
-        self.threads.append(threading.get_ident())
-        return super().process_many(msgs)
-
-
 async def test_groups_written_on_the_event_loop_are_answered_and_kept_alike(
     bridge: Bridge, clinic: ClinicConfig
 ) -> None:
     """``hl7 listen`` on SQLite writes its groups on the event loop (``inline_writes``): the
     same answers, Appointments and records as through a worker thread, a bad message
     included."""
-    listener = _OnWhichThread(
+    listener = _Recording(
         bridge.db,
         bridge.keys,
         bridge.store,
@@ -548,7 +542,6 @@ async def test_groups_written_on_the_event_loop_are_answered_and_kept_alike(
         config=bridge.listener.config,
         inline_writes=True,
     )
-    listener.threads = []
     server = MLLPServer(listener.handle)
     inline = replace(bridge, port=await server.start("127.0.0.1", 0), listener=listener)
 
