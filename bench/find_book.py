@@ -7,7 +7,8 @@ in America/New_York, 15-minute Slots over 53 weeks (530,000 Slots), with the cli
 (buffers, new-patient windows, exclusions, daily caps) loaded from a clinic file as in
 production; with ``--history-weeks N``, also the busy time of N past weeks (about 60 % of every
 practitioner's half hours), as a clinic that has used the server for a while has. Then, with
-wrk (one thread, 8 connections) against one uvicorn worker, after measuring the bare FastAPI app
+wrk (one thread, 8 connections) against one uvicorn worker (``--workers N``: ``fhir-sched serve
+--workers N``, PostgreSQL only), after measuring the bare FastAPI app
 (`bench/bare_app.py`) the same way for 5 s as a yardstick of the machine's speed at the time:
 
 * ``$find``: a mix of what patients and staff ask: one practitioner over 7 days (50 %), one
@@ -308,6 +309,12 @@ def main() -> None:
         default=0,
         help="busy time over this many past weeks first, as a clinic in use has (0: none)",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (`fhir-sched serve --workers`; more than 1 needs PostgreSQL)",
+    )
     args = ap.parse_args()
     port = 8731
     today = datetime.now(UTC).date()
@@ -317,7 +324,7 @@ def main() -> None:
         with database(args.db, work) as (url, db):
             slots = seed(db, keyring(work), config, today, f"http://127.0.0.1:{port}/fhir")
             past = past_bookings(db, config, today, args.history_weeks)
-            env = {"FHIRSCHED_CLINIC_FILE": str(path)}
+            env = {"FHIRSCHED_CLINIC_FILE": str(path), "FHIRSCHED_WORKERS": str(args.workers)}
             bare = machine_speed(port + 1)
             with serve(work, url, port, env) as base:
                 auth = bench_auth(base, url)
@@ -366,7 +373,10 @@ def main() -> None:
                         "/Appointment", params={"status": "booked", "_summary": "count"}
                     ).json()["total"]
     history = f", {past:,} past busy rows" if past else ""
-    print(f"$find / $book over {slots:,} Slots{history} on {args.db}, {CONNECTIONS} connections:")
+    print(
+        f"$find / $book over {slots:,} Slots{history} on {args.db}, {CONNECTIONS} connections, "
+        f"{args.workers} server process{'es' if args.workers > 1 else ''}:"
+    )
     print(f"  bare FastAPI app (machine speed, same run): {bare:,.0f} req/s")
     print(
         f"  $find  {found['rps']:,.0f} req/s  p50 {found['p50_ms']:.1f}  "

@@ -4,6 +4,7 @@ Examples::
 
     fhir-sched demo                      # SQLite + demo clinic, prints the FHIR base URL
     fhir-sched serve --port 8080         # serve what is in the configured database
+    fhir-sched serve --workers 4         # four server processes (PostgreSQL)
     fhir-sched db upgrade                # apply migrations
     fhir-sched keys rotate               # add a KEK and rewrap every row (server may run)
     fhir-sched keys retire KEY_ID        # drop an old KEK once no row uses it
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -48,33 +50,54 @@ main.add_command(hl7)
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    from fhir_server.app import create_app
-    from fhir_server.heap import settle_heap
     from fhir_server.logging import configure_logging
 
-    settings.check_bind()
+    try:
+        settings.check_bind()
+        settings.check_workers()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     configure_logging(settings.log_level)
+    served: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "warning",
+        "access_log": False,  # its lines carry query strings, and search values can be PHI
+        "log_config": None,  # uvicorn's records go through our JSON formatter (no tracebacks)
+        "loop": "uvloop",
+        "http": "httptools",
+    }
+    click.echo(f"FHIR base URL: {settings.fhir_base}", err=True)
+    if settings.workers > 1:
+        from fhir_server.worker import hand_over
+        from resources.sql.engine import Database, migrate
+
+        database = Database(settings.database_url)
+        migrate(database)  # once, here: the workers then find the schema up to date
+        database.dispose()
+        hand_over(settings)
+        uvicorn.run("fhir_server.worker:create", factory=True, workers=settings.workers, **served)
+        return
+    from fhir_server.app import create_app
+    from fhir_server.heap import settle_heap
+
     app = create_app(settings)
     settle_heap()
-    click.echo(f"FHIR base URL: {settings.fhir_base}", err=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,  # its lines carry query strings, and search values can be PHI
-        log_config=None,  # uvicorn's records go through our JSON formatter (no tracebacks)
-        loop="uvloop",
-        http="httptools",
-    )
+    uvicorn.run(app, **served)
 
 
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1)")
 @click.option("--port", type=int, default=None, help="Port (default 8080)")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Server processes (default 1; more need PostgreSQL)",
+)
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the FHIR API on the configured database."""
-    _serve(_settings(host=host, port=port))
+    _serve(_settings(host=host, port=port, workers=workers))
 
 
 @main.command()

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (more than 1 needs PostgreSQL, and the "
+        "HL7 bridge then runs apart, as `fhir-sched hl7 listen`)",
+    )
     allow_remote: bool = Field(
         default=False,
         description="Must be true to listen beyond loopback (put TLS in front: tokens are "
@@ -151,6 +158,23 @@ class Settings(BaseSettings):
             )
         if self.hl7_listen:
             self.check_hl7_bind()
+
+    def check_workers(self) -> None:
+        """Several server processes share one PostgreSQL; SQLite and the bridge stay single."""
+        if self.workers == 1:
+            return
+        if not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                f"{self.workers} workers need PostgreSQL: a SQLite file has one writer, so its "
+                "server runs one process (set FHIRSCHED_WORKERS=1, or FHIRSCHED_DATABASE_URL "
+                "to a postgresql+psycopg:// URL)"
+            )
+        if self.hl7_listen:
+            raise ValueError(
+                "the HL7 bridge runs once per database, not once per worker: with "
+                f"{self.workers} workers set FHIRSCHED_HL7_LISTEN=false and run "
+                "`fhir-sched hl7 listen` beside them"
+            )
 
     def check_hl7_bind(self) -> None:
         """MLLP has no authentication: beyond loopback only when asked for explicitly."""

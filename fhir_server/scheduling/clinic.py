@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 from fhir_server.scheduling.availability import SlotSpec, schedule_id, slot_specs
 from fhir_server.scheduling.config import ClinicConfig, Practitioner, VisitType
@@ -218,7 +218,13 @@ def load_clinic(
     today: date,
     weeks: int | None = None,
 ) -> LoadReport:
-    """Create or update the clinic's resources and materialise Slots from ``today``."""
+    """Create or update the clinic's resources and materialise Slots from ``today``.
+
+    Loads are serialised on PostgreSQL (an advisory lock until the transaction ends): the
+    horizon job of several server processes, or ``fhir-sched clinic load`` beside them, run one
+    after the other, each later one finding the earlier one's resources and Slots in place."""
+    if conn.dialect.name == "postgresql":  # SQLite writes already hold the database lock
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext("fhir-sched:clinic-load"))))
     report = LoadReport()
     for resource in clinic_resources(config):
         _put(conn, store, resource, report)

@@ -32,6 +32,7 @@ class Server:
     base: str
     env: dict[str, str]
     log_path: Path
+    pid: int = 0  # the `fhir-sched serve` process
     _token: tuple[float, str] | None = None
 
     @property
@@ -94,7 +95,7 @@ def running_server(tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
                     pass
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
-            yield Server(base, env, log_path)
+            yield Server(base, env, log_path, proc.pid)
         finally:
             proc.terminate()
             try:

@@ -42,11 +42,14 @@ def _monday() -> datetime:
 
 
 @contextmanager
-def clinic_server(tmp_path: Path, database_url: str, clinic: dict[str, Any]) -> Iterator[Server]:
-    """A real server with ``clinic`` loaded three weeks ahead and its rules in force."""
+def clinic_server(
+    tmp_path: Path, database_url: str, clinic: dict[str, Any], **extra: str
+) -> Iterator[Server]:
+    """A real server with ``clinic`` loaded three weeks ahead and its rules in force (``extra``:
+    more of its environment)."""
     path = tmp_path / "clinic.yaml"
     path.write_text(yaml.safe_dump(clinic))
-    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(path))
+    env = server_env(tmp_path, database_url, FHIRSCHED_CLINIC_FILE=str(path), **extra)
     with running_server(tmp_path, env) as server:
         loaded = server.cli("clinic", "load", str(path), "--weeks", "3")
         assert loaded.returncode == 0, loaded.stderr
@@ -72,41 +75,46 @@ def find_options(server: Server, days: int, count: int) -> list[dict[str, Any]]:
 
 def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -> None:
     with clinic_server(tmp_path, database_url, CLINIC) as server:
-        proposed = find_options(server, 1, 1)[0]
-        body = {
-            "resourceType": "Parameters",
-            "parameter": [{"name": "appointment-resource", "resource": proposed}],
-        }
-        auth = server.headers
-        statuses: list[int] = []
-        lock = threading.Lock()
-        barrier = threading.Barrier(CALLERS)
+        race_for_one_time(server)
 
-        def call() -> None:
-            with httpx.Client(timeout=60, headers=auth) as client:
-                barrier.wait()
-                r = client.post(
-                    f"{server.base}/Appointment/$book",
-                    json=body,
-                    headers={"content-type": "application/fhir+json"},
-                )
-            with lock:
-                statuses.append(r.status_code)
 
-        threads = [threading.Thread(target=call) for _ in range(CALLERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert sorted(statuses) == [201] + [409] * (CALLERS - 1)
-        booked: Any = httpx.get(
-            f"{server.base}/Appointment",
-            params={"status": "booked", "_summary": "count"},
-            headers=server.headers,
-        ).json()
-        assert booked["total"] == 1
-        start = datetime.fromisoformat(proposed["start"]).astimezone(UTC)
-        assert start.astimezone(TZ).hour == 9
+def race_for_one_time(server: Server) -> None:
+    """``CALLERS`` clients book the same proposed time at once: one 201, the rest 409."""
+    proposed = find_options(server, 1, 1)[0]
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "appointment-resource", "resource": proposed}],
+    }
+    auth = server.headers
+    statuses: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(CALLERS)
+
+    def call() -> None:
+        with httpx.Client(timeout=60, headers=auth) as client:
+            barrier.wait()
+            r = client.post(
+                f"{server.base}/Appointment/$book",
+                json=body,
+                headers={"content-type": "application/fhir+json"},
+            )
+        with lock:
+            statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(CALLERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(statuses) == [201] + [409] * (CALLERS - 1)
+    booked: Any = httpx.get(
+        f"{server.base}/Appointment",
+        params={"status": "booked", "_summary": "count"},
+        headers=server.headers,
+    ).json()
+    assert booked["total"] == 1
+    start = datetime.fromisoformat(proposed["start"]).astimezone(UTC)
+    assert start.astimezone(TZ).hour == 9
 
 
 def test_concurrent_retries_with_one_key_book_once(tmp_path: Path, database_url: str) -> None:

@@ -102,3 +102,33 @@ def test_changed_hours_touch_free_slots_only_and_report_busy(db: Database, store
     remaining = slots(db, store, "sched-smith-main")
     assert len(remaining) == 5 * 4 + 1
     assert any(s["id"] == busy_id and s["status"] == "busy" for s in remaining)
+
+
+def test_concurrent_loads_run_one_after_the_other(db: Database, store: Store) -> None:
+    """Two server processes' horizon jobs (or ``clinic load`` beside a server) loading at once:
+    the second waits for the first, then finds everything in place. Without the lock it
+    tried to create the same resources and failed on the first one."""
+    import threading
+
+    config = parse_clinic_config(clinic())
+    reports: list[Any] = []
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with db.write() as conn:
+                reports.append(load_clinic(conn, store=store, config=config, today=MONDAY))
+        except BaseException as exc:  # noqa: BLE001 - reported to the test below
+            errors.append(exc)
+
+    with db.write() as conn:
+        first = load_clinic(conn, store=store, config=config, today=MONDAY)
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        if not db.is_sqlite:  # (SQLite has one writer: the second cannot begin before this)
+            waiting.join(timeout=1.0)
+            assert waiting.is_alive(), "the second load did not wait for the first"
+    waiting.join(timeout=60)
+    assert not errors, errors
+    assert first.created > 0 and first.slots_created > 0
+    assert reports[0].created == 0 and reports[0].slots_created == 0

@@ -1,0 +1,93 @@
+"""`fhir-sched serve --workers N`: several server processes on one PostgreSQL.
+
+They share nothing but the database, so what must hold across processes is shown across them:
+one booking of a contested time, and one unbroken audit chain written by both."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fhir_server.settings import Settings
+from fhir_server.worker import hand_over
+from tests.integration.server import EXE
+from tests.integration.test_booking_race import CLINIC, clinic_server, race_for_one_time
+
+
+def _workers(pid: int) -> list[int]:
+    """The server's worker processes (uvicorn spawns them as fresh interpreters)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    out = []
+    for child in map(int, children):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in cmdline:
+            out.append(child)
+    return out
+
+
+def test_two_workers_book_a_contested_time_once_and_keep_one_audit_chain(
+    tmp_path: Path, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("several workers need PostgreSQL (SQLite is refused: the next test)")
+    with clinic_server(tmp_path, database_url, CLINIC, FHIRSCHED_WORKERS="2") as server:
+        assert len(_workers(server.pid)) == 2
+        race_for_one_time(server)
+        verified = server.cli("audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        report = json.loads(verified.stdout)
+        # the race alone: 50 $book and their reads, from two processes into one chain
+        assert report["intact"] is True and report["records"] >= 50
+
+
+def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(EXE), "serve", "--workers", "2"],
+        env={**os.environ, "FHIRSCHED_KEY_FILE": str(tmp_path / "keys.json"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_several_workers_on_sqlite_or_with_the_bridge_are_refused(tmp_path: Path) -> None:
+    sqlite = _serve(tmp_path, FHIRSCHED_DATABASE_URL=f"sqlite:///{tmp_path}/one.db")
+    assert sqlite.returncode != 0
+    assert "2 workers need PostgreSQL" in sqlite.stderr
+    assert not (tmp_path / "one.db").exists()  # refused before anything was touched
+    bridge = _serve(
+        tmp_path,
+        FHIRSCHED_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none",
+        FHIRSCHED_HL7_LISTEN="true",
+    )
+    assert bridge.returncode != 0
+    assert "fhir-sched hl7 listen" in bridge.stderr
+
+
+def test_the_workers_get_the_settings_the_command_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FHIRSCHED_DATABASE_URL", "postgresql+psycopg://x@127.0.0.1/db")
+    monkeypatch.delenv("FHIRSCHED_PORT", raising=False)
+    monkeypatch.delenv("FHIRSCHED_CLINIC_FILE", raising=False)
+    monkeypatch.delenv("FHIRSCHED_CORS_ORIGINS", raising=False)
+    given = Settings(  # as `serve --port 9123 --workers 3`, and a clinic `demo` fills in
+        port=9123,
+        workers=3,
+        clinic_file=tmp_path / "clinic.yaml",
+        cors_origins=["https://app.example"],
+    )
+    for name in ("PORT", "WORKERS", "CLINIC_FILE", "CORS_ORIGINS"):
+        monkeypatch.delenv(f"FHIRSCHED_{name}", raising=False)  # restored after the test
+    hand_over(given)
+    seen = Settings()  # what a worker reads
+    assert seen.port == 9123 and seen.workers == 3
+    assert seen.clinic_file == tmp_path / "clinic.yaml"
+    assert seen.cors_origins == ["https://app.example"]
+    assert seen.database_url == given.database_url
+    assert seen == given
