@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 __all__ = ["HL7Endpoint", "Settings"]
 
@@ -163,7 +164,7 @@ class Settings(BaseSettings):
         """Several server processes share one PostgreSQL; SQLite and the bridge stay single."""
         if self.workers == 1:
             return
-        if not self.database_url.startswith("postgresql"):
+        if make_url(self.database_url).get_backend_name() != "postgresql":
             raise ValueError(
                 f"{self.workers} workers need PostgreSQL: a SQLite file has one writer, so its "
                 "server runs one process (set FHIRSCHED_WORKERS=1, or FHIRSCHED_DATABASE_URL "

@@ -18,27 +18,40 @@ from pydantic import SecretStr
 
 from fhir_server.settings import Settings
 
-__all__ = ["create", "hand_over"]
+__all__ = ["create", "hand_over", "worker_env"]
 
 
-def hand_over(settings: Settings) -> None:
-    """Put into this process's environment (which the workers inherit) every setting whose
-    value differs from what the environment alone gives."""
+def worker_env(settings: Settings) -> dict[str, str | None]:
+    """The ``FHIRSCHED_*`` variables that give a worker ``settings``: every setting whose value
+    differs from what the environment alone gives (None: the variable is to be unset)."""
     plain = Settings()
+    out: dict[str, str | None] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if value == getattr(plain, name):
             continue
-        if isinstance(value, SecretStr):
-            text = value.get_secret_value()
+        if value is None:  # cleared: the field's default (every such default is None)
+            out[f"FHIRSCHED_{name.upper()}"] = None
+        elif isinstance(value, SecretStr):
+            out[f"FHIRSCHED_{name.upper()}"] = value.get_secret_value()
         else:
             dumped = settings.model_dump(mode="json", include={name})[name]
             text = dumped if isinstance(dumped, str) else json.dumps(dumped)
-        os.environ[f"FHIRSCHED_{name.upper()}"] = text
+            out[f"FHIRSCHED_{name.upper()}"] = text
+    return out
+
+
+def hand_over(settings: Settings) -> None:
+    """Put :func:`worker_env` into this process's environment, which the workers inherit."""
+    for name, text in worker_env(settings).items():
+        if text is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = text
 
 
 def create() -> FastAPI:
-    """One worker's app, from the environment (see :func:`hand_over`)."""
+    """One worker's app, from the environment (see :func:`worker_env`)."""
     from fhir_server.app import create_app
     from fhir_server.heap import settle_heap
     from fhir_server.logging import configure_logging

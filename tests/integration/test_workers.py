@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fhir_server.settings import Settings
-from fhir_server.worker import hand_over
+from fhir_server.worker import worker_env
 from tests.integration.server import EXE
 from tests.integration.test_booking_race import CLINIC, clinic_server, race_for_one_time
 
@@ -69,25 +69,38 @@ def test_several_workers_on_sqlite_or_with_the_bridge_are_refused(tmp_path: Path
     assert "fhir-sched hl7 listen" in bridge.stderr
 
 
+def _apply(monkeypatch: pytest.MonkeyPatch, env: dict[str, str | None]) -> None:
+    """What ``hand_over`` does, undone after the test."""
+    for name, text in env.items():
+        if text is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, text)
+
+
 def test_the_workers_get_the_settings_the_command_was_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FHIRSCHED_DATABASE_URL", "postgresql+psycopg://x@127.0.0.1/db")
-    monkeypatch.delenv("FHIRSCHED_PORT", raising=False)
-    monkeypatch.delenv("FHIRSCHED_CLINIC_FILE", raising=False)
-    monkeypatch.delenv("FHIRSCHED_CORS_ORIGINS", raising=False)
+    for name in ("PORT", "WORKERS", "CLINIC_FILE", "CORS_ORIGINS"):
+        monkeypatch.delenv(f"FHIRSCHED_{name}", raising=False)
     given = Settings(  # as `serve --port 9123 --workers 3`, and a clinic `demo` fills in
         port=9123,
         workers=3,
         clinic_file=tmp_path / "clinic.yaml",
         cors_origins=["https://app.example"],
     )
-    for name in ("PORT", "WORKERS", "CLINIC_FILE", "CORS_ORIGINS"):
-        monkeypatch.delenv(f"FHIRSCHED_{name}", raising=False)  # restored after the test
-    hand_over(given)
+    env = worker_env(given)
+    assert set(env) == {
+        f"FHIRSCHED_{n}" for n in ("PORT", "WORKERS", "CLINIC_FILE", "CORS_ORIGINS")
+    }
+    _apply(monkeypatch, env)
     seen = Settings()  # what a worker reads
     assert seen.port == 9123 and seen.workers == 3
     assert seen.clinic_file == tmp_path / "clinic.yaml"
     assert seen.cors_origins == ["https://app.example"]
-    assert seen.database_url == given.database_url
     assert seen == given
+    # a setting the environment gives but the command cleared
+    monkeypatch.setenv("FHIRSCHED_BASE_URL", "https://old.example/fhir")
+    _apply(monkeypatch, worker_env(Settings(base_url=None)))
+    assert Settings().base_url is None
