@@ -73,7 +73,8 @@ def database(kind: str, workdir: Path) -> Iterator[tuple[str, Database]]:
     with admin.engine.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     joiner = "&" if "?" in PG_URL else "?"  # a socket URL carries ?host=/var/run/postgresql
-    url = f"{PG_URL}{joiner}options=-csearch_path%3D{schema}"
+    # the application name lets backend_cpu find this run's server processes
+    url = f"{PG_URL}{joiner}options=-csearch_path%3D{schema}&application_name={schema}"
     db = Database(url)
     migrate(db)
     try:
@@ -83,6 +84,32 @@ def database(kind: str, workdir: Path) -> Iterator[tuple[str, Database]]:
         with admin.engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def backend_cpu(url: str) -> float:
+    """Seconds of CPU used so far by the PostgreSQL server processes serving ``url``'s
+    connections (those with its ``application_name``; read from ``/proc``, so PostgreSQL must
+    run on this machine). 0 for SQLite. Take the difference around a measurement: the pools
+    keep their connections, so the same processes are counted at both ends."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).query.get("application_name")
+    if not name:
+        return 0.0
+    admin = Database(PG_URL)
+    try:
+        with admin.engine.connect() as conn:
+            pids = conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE application_name = :n"), {"n": name}
+            ).scalars()
+            ticks = 0
+            for pid in pids:
+                with suppress(OSError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    finally:
+        admin.dispose()
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def bulk_load(db: Database, keys: KeyRing, resources: list[dict[str, Any]], base_url: str) -> None:
