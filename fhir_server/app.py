@@ -33,7 +33,7 @@ from fhir_server.handlers import Context
 from fhir_server.http import PrincipalCache, Services, error_response
 from fhir_server.logging import get_logger
 from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
-from fhir_server.scheduling.clinic import load_clinic
+from fhir_server.scheduling.clinic import LoadReport, load_clinic, lock_clinic_loads
 from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from fhir_server.settings import Settings
 from hl7_bridge.runtime import install_outbox, start_bridge
@@ -95,22 +95,29 @@ class RequestContextMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
+def extend_horizon(db: Database, store: Store, clinic: ClinicConfig) -> LoadReport | None:
+    """One run of the scheduled job: materialise the rolling Slot horizon (idempotent). None
+    if another process is loading the clinic right now (the other workers' jobs, started
+    together, or ``fhir-sched clinic load``): that load extends the horizon too."""
+    with db.write() as conn:
+        if not lock_clinic_loads(conn, wait=False):
+            return None
+        return load_clinic(conn, store=store, config=clinic, today=datetime.now(clinic.tz).date())
+
+
 async def _extend_horizon(db: Database, store: Store, clinic: ClinicConfig, every: int) -> None:
-    """The scheduled job: keep the rolling Slot horizon materialised (idempotent)."""
+    """The scheduled job: :func:`extend_horizon` every ``every`` seconds."""
     while True:
         await asyncio.sleep(every)
-
-        def run() -> None:
-            with db.write() as conn:
-                report = load_clinic(
-                    conn, store=store, config=clinic, today=datetime.now(clinic.tz).date()
-                )
-            log.info("clinic.horizon_extended", slots_created=report.slots_created)
-
         try:
-            await asyncio.to_thread(run)
+            report = await asyncio.to_thread(extend_horizon, db, store, clinic)
         except Exception as exc:  # noqa: BLE001 - a failed run is logged and retried next time
             log.error("clinic.horizon_failed", error_type=type(exc).__name__)
+            continue
+        if report is None:
+            log.info("clinic.horizon_skipped", reason="another process is loading the clinic")
+        else:
+            log.info("clinic.horizon_extended", slots_created=report.slots_created)
 
 
 def _request_id(request: Request) -> str | None:

@@ -22,7 +22,14 @@ from resources.search.engine import run_search
 from resources.search.query import parse_query
 from resources.store import Store, StoredVersion
 
-__all__ = ["VISIT_TYPE_SYSTEM", "LoadReport", "clinic_resources", "load_clinic", "slot_resource"]
+__all__ = [
+    "VISIT_TYPE_SYSTEM",
+    "LoadReport",
+    "clinic_resources",
+    "load_clinic",
+    "lock_clinic_loads",
+    "slot_resource",
+]
 
 VISIT_TYPE_SYSTEM = "urn:fhir-sched:visit-type"
 SLOT_PAGE = 5000
@@ -210,6 +217,19 @@ def _existing_slots(
         query.cursor = page.next_cursor
 
 
+def lock_clinic_loads(conn: Connection, *, wait: bool = True) -> bool:
+    """Hold the clinic-load lock until this transaction ends (a PostgreSQL advisory lock;
+    SQLite writes hold the database's one write lock already). ``wait=False``: only if no one
+    holds it now; returns whether this transaction has it."""
+    if conn.dialect.name != "postgresql":
+        return True
+    key = func.hashtext("fhir-sched:clinic-load")
+    if wait:
+        conn.execute(select(func.pg_advisory_xact_lock(key)))
+        return True
+    return bool(conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar_one())
+
+
 def load_clinic(
     conn: Connection,
     *,
@@ -220,11 +240,10 @@ def load_clinic(
 ) -> LoadReport:
     """Create or update the clinic's resources and materialise Slots from ``today``.
 
-    Loads are serialised on PostgreSQL (an advisory lock until the transaction ends): the
-    horizon job of several server processes, or ``fhir-sched clinic load`` beside them, run one
-    after the other, each later one finding the earlier one's resources and Slots in place."""
-    if conn.dialect.name == "postgresql":  # SQLite writes already hold the database lock
-        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext("fhir-sched:clinic-load"))))
+    Loads take turns (:func:`lock_clinic_loads`): ``fhir-sched clinic load`` beside a server's
+    horizon job, or the jobs of several server processes, run one after the other, each later
+    one finding the earlier one's resources and Slots in place."""
+    lock_clinic_loads(conn)
     report = LoadReport()
     for resource in clinic_resources(config):
         _put(conn, store, resource, report)

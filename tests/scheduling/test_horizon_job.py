@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 
@@ -39,3 +40,28 @@ def test_server_extends_the_horizon_on_schedule(
         # 2 weeks, every day 09:00-10:00 in quarter hours (make_config's hours)
         assert total == 14 * 4
         assert client.get("/fhir/Schedule/sched-smith-main").status_code == 200
+
+
+def test_a_run_gives_way_to_a_load_in_progress(db: Database, keys: KeyRing, tmp_path: Path) -> None:
+    """Several server processes start their horizon jobs together: while one loads the
+    clinic, the others skip their run instead of queueing to load it again."""
+    import threading
+
+    from fhir_server.app import extend_horizon
+    from fhir_server.scheduling.clinic import lock_clinic_loads
+    from fhir_server.scheduling.config import parse_clinic_config
+    from resources.store import Store
+
+    if db.is_sqlite:
+        pytest.skip("SQLite's one writer already makes a second run wait, then find all done")
+    store = Store(keys, base_url="http://testserver/fhir")
+    clinic = parse_clinic_config(make_config(horizon_weeks=2))
+    outcome: list[object] = []
+    with db.write() as conn:
+        assert lock_clinic_loads(conn, wait=False)  # a load in progress holds the lock
+        runner = threading.Thread(target=lambda: outcome.append(extend_horizon(db, store, clinic)))
+        runner.start()
+        runner.join(timeout=30)
+    assert outcome == [None]  # skipped, without waiting for the load
+    report = extend_horizon(db, store, clinic)  # the next run, with no load in progress
+    assert report is not None and report.slots_created == 14 * 4
