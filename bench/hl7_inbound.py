@@ -10,7 +10,9 @@ distinct 30-minute appointment (its own placer/filler ids, practitioner, time an
 mark busy; patients drawn from a pool of 500, so the first message for each creates the
 Patient and later ones match it by identifier), first over one MLLP connection, then over 8
 at once. Each connection waits for the ACK before sending the next message, as MLLP senders
-do. Reports messages/s and per-message round-trip percentiles, and checks that every ACK
+do. Reports messages/s, per-message round-trip percentiles and the listener process's CPU
+time per message (from ``/proc``: what the listener costs, apart from the machine's wake-ups
+and the sender's share of the two cores), and checks that every ACK
 was AA and every message was applied; first, the bare FastAPI app's requests/s for 5 s
 (``bench.common.machine_speed``) as a yardstick of the machine's speed at the time.
 """
@@ -118,6 +120,20 @@ async def run(port: int, messages: list[bytes], connections: int) -> dict[str, A
     }
 
 
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU a process has used so far (all its threads), from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(port: int, messages: list[bytes], connections: int, pid: int) -> dict[str, Any]:
+    """:func:`run`, with the listener's CPU per message (ms) around it."""
+    before = process_cpu(pid)
+    result = asyncio.run(run(port, messages, connections))
+    result["listener_cpu_ms"] = round((process_cpu(pid) - before) / len(messages) * 1000, 3)
+    return result
+
+
 def wait_listening(port: int, proc: subprocess.Popen[Any]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -172,9 +188,13 @@ def main() -> None:
                 try:
                     wait_listening(args.port, proc)
                     # a part asked to send nothing (--one 0 or --eight 0) is skipped
-                    one = asyncio.run(run(args.port, messages[: args.one], 1)) if args.one else None
+                    one = (
+                        measured(args.port, messages[: args.one], 1, proc.pid) if args.one else None
+                    )
                     eight = (
-                        asyncio.run(run(args.port, messages[args.one :], 8)) if args.eight else None
+                        measured(args.port, messages[args.one :], 8, proc.pid)
+                        if args.eight
+                        else None
                     )
                 finally:
                     proc.terminate()
