@@ -91,8 +91,13 @@ def main() -> None:
         with database(args.db, work) as (url, db):
             seed(db, keys, config, today, BASE, weeks=WEEKS)
             store = Store(keys, base_url=BASE)
-            listener = Listener(
-                db, keys, store, clinic=config, config=BridgeConfig(config.tz, server=BASE)
+            listener = Listener(  # as `fhir-sched hl7 listen` runs it (runtime.start_bridge)
+                db,
+                keys,
+                store,
+                clinic=config,
+                config=BridgeConfig(config.tz, server=BASE),
+                inline_writes=db.is_sqlite,
             )
             picked = times(today, args.warm + args.one + args.eight)
             messages = [message(n, p, t) for n, (p, t) in enumerate(picked)]
