@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import backend_cpu, database, keyring, save
-from bench.find_book import clinic, seed
-from bench.hl7_inbound import WEEKS, message, times
+from bench.find_book import seed
+from bench.hl7_inbound import WEEKS, bench_clinic, message, times
 from fhir_server.logging import configure_logging
-from fhir_server.scheduling.config import parse_clinic_config
 from hl7_bridge.ack import read_ack
 from hl7_bridge.listener import BridgeConfig, Listener
 from resources.store import Store
@@ -83,10 +82,7 @@ def main() -> None:
     today = date.today()
     with tempfile.TemporaryDirectory(prefix="bench-hl7cpu-") as tmp:
         work = Path(tmp)
-        data = clinic(today)
-        data["horizon_weeks"] = WEEKS
-        data["rules"]["booking_horizon_days"] = 7 * WEEKS
-        config = parse_clinic_config(data)
+        _, config = bench_clinic(today)
         keys = keyring(work)
         with database(args.db, work) as (url, db):
             seed(db, keys, config, today, BASE, weeks=WEEKS)

@@ -37,13 +37,21 @@ from sqlalchemy import text
 
 from bench.common import VENV_BIN, database, keyring, machine_speed, percentiles, save
 from bench.find_book import clinic, seed
-from fhir_server.scheduling.config import parse_clinic_config
+from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
 from hl7_bridge.ack import read_ack
 from hl7_bridge.mllp import FrameReader, frame
 
 WEEKS = 8
 PATIENTS = 500
 NY = ZoneInfo("America/New_York")
+
+
+def bench_clinic(today: date) -> tuple[dict[str, Any], ClinicConfig]:
+    """``bench.find_book``'s clinic over ``WEEKS`` weeks: its file's content, and as parsed."""
+    data = clinic(today)
+    data["horizon_weeks"] = WEEKS
+    data["rules"]["booking_horizon_days"] = 7 * WEEKS
+    return data, parse_clinic_config(data)
 
 
 def times(today: date, count: int) -> list[tuple[str, datetime]]:
@@ -157,10 +165,7 @@ def main() -> None:
     today = date.today()
     with tempfile.TemporaryDirectory(prefix="bench-hl7-") as tmp:
         workdir = Path(tmp)
-        data = clinic(today)
-        data["horizon_weeks"] = WEEKS
-        data["rules"]["booking_horizon_days"] = 7 * WEEKS
-        config = parse_clinic_config(data)
+        data, config = bench_clinic(today)
         clinic_file = workdir / "clinic.yaml"
         clinic_file.write_text(yaml.safe_dump(data))
         keys = keyring(workdir)

@@ -78,17 +78,18 @@ def test_fifty_concurrent_bookings_one_wins(tmp_path: Path, database_url: str) -
         race_for_one_time(server)
 
 
-def race_for_one_time(server: Server) -> None:
-    """``CALLERS`` clients book the same proposed time at once: one 201, the rest 409."""
-    proposed = find_options(server, 1, 1)[0]
+def book_together(
+    server: Server, proposed: dict[str, Any], callers: int, **headers: str
+) -> list[httpx.Response]:
+    """``callers`` clients post ``$book`` of ``proposed`` at the same moment (a barrier)."""
     body = {
         "resourceType": "Parameters",
         "parameter": [{"name": "appointment-resource", "resource": proposed}],
     }
     auth = server.headers
-    statuses: list[int] = []
+    answers: list[httpx.Response] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(CALLERS)
+    barrier = threading.Barrier(callers)
 
     def call() -> None:
         with httpx.Client(timeout=60, headers=auth) as client:
@@ -96,16 +97,23 @@ def race_for_one_time(server: Server) -> None:
             r = client.post(
                 f"{server.base}/Appointment/$book",
                 json=body,
-                headers={"content-type": "application/fhir+json"},
+                headers={"content-type": "application/fhir+json", **headers},
             )
         with lock:
-            statuses.append(r.status_code)
+            answers.append(r)
 
-    threads = [threading.Thread(target=call) for _ in range(CALLERS)]
+    threads = [threading.Thread(target=call) for _ in range(callers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    return answers
+
+
+def race_for_one_time(server: Server) -> None:
+    """``CALLERS`` clients book the same proposed time at once: one 201, the rest 409."""
+    proposed = find_options(server, 1, 1)[0]
+    statuses = [r.status_code for r in book_together(server, proposed, CALLERS)]
     assert sorted(statuses) == [201] + [409] * (CALLERS - 1)
     booked: Any = httpx.get(
         f"{server.base}/Appointment",
@@ -120,33 +128,7 @@ def race_for_one_time(server: Server) -> None:
 def test_concurrent_retries_with_one_key_book_once(tmp_path: Path, database_url: str) -> None:
     with clinic_server(tmp_path, database_url, CLINIC) as server:
         proposed = find_options(server, 1, 1)[0]
-        body = {
-            "resourceType": "Parameters",
-            "parameter": [{"name": "appointment-resource", "resource": proposed}],
-        }
-        auth = server.headers
-        results: list[tuple[int, str]] = []
-        lock = threading.Lock()
-        barrier = threading.Barrier(10)
-
-        def call() -> None:
-            with httpx.Client(timeout=60, headers=auth) as client:
-                barrier.wait()
-                r = client.post(
-                    f"{server.base}/Appointment/$book",
-                    json=body,
-                    headers={
-                        "content-type": "application/fhir+json",
-                        "idempotency-key": "same-key",
-                    },
-                )
-            with lock:
-                results.append((r.status_code, r.json().get("id", "")))
-
-        threads = [threading.Thread(target=call) for _ in range(10)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        answers = book_together(server, proposed, 10, **{"idempotency-key": "same-key"})
+        results = [(r.status_code, r.json().get("id", "")) for r in answers]
         assert {status for status, _ in results} == {201}
         assert len({rid for _, rid in results}) == 1
