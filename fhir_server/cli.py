@@ -51,6 +51,7 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from fhir_server.logging import configure_logging
+    from fhir_server.worker import hand_over, serving_app
 
     try:
         settings.check_bind()
@@ -69,7 +70,6 @@ def _serve(settings: Settings) -> None:
     }
     click.echo(f"FHIR base URL: {settings.fhir_base}", err=True)
     if settings.workers > 1:
-        from fhir_server.worker import hand_over
         from resources.sql.engine import Database, migrate
 
         database = Database(settings.database_url)
@@ -78,12 +78,7 @@ def _serve(settings: Settings) -> None:
         hand_over(settings)
         uvicorn.run("fhir_server.worker:create", factory=True, workers=settings.workers, **served)
         return
-    from fhir_server.app import create_app
-    from fhir_server.heap import settle_heap
-
-    app = create_app(settings)
-    settle_heap()
-    uvicorn.run(app, **served)
+    uvicorn.run(serving_app(settings), **served)
 
 
 @main.command()

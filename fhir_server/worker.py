@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from fhir_server.settings import Settings
 
-__all__ = ["create", "hand_over", "worker_env"]
+__all__ = ["create", "hand_over", "serving_app", "worker_env"]
 
 
 def worker_env(settings: Settings) -> dict[str, str | None]:
@@ -30,14 +30,13 @@ def worker_env(settings: Settings) -> dict[str, str | None]:
         value = getattr(settings, name)
         if value == getattr(plain, name):
             continue
-        if value is None:  # cleared: the field's default (every such default is None)
-            out[f"FHIRSCHED_{name.upper()}"] = None
-        elif isinstance(value, SecretStr):
-            out[f"FHIRSCHED_{name.upper()}"] = value.get_secret_value()
-        else:
+        text: str | None = None  # cleared: the field's default (every such default is None)
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif value is not None:
             dumped = settings.model_dump(mode="json", include={name})[name]
             text = dumped if isinstance(dumped, str) else json.dumps(dumped)
-            out[f"FHIRSCHED_{name.upper()}"] = text
+        out[f"FHIRSCHED_{name.upper()}"] = text
     return out
 
 
@@ -50,14 +49,21 @@ def hand_over(settings: Settings) -> None:
             os.environ[name] = text
 
 
-def create() -> FastAPI:
-    """One worker's app, from the environment (see :func:`worker_env`)."""
+def serving_app(settings: Settings) -> FastAPI:
+    """The app a server process serves, its start-up heap settled (one process or each of
+    several)."""
     from fhir_server.app import create_app
     from fhir_server.heap import settle_heap
+
+    app = create_app(settings)
+    settle_heap()
+    return app
+
+
+def create() -> FastAPI:
+    """One worker's app, from the environment (see :func:`worker_env`)."""
     from fhir_server.logging import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level)
-    app = create_app(settings)
-    settle_heap()
-    return app
+    return serving_app(settings)
