@@ -49,7 +49,7 @@ from resources.sql.direct import Direct, pipelined
 from resources.sql.tables import BusyTime, HL7Link, SlotTime
 from resources.store import Store
 
-__all__ = ["CONFLICT_TAG", "Applied", "apply_change"]
+__all__ = ["CONFLICT_TAG", "Applied", "Batch", "apply_change"]
 
 BT = cast(Table, BusyTime.__table__)
 LINK = cast(Table, HL7Link.__table__)
@@ -83,8 +83,8 @@ _LINKED = Direct(
     ),
     plan_per_run=True,
 )
-_INSERT_LINK = Direct(insert(LINK).inline())
-_UPDATE_LINK = (
+_INSERT_LINK = Direct(insert(LINK).inline(), deferrable=True)
+_UPDATE_LINK = Direct(
     update(LINK)
     .where(
         LINK.c.sender == bindparam("b_sender"),
@@ -106,19 +106,66 @@ class Applied:
     note: str | None = None
 
 
-def _linked(conn: Connection, change: SIUChange) -> Any:
-    """The link for the message's filler id, else its placer id (one query)."""
+def _link_keys(change: SIUChange) -> list[tuple[str, str, str]]:
+    return [
+        (change.sender, kind, value)
+        for kind, value in (("filler", change.filler), ("placer", change.placer))
+        if value
+    ]
+
+
+def _send_linked(conn: Connection, change: SIUChange) -> Callable[[], Any]:
+    """Send the query for the link of the message's filler id, else its placer id; the
+    returned function reads it."""
     keys = {
         "sender": change.sender,
         "filler": change.filler or None,
         "placer": change.placer or None,
     }
-    rows = _LINKED.rows(conn, keys)
-    return min(rows, key=lambda r: r.kind != "filler", default=None)
+    read = _LINKED.send(conn, keys)
+    return lambda: min(read(), key=lambda r: r.kind != "filler", default=None)
 
 
-def _link(conn: Connection, change: SIUChange, appointment_id: str, *, new: bool) -> None:
+class Batch:
+    """Messages applied one after another in one transaction (a group commit, or one message).
+
+    :meth:`prefetch` sends every message's link query together, one round trip for the group;
+    a message whose keys an earlier one in the batch has linked since is read again (the rows
+    it wrote are sent first: ``Direct``'s deferral). The Slots the messages mark busy or free
+    are written once, by :meth:`finish`, each with the status the last message gave it.
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[str, str] = {}  # Slot id → busy | free
+        self._sent: dict[int, Callable[[], Any]] = {}  # id(change) → its link, read
+        self._linked: set[tuple[str, str, str]] = set()  # link keys written in this batch
+
+    def prefetch(self, conn: Connection, changes: list[SIUChange]) -> None:
+        """Send the link queries of ``changes`` (call inside ``pipelined``)."""
+        for change in changes:
+            self._sent[id(change)] = _send_linked(conn, change)
+
+    def link(self, conn: Connection, change: SIUChange) -> Any:
+        sent = self._sent.pop(id(change), None)
+        if sent is None or not self._linked.isdisjoint(_link_keys(change)):
+            return _send_linked(conn, change)()
+        return sent()
+
+    def mark(self, ids: list[str], status: str) -> None:
+        self.marks.update(dict.fromkeys(ids, status))
+
+    def finish(self, conn: Connection, store: Store) -> None:
+        """Write the Slots' statuses (call once every message is applied)."""
+        for status in ("free", "busy"):
+            set_slots(conn, store, [s for s, want in self.marks.items() if want == status], status)
+        self.marks.clear()
+
+
+def _link(
+    conn: Connection, batch: Batch, change: SIUChange, appointment_id: str, *, new: bool
+) -> None:
     sent = change.sent_at.astimezone(UTC) if change.sent_at else None  # SQLite keeps no offset
+    batch._linked.update(_link_keys(change))
     keys = [(k, v) for k, v in (("filler", change.filler), ("placer", change.placer)) if v]
     if new:
         _INSERT_LINK.run(
@@ -137,9 +184,8 @@ def _link(conn: Connection, change: SIUChange, appointment_id: str, *, new: bool
         return
     for kind, value in keys:
         key = {"b_sender": change.sender, "b_kind": kind, "b_value": value}
-        done = conn.execute(
-            _UPDATE_LINK, {**key, "appointment_id": appointment_id, "last_sent_at": sent}
-        )
+        values = {**key, "appointment_id": appointment_id, "last_sent_at": sent}
+        done = _UPDATE_LINK.run(conn, values)
         if not done.rowcount:
             row = {"sender": change.sender, "kind": kind, "value": value}
             _INSERT_LINK.run(conn, {**row, "appointment_id": appointment_id, "last_sent_at": sent})
@@ -362,9 +408,12 @@ def apply_change(
     config: ClinicConfig | None,
     change: SIUChange,
     now: datetime,
+    batch: Batch,
     known_patients: dict[str, str] | None = None,
 ) -> Applied:
-    link = _linked(conn, change)
+    """Apply ``change`` as one of ``batch``'s messages (its Slots are written by
+    ``batch.finish``)."""
+    link = batch.link(conn, change)
     old: dict[str, Any] | None = None
     if link is not None:
         if change.sent_at and link.last_sent_at and change.sent_at < as_utc(link.last_sent_at):
@@ -425,9 +474,9 @@ def apply_change(
             resource_id=appointment_id,
             resource=resource,
         )
-    set_slots(conn, store, freed, "free")
-    set_slots(conn, store, slots, "busy")
-    _link(conn, change, appointment_id, new=link is None)
+    batch.mark(freed, "free")
+    batch.mark(slots, "busy")
+    _link(conn, batch, change, appointment_id, new=link is None)
     note = "overlaps a booking made here" if status == "conflict" else None
     return Applied(appointment_id, status, patient_id, note)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -35,12 +36,13 @@ from fhir_server.errors import FHIRError
 from fhir_server.logging import exception_frames
 from fhir_server.scheduling.config import ClinicConfig
 from hl7_bridge.ack import Header, NotHL7, build_ack, read_ack, read_header, refusal
-from hl7_bridge.inbound import Applied, apply_change
+from hl7_bridge.inbound import Applied, Batch, apply_change
 from hl7_bridge.messages import MessageStore
 from hl7_bridge.mllp import Reply
 from hl7_bridge.outbound import ORIGIN
 from hl7_bridge.parse import ParseError, parse
 from hl7_bridge.siu_to_fhir import SIUChange, read_siu, sender_key
+from resources.sql.direct import deferring, pipelined
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit
 from resources.store import Store
@@ -187,10 +189,19 @@ class Listener:
         ca = build_ack(msg.header, "CA", control_id=_control_id(), now=msg.now)
         return ([ca] if _wanted("CA", msg.header.field(15)) else []), True
 
-    def _prior(self, conn: Connection, msg: _Inbound, *, replay: bool) -> tuple[Any, bytes | None]:
-        """The stored row for this message, if any; for a resend, the ACK sent the first time
-        (nothing changes)."""
-        prior = self.messages.find(conn, "in", msg.sender, msg.control)
+    def _prior(
+        self,
+        conn: Connection,
+        msg: _Inbound,
+        *,
+        replay: bool,
+        found: Callable[[], Any] | None = None,
+    ) -> tuple[Any, bytes | None]:
+        """The stored row for this message, if any (``found``: its query, sent already); for
+        a resend, the ACK sent the first time (nothing changes)."""
+        if found is None:
+            found = self.messages.send_find(conn, "in", msg.sender, msg.control)
+        prior = found()
         if prior is None or prior.status == "received" or replay:
             return prior, None
         log.info("hl7.resend", sender=prior.peer, control_id=prior.control_id, status=prior.status)
@@ -266,13 +277,24 @@ class Listener:
         acks: list[bytes] = []
         done: list[tuple[_Inbound, Applied]] = []
         trails: list[Trail] = []
-        with self.db.write() as conn:
-            for msg, change in zip(msgs, changes, strict=True):
-                ack, applied = self._apply_in(conn, msg, change, replay=replay)
+        batch = Batch()
+        with self.db.write() as conn, deferring(conn):
+            # what every message reads first, in one round trip: its stored row and its link
+            with pipelined(conn):
+                stored = [self.messages.send_find(conn, "in", m.sender, m.control) for m in msgs]
+                batch.prefetch(conn, changes)
+            seen: set[tuple[str, str]] = set()
+            for msg, change, read in zip(msgs, changes, stored, strict=True):
+                key = (msg.sender, msg.control)
+                # a copy of a message applied earlier in this batch finds the row it wrote
+                found = None if key in seen else read
+                seen.add(key)
+                ack, applied = self._apply_in(conn, msg, change, batch, found, replay=replay)
                 acks.append(ack)
                 if applied is not None:
                     done.append((msg, applied))
                     trails.append(self._applied_trail(msg, applied))
+            batch.finish(conn, self.store)
             if self.config.audit:
                 commit_together(conn, self.keys, trails)
         for msg, applied in done:
@@ -287,11 +309,19 @@ class Listener:
         return acks
 
     def _apply_in(
-        self, conn: Connection, msg: _Inbound, change: SIUChange, *, replay: bool
+        self,
+        conn: Connection,
+        msg: _Inbound,
+        change: SIUChange,
+        batch: Batch,
+        found: Callable[[], Any] | None,
+        *,
+        replay: bool,
     ) -> tuple[bytes, Applied | None]:
-        """One message inside the caller's transaction: its ACK, and what it changed (None for
-        a resend, which gets its first answer and changes nothing)."""
-        prior, first = self._prior(conn, msg, replay=replay)
+        """One message of ``batch`` inside the caller's transaction (``found``: the query for
+        its stored row, sent already): its ACK, and what it changed (None for a resend, which
+        gets its first answer and changes nothing)."""
+        prior, first = self._prior(conn, msg, replay=replay, found=found)
         if first is not None:
             return first, None
         origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
@@ -302,6 +332,7 @@ class Listener:
                 config=self.clinic,
                 change=change,
                 now=msg.now,
+                batch=batch,
                 known_patients=self.known_patients,
             )
         finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -33,7 +34,7 @@ __all__ = ["HM", "MessageRecord", "MessageStore", "Opened"]
 HM = cast(Table, HL7Message.__table__)
 
 # Built once: every inbound message runs these (no statement construction per message).
-_INSERT = Direct(insert(HM).inline())  # on the driver: every message writes one
+_INSERT = Direct(insert(HM).inline(), deferrable=True)  # every message writes one
 _FIND = Direct(
     select(HM).where(
         HM.c.direction == bindparam("direction"),
@@ -172,9 +173,16 @@ class MessageStore:
         )
 
     def find(self, conn: Connection, direction: str, peer: str, control_id: str) -> Any:
+        return self.send_find(conn, direction, peer, control_id)()
+
+    def send_find(
+        self, conn: Connection, direction: str, peer: str, control_id: str
+    ) -> Callable[[], Any]:
+        """Send :meth:`find`'s query now (inside ``pipelined``, with others); the returned
+        function reads its answer."""
         wanted = {"direction": direction, "peer": peer[:200], "control_id": control_id[:200]}
-        found = _FIND.rows(conn, wanted)  # the key is unique: one row or none
-        return found[0] if found else None
+        read = _FIND.send(conn, wanted)
+        return lambda: next(iter(read()), None)  # the key is unique: one row or none
 
     def get(self, conn: Connection, message_id: str) -> Any:
         return conn.execute(select(HM).where(HM.c.id == message_id)).first()

@@ -98,9 +98,10 @@ _ADVANCE_HEAD = Direct(
         deleted=bindparam("deleted"),
     )
 )
-_INSERT_VERSION = Direct(insert(V))
+# deferrable: inside ``deferring`` (a group of HL7 messages) these rows go at its end, together
+_INSERT_VERSION = Direct(insert(V), deferrable=True)
 # inline(): PostgreSQL would otherwise return each row's surrogate key, which nothing reads
-_INSERT_INDEX = {k: Direct(insert(t).inline()) for k, t in INDEX_TABLES.items()}
+_INSERT_INDEX = {k: Direct(insert(t).inline(), deferrable=True) for k, t in INDEX_TABLES.items()}
 _ST = INDEX_TABLES["slot"]
 _UPDATE_SLOT_TIME = Direct(update(_ST).where(_ST.c.seq == bindparam("b_seq")))  # SET: params
 

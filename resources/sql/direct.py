@@ -28,6 +28,14 @@ in one psycopg pipeline, one round trip for all of them; their cursors hold thei
 SQLAlchemy's, when it ends. Only ``Direct`` statements may run inside: SQLAlchemy's
 ``Connection.execute`` reads its result at once, which a pipeline does not have yet (the engine
 refuses it there). SQLite runs the statements as they come.
+
+Inside :func:`deferring`, the rows of ``deferrable`` INSERTs (no ``RETURNING``: nothing reads
+them back) are kept instead of sent, and go when the block ends (or before, see below) as one
+statement per INSERT for all of them, in one round trip: a group of HL7 messages writes its
+version, index, link and message rows with a handful of statements instead of a handful each.
+Reads stay exact: any other ``Direct`` statement on a table with rows still kept sends them
+first, and so does every statement run through SQLAlchemy (``Connection.execute``), whatever
+its tables. An error in the block drops what was kept (the caller's transaction rolls back).
 """
 
 from __future__ import annotations
@@ -39,11 +47,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.util import find_tables
 
-__all__ = ["Direct", "pipelined"]
+__all__ = ["Direct", "deferring", "flush", "pipelined"]
+
+_PENDING = "direct.pending"  # Connection.info key: the rows ``deferring`` keeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +124,40 @@ class Direct:
     as ``PLAN_PER_RUN`` does for ``Connection.execute`` (for a lookup whose best plan depends
     on how many rows its values match; see ``resources.sql.engine``)."""
 
-    def __init__(self, statement: ClauseElement, *, plan_per_run: bool = False) -> None:
+    def __init__(
+        self, statement: ClauseElement, *, plan_per_run: bool = False, deferrable: bool = False
+    ) -> None:
+        """``deferrable``: an INSERT whose rows may wait for the end of a :func:`deferring`
+        block (it must return nothing)."""
+        if deferrable and not getattr(statement, "is_insert", False):
+            raise ValueError("only an INSERT is deferrable")
         self.statement = statement
         self.plan_per_run = plan_per_run
+        self.deferrable = deferrable
+        self.tables = frozenset(t.name for t in find_tables(statement, include_crud=True))
         self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
 
     def run(self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
         many = not isinstance(params, Mapping)
         rows: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[assignment,list-item]
+        pending: _Pending | None = conn.info.get(_PENDING)
+        if pending is not None:
+            if self.deferrable:
+                return pending.keep(conn, self, rows)
+            if not self.tables.isdisjoint(pending.tables):
+                pending.flush(conn)  # this statement sees (or changes) what was kept
+        return self._execute(conn, rows, many)
+
+    def _compiled_for(self, conn: Connection, keys: tuple[str, ...]) -> _Compiled:
         dialect = conn.dialect
-        keys = tuple(rows[0])
         compiled = self._compiled.get((dialect.name, keys))
         if compiled is None:
             compiled = self._compiled[(dialect.name, keys)] = self._compile(conn, keys)
+        return compiled
+
+    def _execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]], many: bool) -> Any:
+        dialect = conn.dialect
+        compiled = self._compiled_for(conn, tuple(rows[0]))
         values = [_bound(compiled, row) for row in rows]
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -186,6 +218,83 @@ class Direct:
             values,
             _result(compiled, dialect),
         )
+
+
+@dataclass(slots=True)
+class _Kept:
+    """What a deferred INSERT's ``run`` returns: the rows it will write."""
+
+    rowcount: int
+
+    def fetchone(self) -> Any:
+        raise TypeError("a deferred INSERT has no rows to read")
+
+    fetchall = fetchone
+
+
+@dataclass(slots=True)
+class _Pending:
+    """The rows kept in a :func:`deferring` block, by statement (and parameter names), in the
+    order each statement was first run."""
+
+    batches: dict[tuple[int, tuple[str, ...]], tuple[Direct, list[Mapping[str, Any]]]] = field(
+        default_factory=dict
+    )
+    tables: set[str] = field(default_factory=set)
+
+    def keep(self, conn: Connection, direct: Direct, rows: Sequence[Mapping[str, Any]]) -> _Kept:
+        keys = tuple(rows[0])
+        if direct._compiled_for(conn, keys).result is not None:
+            raise ValueError("a deferred INSERT may not return rows")
+        batch = self.batches.get((id(direct), keys))
+        if batch is None:
+            batch = self.batches[(id(direct), keys)] = (direct, [])
+            self.tables |= direct.tables
+        batch[1].extend(rows)
+        return _Kept(len(rows))
+
+    def flush(self, conn: Connection) -> None:
+        """Write every kept row: one statement per batch (of up to ``_MAX_ROWS`` rows), in one
+        round trip on PostgreSQL."""
+        batches = list(self.batches.values())
+        self.batches.clear()
+        self.tables.clear()
+        if not batches:
+            return
+        with pipelined(conn):
+            for direct, rows in batches:
+                for start in range(0, len(rows), _MAX_ROWS):
+                    chunk = rows[start : start + _MAX_ROWS]
+                    direct._execute(conn, chunk, len(chunk) > 1)
+
+
+@contextmanager
+def deferring(conn: Connection) -> Iterator[None]:
+    """Deferrable INSERTs run in this block write their rows together when it ends (see the
+    module doc); an error in it drops them. Blocks do not nest."""
+    if _PENDING in conn.info:
+        raise RuntimeError("already deferring on this connection")
+    pending = conn.info[_PENDING] = _Pending()
+    try:
+        yield
+        pending.flush(conn)
+    finally:
+        del conn.info[_PENDING]
+
+
+def flush(conn: Connection) -> None:
+    """Write what a :func:`deferring` block has kept so far (nothing outside one)."""
+    pending: _Pending | None = conn.info.get(_PENDING)
+    if pending is not None:
+        pending.flush(conn)
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _flush_before_sqlalchemy(conn: Connection, *_: Any) -> None:
+    """A statement run through SQLAlchemy sees every kept row: its tables are not looked at."""
+    pending: _Pending | None = conn.info.get(_PENDING)
+    if pending is not None and pending.batches:
+        pending.flush(conn)
 
 
 @contextmanager

@@ -514,6 +514,69 @@ async def test_messages_arriving_together_commit_together_and_a_bad_one_alone(
     assert len([e for e in bridge.audit_events() if e["type"]["code"] == "110107"]) == 5
 
 
+async def test_a_group_applies_its_messages_as_one_after_the_other_would(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    """Messages of one group that touch each other: each sees what the ones before it wrote,
+    although the group reads its messages' keys together first and writes its rows at its
+    end (a booking then its move, a resend of the booking, and a second booking whose patient
+    the first one created and which only its name and birth date find)."""
+    listener = _Recording(
+        bridge.db, bridge.keys, bridge.store, clinic=clinic, config=bridge.listener.config
+    )
+    t0 = datetime.now(UTC)
+    book = siu("S12", "J1", at(9), key="J-1", sent=t0)
+    sent = {
+        "book": book,
+        "move": siu("S13", "J2", at(10), key="J-1", sent=t0 + timedelta(seconds=1)),
+        "resend": book,
+        "other": siu("S12", "J3", at(11), key="J-2", sent=t0).replace(b"MRN42", b"MRN43"),
+    }
+    answers: dict[str, bytes] = {}
+
+    def reply_for(name: str) -> Any:
+        async def reply(ack: bytes) -> None:
+            answers[name] = ack
+
+        return reply
+
+    configure_logging("info", stream=io.StringIO())  # a retry is logged at info
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.gather(
+                *(listener.handle(raw, "10.0.0.9:5000", reply_for(k)) for k, raw in sent.items())
+            )
+    finally:
+        configure_logging("warning")
+    assert listener.groups == [4]  # one transaction, which committed: nothing was retried alone
+    assert [e["event"] for e in logs if e["event"] == "hl7.group_retried_alone"] == []
+    assert {k: msa(a) for k, a in answers.items()} == {
+        "book": ("AA", "J1"),
+        "move": ("AA", "J2"),
+        "resend": ("AA", "J1"),
+        "other": ("AA", "J3"),
+    }
+    assert answers["resend"] == answers["book"]  # the first answer, byte for byte
+    by_key = {
+        next(i["value"] for i in a["identifier"] if i["system"].endswith(":filler")): a
+        for a in bridge.appointments()
+    }
+    assert sorted(by_key) == ["J-1", "J-2"]  # the move found the booking's link
+    assert datetime.fromisoformat(by_key["J-1"]["start"]) == at(10)
+    assert by_key["J-1"]["meta"]["versionId"] == "2"
+    patients = {
+        p["actor"]["reference"]
+        for a in by_key.values()
+        for p in a["participant"]
+        if p["actor"].get("reference", "").startswith("Patient/")
+    }
+    assert len(patients) == 1  # found by name and birth date, though created in this group
+    assert bridge.slot_status(at(9)) == "free"  # booked, then given up by the move
+    assert bridge.slot_status(at(10)) == "busy" and bridge.slot_status(at(11)) == "busy"
+    rows = [(r.control_id, r.status) for r in bridge.message_rows()]
+    assert rows == [("J1", "applied"), ("J2", "applied"), ("J3", "applied")]
+
+
 async def test_many_senders_at_once_are_all_applied(bridge: Bridge) -> None:
     async def sender(n: int) -> list[bytes]:
         messages = [

@@ -7,13 +7,24 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, union_all, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from resources.fhirdate import as_utc
-from resources.sql.direct import _MAX_ROWS, Direct, pipelined
+from resources.sql.direct import _MAX_ROWS, Direct, deferring, flush, pipelined
 from resources.sql.engine import Database
-from resources.sql.tables import ResourceRow
+from resources.sql.tables import HL7Link, ResourceRow
 
 R = cast(Table, ResourceRow.__table__)
 WHEN = datetime(2027, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)
@@ -221,3 +232,75 @@ def test_plan_per_run_statements_are_never_prepared(db: Database, plan_per_run: 
             .where(func.strpos(text("statement"), f"AS {label}") > 0)
         ).scalar()
     assert prepared == (0 if plan_per_run else 1)
+
+
+KEEP = Direct(insert(R).inline(), deferrable=True)
+VERSIONS = Direct(select(R.c.res_id, R.c.version).order_by(R.c.seq))
+
+
+def test_deferred_rows_are_written_together_when_the_block_ends(db: Database) -> None:
+    """Inside ``deferring`` a deferrable INSERT keeps its rows: a duplicate fails only when
+    the block ends, which writes every kept row, in the order they were run."""
+    reached: list[str] = []
+
+    def duplicate() -> None:
+        with db.write() as conn, deferring(conn):
+            assert KEEP.run(conn, _head("twice")).rowcount == 1
+            KEEP.run(conn, [_head("twice"), _head("third")])  # not sent yet: no error here
+            reached.append("end of block")
+
+    with pytest.raises(IntegrityError):
+        duplicate()
+    assert reached == ["end of block"]
+    rows = [_head(f"d{i}", version=i % 5 + 1) for i in range(_MAX_ROWS + 3)]
+    with db.write() as conn, deferring(conn):
+        KEEP.run(conn, rows[:2])
+        KEEP.run(conn, rows[2])
+        KEEP.run(conn, rows[3:])  # more than one statement's worth, together
+    with db.read() as conn:
+        stored = [tuple(r) for r in VERSIONS.rows(conn, {})]
+    assert stored == [(r["res_id"], r["version"]) for r in rows]  # all, in order
+
+
+def test_reads_inside_the_block_see_the_rows_kept(db: Database) -> None:
+    """A ``Direct`` statement on a table with kept rows sends them first, and so does any
+    statement run through SQLAlchemy; one on other tables leaves them kept."""
+    other = Direct(select(HL7Link.__table__.c.value))
+    with db.write() as conn, deferring(conn):
+        KEEP.run(conn, _head("seen-by-direct"))
+        assert other.rows(conn, {}) == []
+        with pytest.raises(TypeError):  # nothing was sent: no rows to read
+            KEEP.run(conn, _head("kept")).fetchone()
+        assert [r.res_id for r in VERSIONS.rows(conn, {})] == ["seen-by-direct", "kept"]
+        KEEP.run(conn, _head("seen-by-sqlalchemy"))
+        assert conn.execute(select(func.count()).select_from(R)).scalar_one() == 3
+        KEEP.run(conn, _head("late"))
+        flush(conn)
+        assert len(VERSIONS.rows(conn, {})) == 4
+
+
+def test_an_error_in_the_block_drops_what_it_kept(db: Database) -> None:
+    def give_up(conn: Connection) -> None:
+        with deferring(conn):
+            KEEP.run(conn, _head("dropped"))
+            raise RuntimeError("given up")
+
+    with db.write() as conn:
+        with pytest.raises(RuntimeError, match="given up"):
+            give_up(conn)
+        Direct(insert(R)).run(conn, _head("written"))
+        with deferring(conn):  # the connection defers again
+            KEEP.run(conn, _head("deferred"))
+    with db.read() as conn:
+        assert [r.res_id for r in VERSIONS.rows(conn, {})] == ["written", "deferred"]
+
+
+def test_only_inserts_that_return_nothing_are_deferred(db: Database) -> None:
+    with pytest.raises(ValueError, match="only an INSERT"):
+        Direct(select(R.c.seq), deferrable=True)
+    returning = Direct(insert(R).returning(R.c.seq), deferrable=True)
+    with db.write() as conn, deferring(conn):
+        with pytest.raises(ValueError, match="may not return rows"):
+            returning.run(conn, _head("r"))
+        with pytest.raises(RuntimeError, match="already deferring"), deferring(conn):
+            pass
