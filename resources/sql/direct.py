@@ -16,10 +16,11 @@ of the time they take through ``execute`` and its ``Row`` on SQLite (5-14 µs ag
 and some 50-60 µs less of a PostgreSQL round trip's 150.
 
 On PostgreSQL, several rows for a plain ``INSERT`` (no ``RETURNING``, implicit ones included:
-build it with ``.inline()``) go as one statement with a ``VALUES`` list:
-psycopg's executemany runs a pipeline per call, about 0.1 ms of Python more than one
-statement for the handful of index rows a write inserts (SQLite's executemany steps one
-prepared statement per row, which is cheaper still).
+build it with ``.inline()``) go as one statement, an array per column (``unnest``), whatever
+their number: psycopg's executemany runs a pipeline per call, about 0.1 ms of Python more than
+one statement for the handful of index rows a write inserts, and a ``VALUES`` list is a new
+statement for each number of rows (SQLite's executemany steps one prepared statement per row,
+which is cheaper still).
 
 On PostgreSQL each statement is also a round trip to the server (0.1-0.2 ms here, and some
 50 µs of the driver's CPU for each wait). Statements run inside :func:`pipelined` go together
@@ -64,14 +65,13 @@ class _Compiled:
     fixed: dict[str, Any]  # values written into the statement (``kind == "filler"``)
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, SQLAlchemy's processor)
     positional: bool
-    values: _ValuesList | None = None  # PostgreSQL INSERTs: many rows in one statement
+    columns: _Columns | None = None  # PostgreSQL INSERTs: many rows in one statement
     result: _Result | None = None  # a SELECT's (or RETURNING's) columns, for ``rows``
 
 
-# rows in one VALUES list (more go by executemany): well inside PostgreSQL's 65,535 parameters
-_MAX_ROWS = 500
-_INSERT = re.compile(r"(INSERT INTO .* VALUES )(\(.*\))", re.DOTALL)
+_INSERT = re.compile(r"INSERT INTO (\S+) \((.*?)\) VALUES \((.*)\)", re.DOTALL)
 _NAMED = re.compile(r"%\((\w+)\)s")
+_ROW = re.compile(r"%\(\w+\)s(::[^,]+)?(, %\(\w+\)s(::[^,]+)?)*")  # placeholders only
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,27 +92,30 @@ class _Result:
 
 
 @dataclass(frozen=True, slots=True)
-class _ValuesList:
-    """An ``INSERT … VALUES (…)`` (psycopg's named placeholders) for any number of rows."""
+class _Columns:
+    """A PostgreSQL ``INSERT``'s rows as one array per column, for any number of rows:
+    ``INSERT INTO t (a, b) SELECT * FROM unnest(%s::BIGINT[], %s::VARCHAR[])``. One text per
+    statement, so psycopg converts it once and PostgreSQL plans it once (prepared), where a
+    ``VALUES`` list is a new statement for each number of rows, parsed and planned each time."""
 
-    head: str  # "INSERT INTO t (a, b) VALUES "
-    row: str  # "(%s::BIGINT, %s::VARCHAR)"
-    names: tuple[str, ...]  # whose value each %s of ``row`` takes
-    sql: dict[int, str] = field(default_factory=dict)  # by number of rows
+    sql: str
+    names: tuple[str, ...]  # the bind parameter each array holds, in order
 
     @classmethod
-    def of(cls, sql: str) -> _ValuesList | None:
+    def of(cls, statement: Any, sql: str, dialect: Any) -> _Columns | None:
         m = _INSERT.fullmatch(sql)
         if m is None or "%%" in sql:
             return None
-        head, row = m.groups()
-        return cls(head, _NAMED.sub("%s", row), tuple(_NAMED.findall(row)))
-
-    def statement(self, values: list[dict[str, Any]]) -> tuple[str, list[Any]]:
-        sql = self.sql.get(len(values))
-        if sql is None:
-            sql = self.sql[len(values)] = self.head + ", ".join([self.row] * len(values))
-        return sql, [row[name] for row in values for name in self.names]
+        into, columns, row = m.groups()
+        names = tuple(_NAMED.findall(row))
+        quoted = [c.strip() for c in columns.split(",")]
+        if not _ROW.fullmatch(row) or len(quoted) != len(names):
+            return None
+        table = statement.table
+        types = [table.c[c.strip('"')].type.compile(dialect=dialect) for c in quoted]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        sql = f"INSERT INTO {into} ({columns}) SELECT * FROM unnest({arrays})"  # noqa: S608
+        return cls(sql, names)
 
 
 class Direct:
@@ -161,8 +164,9 @@ class Direct:
         values = [_bound(compiled, row) for row in rows]
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            if many and compiled.values is not None and 1 < len(values) <= _MAX_ROWS:
-                cursor.execute(*compiled.values.statement(values))
+            if many and compiled.columns is not None and len(values) > 1:
+                arrays = [[row[name] for row in values] for name in compiled.columns.names]
+                cursor.execute(compiled.columns.sql, arrays)
             elif len(values) > 1:
                 cursor.executemany(compiled.sql, values)
             elif self.plan_per_run and dialect.name == "postgresql":
@@ -206,16 +210,16 @@ class Direct:
             processor = bound.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 processors.append((position, processor))
-        values = None
+        columns = None
         if dialect.name == "postgresql" and not dialect.positional:
-            values = _ValuesList.of(compiled.string)
+            columns = _Columns.of(self.statement, compiled.string, dialect)
         return _Compiled(
             compiled.string,
             names,
             fixed,
             tuple(processors),
             dialect.positional,
-            values,
+            columns,
             _result(compiled, dialect),
         )
 
@@ -254,8 +258,8 @@ class _Pending:
         return _Kept(len(rows))
 
     def flush(self, conn: Connection) -> None:
-        """Write every kept row: one statement per batch (of up to ``_MAX_ROWS`` rows), in one
-        round trip on PostgreSQL."""
+        """Write every kept row: one statement per batch, all in one round trip on
+        PostgreSQL."""
         batches = list(self.batches.values())
         self.batches.clear()
         self.tables.clear()
@@ -263,9 +267,7 @@ class _Pending:
             return
         with pipelined(conn):
             for direct, rows in batches:
-                for start in range(0, len(rows), _MAX_ROWS):
-                    chunk = rows[start : start + _MAX_ROWS]
-                    direct._execute(conn, chunk, len(chunk) > 1)
+                direct._execute(conn, rows, len(rows) > 1)
 
 
 @contextmanager

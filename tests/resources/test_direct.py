@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from resources.fhirdate import as_utc
-from resources.sql.direct import _MAX_ROWS, Direct, deferring, flush, pipelined
+from resources.sql.direct import Direct, deferring, flush, pipelined
 from resources.sql.engine import Database
 from resources.sql.tables import HL7Link, ResourceRow
 
@@ -143,23 +143,40 @@ def test_statements_that_need_sqlalchemy_at_run_time_are_refused(db: Database) -
         assert partial.run(conn, {"rid": "a", "version": 2}).rowcount == 0
 
 
-def test_many_rows_go_in_one_statement_on_postgresql_up_to_a_limit(db: Database) -> None:
-    """PostgreSQL: a VALUES list for up to _MAX_ROWS rows, executemany past it; both count
-    every row and store the same values. (inline(): no implicit RETURNING of ``seq``, which
-    keeps a statement out of the VALUES list.)"""
-    rows = [_head(f"v{i}", version=i % 7 + 1) for i in range(_MAX_ROWS + 4)]
+def test_many_rows_go_in_one_statement_on_postgresql_whatever_their_number(
+    db: Database,
+) -> None:
+    """PostgreSQL: one statement of the same text for any number of rows (an array per
+    column), which counts every row and stores the same values as one row at a time.
+    (inline(): no implicit RETURNING of ``seq``, which keeps a statement to one row.)"""
+    rows = [_head(f"v{i}", version=i % 7 + 1, deleted=i % 3 == 0) for i in range(600)]
     stmt = Direct(insert(R).inline())
     with db.write() as conn:
         assert stmt.run(conn, rows[:3]).rowcount == 3
-        assert stmt.run(conn, rows[3:]).rowcount == _MAX_ROWS + 1  # one over: executemany
+        assert stmt.run(conn, rows[3:]).rowcount == 597
+        assert stmt.run(conn, _head("alone")).rowcount == 1
     with db.read() as conn:
-        stored = dict(conn.execute(select(R.c.res_id, R.c.version)).all())
-    assert stored == {r["res_id"]: r["version"] for r in rows}
+        stored = {r.res_id: r for r in conn.execute(select(R))}
+    assert {k: (r.version, r.deleted) for k, r in stored.items()} == {
+        **{r["res_id"]: (r["version"], r["deleted"]) for r in rows},
+        "alone": (1, False),
+    }
+    assert as_utc(stored["v6"].last_updated) == WHEN
+    links = [
+        {"sender": "S", "kind": "filler", "value": str(i), "appointment_id": "a", "last_sent_at": t}
+        for i, t in enumerate([None, WHEN, None])  # NULLs among a column's values
+    ]
+    link = cast(Table, HL7Link.__table__)
+    with db.write() as conn:
+        Direct(insert(link).inline()).run(conn, links)
+    with db.read() as conn:
+        sent = dict(conn.execute(select(link.c.value, link.c.last_sent_at)).all())
+    assert sent["0"] is None and sent["2"] is None and as_utc(sent["1"]) == WHEN
     (compiled,) = stmt._compiled.values()
     if db.dialect == "postgresql":
-        assert compiled.values is not None and set(compiled.values.sql) == {3}
+        assert compiled.columns is not None and "unnest(" in compiled.columns.sql
     else:
-        assert compiled.values is None
+        assert compiled.columns is None
 
 
 def test_pipelined_statements_all_run_and_their_cursors_answer_after_the_block(
@@ -252,11 +269,11 @@ def test_deferred_rows_are_written_together_when_the_block_ends(db: Database) ->
     with pytest.raises(IntegrityError):
         duplicate()
     assert reached == ["end of block"]
-    rows = [_head(f"d{i}", version=i % 5 + 1) for i in range(_MAX_ROWS + 3)]
+    rows = [_head(f"d{i}", version=i % 5 + 1) for i in range(503)]
     with db.write() as conn, deferring(conn):
         KEEP.run(conn, rows[:2])
         KEEP.run(conn, rows[2])
-        KEEP.run(conn, rows[3:])  # more than one statement's worth, together
+        KEEP.run(conn, rows[3:])
     with db.read() as conn:
         stored = [tuple(r) for r in VERSIONS.rows(conn, {})]
     assert stored == [(r["res_id"], r["version"]) for r in rows]  # all, in order

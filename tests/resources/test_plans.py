@@ -50,7 +50,7 @@ def test_a_search_run_many_times_is_never_given_a_generic_plan(
         prepared = _prepared(db)
         # the control: this connection does prepare what runs often (the Store's inserts)
         assert any("INSERT INTO resource_version" in s for s, _ in prepared), prepared
-        searches = [(s, g) for s, g in prepared if "idx_blind" in s and "SELECT" in s]
+        searches = [(s, g) for s, g in prepared if "idx_blind" in s and s.startswith("SELECT")]
         assert searches == [], searches
     finally:
         db.dispose()
