@@ -38,7 +38,7 @@ from fhir_server.scheduling.booking import (
     set_slots,
     slot_ids,
 )
-from fhir_server.scheduling.calendar_reads import match_patient
+from fhir_server.scheduling.calendar_reads import match_patient, send_match_patient
 from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
 from fhir_server.scheduling.config import ClinicConfig, VisitType
 from fhir_server.scheduling.spans import lower, slots_overlapping
@@ -129,27 +129,42 @@ def _send_linked(conn: Connection, change: SIUChange) -> Callable[[], Any]:
 class Batch:
     """Messages applied one after another in one transaction (a group commit, or one message).
 
-    :meth:`prefetch` sends every message's link query together, one round trip for the group;
-    a message whose keys an earlier one in the batch has linked since is read again (the rows
-    it wrote are sent first: ``Direct``'s deferral). The Slots the messages mark busy or free
-    are written once, by :meth:`finish`, each with the status the last message gave it.
+    :meth:`prefetch` sends every message's link and patient queries together, one round trip
+    for the group. A message whose keys an earlier one in the batch has linked since, or any
+    message after one that created a Patient, reads again (the rows written meanwhile are sent
+    first: ``Direct``'s deferral). The Slots the messages mark busy or free are written once,
+    by :meth:`finish`, each with the status the last message gave it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store, known_patients: dict[str, str]) -> None:
+        self.store = store
+        self.known = known_patients  # identifier → Patient id, kept across batches
         self.marks: dict[str, str] = {}  # Slot id → busy | free
-        self._sent: dict[int, Callable[[], Any]] = {}  # id(change) → its link, read
+        self._links: dict[int, Callable[[], Any]] = {}  # id(change) → its link, sent
+        self._patients: dict[int, Callable[[], str | None]] = {}  # id(change) → its Patient
         self._linked: set[tuple[str, str, str]] = set()  # link keys written in this batch
+        self._created = False  # a Patient was created in this batch
 
     def prefetch(self, conn: Connection, changes: list[SIUChange]) -> None:
-        """Send the link queries of ``changes`` (call inside ``pipelined``)."""
+        """Send the link and patient queries of ``changes`` (call inside ``pipelined``)."""
         for change in changes:
-            self._sent[id(change)] = _send_linked(conn, change)
+            self._links[id(change)] = _send_linked(conn, change)
+            self._patients[id(change)] = _send_patient(conn, self.store, change.patient, self.known)
 
     def link(self, conn: Connection, change: SIUChange) -> Any:
-        sent = self._sent.pop(id(change), None)
+        sent = self._links.pop(id(change), None)
         if sent is None or not self._linked.isdisjoint(_link_keys(change)):
             return _send_linked(conn, change)()
         return sent()
+
+    def patient(self, conn: Connection, change: SIUChange) -> str | None:
+        sent = self._patients.pop(id(change), None)
+        if sent is None or self._created:
+            sent = _send_patient(conn, self.store, change.patient, self.known)
+        found = sent()
+        if found is None and change.patient:
+            self._created = True
+        return _patient(conn, self.store, change.patient, self.known, found)
 
     def mark(self, ids: list[str], status: str) -> None:
         self.marks.update(dict.fromkeys(ids, status))
@@ -191,13 +206,44 @@ def _link(
             _INSERT_LINK.run(conn, {**row, "appointment_id": appointment_id, "last_sent_at": sent})
 
 
+def _patient_keys(patient: dict[str, Any]) -> list[str]:
+    return [
+        f"{i.get('system', '')}|{i['value']}"
+        for i in patient.get("identifier", [])
+        if i.get("value")
+    ]
+
+
+def _send_patient(
+    conn: Connection, store: Store, patient: dict[str, Any] | None, known: dict[str, str]
+) -> Callable[[], str | None]:
+    """Send the queries that find the Patient PID names: a Patient remembered for one of its
+    identifiers, if it is still there, else a match (identifier, then name and birth date);
+    the returned function reads which Patient that is (None: none, it is to be created)."""
+    if not patient:
+        return lambda: None
+    remembered = next((known[k] for k in _patient_keys(patient) if k in known), None)
+    if remembered is None:
+        return send_match_patient(conn, store, patient)
+    read = store.send_current(conn, "Patient", remembered)
+
+    def found() -> str | None:
+        current = read()
+        if current is not None and not current.deleted:
+            return remembered
+        return match_patient(conn, store, patient)  # gone, or its creation rolled back
+
+    return found
+
+
 def _patient(
     conn: Connection,
     store: Store,
     patient: dict[str, Any] | None,
-    known: dict[str, str] | None,
+    known: dict[str, str],
+    found: str | None,
 ) -> str | None:
-    """The Patient PID names: matched (identifier, then name and birth date) or created.
+    """The Patient PID names: ``found`` (by :func:`_send_patient`), or created.
 
     ``known`` remembers identifier → Patient id across messages (senders repeat the same
     patients all day); a remembered Patient that is gone, or a transaction that rolled back
@@ -205,26 +251,13 @@ def _patient(
     """
     if not patient:
         return None
-    keys = [
-        f"{i.get('system', '')}|{i['value']}"
-        for i in patient.get("identifier", [])
-        if i.get("value")
-    ]
-    if known is not None:
-        for key in keys:
-            pid = known.get(key)
-            current = store.current(conn, "Patient", pid) if pid else None
-            if current is not None and not current.deleted:
-                return pid
-    found = match_patient(conn, store, patient)
     if found is None:
         outcome = service.create(conn, store=store, resource_type="Patient", resource=dict(patient))
         assert outcome.stored is not None
         found = outcome.stored.res_id
-    if known is not None:
-        if len(known) > 50_000:
-            known.clear()
-        known.update(dict.fromkeys(keys, found))
+    if len(known) > 50_000:
+        known.clear()
+    known.update(dict.fromkeys(_patient_keys(patient), found))
     return found
 
 
@@ -409,7 +442,6 @@ def apply_change(
     change: SIUChange,
     now: datetime,
     batch: Batch,
-    known_patients: dict[str, str] | None = None,
 ) -> Applied:
     """Apply ``change`` as one of ``batch``'s messages (its Slots are written by
     ``batch.finish``)."""
@@ -423,7 +455,7 @@ def apply_change(
     visit = _visit_type(config, change)
     visit_type = visit.code if visit else None
     start, end = _span(change, old, visit)
-    patient_id = _patient(conn, store, change.patient, known_patients)
+    patient_id = batch.patient(conn, change)
     practitioner = _practitioner(config, change.practitioners[0]) if change.practitioners else None
     location = _location(config, change.locations[0]) if change.locations else None
     if old is not None and not change.practitioners:

@@ -277,7 +277,7 @@ class Listener:
         acks: list[bytes] = []
         done: list[tuple[_Inbound, Applied]] = []
         trails: list[Trail] = []
-        batch = Batch()
+        batch = Batch(self.store, self.known_patients)
         with self.db.write() as conn, deferring(conn):
             # what every message reads first, in one round trip: its stored row and its link
             with pipelined(conn):
@@ -333,7 +333,6 @@ class Listener:
                 change=change,
                 now=msg.now,
                 batch=batch,
-                known_patients=self.known_patients,
             )
         finally:
             ORIGIN.reset(origin)

@@ -260,11 +260,21 @@ class Store:
 
     # -- reads ------------------------------------------------------------------------------
     def current(self, conn: Connection, rtype: str, rid: str) -> Current | None:
-        found = _CURRENT.rows(conn, {"rtype": rtype, "rid": rid})
-        if not found:
-            return None
-        row = found[0]
-        return Current(row.seq, row.version, as_utc(row.last_updated), bool(row.deleted))
+        return self.send_current(conn, rtype, rid)()
+
+    def send_current(self, conn: Connection, rtype: str, rid: str) -> Callable[[], Current | None]:
+        """Send :meth:`current`'s query now (inside ``pipelined``, with others); the returned
+        function reads its answer."""
+        read = _CURRENT.send(conn, {"rtype": rtype, "rid": rid})
+
+        def answer() -> Current | None:
+            found = read()
+            if not found:
+                return None
+            row = found[0]
+            return Current(row.seq, row.version, as_utc(row.last_updated), bool(row.deleted))
+
+        return answer
 
     def read(self, conn: Connection, rtype: str, rid: str) -> StoredVersion | None:
         """The current version (possibly a deletion marker), or None if it never existed."""

@@ -16,8 +16,9 @@ from sqlalchemy import Connection
 
 from fhir_server.scheduling.spans import BUSY_OVERLAPPING_SQL, lower
 from resources.fhirdate import as_utc
-from resources.search.lookup import blind_match
+from resources.search.lookup import send_blind_match
 from resources.sql.async_reads import AsyncReader
+from resources.sql.direct import pipelined
 from resources.sql.tables import BusyTime
 from resources.store import Store
 
@@ -118,8 +119,18 @@ _ACTIVE_VISITS = (
 def match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
     """Match a ``patient-resource`` by identifier, else by family name and birth date: the
     first of those searches that finds exactly one Patient (all sent at once)."""
+    with pipelined(conn):
+        read = send_match_patient(conn, store, patient)
+    return read()
+
+
+def send_match_patient(
+    conn: Connection, store: Store, patient: dict[str, Any] | None
+) -> Callable[[], str | None]:
+    """:func:`match_patient`'s queries, sent now (call inside ``pipelined``, with others); the
+    returned function reads the match."""
     if not patient:
-        return None
+        return lambda: None
     tries: list[list[tuple[str, str]]] = [
         [("identifier", f"{i.get('system', '')}|{i['value']}")]
         for i in patient.get("identifier", [])
@@ -129,10 +140,8 @@ def match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None
     birth = patient.get("birthDate")
     if isinstance(birth, str) and birth and names and isinstance(names[0], str) and names[0]:
         tries.append([("family:exact", names[0]), ("birthdate", birth)])
-    for ids in blind_match(conn, store.keys, "Patient", tries):
-        if len(ids) == 1:
-            return ids[0]
-    return None
+    read = send_blind_match(conn, store.keys, "Patient", tries)
+    return lambda: next((ids[0] for ids in read() if len(ids) == 1), None)
 
 
 def _busy(

@@ -25,7 +25,7 @@ from resources.sql.direct import Direct, pipelined
 from resources.store import INDEX_TABLES, R
 from security.crypto import KeyRing
 
-__all__ = ["blind_match"]
+__all__ = ["blind_match", "send_blind_match"]
 
 B = INDEX_TABLES["blind"]
 
@@ -67,23 +67,37 @@ def blind_match(
     is taken as it is (no commas splitting it, no escapes). A term that is not on a PHI
     parameter is a programming error (``ValueError``): use the search engine for it. A search
     with no terms matches nothing here."""
+    with pipelined(conn):
+        read = send_blind_match(conn, keys, rtype, searches, limit=limit)
+    return read()
+
+
+def send_blind_match(
+    conn: Connection,
+    keys: KeyRing,
+    rtype: str,
+    searches: Sequence[Sequence[tuple[str, str]]],
+    *,
+    limit: int = 2,
+) -> Callable[[], list[list[str]]]:
+    """:func:`blind_match`'s queries, sent now (call inside ``pipelined``, with others); the
+    returned function reads their answers."""
     builder = ConditionBuilder(keys, "")
     readers: list[Callable[[], list[Any]]] = []
-    with pipelined(conn):
-        for search in searches:
-            params: dict[str, object] = {"rtype": rtype}
-            counts: list[int] = []
-            for i, (name, value) in enumerate(search):
-                base, _, modifier = name.partition(":")
-                param = search_param(rtype, base)
-                if param is None or not param.phi:
-                    raise ValueError(f"{rtype}.{base} is not a PHI search parameter")
-                digests = builder.blind_digests(rtype, param, modifier or None, value)
-                params[f"p{i}"] = param.name
-                params.update({f"d{i}_{k}": d for k, d in enumerate(digests)})
-                counts.append(len(digests))
-            if not search or 0 in counts:  # a term that matches nothing
-                readers.append(list)
-                continue
-            readers.append(_statement(tuple(counts), limit).send(conn, params))
-    return [[row.res_id for row in read()] for read in readers]
+    for search in searches:
+        params: dict[str, object] = {"rtype": rtype}
+        counts: list[int] = []
+        for i, (name, value) in enumerate(search):
+            base, _, modifier = name.partition(":")
+            param = search_param(rtype, base)
+            if param is None or not param.phi:
+                raise ValueError(f"{rtype}.{base} is not a PHI search parameter")
+            digests = builder.blind_digests(rtype, param, modifier or None, value)
+            params[f"p{i}"] = param.name
+            params.update({f"d{i}_{k}": d for k, d in enumerate(digests)})
+            counts.append(len(digests))
+        if not search or 0 in counts:  # a term that matches nothing
+            readers.append(list)
+            continue
+        readers.append(_statement(tuple(counts), limit).send(conn, params))
+    return lambda: [[row.res_id for row in read()] for read in readers]
