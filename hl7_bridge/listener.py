@@ -276,11 +276,13 @@ class Listener:
         done: list[tuple[_Inbound, Applied]] = []
         trails: list[Trail] = []
         batch = Batch(self.store, self.known_patients)
-        with self.db.write() as conn, deferring(conn):
-            # what every message reads first, in one round trip: its stored row and its link
+        with self.db.write() as conn, deferring(conn), self.store.reserving(conn) as reserve:
+            # what every message reads first, in one round trip: its stored row, its link and
+            # its patient; and the seqs of the Appointments and Patients they may create
             with pipelined(conn):
                 stored = [self.messages.send_find(conn, "in", m.sender, m.control) for m in msgs]
                 batch.prefetch(conn, changes)
+                reserve(2 * len(msgs))
             seen: set[tuple[str, str]] = set()
             for msg, change, read in zip(msgs, changes, stored, strict=True):
                 key = (msg.sender, msg.control)

@@ -7,15 +7,16 @@ transaction as the version it indexes.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from conformance.declaration import RESOURCE_TYPES
@@ -89,6 +90,15 @@ _READ_SEQS = (
     select(R.c.seq, V).join(V, _IS_CURRENT).where(R.c.seq.in_(bindparam("seqs", expanding=True)))
 )
 _INSERT_HEAD = Direct(insert(R).returning(R.c.seq))
+# a new resource's head under a seq reserved already (``Store.reserve``): nothing to read back,
+# so inside ``deferring`` it waits and goes with the transaction's other rows
+_INSERT_HEAD_AT = Direct(insert(R).inline(), deferrable=True)
+_RESERVE_SEQS = Direct(
+    select(func.nextval(func.pg_get_serial_sequence("resource", "seq")).label("seq")).select_from(
+        func.generate_series(1, bindparam("n"))
+    )
+)
+_SEQS = "store.seqs"  # Connection.info key: seqs reserved for new resources
 _ADVANCE_HEAD = Direct(
     update(R)
     .where(R.c.seq == bindparam("seq_"), R.c.version == bindparam("old"))
@@ -147,6 +157,20 @@ class _Fetched:
 
     def fetchone(self) -> Any:
         return self.row
+
+
+@dataclass(slots=True)
+class _Reserved:
+    """Seqs reserved for new resources (``Store.reserving``), read once they are needed."""
+
+    sent: list[Callable[[], list[Any]]] = field(default_factory=list)
+    seqs: deque[int] = field(default_factory=deque)
+
+    def take(self) -> int | None:
+        for read in self.sent:
+            self.seqs.extend(int(row.seq) for row in read())
+        self.sent.clear()
+        return self.seqs.popleft() if self.seqs else None
 
 
 @dataclass(slots=True)
@@ -316,6 +340,25 @@ class Store:
         )
 
     # -- writes -----------------------------------------------------------------------------
+    @contextmanager
+    def reserving(self, conn: Connection) -> Iterator[Callable[[int], None]]:
+        """``reserve(n)`` inside the block sends a query for ``n`` seqs (PostgreSQL; call it
+        inside ``pipelined``, with other statements): new resources written in the block with
+        a fresh id take them, so their heads need no round trip for their seq and, inside
+        ``deferring``, go with the other rows. Seqs left unused when the block ends are gaps
+        (a sequence never gives a number twice). On SQLite ``reserve`` does nothing."""
+
+        reserved = conn.info[_SEQS] = _Reserved()
+
+        def reserve(count: int) -> None:
+            if conn.dialect.name == "postgresql" and count > 0:
+                reserved.sent.append(_RESERVE_SEQS.send(conn, {"n": count}))
+
+        try:
+            yield reserve
+        finally:
+            del conn.info[_SEQS]
+
     def write(
         self,
         conn: Connection,
@@ -400,6 +443,11 @@ class Store:
             "deleted": False,
         }
         if fresh_id:  # a new UUID: no savepoint needed to survive a duplicate
+            reserved: _Reserved | None = conn.info.get(_SEQS)
+            seq = reserved.take() if reserved is not None else None
+            if seq is not None:
+                _INSERT_HEAD_AT.run(conn, {"seq": seq, **head})
+                return _Fetched((seq,))
             return _INSERT_HEAD.run(conn, head)
         try:
             with conn.begin_nested():

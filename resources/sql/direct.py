@@ -56,6 +56,7 @@ from sqlalchemy.sql.util import find_tables
 __all__ = ["Direct", "deferring", "flush", "pipelined"]
 
 _PENDING = "direct.pending"  # Connection.info key: the rows ``deferring`` keeps
+_PIPELINES = "direct.pipelines"  # Connection.info key: the ``pipelined`` blocks open
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,7 @@ class Direct:
         dialect = conn.dialect
         compiled = self._compiled_for(conn, tuple(rows[0]))
         values = [_bound(compiled, row) for row in rows]
+        _open_pipeline(conn)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             if many and compiled.columns is not None and len(values) > 1:
@@ -299,19 +301,47 @@ def _flush_before_sqlalchemy(conn: Connection, *_: Any) -> None:
         pending.flush(conn)
 
 
+@dataclass(slots=True)
+class _Pipeline:
+    """A :func:`pipelined` block: psycopg's pipeline, once a statement has run in it."""
+
+    opened: Any = None  # the psycopg pipeline's context manager, entered
+
+
 @contextmanager
 def pipelined(conn: Connection) -> Iterator[None]:
     """``Direct`` statements run in this block go to PostgreSQL in one round trip; read their
-    cursors after it. A no-op on SQLite."""
+    cursors after it. The pipeline opens at the block's first statement: a block whose
+    statements were all kept (``deferring``) costs no round trip. A no-op on SQLite."""
     if conn.dialect.name != "postgresql":
         yield
         return
+    blocks: list[_Pipeline] = conn.info.setdefault(_PIPELINES, [])
+    block = _Pipeline()
+    blocks.append(block)
     error = conn.dialect.loaded_dbapi.Error
     try:
-        with conn.connection.dbapi_connection.pipeline():  # type: ignore[union-attr]
+        try:
             yield
+        except BaseException as exc:
+            if block.opened is not None:
+                block.opened.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        if block.opened is not None:
+            block.opened.__exit__(None, None, None)
     except error as exc:
         raise DBAPIError.instance("pipelined statements", None, exc, error) from exc
+    finally:
+        blocks.pop()
+
+
+def _open_pipeline(conn: Connection) -> None:
+    """Open psycopg's pipeline for the innermost :func:`pipelined` block, if it has none yet."""
+    blocks: list[_Pipeline] | None = conn.info.get(_PIPELINES)
+    if blocks and blocks[-1].opened is None:
+        opened = conn.connection.dbapi_connection.pipeline()  # type: ignore[union-attr]
+        opened.__enter__()
+        blocks[-1].opened = opened
 
 
 def _result(compiled: Any, dialect: Any) -> _Result | None:

@@ -222,10 +222,31 @@ def test_sqlalchemy_refuses_to_run_a_statement_inside_a_pipeline(db: Database) -
 
     def mixed() -> None:
         with db.write() as conn, pipelined(conn):
+            Direct(insert(R)).run(conn, _head("first"))  # the block's pipeline opens here
             conn.execute(select(R.c.seq).where(R.c.res_id == "anything"))
 
     with pytest.raises(RuntimeError, match="inside a pipeline"):
         mixed()
+
+
+def test_a_pipeline_opens_only_once_a_statement_is_sent(db: Database) -> None:
+    """A block whose statements were all kept (``deferring``) opens no pipeline, so it costs
+    no round trip, and a statement through SQLAlchemy may still run in it."""
+    with db.write() as conn, deferring(conn):
+        with pipelined(conn):
+            KEEP.run(conn, _head("kept"))
+            assert not _in_pipeline(conn)
+        with pipelined(conn):
+            Direct(insert(R)).run(conn, _head("sent"))
+            assert _in_pipeline(conn) == (db.dialect == "postgresql")
+        with pipelined(conn):  # SQLAlchemy's statement first sends what was kept, then runs
+            count = conn.execute(select(func.count()).select_from(R)).scalar_one()
+        assert count == 2
+
+
+def _in_pipeline(conn: Connection) -> bool:
+    dbapi = conn.connection.dbapi_connection
+    return bool(getattr(getattr(dbapi, "pgconn", None), "pipeline_status", 0))
 
 
 @pytest.mark.parametrize("plan_per_run", [False, True])
