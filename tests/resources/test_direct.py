@@ -146,9 +146,9 @@ def test_statements_that_need_sqlalchemy_at_run_time_are_refused(db: Database) -
 def test_many_rows_go_in_one_statement_on_postgresql_whatever_their_number(
     db: Database,
 ) -> None:
-    """PostgreSQL: one statement of the same text for any number of rows (an array per
-    column), which counts every row and stores the same values as one row at a time.
-    (inline(): no implicit RETURNING of ``seq``, which keeps a statement to one row.)"""
+    """PostgreSQL: one statement for any number of rows (a VALUES list for a few, an array
+    per column for more), which counts every row and stores the same values as one row at a
+    time. (inline(): no implicit RETURNING of ``seq``, which keeps a statement to one row.)"""
     rows = [_head(f"v{i}", version=i % 7 + 1, deleted=i % 3 == 0) for i in range(600)]
     stmt = Direct(insert(R).inline())
     with db.write() as conn:
@@ -164,19 +164,20 @@ def test_many_rows_go_in_one_statement_on_postgresql_whatever_their_number(
     assert as_utc(stored["v6"].last_updated) == WHEN
     links = [
         {"sender": "S", "kind": "filler", "value": str(i), "appointment_id": "a", "last_sent_at": t}
-        for i, t in enumerate([None, WHEN, None])  # NULLs among a column's values
+        for i, t in enumerate([None, WHEN, None] * 5)  # NULLs among a column's values
     ]
     link = cast(Table, HL7Link.__table__)
     with db.write() as conn:
         Direct(insert(link).inline()).run(conn, links)
     with db.read() as conn:
         sent = dict(conn.execute(select(link.c.value, link.c.last_sent_at)).all())
-    assert sent["0"] is None and sent["2"] is None and as_utc(sent["1"]) == WHEN
+    assert sent["12"] is None and sent["14"] is None and as_utc(sent["13"]) == WHEN
     (compiled,) = stmt._compiled.values()
-    if db.dialect == "postgresql":
+    if db.dialect == "postgresql":  # the VALUES list served only the 3 rows
+        assert compiled.values is not None and set(compiled.values.sql) == {3}
         assert compiled.columns is not None and "unnest(" in compiled.columns.sql
     else:
-        assert compiled.columns is None
+        assert compiled.values is None and compiled.columns is None
 
 
 def test_pipelined_statements_all_run_and_their_cursors_answer_after_the_block(
