@@ -166,13 +166,18 @@ class Batch:
             self._created = True
         return _patient(conn, self.store, change.patient, self.known, found)
 
+    def linking(self, change: SIUChange) -> None:
+        """``change``'s keys are being linked: later messages read their links again."""
+        self._linked.update(_link_keys(change))
+
     def mark(self, ids: list[str], status: str) -> None:
         self.marks.update(dict.fromkeys(ids, status))
 
-    def finish(self, conn: Connection, store: Store) -> None:
+    def finish(self, conn: Connection) -> None:
         """Write the Slots' statuses (call once every message is applied)."""
         for status in ("free", "busy"):
-            set_slots(conn, store, [s for s, want in self.marks.items() if want == status], status)
+            wanted = [s for s, want in self.marks.items() if want == status]
+            set_slots(conn, self.store, wanted, status)
         self.marks.clear()
 
 
@@ -180,30 +185,27 @@ def _link(
     conn: Connection, batch: Batch, change: SIUChange, appointment_id: str, *, new: bool
 ) -> None:
     sent = change.sent_at.astimezone(UTC) if change.sent_at else None  # SQLite keeps no offset
-    batch._linked.update(_link_keys(change))
-    keys = [(k, v) for k, v in (("filler", change.filler), ("placer", change.placer)) if v]
+    batch.linking(change)
+    rows = [
+        {
+            "sender": sender,
+            "kind": kind,
+            "value": value,
+            "appointment_id": appointment_id,
+            "last_sent_at": sent,
+        }
+        for sender, kind, value in _link_keys(change)
+    ]
     if new:
-        _INSERT_LINK.run(
-            conn,
-            [
-                {
-                    "sender": change.sender,
-                    "kind": kind,
-                    "value": value,
-                    "appointment_id": appointment_id,
-                    "last_sent_at": sent,
-                }
-                for kind, value in keys
-            ],
-        )
+        _INSERT_LINK.run(conn, rows)
         return
-    for kind, value in keys:
-        key = {"b_sender": change.sender, "b_kind": kind, "b_value": value}
-        values = {**key, "appointment_id": appointment_id, "last_sent_at": sent}
-        done = _UPDATE_LINK.run(conn, values)
+    for row in rows:
+        key = {"b_sender": row["sender"], "b_kind": row["kind"], "b_value": row["value"]}
+        done = _UPDATE_LINK.run(
+            conn, {**key, "appointment_id": appointment_id, "last_sent_at": sent}
+        )
         if not done.rowcount:
-            row = {"sender": change.sender, "kind": kind, "value": value}
-            _INSERT_LINK.run(conn, {**row, "appointment_id": appointment_id, "last_sent_at": sent})
+            _INSERT_LINK.run(conn, row)
 
 
 def _patient_keys(patient: dict[str, Any]) -> list[str]:

@@ -294,7 +294,7 @@ class Listener:
                 if applied is not None:
                     done.append((msg, applied))
                     trails.append(self._applied_trail(msg, applied))
-            batch.finish(conn, self.store)
+            batch.finish(conn)
             if self.config.audit:
                 commit_together(conn, self.keys, trails)
         for msg, applied in done:
