@@ -90,7 +90,7 @@ _READ_SEQS = (
     select(R.c.seq, V).join(V, _IS_CURRENT).where(R.c.seq.in_(bindparam("seqs", expanding=True)))
 )
 _INSERT_HEAD = Direct(insert(R).returning(R.c.seq))
-# a new resource's head under a seq reserved already (``Store.reserve``): nothing to read back,
+# a new resource's head under a seq reserved already (``Store.reserving``): nothing to read back,
 # so inside ``deferring`` it waits and goes with the transaction's other rows
 _INSERT_HEAD_AT = Direct(insert(R).inline(), deferrable=True)
 _RESERVE_SEQS = Direct(

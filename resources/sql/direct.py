@@ -73,7 +73,6 @@ class _Compiled:
 
 
 _INSERT = re.compile(r"INSERT INTO (\S+) \((.*?)\) VALUES \((.*)\)", re.DOTALL)
-_VALUES = re.compile(r"(INSERT INTO .* VALUES )(\(.*\))", re.DOTALL)
 # up to this many values a VALUES list is cheaper than arrays: psycopg keeps its conversion
 # (it caches statements of up to 50 parameters) and dumps each value in C, where an array is
 # dumped in Python (2-8 index rows: 68-96 µs of CPU against 101-122; 30 rows: 357 against 220)
@@ -110,11 +109,12 @@ class _ValuesList:
 
     @classmethod
     def of(cls, sql: str) -> _ValuesList | None:
-        m = _VALUES.fullmatch(sql)
+        m = _INSERT.fullmatch(sql)
         if m is None or "%%" in sql:
             return None
-        head, row = m.groups()
-        return cls(head, _NAMED.sub("%s", row), tuple(_NAMED.findall(row)))
+        into, columns, row = m.groups()
+        head = f"INSERT INTO {into} ({columns}) VALUES "  # noqa: S608 - names from the statement
+        return cls(head, f"({_NAMED.sub('%s', row)})", tuple(_NAMED.findall(row)))
 
     def statement(self, values: list[dict[str, Any]]) -> tuple[str, list[Any]]:
         sql = self.sql.get(len(values))
