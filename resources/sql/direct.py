@@ -180,7 +180,11 @@ class Direct:
             if self.deferrable:
                 return pending.keep(conn, self, rows)
             if not self.tables.isdisjoint(pending.tables):
-                pending.flush(conn)  # this statement sees (or changes) what was kept
+                # this statement sees (or changes) what was kept: those rows go first, in the
+                # same round trip
+                with pipelined(conn):
+                    pending.write(conn)
+                    return self._execute(conn, rows, many)
         return self._execute(conn, rows, many)
 
     def _compiled_for(self, conn: Connection, keys: tuple[str, ...]) -> _Compiled:
@@ -298,14 +302,16 @@ class _Pending:
     def flush(self, conn: Connection) -> None:
         """Write every kept row: one statement per batch, all in one round trip on
         PostgreSQL."""
+        with pipelined(conn):
+            self.write(conn)
+
+    def write(self, conn: Connection) -> None:
+        """:meth:`flush`'s statements, in the caller's ``pipelined`` block."""
         batches = list(self.batches.values())
         self.batches.clear()
         self.tables.clear()
-        if not batches:
-            return
-        with pipelined(conn):
-            for direct, rows in batches:
-                direct._execute(conn, rows, len(rows) > 1)
+        for direct, rows in batches:
+            direct._execute(conn, rows, len(rows) > 1)
 
 
 @contextmanager
