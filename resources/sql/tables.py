@@ -196,10 +196,14 @@ class SlotTime(Base):
     # covering: $find reads a schedule's free Slots in start order from the index alone
     __table_args__ = (
         Index("ix_slot_time_free", "schedule_id", "status", "start_s", "end_s", "slot_id"),
+        # covering too: planned generically (prepared), PostgreSQL would otherwise prefer
+        # ix_slot_time_free's scan of the whole schedule for the long branch (migration 0010)
         Index(
             "ix_slot_time_long",
             "schedule_id",
             "start_s",
+            "end_s",
+            "slot_id",
             sqlite_where=text(SLOT_IS_LONG),
             postgresql_where=text(SLOT_IS_LONG),
         ),
