@@ -46,6 +46,7 @@ from resources.sql.direct import deferring, pipelined
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit
 from resources.store import Store
+from security.audit import send_head
 from security.balp import Actor
 from security.crypto import KeyRing
 from security.trail import Trail, commit_together
@@ -279,10 +280,13 @@ class Listener:
         with self.db.write() as conn, deferring(conn), self.store.reserving(conn) as reserve:
             # what every message reads first, in one round trip: its stored row, its link and
             # its patient; and the seqs of the Appointments and Patients they may create
+            # (and on PostgreSQL the audit chain's head, so that the group's records go with
+            # its last writes; see security.audit.append)
             with pipelined(conn):
                 stored = [self.messages.send_find(conn, "in", m.sender, m.control) for m in msgs]
                 batch.prefetch(conn, changes)
                 reserve(2 * len(msgs))
+                head = send_head(conn) if self.config.audit and not self.db.is_sqlite else None
             seen: set[tuple[str, str]] = set()
             for msg, change, read in zip(msgs, changes, stored, strict=True):
                 key = (msg.sender, msg.control)
@@ -296,7 +300,7 @@ class Listener:
                     trails.append(self._applied_trail(msg, applied))
             batch.finish(conn)
             if self.config.audit:
-                commit_together(conn, self.keys, trails)
+                commit_together(conn, self.keys, trails, head=head() if head else None)
         for msg, applied in done:
             log.info(
                 "hl7.applied",

@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +39,7 @@ from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from resources.fhirdate import as_utc
+from resources.sql.direct import pipelined, raw
 from resources.sql.tables import AuditHead, AuditIndex, AuditLog
 from security.crypto import DecryptionError, KeyRing, Sealed
 
@@ -156,8 +157,42 @@ def digest(keys: KeyRing, param: str, value: str) -> bytes:
     return keys.blind(f"AuditEvent.{param}", value)
 
 
-def append(conn: Connection, keys: KeyRing, events: list[dict[str, Any]]) -> list[int]:
-    """Add ``events`` to the chain in this transaction; returns their sequence numbers."""
+def send_head(conn: Connection) -> Callable[[], tuple[int, bytes]]:
+    """PostgreSQL: send a read of the chain's head (unlocked) now, in the caller's
+    :func:`~resources.sql.direct.pipelined` block, and read it from the function returned once
+    the block has ended: for :func:`append`'s ``head``."""
+    cursor = raw(conn, _READ_HEAD, [])
+
+    @functools.cache
+    def head() -> tuple[int, bytes]:
+        row = cursor.fetchone()
+        return int(row[0]), bytes(row[1])
+
+    return head
+
+
+def append(
+    conn: Connection,
+    keys: KeyRing,
+    events: list[dict[str, Any]],
+    *,
+    head: tuple[int, bytes] | None = None,
+) -> list[int]:
+    """Add ``events`` to the chain in this transaction; returns their sequence numbers.
+
+    ``head`` (PostgreSQL): the head read earlier in the transaction, unlocked
+    (:func:`send_head`). The events are sealed after it and go in one statement that adds them
+    only if the head is still that one, together with the rows a ``deferring`` block keeps: one
+    round trip, where reading the head under its lock first costs two. If another writer has
+    moved the head meanwhile, nothing was added, and the events go the locked way."""
+    if head is not None and conn.dialect.name == "postgresql" and len(events) <= AsyncChain.MOST:
+        batch = _extend(head, keys, events, sqlite=False)
+        values = [v for row in (batch.head, head, *batch.log, *batch.index) for v in row]
+        with pipelined(conn):
+            cursor = raw(conn, _append_after(len(batch.log), len(batch.index)), values)
+        extended = cursor.fetchone()
+        if extended is not None and extended[0] == 1:
+            return batch.numbers
     driver_error = conn.dialect.loaded_dbapi.Error
     try:
         return append_dbapi(conn.connection.dbapi_connection, conn.dialect.name, keys, events)

@@ -91,15 +91,22 @@ class Trail:
         return list(self.facts) if failed else self.facts[self.staged :]
 
 
-def commit_together(conn: Connection, keys: KeyRing, trails: list[Trail]) -> None:
+def commit_together(
+    conn: Connection,
+    keys: KeyRing,
+    trails: list[Trail],
+    *,
+    head: tuple[int, bytes] | None = None,
+) -> None:
     """:meth:`Trail.commit_in` for several trails written in one transaction (the HL7
-    listener's groups of messages): their records go into the chain in one append."""
+    listener's groups of messages): their records go into the chain in one append (``head``:
+    see :func:`security.audit.append`)."""
     pending = [(trail, trail.facts[trail.staged :]) for trail in trails]
     events = [e for trail, facts in pending if facts for e in trail.events(facts)]
     if not events:
         return
     try:
-        append(conn, keys, events)
+        append(conn, keys, events, head=head)
     except DBAPIError as exc:
         raise AuditUnavailable("the audit log refused the record") from exc
     for trail in trails:

@@ -49,12 +49,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg import RawCursor
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.util import find_tables
 
-__all__ = ["Direct", "deferring", "flush", "pipelined"]
+__all__ = ["Direct", "deferring", "flush", "pipelined", "raw"]
 
 _PENDING = "direct.pending"  # Connection.info key: the rows ``deferring`` keeps
 _PIPELINES = "direct.pipelines"  # Connection.info key: the ``pipelined`` blocks open
@@ -375,6 +376,27 @@ def pipelined(conn: Connection) -> Iterator[None]:
         raise DBAPIError.instance("pipelined statements", None, exc, error) from exc
     finally:
         blocks.pop()
+
+
+def raw(conn: Connection, sql: str, params: Sequence[Any]) -> Any:
+    """PostgreSQL only: a statement in the server's own ``$n`` placeholders, run on the driver
+    (one whose shape SQLAlchemy cannot express, or that changes with its number of rows:
+    ``security.audit``'s one-statement append). Rows a :func:`deferring` block keeps go first,
+    whatever their tables. Inside :func:`pipelined` it goes in the block's round trip (read the
+    cursor after the block, whose end raises a driver error as SQLAlchemy's); outside, now."""
+    if conn.dialect.name != "postgresql":
+        raise ValueError("raw statements are PostgreSQL's")
+    pending: _Pending | None = conn.info.get(_PENDING)
+    if pending is not None and pending.batches:
+        pending.write(conn)
+    _open_pipeline(conn)
+    cursor = RawCursor(conn.connection.dbapi_connection)  # type: ignore[arg-type]
+    try:
+        cursor.execute(sql, params)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        error = conn.dialect.loaded_dbapi.Error
+        raise DBAPIError.instance(sql, params, exc, error) from exc
+    return cursor
 
 
 def _open_pipeline(conn: Connection) -> None:

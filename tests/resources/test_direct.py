@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from resources.fhirdate import as_utc
-from resources.sql.direct import Direct, deferring, flush, pipelined
+from resources.sql.direct import Direct, deferring, flush, pipelined, raw
 from resources.sql.engine import Database
 from resources.sql.tables import HL7Link, ResourceRow
 
@@ -318,6 +318,31 @@ def test_reads_inside_the_block_see_the_rows_kept(db: Database) -> None:
         KEEP.run(conn, _head("late"))
         flush(conn)
         assert len(VERSIONS.rows(conn, {})) == 4
+
+
+def test_a_raw_statement_sees_every_kept_row_and_fails_as_sqlalchemy_would(db: Database) -> None:
+    """PostgreSQL's ``$n`` statements on the driver: the rows kept so far go first (in its
+    round trip inside ``pipelined``), whatever tables it names; a driver error is SQLAlchemy's."""
+    if db.is_sqlite:
+        with db.write() as conn, pytest.raises(ValueError, match="PostgreSQL"):
+            raw(conn, "SELECT 1", [])
+        return
+    count = "SELECT count(*) FROM resource WHERE res_id LIKE $1"
+    with db.write() as conn, deferring(conn):
+        KEEP.run(conn, _head("raw-1"))
+        with pipelined(conn):
+            KEEP.run(conn, _head("raw-2"))
+            seen = raw(conn, count, ["raw-%"])
+        assert seen.fetchone()[0] == 2
+        KEEP.run(conn, _head("raw-3"))
+        assert raw(conn, count, ["raw-%"]).fetchone()[0] == 3  # outside a pipeline: at once
+    with db.write() as conn, pytest.raises(IntegrityError), pipelined(conn):
+        raw(
+            conn,
+            "INSERT INTO resource (res_type, res_id, version, last_updated, deleted) "
+            "VALUES ('Patient', $1, 1, now(), false)",
+            ["raw-1"],
+        )
 
 
 def test_an_error_in_the_block_drops_what_it_kept(db: Database) -> None:

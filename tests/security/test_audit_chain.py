@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, bindparam, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from resources.sql.async_reads import AsyncReader
+from resources.sql.direct import Direct, deferring, pipelined
 from resources.sql.engine import Database
 from resources.sql.guards import audit_guard_drop
-from resources.sql.tables import AuditLog
-from security.audit import AsyncChain, AuditQuery, append, open_event, search, verify
+from resources.sql.tables import AuditHead, AuditLog, IdempotencyKey
+from security.audit import (
+    AsyncChain,
+    AuditQuery,
+    append,
+    open_event,
+    search,
+    send_head,
+    verify,
+)
 from security.balp import Actor, balp_event
 from security.crypto import KeyRing
 
@@ -110,6 +120,57 @@ def test_the_async_writer_extends_the_chain_after_other_writers(
         hits, _ = search(conn, keys, AuditQuery(digested=(("patient", ("Patient/pat-1",)),)))
     pat1 = [e for e in written if e["entity"][0]["what"]["reference"] == "Patient/pat-1"]
     assert hits == len(pat1) > 0
+
+
+def test_an_append_after_a_head_read_earlier_in_the_transaction(
+    db: Database, keys: KeyRing
+) -> None:
+    """PostgreSQL (the HL7 listener's groups): events sealed after the head read at the start
+    of the transaction go in one statement with the rows a ``deferring`` block kept; when
+    another writer has moved the head since, they go the locked way instead, after it. Either
+    way the chain stays intact, every event is there once, and the kept rows are written."""
+    if db.is_sqlite:
+        pytest.skip("the head read ahead is PostgreSQL's")
+    _fill(db, keys, 2)
+    with db.write() as conn, deferring(conn):
+        with pipelined(conn):
+            head = send_head(conn)
+        assert head() == _head(db) and head()[0] == 2
+        _KEEP.run(conn, {"key": "kept-1", "value": "v"})
+        assert append(conn, keys, _events(3, 2), head=head()) == [3, 4, 5]
+    with db.write() as conn, deferring(conn):
+        with pipelined(conn):
+            stale = send_head(conn)
+        with db.write() as other:  # another writer moves the head meanwhile
+            assert append(other, keys, _events(1, 5)) == [6]
+        _KEEP.run(conn, {"key": "kept-2", "value": "v"})
+        assert stale()[0] == 5
+        assert append(conn, keys, _events(2, 6), head=stale()) == [7, 8]  # the locked way
+    with db.read() as conn:
+        report = verify(conn, keys)
+        assert report.intact and report.records == 8
+        kept = conn.execute(text("SELECT count(*) FROM idempotency_key")).scalar_one()
+    assert kept == 2
+
+
+_KEEP = Direct(
+    insert(IdempotencyKey).values(
+        key=bindparam("key"),
+        operation=bindparam("value"),
+        status=200,
+        res_type="Appointment",
+        res_id=bindparam("value"),
+        version=1,
+        created=datetime(2026, 1, 1, tzinfo=UTC),
+    ),
+    deferrable=True,
+)
+
+
+def _head(db: Database) -> tuple[int, bytes]:
+    with db.read() as conn:
+        row = conn.execute(select(AuditHead.seq, AuditHead.mac).filter_by(id=1)).one()
+    return int(row[0]), bytes(row[1])
 
 
 def test_application_role_cannot_update_or_delete(db: Database, keys: KeyRing) -> None:
