@@ -390,7 +390,7 @@ def raw(conn: Connection, sql: str, params: Sequence[Any]) -> Any:
     if pending is not None and pending.batches:
         pending.write(conn)
     _open_pipeline(conn)
-    cursor = RawCursor(conn.connection.dbapi_connection)  # type: ignore[arg-type]
+    cursor = RawCursor(conn.connection.dbapi_connection)  # type: ignore[call-overload]
     try:
         cursor.execute(sql, params)
     except conn.dialect.loaded_dbapi.Error as exc:
