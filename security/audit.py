@@ -187,9 +187,8 @@ def append(
     moved the head meanwhile, nothing was added, and the events go the locked way."""
     if head is not None and conn.dialect.name == "postgresql" and len(events) <= AsyncChain.MOST:
         batch = _extend(head, keys, events, sqlite=False)
-        values = [v for row in (batch.head, head, *batch.log, *batch.index) for v in row]
         with pipelined(conn):
-            cursor = raw(conn, _append_after(len(batch.log), len(batch.index)), values)
+            cursor = raw(conn, *_append_after_head(batch, head))
         extended = cursor.fetchone()
         if extended is not None and extended[0] == 1:
             return batch.numbers
@@ -335,6 +334,12 @@ SELECT count(*) FROM head
 """  # noqa: S608 - built from constants
 
 
+def _append_after_head(batch: _Batch, head: tuple[int, bytes]) -> tuple[str, list[Any]]:
+    """:func:`_append_after`'s statement for ``batch`` sealed after ``head``, and its values."""
+    values = [v for row in (batch.head, head, *batch.log, *batch.index) for v in row]
+    return _append_after(len(batch.log), len(batch.index)), values
+
+
 class AsyncChain:
     """Extends the chain from one process's autocommit async connections (PostgreSQL), one
     statement per batch, from the head this process last wrote.
@@ -363,10 +368,8 @@ class AsyncChain:
                 assert last is not None  # the head row is created with the schema
                 head = (int(last[0]), bytes(last[1]))
             batch = _extend(head, self.keys, events, sqlite=False)
-            sql = _append_after(len(batch.log), len(batch.index))
-            values = [v for row in (batch.head, head, *batch.log, *batch.index) for v in row]
             async with AsyncRawCursor(conn) as cur:
-                await cur.execute(sql, values)
+                await cur.execute(*_append_after_head(batch, head))
                 extended = await cur.fetchone()
             if extended is not None and extended[0] == 1:
                 self._head = batch.head
