@@ -29,12 +29,12 @@ import httpx
 import uvloop
 from fastapi import FastAPI
 
+from base.logging import configure_logging
 from bench.common import bulk_load, database, keyring, patients, save, token_form
 from bench.find_book import clinic_file, find_urls, seed
 from fhir_server.app import create_app
-from fhir_server.logging import configure_logging
-from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import Settings
+from scheduling.config import ClinicConfig
 
 ROOT = "http://bench.invalid"
 PATIENTS = 200

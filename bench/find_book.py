@@ -46,10 +46,10 @@ from bench.common import (
     serve,
     wrk,
 )
-from fhir_server.scheduling.availability import schedule_id, slot_specs
-from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, clinic_resources, slot_resource
-from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
 from resources.sql.tables import BusyTime
+from scheduling.availability import schedule_id, slot_specs
+from scheduling.clinic import VISIT_TYPE_SYSTEM, clinic_resources, slot_resource
+from scheduling.config import ClinicConfig, parse_clinic_config
 
 PRACTITIONERS = 50
 SPECIALTIES = 5

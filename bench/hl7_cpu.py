@@ -25,10 +25,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from base.logging import configure_logging
 from bench.common import backend_cpu, database, keyring, save
 from bench.find_book import seed
 from bench.hl7_inbound import WEEKS, bench_clinic, message, times
-from fhir_server.logging import configure_logging
 from hl7_bridge.ack import read_ack
 from hl7_bridge.listener import BridgeConfig, Listener
 from resources.store import Store

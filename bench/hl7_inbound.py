@@ -37,9 +37,9 @@ from sqlalchemy import text
 
 from bench.common import VENV_BIN, database, keyring, machine_speed, percentiles, save
 from bench.find_book import clinic, seed
-from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
 from hl7_bridge.ack import read_ack
 from hl7_bridge.mllp import FrameReader, frame
+from scheduling.config import ClinicConfig, parse_clinic_config
 
 WEEKS = 8
 PATIENTS = 500

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_server.errors import BadRequest
+from base.errors import BadRequest
 
 __all__ = ["OPERATIONS", "OpParam", "OperationDecl", "operation_definition", "parse_operation"]
 

@@ -22,25 +22,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_server.auditing import AuditMiddleware, AuditWriter, unavailable
-from fhir_server.errors import (
+from base.errors import (
     BadRequest,
     FHIRError,
     MethodNotAllowed,
     NotFound,
 )
+from base.logging import get_logger
+from fhir_server.auditing import AuditMiddleware, AuditWriter, unavailable
 from fhir_server.handlers import Context
+from fhir_server.hl7_runtime import install_outbox, start_bridge
 from fhir_server.http import PrincipalCache, Services, error_response
-from fhir_server.logging import get_logger
 from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
-from fhir_server.scheduling.clinic import LoadReport, load_clinic, lock_clinic_loads
-from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from fhir_server.settings import Settings
-from hl7_bridge.runtime import install_outbox, start_bridge
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database, migrate
 from resources.store import Store
+from scheduling.clinic import LoadReport, load_clinic, lock_clinic_loads
+from scheduling.config import ClinicConfig, load_clinic_config
 from security.crypto import KeyRing, load_keyring
 from security.smart.server import SmartServer
 from security.smart.signing import load_signer

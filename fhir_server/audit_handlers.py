@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection, select
 
-from fhir_server.errors import BadRequest, Forbidden, NotFound
+from base.errors import BadRequest, Forbidden, NotFound
 from fhir_server.handlers import Context, FHIRResponse
 from resources.fhirdate import parse_fhir_date
 from resources.sql.tables import AuditLog

@@ -18,9 +18,9 @@ from typing import Any
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_server.errors import ServiceUnavailable
+from base.errors import ServiceUnavailable
+from base.logging import get_logger
 from fhir_server.http import error_response
-from fhir_server.logging import get_logger
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit

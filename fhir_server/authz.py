@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_server.errors import Forbidden, Unauthorized
+from base.errors import Forbidden, Unauthorized
 from security.principal import Principal
 from security.scopes import VERBS
 

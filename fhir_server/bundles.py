@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from sqlalchemy import Connection
 
+from base.errors import BadRequest, FHIRError, MethodNotAllowed, PreconditionFailed
 from fhir_server import handlers
 from fhir_server.auditing import kind_of
-from fhir_server.errors import BadRequest, FHIRError, MethodNotAllowed, PreconditionFailed
 from fhir_server.handlers import Context, FHIRResponse, Prefer
 from resources import service
 from resources.service import new_id

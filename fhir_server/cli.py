@@ -50,7 +50,7 @@ main.add_command(hl7)
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    from fhir_server.logging import configure_logging
+    from base.logging import configure_logging
     from fhir_server.worker import hand_over, serving_app
 
     try:
@@ -249,10 +249,10 @@ def clinic_load(file: Path, weeks: int | None) -> None:
     """
     from datetime import datetime
 
-    from fhir_server.scheduling.clinic import load_clinic
-    from fhir_server.scheduling.config import ClinicConfigError, load_clinic_config
     from resources.sql.engine import Database, migrate
     from resources.store import Store
+    from scheduling.clinic import load_clinic
+    from scheduling.config import ClinicConfigError, load_clinic_config
     from security.crypto import load_keyring
 
     try:

@@ -16,8 +16,8 @@ import asyncio
 import click
 
 from fhir_server.cli_auth import open_database
-from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import Settings
+from scheduling.config import ClinicConfig
 
 __all__ = ["hl7"]
 
@@ -28,7 +28,7 @@ def hl7() -> None:
 
 
 def _clinic(settings: Settings) -> ClinicConfig | None:
-    from fhir_server.scheduling.config import load_clinic_config
+    from scheduling.config import load_clinic_config
 
     return load_clinic_config(settings.clinic_file) if settings.clinic_file else None
 
@@ -38,9 +38,9 @@ def _clinic(settings: Settings) -> ClinicConfig | None:
 @click.option("--port", type=int, default=None, help="Port (default 2575)")
 def listen(host: str | None, port: int | None) -> None:
     """Accept SIU messages over MLLP and send outbound ones, until interrupted."""
+    from base.logging import configure_logging
     from fhir_server.heap import settle_heap
-    from fhir_server.logging import configure_logging
-    from hl7_bridge.runtime import install_outbox, start_bridge
+    from fhir_server.hl7_runtime import install_outbox, start_bridge
     from resources.store import Store
 
     settings = Settings()
@@ -133,10 +133,10 @@ def show(message_id: str) -> None:
 @click.option("--all-failed", is_flag=True, help="Replay every failed inbound message")
 def replay(message_ids: tuple[str, ...], all_failed: bool) -> None:
     """Apply failed inbound messages again (after the cause is fixed)."""
-    from fhir_server.logging import configure_logging
+    from base.logging import configure_logging
+    from fhir_server.hl7_runtime import bridge_config, install_outbox
     from hl7_bridge.listener import Listener
     from hl7_bridge.messages import MessageStore
-    from hl7_bridge.runtime import bridge_config, install_outbox
     from resources.store import Store
 
     if not message_ids and not all_failed:

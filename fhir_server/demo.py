@@ -1,4 +1,4 @@
-"""The demo clinic: ``fhir_server/scheduling/demo_clinic.yaml`` plus four demo patients.
+"""The demo clinic: ``fhir_server/demo_clinic.yaml`` plus four demo patients.
 
 Three practitioners (two GPs, one physical therapist), two locations, a HealthcareService per
 visit type, a Schedule per practitioner and location, and 15-minute Slots over the next weeks.
@@ -12,17 +12,17 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from fhir_server.scheduling.clinic import LoadReport, load_clinic
-from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
 from fhir_server.settings import Settings
 from resources import service
 from resources.sql.engine import Database, migrate
 from resources.store import Store
+from scheduling.clinic import LoadReport, load_clinic
+from scheduling.config import ClinicConfig, load_clinic_config
 from security.crypto import load_keyring
 
 __all__ = ["DEMO_CLIENTS", "DEMO_CLINIC", "DEMO_USERS", "demo_patients", "load_demo"]
 
-DEMO_CLINIC = Path(__file__).parent / "scheduling" / "demo_clinic.yaml"
+DEMO_CLINIC = Path(__file__).parent / "demo_clinic.yaml"
 MRN = "urn:oid:2.16.840.1.113883.19.5.99999.1"
 
 PATIENTS = [

@@ -19,14 +19,14 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection
 
-from fhir_server import authz
-from fhir_server.authz import Access
-from fhir_server.errors import (
+from base.errors import (
     BadRequest,
     FHIRError,
     Forbidden,
     operation_outcome,
 )
+from fhir_server import authz
+from fhir_server.authz import Access
 from fhir_server.shaping import apply_elements, apply_summary
 from resources import service
 from resources.fhirdate import parse_fhir_date

@@ -10,14 +10,14 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from fhir_server.errors import FHIRError, Unauthorized, UnsupportedMediaType
+from base.errors import FHIRError, Unauthorized, UnsupportedMediaType
 from fhir_server.handlers import FHIR_JSON, Context, FHIRResponse
-from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import Settings
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.store import Store
 from resources.validation import parse_json
+from scheduling.config import ClinicConfig
 from security.balp import Actor
 from security.principal import Principal
 from security.smart.server import SmartServer

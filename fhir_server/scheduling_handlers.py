@@ -4,7 +4,7 @@
 Like the RESTful interactions in ``handlers.py`` (whose checks, audit notes and response
 shapes they share), they authorise against the request's principal, confine a patient's token
 to that patient, note what they touch for the audit log, and call the scheduling domain
-(``fhir_server/scheduling``) inside the caller's transaction.
+(``scheduling/``) inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -18,27 +18,25 @@ from urllib.parse import urlencode
 from anyio import to_thread
 from sqlalchemy import Connection
 
+from base.errors import BadRequest, FHIRError, Forbidden, Unprocessable
 from conformance.operations import OPERATIONS, parse_operation
 from fhir_server import authz, handlers
 from fhir_server.authz import Access
-from fhir_server.errors import BadRequest, FHIRError, Forbidden, Unprocessable
 from fhir_server.handlers import Context, FHIRResponse, version_headers
-from fhir_server.scheduling import booking
-from fhir_server.scheduling.calendar_reads import read_calendar_async
-from fhir_server.scheduling.config import ClinicConfig
-from fhir_server.scheduling.find import (
-    FindRequest,
+from resources.sql.async_reads import AsyncReader
+from resources.sql.engine import Database
+from resources.store import StoredVersion
+from scheduling import booking
+from scheduling.calendar_reads import read_calendar_async
+from scheduling.config import ClinicConfig
+from scheduling.find import (
     Found,
     compute_options,
     find_options,
     parse_find,
-    plan_find,
     proposed_appointment,
-    schedule_days,
 )
-from resources.sql.async_reads import AsyncReader
-from resources.sql.engine import Database
-from resources.store import StoredVersion
+from scheduling.plan import FindRequest, plan_find, schedule_days
 
 __all__ = [
     "SMALL_FIND_SCHEDULE_DAYS",

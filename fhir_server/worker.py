@@ -62,7 +62,7 @@ def serving_app(settings: Settings) -> FastAPI:
 
 def create() -> FastAPI:
     """One worker's app, from the environment (see :func:`worker_env`)."""
-    from fhir_server.logging import configure_logging
+    from base.logging import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level)

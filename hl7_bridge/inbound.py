@@ -29,25 +29,25 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, uni
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
-from fhir_server.errors import Unprocessable
-from fhir_server.scheduling.availability import schedule_id
-from fhir_server.scheduling.booking import (
-    INSERT_BUSY,
-    free_holds,
-    participant_id,
-    set_slots,
-    slot_ids,
-)
-from fhir_server.scheduling.calendar_reads import match_patient, send_match_patient
-from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
-from fhir_server.scheduling.config import ClinicConfig, VisitType
-from fhir_server.scheduling.spans import lower, slots_overlapping
+from base.errors import Unprocessable
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.direct import Direct, pipelined
 from resources.sql.tables import BusyTime, HL7Link, SlotTime
 from resources.store import Store
+from scheduling.availability import schedule_id
+from scheduling.booking import (
+    INSERT_BUSY,
+    free_holds,
+    participant_id,
+    set_slots,
+    slot_ids,
+)
+from scheduling.calendar_reads import match_patient, send_match_patient
+from scheduling.clinic import VISIT_TYPE_SYSTEM
+from scheduling.config import ClinicConfig, VisitType
+from scheduling.spans import lower, slots_overlapping
 
 __all__ = ["CONFLICT_TAG", "Applied", "Batch", "apply_change"]
 

@@ -32,9 +32,8 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
-from fhir_server.errors import FHIRError
-from fhir_server.logging import exception_frames
-from fhir_server.scheduling.config import ClinicConfig
+from base.errors import FHIRError
+from base.logging import exception_frames
 from hl7_bridge.ack import Header, NotHL7, build_ack, read_ack, read_header, refusal
 from hl7_bridge.inbound import Applied, Batch, apply_change
 from hl7_bridge.messages import MessageStore
@@ -46,6 +45,7 @@ from resources.sql.direct import deferring, pipelined
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit
 from resources.store import Store
+from scheduling.config import ClinicConfig
 from security.audit import send_head
 from security.balp import Actor
 from security.crypto import KeyRing

@@ -28,15 +28,15 @@ import structlog
 from sqlalchemy import Connection, select, update
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
-from fhir_server.scheduling.booking import participant_id
-from fhir_server.settings import HL7Endpoint
 from hl7_bridge.ack import read_ack
+from hl7_bridge.endpoint import HL7Endpoint
 from hl7_bridge.fhir_to_siu import Envelope, build_siu
 from hl7_bridge.messages import HM, MessageStore
 from hl7_bridge.mllp import FrameReader, frame
 from hl7_bridge.siu_to_fhir import key_system
 from resources.sql.engine import Database
 from resources.store import Store, StoredVersion
+from scheduling.booking import participant_id
 from security.balp import Actor
 from security.trail import Trail
 

@@ -16,8 +16,7 @@ import jsonpatch
 from sqlalchemy import Connection, Select, and_, select
 from sqlalchemy.exc import DBAPIError
 
-from conformance.declaration import RESOURCE_TYPES
-from fhir_server.errors import (
+from base.errors import (
     BadRequest,
     Conflict,
     Gone,
@@ -26,6 +25,7 @@ from fhir_server.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from conformance.declaration import RESOURCE_TYPES
 from resources.search.engine import SearchResult, run_search
 from resources.search.query import SearchQuery, parse_query
 from resources.store import Current, Store, StoredVersion, V, VersionConflict

@@ -13,8 +13,8 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from base.errors import InvalidResource
 from conformance.declaration import RESOURCE_TYPES
-from fhir_server.errors import InvalidResource
 
 __all__ = ["parse_json", "validate_resource"]
 

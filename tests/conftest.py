@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, text
 
+from base.logging import configure_logging
 from fhir_server.app import create_app
-from fhir_server.logging import configure_logging
 from fhir_server.settings import Settings
 from resources.sql.engine import Database, migrate
 from resources.sql.guards import audit_guard_create, audit_guard_drop

@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 
 from fhir_server.cli import main
 from fhir_server.demo import DEMO_CLINIC, load_demo
-from fhir_server.scheduling.config import load_clinic_config
 from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from resources.store import V
+from scheduling.config import load_clinic_config
 
 MONDAY = date(2026, 11, 30)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from base.errors import MethodNotAllowed
 from fhir_server import audit_handlers
-from fhir_server.errors import MethodNotAllowed
 from fhir_server.handlers import FHIRResponse
 from fhir_server.http import ContextDep, ServicesDep, fhir_response, run_lookup, run_sync
 

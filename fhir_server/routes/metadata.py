@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
+from base.errors import NotFound
 from conformance.capability import capability_statement, search_parameter_resource
 from conformance.operations import OPERATIONS, operation_definition
-from fhir_server.errors import NotFound
 from fhir_server.handlers import FHIRResponse
 from fhir_server.http import ServicesDep, fhir_response
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from base.errors import Conflict
 from fhir_server import handlers, scheduling_handlers
-from fhir_server.errors import Conflict
 from fhir_server.http import (
     ContextDep,
     Services,
@@ -18,8 +18,8 @@ from fhir_server.http import (
     run_lookup,
     run_sync,
 )
-from fhir_server.scheduling.booking import KeyInFlight
-from fhir_server.scheduling.find import parameters_pairs
+from scheduling.booking import KeyInFlight
+from scheduling.find import parameters_pairs
 
 router = APIRouter()
 

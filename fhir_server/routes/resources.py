@@ -49,7 +49,7 @@ async def search_post(
 ) -> Response:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in ("application/x-www-form-urlencoded", ""):
-        from fhir_server.errors import UnsupportedMediaType
+        from base.errors import UnsupportedMediaType
 
         raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
     form = await request.form()

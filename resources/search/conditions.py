@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, Table, and_, false, not_, or_, select, true
 
+from base.errors import BadRequest
 from conformance.declaration import SearchParam
-from fhir_server.errors import BadRequest
 from resources import blind
 from resources.fhirdate import DateRange, parse_fhir_date
 from resources.indexing import split_reference

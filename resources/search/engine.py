@@ -26,7 +26,7 @@ from sqlalchemy import (
     tuple_,
 )
 
-from fhir_server.errors import BadRequest
+from base.errors import BadRequest
 from resources.fhirdate import MAX_INSTANT, MIN_INSTANT
 from resources.search.conditions import ConditionBuilder
 from resources.search.query import SearchQuery, SortKey

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from base.errors import BadRequest, NotSupported
 from conformance.declaration import RESOURCE_TYPES, SearchParam, search_param
-from fhir_server.errors import BadRequest, NotSupported
 
 __all__ = ["Clause", "Include", "SearchQuery", "SortKey", "parse_query"]
 

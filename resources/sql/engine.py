@@ -27,8 +27,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from fhir_server.errors import Conflict
-from fhir_server.logging import get_logger
+from base.errors import Conflict
+from base.logging import get_logger
 
 __all__ = ["CHECKPOINTER", "PLAN_PER_RUN", "Checkpointer", "Database", "migrate"]
 

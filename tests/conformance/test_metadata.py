@@ -8,9 +8,9 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationdefinition import OperationDefinition
 from fhir.resources.R4B.searchparameter import SearchParameter
 
+from base.errors import BadRequest
 from conformance.declaration import COMMON_PARAMS, CUSTOM_SEARCH_PARAMETERS, RESOURCE_TYPES
 from conformance.operations import OPERATIONS, parse_operation
-from fhir_server.errors import BadRequest
 
 
 def test_capability_statement_matches_declaration(client: TestClient) -> None:

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text, update
 
-from fhir_server.logging import configure_logging
+from base.logging import configure_logging
 from resources.sql.engine import Database
 from resources.store import Store, V
 from security.crypto import KeyRing

@@ -10,7 +10,6 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
 from typing import Any
 
 import hl7
@@ -19,11 +18,8 @@ import structlog.testing
 from hl7.mllp import open_hl7_connection
 from sqlalchemy import func, select, text
 
-import fhir_server.scheduling as scheduling_pkg
-from fhir_server.logging import configure_logging
-from fhir_server.scheduling import booking
-from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
-from fhir_server.scheduling.config import ClinicConfig, load_clinic_config
+from base.logging import configure_logging
+from fhir_server.demo import DEMO_CLINIC as DEMO
 from hl7_bridge.inbound import CONFLICT_TAG
 from hl7_bridge.listener import BridgeConfig, Listener
 from hl7_bridge.messages import HM, MessageStore
@@ -33,13 +29,14 @@ from resources.fhirdate import as_utc
 from resources.sql.engine import Database
 from resources.sql.tables import AuditLog, BusyTime
 from resources.store import Store
+from scheduling import booking
+from scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
+from scheduling.config import ClinicConfig, load_clinic_config
 from security.audit import open_event
 from security.crypto import KeyRing
 from tests.hl7_bridge.samples import NY, epic_like, hl7_time, seg, vendor_samples
 
 pytestmark = pytest.mark.anyio
-
-DEMO = Path(scheduling_pkg.__file__).parent / "demo_clinic.yaml"
 
 
 @pytest.fixture
@@ -685,7 +682,7 @@ async def test_a_header_without_encoding_characters_is_answered_and_kept(bridge:
 
 async def test_a_slot_longer_than_a_day_is_still_found_under_a_booking(bridge: Bridge) -> None:
     """Covered Slots are found by a bounded scan plus a partial index of long Slots (see
-    fhir_server/scheduling/spans.py): an on-call Slot that began two days earlier counts."""
+    scheduling/spans.py): an on-call Slot that began two days earlier counts."""
     on_call = {
         "resourceType": "Slot",
         "id": "on-call",

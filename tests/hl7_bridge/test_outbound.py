@@ -15,16 +15,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from base.errors import Conflict
 from fhir_server.app import create_app
-from fhir_server.errors import Conflict
-from fhir_server.scheduling import booking
-from fhir_server.scheduling.clinic import load_clinic
-from fhir_server.scheduling.config import ClinicConfig
-from fhir_server.settings import HL7Endpoint, Settings
+from fhir_server.settings import Settings
+from hl7_bridge.endpoint import HL7Endpoint
 from hl7_bridge.messages import HM, MessageStore
 from hl7_bridge.outbound import Outbox, Sender, trigger
 from resources.sql.engine import Database
 from resources.store import Store
+from scheduling import booking
+from scheduling.clinic import load_clinic
+from scheduling.config import ClinicConfig
 from security.crypto import KeyRing
 from tests.builders import FHIR_JSON
 from tests.fakes.emr import StandInEMR

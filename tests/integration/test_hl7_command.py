@@ -14,11 +14,10 @@ from pathlib import Path
 import hl7
 from hl7.mllp import open_hl7_connection
 
-import fhir_server.scheduling as scheduling_pkg
+from fhir_server.demo import DEMO_CLINIC as DEMO
 from tests.hl7_bridge.samples import NY, hl7_time, seg
 from tests.integration.test_demo_command import free_port
 
-DEMO = Path(scheduling_pkg.__file__).parent / "demo_clinic.yaml"
 EXE = Path(sys.executable).with_name("fhir-sched")
 
 

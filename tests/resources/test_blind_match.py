@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from fhir_server.scheduling.calendar_reads import match_patient
 from resources import service
 from resources.search.lookup import blind_match
 from resources.sql.engine import Database
 from resources.store import Store
+from scheduling.calendar_reads import match_patient
 from tests.builders import make_patient
 
 PEOPLE: dict[str, dict[str, Any]] = {

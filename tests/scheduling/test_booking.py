@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, func, insert, select, text
 
-from fhir_server.scheduling.config import ClinicConfig
 from resources.sql.engine import Database
 from resources.sql.tables import BusyTime
+from scheduling.config import ClinicConfig
 from tests.builders import FHIR_JSON
 from tests.scheduling.test_find import MONDAY, existing_patient, find
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fhir_server.scheduling.availability import slot_specs
-from fhir_server.scheduling.config import (
+from scheduling.availability import slot_specs
+from scheduling.config import (
     ClinicConfig,
     ClinicConfigError,
     load_clinic_config,

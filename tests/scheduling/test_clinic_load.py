@@ -7,11 +7,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from fhir_server.scheduling.clinic import load_clinic
-from fhir_server.scheduling.config import parse_clinic_config
 from resources import service
 from resources.sql.engine import Database
 from resources.store import Store, V
+from scheduling.clinic import load_clinic
+from scheduling.config import parse_clinic_config
 from tests.scheduling.test_clinic_config import make_config
 
 MONDAY = date(2026, 11, 23)

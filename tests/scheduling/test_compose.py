@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fhir_server.scheduling.availability import schedule_id
-from fhir_server.scheduling.calendar_reads import Calendar, _free_by_schedule
-from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
-from fhir_server.scheduling.find import FindRequest, compute_options, plan_find
+from scheduling.availability import schedule_id
+from scheduling.calendar_reads import Calendar, _free_by_schedule
+from scheduling.config import ClinicConfig, parse_clinic_config
+from scheduling.find import compute_options
+from scheduling.plan import FindRequest, plan_find
 from tests.scheduling.test_find import MONDAY, clinic_data, local
 
 SMITH = schedule_id("smith", "main")

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
 from fhir_server.app import create_app
-from fhir_server.scheduling.clinic import load_clinic
-from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
 from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from resources.sql.tables import BusyTime
 from resources.store import Store
+from scheduling.clinic import load_clinic
+from scheduling.config import ClinicConfig, parse_clinic_config
 from security.crypto import KeyRing
 from tests.builders import FHIR_JSON, create, make_patient
 from tests.scheduling.test_clinic_config import make_config
@@ -246,7 +246,7 @@ def test_busy_time_longer_than_a_day_that_began_days_before_is_never_offered(
     app_client: TestClient, db: Database, cfg: ClinicConfig, kind: str
 ) -> None:
     """Busy time is read by a scan bounded below plus a partial index of rows longer than a
-    day (fhir_server/scheduling/spans.py): a leave block sent from Friday to Monday 10:30, or
+    day (scheduling/spans.py): a leave block sent from Friday to Monday 10:30, or
     a long live hold, still hides Monday morning."""
     pid = existing_patient(app_client)
     before = find(app_client, cfg, MONDAY, "procedure", **{"patient-reference": pid}).json()

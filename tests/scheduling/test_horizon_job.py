@@ -48,9 +48,9 @@ def test_a_run_gives_way_to_a_load_in_progress(db: Database, keys: KeyRing, tmp_
     import threading
 
     from fhir_server.app import extend_horizon
-    from fhir_server.scheduling.clinic import lock_clinic_loads
-    from fhir_server.scheduling.config import parse_clinic_config
     from resources.store import Store
+    from scheduling.clinic import lock_clinic_loads
+    from scheduling.config import parse_clinic_config
 
     if db.is_sqlite:
         pytest.skip("SQLite's one writer already makes a second run wait, then find all done")

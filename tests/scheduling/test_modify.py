@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from fhir_server.app import create_app
-from fhir_server.scheduling.clinic import load_clinic
-from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
 from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from resources.store import Store
+from scheduling.clinic import load_clinic
+from scheduling.config import ClinicConfig, parse_clinic_config
 from security.crypto import KeyRing
 from tests.builders import FHIR_JSON, create, make_patient
 from tests.scheduling.test_booking import BT, count_appointments, first_option, op, params

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from fhir_server.scheduling.config import ClinicConfig, parse_clinic_config
-from fhir_server.scheduling.rules import Booked, Candidate, check_rules, day_policy
+from scheduling.config import ClinicConfig, parse_clinic_config
+from scheduling.rules import Booked, Candidate, check_rules, day_policy
 from tests.scheduling.test_clinic_config import make_config
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # Friday

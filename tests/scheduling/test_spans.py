@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select
 
-from fhir_server.scheduling.booking import free_holds
 from resources.sql.engine import Database
 from resources.sql.tables import BusyTime
+from scheduling.booking import free_holds
 
 BT = BusyTime.__table__
 MONDAY = datetime(2031, 3, 3, tzinfo=UTC)

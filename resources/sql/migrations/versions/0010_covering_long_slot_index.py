@@ -4,7 +4,7 @@ key), so PostgreSQL's generic plan for the prepared statement picks it
 Revision 0008's index held (schedule_id, start_s) only. Planned generically (psycopg prepares
 a statement after its fifth run), PostgreSQL estimated its rows from the whole table's and
 preferred ix_slot_time_free's index-only scan over every Slot of the schedule: 0.15 ms a
-message where this index's index-only scan takes a few µs (BENCHMARKS.md, fourteenth session).
+message where this index's index-only scan takes a few µs.
 
 Revision ID: 0010
 Revises: 0009

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from zoneinfo import ZoneInfo
 
-from fhir_server.scheduling.config import ClinicConfig
 from fhir_server.settings import Settings
 from hl7_bridge.listener import BridgeConfig, Listener
 from hl7_bridge.mllp import MLLPServer
 from hl7_bridge.outbound import Outbox, Sender
 from resources.sql.engine import Database
 from resources.store import Store
+from scheduling.config import ClinicConfig
 
 __all__ = ["Bridge", "bridge_config", "install_outbox", "start_bridge"]
 

@@ -29,18 +29,19 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from fhir_server.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound
-from fhir_server.scheduling.availability import schedule_id
-from fhir_server.scheduling.clinic import VISIT_TYPE_SYSTEM
-from fhir_server.scheduling.config import ClinicConfig
-from fhir_server.scheduling.find import FindRequest, Option, find_options
-from fhir_server.scheduling.rules import buffer_after
-from fhir_server.scheduling.spans import busy_overlapping, lower
+from base.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound
 from resources import service
 from resources.fhirdate import parse_fhir_date
 from resources.sql.direct import Direct, pipelined
 from resources.sql.tables import BUSY_IS_LONG, BusyTime, IdempotencyKey
 from resources.store import R, Store, StoredVersion, VersionConflict
+from scheduling.availability import schedule_id
+from scheduling.clinic import VISIT_TYPE_SYSTEM
+from scheduling.config import ClinicConfig
+from scheduling.find import Option, find_options
+from scheduling.plan import FindRequest
+from scheduling.rules import buffer_after
+from scheduling.spans import busy_overlapping, lower
 
 __all__ = [
     "INSERT_BUSY",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
-from fhir_server.scheduling.config import WEEKDAYS, ClinicConfig, VisitType
+from scheduling.config import WEEKDAYS, ClinicConfig, VisitType
 
 __all__ = [
     "Booked",

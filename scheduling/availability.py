@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from fhir_server.scheduling.config import WEEKDAYS, ClinicConfig, Hours
+from scheduling.config import WEEKDAYS, ClinicConfig, Hours
 
 __all__ = ["SlotSpec", "local_instant", "schedule_id", "slot_id", "slot_specs", "working_windows"]
 

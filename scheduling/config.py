@@ -2,7 +2,7 @@
 
 A clinic writes down how it really works; :func:`load_clinic_config` refuses a bad file with
 the path of the offending field and a plain explanation.  See ``docs/clinic-config.md`` and the
-demo clinic in ``fhir_server/scheduling/demo_clinic.yaml``.
+demo clinic in ``fhir_server/demo_clinic.yaml``.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ class ClinicConfig(_Model):
 
     @cached_property
     def buffer_seconds(self) -> dict[tuple[str, str | None], int]:
-        """Filled by :func:`~fhir_server.scheduling.rules.buffer_after` as it is asked."""
+        """Filled by :func:`~scheduling.rules.buffer_after` as it is asked."""
         return {}
 
 

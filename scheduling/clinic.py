@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from fhir_server.scheduling.availability import SlotSpec, schedule_id, slot_specs
-from fhir_server.scheduling.config import ClinicConfig, Practitioner, VisitType
 from resources import service
 from resources.search.engine import run_search
 from resources.search.query import parse_query
 from resources.store import Store, StoredVersion
+from scheduling.availability import SlotSpec, schedule_id, slot_specs
+from scheduling.config import ClinicConfig, Practitioner, VisitType
 
 __all__ = [
     "VISIT_TYPE_SYSTEM",

@@ -10,20 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import Connection
 
-from fhir_server.scheduling.spans import BUSY_OVERLAPPING_SQL, lower
 from resources.fhirdate import as_utc
 from resources.search.lookup import send_blind_match
 from resources.sql.async_reads import AsyncReader
 from resources.sql.direct import pipelined
 from resources.sql.tables import BusyTime
 from resources.store import Store
-
-if TYPE_CHECKING:
-    from fhir_server.scheduling.find import FindPlan, FindRequest
+from scheduling.plan import FindPlan, FindRequest
+from scheduling.spans import BUSY_OVERLAPPING_SQL, lower
 
 __all__ = [
     "Calendar",

@@ -1,4 +1,0 @@
-"""The scheduling domain: clinic configuration, availability, rules and booking.
-
-Nothing here imports a web framework.
-"""
