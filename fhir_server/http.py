@@ -211,8 +211,8 @@ async def run_lookup(services: Services, fn: Callable[[], T]) -> T:
 
     On the embedded SQLite database the call is an in-process B-tree read that never waits for
     a lock (WAL readers do not block), so it runs inline: a thread hop costs more than the read
-    and halves throughput (see BENCHMARKS.md). PostgreSQL lookups wait on the network, so they
-    go to the thread pool like everything else.
+    and halves throughput (docs/architecture.md, "Event loop or thread pool"). PostgreSQL
+    lookups wait on the network, so they go to the thread pool like everything else.
     """
     if services.db.is_sqlite:
         return fn()

@@ -1,9 +1,10 @@
 """Primary-key reads on PostgreSQL through psycopg's asyncio connections.
 
 The rest of the server runs synchronous SQLAlchemy in the thread pool; for the hottest request,
-read-by-id, a thread hop costs more than the query (see BENCHMARKS.md), so on PostgreSQL it
-awaits an async connection instead.  The SQL is the same join the Store runs. The audit
-writer borrows the same pool for its batches (``fhir_server/auditing.py``).
+read-by-id, a thread hop costs more than the query (docs/architecture.md, "Event loop or
+thread pool"), so on PostgreSQL it awaits an async connection instead.  The SQL is the same
+join the Store runs. The audit writer borrows the same pool for its batches
+(``fhir_server/auditing.py``).
 """
 
 from __future__ import annotations

@@ -257,8 +257,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
 # the table grows. For the fixed statements of writes and of $find that saves planning; for a
 # search (whose selectivity depends on its values) it went wrong: the patient lookup by
 # identifier went from 0.02 ms to 1.2 ms, by name and birth date to 2.3 ms, scanning the whole
-# index table as it grew from a few rows to 7,700 (BENCHMARKS.md). A statement executed with
-# this execution option set is never prepared, so each run is planned for its values.
+# index table as it grew from a few rows to 7,700 (docs/architecture.md, "PostgreSQL plans").
+# A statement executed with this execution option set is never prepared, so each run is
+# planned for its values.
 # (Planning every statement so, plan_cache_mode = force_custom_plan, cost $find about 15 %.)
 # The same hook refuses a statement inside a psycopg pipeline (resources.sql.direct.pipelined),
 # whose result SQLAlchemy would read before it exists.
