@@ -20,6 +20,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "NotSupported",
+    "PayloadTooLarge",
     "PreconditionFailed",
     "ServiceUnavailable",
     "Unauthorized",
@@ -147,6 +148,16 @@ class PreconditionFailed(FHIRError):
     status = 412
     code = "conflict"
     message_id = "FS-0412"
+
+
+class PayloadTooLarge(FHIRError):
+    """A request body over the server's limit (``FHIRSCHED_MAX_BODY_BYTES``, and
+    ``FHIRSCHED_MAX_BUNDLE_BYTES`` for a transaction or batch); nothing of it was read past
+    the limit, nothing stored."""
+
+    status = 413
+    code = "too-costly"
+    message_id = "FS-0413"
 
 
 class UnsupportedMediaType(FHIRError):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from base.errors import FHIRError, Unauthorized, UnsupportedMediaType
+from base.errors import FHIRError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from fhir_server.handlers import FHIR_JSON, Context, FHIRResponse
 from fhir_server.settings import Settings
 from resources.sql.async_reads import AsyncReader
@@ -168,13 +168,42 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def json_body(request: Request, *, allowed: tuple[str, ...] = JSON_TYPES) -> Any:
+async def json_body(
+    request: Request, *, allowed: tuple[str, ...] = JSON_TYPES, limit: int | None = None
+) -> Any:
+    """The request's JSON body, parsed; 415 for another content type, 413 past ``limit``
+    bytes (default ``FHIRSCHED_MAX_BODY_BYTES``)."""
     media = _media_type(request)
     if media not in allowed:
         raise UnsupportedMediaType(
             f"Content-Type {media or '(none)'} is not accepted here; send {allowed[0]}"
         )
-    return parse_json(await request.body())
+    if limit is None:
+        limit = request.app.state.services.settings.max_body_bytes
+    return parse_json(await _body_within(request, limit))
+
+
+async def _body_within(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it as soon as it passes ``limit``: by its Content-Length when
+    it declares one, else (chunked) once the bytes read so far pass it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is larger than this server accepts ({limit:,} bytes); "
+        "split a Bundle into smaller ones, or ask the operator to raise the limit"
+    )
 
 
 def fhir_response(resp: FHIRResponse) -> Response:

@@ -74,6 +74,17 @@ class Settings(BaseSettings):
         description="Browser origins allowed to call the API (JSON list); tokens, not cookies, "
         "carry authority, so any origin is safe by default",
     )
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body (a resource, a patch, an operation's "
+        "Parameters); a larger one is refused with 413 before it is read",
+    )
+    max_bundle_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest transaction or batch Bundle (POST /fhir); 413 above it",
+    )
     default_page_size: int = Field(default=20, ge=1, le=1000)
     max_page_size: int = Field(default=500, ge=1, le=10000)
     log_level: str = "info"

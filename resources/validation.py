@@ -7,6 +7,7 @@ checks, it never rewrites, so a resource reads back as it was sent.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import orjson
@@ -57,9 +58,41 @@ def parse_json(body: bytes) -> Any:
     if not body or not body.strip():
         raise InvalidResource("the request body is empty; send a FHIR JSON resource")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidResource(f"the request body is not valid JSON: {exc}") from exc
+    _refuse_duplicate_keys(body)
+    return data
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) > 1 and len({key for key, _ in pairs}) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """A JSON object that names a key twice is refused (RFC 8259 leaves its meaning open, so
+    two readers may each take a different value). orjson keeps the last silently; the
+    standard library's parser hands each object's pairs to a hook, which checks them and
+    builds nothing (a second pass, run only on bodies orjson accepted)."""
+    try:
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise InvalidResource(
+            f"the request body names the key {exc.key!r} twice in one object; send it once",
+        ) from None
+    except RecursionError:
+        raise InvalidResource("the request body is nested too deeply") from None
 
 
 @functools.cache

@@ -29,7 +29,7 @@ def _headers(request: Request) -> dict[str, str]:
 
 @router.post("", summary="Transaction or batch Bundle")
 async def bundle(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
-    body = await json_body(request)
+    body = await json_body(request, limit=services.settings.max_bundle_bytes)
     prefer = parse_prefer(request.headers.get("prefer"))
     result = await run_sync(bundles.process_bundle, ctx, services.db.write, body, prefer)
     return fhir_response(handlers.FHIRResponse(200, result))

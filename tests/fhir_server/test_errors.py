@@ -18,10 +18,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text, update
 
 from base.logging import configure_logging
+from fhir_server.app import create_app
+from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from resources.store import Store, V
 from security.crypto import KeyRing
 from tests.builders import FHIR_JSON, MINIMAL, create, make_patient
+from tests.smart import backend_token
 
 BASE = "http://testserver/fhir"
 PATCH_JSON = {"content-type": "application/json-patch+json"}
@@ -32,6 +35,7 @@ STATUS_CODES = {
     409: {"conflict"},
     410: {"deleted"},
     412: {"conflict"},
+    413: {"too-costly"},
     415: {"not-supported"},
     422: {"processing"},
     500: {"exception"},
@@ -177,6 +181,58 @@ def test_other_bad_requests(
 )
 def test_bad_query_parameters_are_400(client: TestClient, url: str, needle: str) -> None:
     assert needle in assert_outcome(client.get(url), 400)["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"resourceType": "Patient", "gender": "male", "gender": "female"}',
+        b'{"resourceType": "Patient", "name": [{"family": "A", "given": ["B"], "family": "C"}]}',
+    ],
+    ids=["top-level", "nested"],
+)
+def test_duplicate_json_keys_are_400(client: TestClient, body: bytes) -> None:
+    """Two readers may take different values of a key named twice: refuse it, store nothing."""
+    issue = assert_outcome(client.post("/fhir/Patient", content=body, headers=FHIR_JSON), 400)
+    assert "twice" in issue["diagnostics"]
+    assert patient_count(client) == 0
+
+
+def test_duplicate_keys_in_operation_parameters_are_400(client: TestClient) -> None:
+    body = b'{"resourceType": "Parameters", "parameter": [], "parameter": []}'
+    r = client.post("/fhir/Appointment/$find", content=body, headers=FHIR_JSON)
+    assert "'parameter' twice" in assert_outcome(r, 400)["diagnostics"]
+
+
+def test_deeply_nested_body_is_400(client: TestClient) -> None:
+    """Deep enough for the standard library's parser to run out of recursion (orjson's own
+    limit is 1,024 levels)."""
+    body = b'{"resourceType": "Patient", "extension": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    assert_outcome(client.post("/fhir/Patient", content=body, headers=FHIR_JSON), 400)
+    assert patient_count(client) == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ([("gender", "male")] * 700, "700 parameters"),
+        ([("_id", ",".join(f"p{k}" for k in range(300)))], "300 values"),
+    ],
+    ids=["700-repeated-parameters", "300-values"],
+)
+def test_oversized_searches_are_400(
+    client: TestClient, query: list[tuple[str, str]], needle: str
+) -> None:
+    assert needle in assert_outcome(client.get("/fhir/Patient", params=query), 400)["diagnostics"]
+    r = client.post("/fhir/Patient/_search", data={"gender": ["male"] * 700})
+    assert "700 parameters" in assert_outcome(r, 400)["diagnostics"]
+
+
+def test_searches_up_to_the_limit_run(client: TestClient) -> None:
+    create(client, make_patient(gender="male"))
+    r = client.get("/fhir/Patient", params=[("gender", "male")] * 64)
+    assert r.status_code == 200, r.text
+    assert r.json()["total"] == 1
 
 
 def test_if_match_that_is_not_an_etag_is_400(client: TestClient) -> None:
@@ -420,6 +476,54 @@ def test_precondition_failed_is_412_and_changes_nothing(
     assert patient_count(client) == patients_after
     hist = client.get("/fhir/Patient/_history").json()
     assert len(hist["entry"]) == patients_after  # no new version was written
+
+
+# -- 413 -----------------------------------------------------------------------------------------
+def _padded_patient(size: int) -> bytes:
+    """A valid Patient of about ``size`` bytes (its narrative padded)."""
+    div = '<div xmlns="http://www.w3.org/1999/xhtml">' + "x" * size + "</div>"
+    return json.dumps({**make_patient(), "text": {"status": "generated", "div": div}}).encode()
+
+
+def _limited(db: Database, keys: KeyRing, settings: Settings, **limits: int) -> TestClient:
+    app = create_app(settings.model_copy(update=limits), keys=keys, db=db)
+    c = TestClient(app, raise_server_exceptions=False)
+    c.headers["Authorization"] = f"Bearer {backend_token(c, db)}"
+    return c
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_over_the_limit_is_413_and_stores_nothing(
+    db: Database, keys: KeyRing, settings: Settings, chunked: bool
+) -> None:
+    with _limited(db, keys, settings, max_body_bytes=4096) as c:
+        body = _padded_patient(5000)
+        content: Any = iter([body[:2000], body[2000:]]) if chunked else body
+        issue = assert_outcome(c.post("/fhir/Patient", content=content, headers=FHIR_JSON), 413)
+        assert "4,096 bytes" in issue["diagnostics"]
+        assert patient_count(c) == 0
+        assert c.post("/fhir/Patient", content=_padded_patient(1000), headers=FHIR_JSON).is_success
+
+
+def test_default_body_limit_is_2_mb(client: TestClient) -> None:
+    r = client.post("/fhir/Patient", content=_padded_patient(2 * 1024 * 1024), headers=FHIR_JSON)
+    assert "2,097,152 bytes" in assert_outcome(r, 413)["diagnostics"]
+    assert patient_count(client) == 0
+
+
+def test_bundles_have_their_own_larger_limit(
+    db: Database, keys: KeyRing, settings: Settings
+) -> None:
+    with _limited(db, keys, settings, max_body_bytes=4096, max_bundle_bytes=16384) as c:
+        entry = {
+            "resource": json.loads(_padded_patient(6000)),
+            "request": {"method": "POST", "url": "Patient"},
+        }
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+        assert c.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
+        bundle["entry"] = [entry] * 3
+        assert_outcome(c.post("/fhir", json=bundle, headers=FHIR_JSON), 413)
+        assert patient_count(c) == 1
 
 
 # -- 415 -----------------------------------------------------------------------------------------
