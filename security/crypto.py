@@ -259,7 +259,7 @@ def _wrap(kek: AESGCM, dek: bytes, *, kek_id: str, aad: bytes) -> bytes:
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Serialise changes to the key file across processes (two rotations must not race)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ class Database:
         file = parsed.database if parsed.database not in (None, "", ":memory:") else None
         if self.dialect == "sqlite":
             if file:
-                Path(file).parent.mkdir(parents=True, exist_ok=True)
+                private_sqlite_file(Path(file))
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"timeout": 30, "check_same_thread": False},
@@ -231,6 +231,19 @@ class Checkpointer:
 
 
 CHECKPOINTER = Checkpointer()
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 (in a directory created 0700) before SQLite opens it:
+    SQLite gives its -wal and -shm files the database file's mode, so all three are the
+    owner's alone; files an older version left readable to others are narrowed to 0600 too.
+    Their content is sealed, but their sizes, times and index digests are nobody else's."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with suppress(FileNotFoundError):
+            if each.stat().st_mode & 0o077:
+                each.chmod(0o600)
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -1,0 +1,39 @@
+"""The SQLite database's files on disk are the owner's alone."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from sqlalchemy import text
+
+from resources.sql.engine import Database, migrate
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_new_database_files_are_0600_in_a_0700_directory(tmp_path: Path) -> None:
+    umask = os.umask(0o022)  # a login shell's usual umask: SQLite alone would make them 0644
+    data = tmp_path / "data"
+    db = Database(f"sqlite:///{data}/fhir-sched.db")
+    try:
+        migrate(db)
+        with db.write() as conn:  # a commit: the -wal and -shm files exist now
+            conn.execute(text("CREATE TABLE probe (x INTEGER)"))
+        files = [data / "fhir-sched.db", data / "fhir-sched.db-wal", data / "fhir-sched.db-shm"]
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        assert _mode(data) == 0o700
+    finally:
+        db.dispose()
+        os.umask(umask)
+
+
+def test_files_left_readable_to_others_are_narrowed(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    Database(f"sqlite:///{path}").dispose()
+    assert _mode(path) == 0o600
