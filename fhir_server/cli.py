@@ -51,6 +51,7 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from base.logging import configure_logging
+    from fhir_server.protocol import DeadlineProtocol, use_settings
     from fhir_server.worker import hand_over, serving_app
 
     try:
@@ -66,8 +67,10 @@ def _serve(settings: Settings) -> None:
         "access_log": False,  # its lines carry query strings, and search values can be PHI
         "log_config": None,  # uvicorn's records go through our JSON formatter (no tracebacks)
         "loop": "uvloop",
-        "http": "httptools",
+        "http": DeadlineProtocol,  # httptools, with deadlines for headers and body
+        "timeout_keep_alive": settings.keep_alive_seconds,
     }
+    use_settings(settings)
     click.echo(f"FHIR base URL: {settings.fhir_base}", err=True)
     if settings.workers > 1:
         from resources.sql.engine import Database, migrate

@@ -9,8 +9,15 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from base.errors import FHIRError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from base.errors import (
+    BadRequest,
+    FHIRError,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from fhir_server.handlers import FHIR_JSON, Context, FHIRResponse
 from fhir_server.settings import Settings
 from resources.sql.async_reads import AsyncReader
@@ -191,11 +198,14 @@ async def _body_within(request: Request, limit: int) -> bytes:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or closed for missing the body's deadline (protocol.py)
+        raise BadRequest("the request body did not arrive in full") from None
     return b"".join(chunks)
 
 

@@ -85,6 +85,23 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest transaction or batch Bundle (POST /fhir); 413 above it",
     )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this long of its first "
+        "byte (or of the connection's opening); later, 408 and the connection is closed",
+    )
+    body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A request's body must arrive within this long of its headers; later, "
+        "the connection is closed",
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="An idle kept-alive connection is closed after this long",
+    )
     default_page_size: int = Field(default=20, ge=1, le=1000)
     max_page_size: int = Field(default=500, ge=1, le=10000)
     log_level: str = "info"

@@ -63,7 +63,9 @@ def serving_app(settings: Settings) -> FastAPI:
 def create() -> FastAPI:
     """One worker's app, from the environment (see :func:`worker_env`)."""
     from base.logging import configure_logging
+    from fhir_server.protocol import use_settings
 
     settings = Settings()
     configure_logging(settings.log_level)
+    use_settings(settings)
     return serving_app(settings)
