@@ -161,7 +161,8 @@ def test_no_access_without_its_record(
 def _bearer(anonymous: TestClient, db: Database, scope: str) -> dict[str, str]:
     from tests.smart import backend_token
 
-    return {"Authorization": f"Bearer {backend_token(anonymous, db, scope=scope)}", **FHIR}
+    token = backend_token(anonymous, db, scope=scope, registered=True)
+    return {"Authorization": f"Bearer {token}", **FHIR}
 
 
 def test_compliance_queries(anonymous: TestClient, db: Database, keys: KeyRing) -> None:
@@ -212,6 +213,31 @@ def test_only_compliance_may_query(anonymous: TestClient, db: Database) -> None:
     for scope in ("system/*.rs", "system/*.cruds", "system/Patient.rs"):
         r = anonymous.get("/fhir/AuditEvent", headers=_bearer(anonymous, db, scope))
         assert r.status_code == 403, scope
+
+
+@pytest.mark.parametrize(
+    ("registered", "asked"),
+    [
+        ("system/*.cruds", "system/AuditEvent.rs"),
+        ("system/*.*", "system/AuditEvent.read"),
+        ("system/*.read", "system/AuditEvent.read"),
+        ("system/*.rs", "system/AuditEvent.rs"),
+    ],
+)
+def test_a_wildcard_client_is_not_granted_the_audit_log(
+    anonymous: TestClient, db: Database, registered: str, asked: str
+) -> None:
+    """A client registered for a wildcard asks for the audit log by name: the token endpoint
+    grants none of it, and the log stays closed to it."""
+    cid = register_backend(db, client_id="wildcard", scope=registered)
+    alone = anonymous.post("/auth/token", data=backend_form(cid, TOKEN_URL, asked))
+    assert alone.status_code == 400 and alone.json()["error"] == "invalid_scope", alone.text
+    mixed = anonymous.post(
+        "/auth/token", data=backend_form(cid, TOKEN_URL, f"{asked} system/Patient.rs")
+    )
+    assert mixed.status_code == 200 and mixed.json()["scope"] == "system/Patient.rs"
+    bearer = {"Authorization": f"Bearer {mixed.json()['access_token']}"}
+    assert anonymous.get("/fhir/AuditEvent", headers=bearer).status_code == 403
 
 
 def test_audit_log_cannot_be_changed_through_the_api(anonymous: TestClient, db: Database) -> None:
