@@ -3,7 +3,7 @@ commands over the hash-chained audit log (``security/audit.py``).
 
 Examples::
 
-    fhir-sched audit verify                              # exit 1 and the first broken record
+    fhir-sched audit verify                              # exit 1 and every finding
     fhir-sched audit export --since 2026-01-01 > audit.ndjson
     fhir-sched audit export --since 2026-01-01 --patient Patient/123
 """
@@ -39,7 +39,8 @@ def _open() -> tuple[Database, KeyRing]:
 
 @audit.command("verify")
 def audit_verify() -> None:
-    """Check every record is present, in order and unedited; exit 1 at the first that is not."""
+    """Check every record is present, in order and unedited, and the search index is the one
+    the records call for; exit 1 if anything is not, with a finding for each."""
     from security.audit import verify
 
     database, ring = _open()
@@ -48,7 +49,11 @@ def audit_verify() -> None:
             report = verify(conn, ring)
     finally:
         database.dispose()
-    out: dict[str, object] = {"records": report.records, "intact": report.intact}
+    out: dict[str, object] = {
+        "records": report.records,
+        "intact": report.intact,
+        "findings": [f.as_dict() for f in report.findings],
+    }
     if not report.intact:
         out |= {"broken_at": report.broken_at, "reason": report.reason}
     click.echo(json.dumps(out))

@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import delete, insert, select, text
 
 from resources.sql.engine import Database
-from resources.sql.tables import AuditLog
-from security.audit import open_event, verify
+from resources.sql.guards import audit_guard_drop
+from resources.sql.tables import AuditIndex, AuditLog
+from security.audit import digest, open_event, verify
 from security.crypto import KeyRing
 from tests.builders import make_patient
 from tests.smart import TOKEN_URL, backend_form, register_backend
@@ -238,6 +239,53 @@ def test_a_wildcard_client_is_not_granted_the_audit_log(
     assert mixed.status_code == 200 and mixed.json()["scope"] == "system/Patient.rs"
     bearer = {"Authorization": f"Bearer {mixed.json()['access_token']}"}
     assert anonymous.get("/fhir/AuditEvent", headers=bearer).status_code == 403
+
+
+def test_stripping_the_audit_index_is_found(
+    anonymous: TestClient, db: Database, keys: KeyRing
+) -> None:
+    """The attack: with the guard lifted, delete a patient's rows from ``audit_index``, and the
+    compliance query no longer finds the records about them; add one, and a record about
+    someone else shows under them. ``verify`` rebuilds the index from the records and reports
+    every missing and extra row."""
+    writer = _bearer(anonymous, db, "system/Patient.cruds")
+    a = anonymous.post("/fhir/Patient", json=make_patient("Alpha"), headers=writer).json()["id"]
+    b = anonymous.post("/fhir/Patient", json=make_patient("Beta"), headers=writer).json()["id"]
+    anonymous.get(f"/fhir/Patient/{a}", headers=writer)
+    auditor = _bearer(anonymous, db, "system/AuditEvent.rs")
+
+    def about(patient: str) -> int:
+        params = {"patient": f"Patient/{patient}"}
+        found = anonymous.get("/fhir/AuditEvent", params=params, headers=auditor)
+        return int(found.json()["total"])
+
+    assert about(a) == 2
+    with db.read() as conn:
+        assert verify(conn, keys).intact
+    rows_for = select(AuditIndex.seq).where(AuditIndex.param == "patient")
+    with db.write() as conn:
+        for statement in audit_guard_drop(db.dialect):
+            conn.execute(text(statement))
+        of_a = conn.execute(rows_for.filter_by(digest=_patient(keys, a))).scalars().all()
+        b_created = min(conn.execute(rows_for.filter_by(digest=_patient(keys, b))).scalars())
+        conn.execute(delete(AuditIndex).filter_by(param="patient", digest=_patient(keys, a)))
+    assert about(a) == 0  # hidden
+    with db.read() as conn:
+        report = verify(conn, keys)
+    assert not report.intact
+    assert {(f.kind, f.seq) for f in report.findings} == {("index-missing", s) for s in of_a}
+    with db.write() as conn:
+        conn.execute(
+            insert(AuditIndex).values(seq=b_created, param="patient", digest=_patient(keys, a))
+        )
+    assert about(a) == 1  # a record about B shows under A
+    with db.read() as conn:
+        found = {(f.kind, f.seq) for f in verify(conn, keys).findings}
+    assert found == {("index-missing", s) for s in of_a} | {("index-extra", b_created)}
+
+
+def _patient(keys: KeyRing, patient: str) -> bytes:
+    return digest(keys, "patient", f"Patient/{patient}")
 
 
 def test_audit_log_cannot_be_changed_through_the_api(anonymous: TestClient, db: Database) -> None:
