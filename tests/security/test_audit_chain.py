@@ -297,7 +297,7 @@ def test_audit_commands(tmp_path: Any) -> None:
     runner = CliRunner()
     ok = runner.invoke(main, ["audit", "verify"], env=env)
     assert ok.exit_code == 0
-    assert json.loads(ok.output) == {"records": 6, "intact": True, "findings": []}
+    assert json.loads(ok.output) == {"records": 6, "intact": True, "checkpoints": 0, "findings": []}
     exported = runner.invoke(
         main, ["audit", "export", "--since", "2000-01-01", "--patient", "Patient/pat-1"], env=env
     )
