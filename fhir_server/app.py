@@ -7,6 +7,7 @@ read from the environment at import time.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import traceback
 import uuid
@@ -41,6 +42,7 @@ from resources.sql.engine import Database, migrate
 from resources.store import Store
 from scheduling.clinic import LoadReport, load_clinic, lock_clinic_loads
 from scheduling.config import ClinicConfig, load_clinic_config
+from security.audit_checkpoint import Checkpoint, CheckpointLog, read_head
 from security.crypto import KeyRing, load_keyring
 from security.smart.server import SmartServer
 from security.smart.signing import load_signer
@@ -118,6 +120,35 @@ async def _extend_horizon(db: Database, store: Store, clinic: ClinicConfig, ever
             log.info("clinic.horizon_skipped", reason="another process is loading the clinic")
         else:
             log.info("clinic.horizon_extended", slots_created=report.slots_created)
+
+
+class AuditCheckpoints:
+    """The scheduled job that anchors the audit chain outside the database: the head signed
+    into the checkpoint file (``security/audit_checkpoint.py``) whenever it has moved since
+    this process last wrote one, every few minutes and once more at shutdown. Several
+    workers each write theirs; the lines are whole (O_APPEND, a lock) and each verifies."""
+
+    def __init__(self, db: Database, keys: KeyRing, checkpoints: CheckpointLog) -> None:
+        self.db, self.keys, self.checkpoints = db, keys, checkpoints
+        self.last: tuple[int, bytes] | None = None
+        self._lock = threading.Lock()  # the shutdown run may meet a run still in its thread
+
+    def once(self) -> None:
+        with self._lock:
+            try:
+                with self.db.read() as conn:
+                    head = read_head(conn)
+                if head != self.last:
+                    self.checkpoints.write(self.keys, Checkpoint.now(head))
+                    self.last = head
+                    log.info("audit.checkpoint_written", seq=head[0])
+            except Exception as exc:  # noqa: BLE001 - logged, and tried again next time
+                log.error("audit.checkpoint_failed", error_type=type(exc).__name__)
+
+    async def every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(self.once)
 
 
 def _request_id(request: Request) -> str | None:
@@ -219,6 +250,18 @@ def create_app(
             job = asyncio.create_task(
                 _extend_horizon(db, store, clinic, settings.clinic_refresh_seconds)
             )
+        checkpoints, checkpointing = None, None
+        if settings.audit_enabled and settings.audit_checkpoint_seconds:
+            checkpoints = AuditCheckpoints(
+                db,
+                keys,
+                CheckpointLog(
+                    settings.audit_checkpoint_path, syslog=settings.audit_checkpoint_syslog
+                ),
+            )
+            checkpointing = asyncio.create_task(
+                checkpoints.every(settings.audit_checkpoint_seconds)
+            )
         bridge = None
         if settings.hl7_listen:
             bridge = await start_bridge(settings, db=db, store=store, clinic=clinic)
@@ -231,6 +274,10 @@ def create_app(
             if job is not None:
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)
+            if checkpoints is not None and checkpointing is not None:
+                checkpointing.cancel()
+                await asyncio.gather(checkpointing, return_exceptions=True)
+                await asyncio.to_thread(checkpoints.once)  # the head as this process leaves it
             if reader is not None:
                 await reader.close()
 

@@ -1,9 +1,11 @@
-"""``fhir-sched audit verify`` and ``fhir-sched audit export``: the compliance officer's
-commands over the hash-chained audit log (``security/audit.py``).
+"""``fhir-sched audit verify``, ``checkpoint`` and ``export``: the compliance officer's commands
+over the hash-chained audit log (``security/audit.py``, ``security/audit_checkpoint.py``).
 
 Examples::
 
-    fhir-sched audit verify                              # exit 1 and the first broken record
+    fhir-sched audit verify                              # exit 1 and every finding
+    fhir-sched audit verify --checkpoints collected.log  # against checkpoints kept elsewhere
+    fhir-sched audit checkpoint                          # sign the head into the checkpoint file
     fhir-sched audit export --since 2026-01-01 > audit.ndjson
     fhir-sched audit export --since 2026-01-01 --patient Patient/123
 """
@@ -13,22 +15,28 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 from sqlalchemy import select
 
 from fhir_server.cli_auth import open_database
+from fhir_server.settings import Settings
 from resources.fhirdate import as_utc
 from resources.sql.engine import Database
 from security.crypto import KeyRing
+
+if TYPE_CHECKING:
+    from security.audit_checkpoint import CheckpointLog
 
 __all__ = ["audit"]
 
 
 @click.group()
 def audit() -> None:
-    """The audit log: verify its chain, export records."""
+    """The audit log: verify its chain, checkpoint its head, export records."""
 
 
 def _open() -> tuple[Database, KeyRing]:
@@ -37,23 +45,62 @@ def _open() -> tuple[Database, KeyRing]:
     return database, ring
 
 
-@audit.command("verify")
-def audit_verify() -> None:
-    """Check every record is present, in order and unedited; exit 1 at the first that is not."""
-    from security.audit import verify
+def _checkpoints(path: Path | None = None) -> CheckpointLog:
+    from security.audit_checkpoint import CheckpointLog
 
+    settings = Settings()
+    return CheckpointLog(
+        path or settings.audit_checkpoint_path, syslog=settings.audit_checkpoint_syslog
+    )
+
+
+@audit.command("verify")
+@click.option(
+    "--checkpoints",
+    "checkpoint_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check against the checkpoints in this file (default: FHIRSCHED_AUDIT_CHECKPOINT_FILE)",
+)
+def audit_verify(checkpoint_file: Path | None) -> None:
+    """Check every record is present, in order and unedited, the search index is the one the
+    records call for, and every checkpoint's record is still there; exit 1 if anything is
+    not, with a finding for each."""
+    from security.audit_checkpoint import verify_against
+
+    checkpoints = _checkpoints(checkpoint_file)
     database, ring = _open()
     try:
         with database.read() as conn:
-            report = verify(conn, ring)
+            report = verify_against(conn, ring, checkpoints)
     finally:
         database.dispose()
-    out: dict[str, object] = {"records": report.records, "intact": report.intact}
+    out: dict[str, object] = {
+        "records": report.records,
+        "intact": report.intact,
+        "checkpoints": report.checkpoints,
+        "findings": [f.as_dict() for f in report.findings],
+    }
     if not report.intact:
         out |= {"broken_at": report.broken_at, "reason": report.reason}
     click.echo(json.dumps(out))
     if not report.intact:
         sys.exit(1)
+
+
+@audit.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign the chain's head into the checkpoint file (and syslog, if configured) and print
+    the line: ``audit verify`` then finds any record up to it deleted."""
+    from security.audit_checkpoint import Checkpoint, read_head
+
+    checkpoints = _checkpoints()
+    database, ring = _open()
+    try:
+        with database.read() as conn:
+            head = read_head(conn)
+    finally:
+        database.dispose()
+    click.echo(checkpoints.write(ring, Checkpoint.now(head)))
 
 
 @audit.command("export")

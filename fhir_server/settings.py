@@ -114,6 +114,23 @@ class Settings(BaseSettings):
         ge=6,
         description="How long audit records are kept; nothing is purged before this",
     )
+    audit_checkpoint_file: Path | None = Field(
+        default=None,
+        description="Append-only file the audit chain's head is checkpointed to, signed, so "
+        "`audit verify` finds the newest records deleted (created 0600; default: "
+        "audit-checkpoints.jsonl beside the key file)",
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=300,
+        ge=0,
+        description="Checkpoint the audit chain's head this often while serving, when it has "
+        "moved, and once at shutdown (0: never; `fhir-sched audit checkpoint` still does)",
+    )
+    audit_checkpoint_syslog: str | None = Field(
+        default=None,
+        description="Also send each checkpoint to syslog: a socket path (/dev/log) or "
+        "host:port (UDP), ideally a collector on another host",
+    )
     clinic_refresh_seconds: int = Field(
         default=86400,
         ge=0,
@@ -203,6 +220,10 @@ class Settings(BaseSettings):
     @property
     def signing_key_path(self) -> Path:
         return self.signing_key_file or self.key_file.with_name("signing-key.json")
+
+    @property
+    def audit_checkpoint_path(self) -> Path:
+        return self.audit_checkpoint_file or self.key_file.with_name("audit-checkpoints.jsonl")
 
     @property
     def public_root(self) -> str:

@@ -4,15 +4,18 @@ that shows any edit, deletion or reordering done behind the application's back.
 Each record has a sequence number (no gaps), the previous record's MAC, and its own MAC: an
 HMAC-SHA256, under a key derived from the index secret, of the sequence number, the previous
 MAC and the SHA-256 of the record's canonical JSON. A head row holds the last sequence number
-and MAC, so a truncated tail shows too. Records are written only by :func:`append` (in a
-SQLAlchemy transaction), :func:`append_dbapi` and :func:`append_async` (the audit writer's own
-transactions), which all build their rows with ``_extend``; each takes the head's row lock
+and MAC, so a truncated tail shows too, unless the head was moved back with it: checkpoints
+anchor the head outside the database (``security/audit_checkpoint.py``). Records are written
+only by :func:`append` (in a SQLAlchemy transaction), :func:`append_dbapi` and
+:func:`append_async` (the audit writer's own transactions), which all build their rows with
+``_extend``; each takes the head's row lock
 (PostgreSQL) or runs under SQLite's single writer, so the chain is extended by one writer at a
 time, inside the caller's transaction: a write and its AuditEvent commit together or not at
 all. :class:`AsyncChain` (the audit writer on PostgreSQL) sends a batch as one statement that
 extends the chain only if the head is still the one it sealed the batch after. Triggers
 refuse UPDATE and DELETE on the records for every database role; :func:`verify` finds what
-someone with more power than that did anyway.
+someone with more power than that did anyway, the search index included (rebuilt from the
+records and compared).
 
 Search values that identify a patient or an agent are stored only as keyed digests
 (``audit_index``); types, actions, outcomes, sources and times are plain.
@@ -27,6 +30,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,18 +39,19 @@ from typing import Any, NamedTuple
 
 import orjson
 from psycopg import AsyncConnection, AsyncRawCursor
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, func, or_, select, text
 from sqlalchemy.exc import DBAPIError
 
 from resources.fhirdate import as_utc
 from resources.sql.direct import pipelined, raw
-from resources.sql.tables import AuditHead, AuditIndex, AuditLog
+from resources.sql.tables import AuditIndex, AuditLog
 from security.crypto import DecryptionError, KeyRing, Sealed
 
 __all__ = [
     "AsyncChain",
     "AuditQuery",
     "ChainReport",
+    "Finding",
     "append",
     "append_async",
     "append_dbapi",
@@ -384,51 +389,261 @@ def open_event(keys: KeyRing, row: Any) -> dict[str, Any]:
     return event
 
 
-def _same(stored: Any, derived: Any) -> bool:
-    if isinstance(derived, datetime) and isinstance(stored, datetime):
-        return bool(as_utc(stored) == derived)
-    return bool(stored == derived)
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One anomaly :func:`verify` found: its kind, the sequence number it is at (None when it
+    has none, such as a checkpoint line that does not read), and a sentence. Never record
+    content: findings are printed, and shared with whoever investigates."""
+
+    kind: str
+    seq: int | None
+    detail: str
+    line: int | None = None  # the checkpoint file's line, for a checkpoint's own findings
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "seq": self.seq, "detail": self.detail}
+        if self.line is not None:
+            out["line"] = self.line
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
+    """What :func:`verify` found: ``findings`` in sequence order (those without one last)."""
+
     records: int
-    broken_at: int | None  # the first sequence number that does not fit, None when intact
-    reason: str | None = None
+    findings: tuple[Finding, ...] = ()
+    checkpoints: int = 0  # checkpoints the chain was checked against
 
     @property
     def intact(self) -> bool:
-        return self.broken_at is None
+        return not self.findings
+
+    @property
+    def broken_at(self) -> int | None:
+        """The first sequence number that does not fit, None when intact."""
+        return self.findings[0].seq if self.findings else None
+
+    @property
+    def reason(self) -> str | None:
+        return self.findings[0].detail if self.findings else None
 
 
-def verify(conn: Connection, keys: KeyRing, *, batch: int = 2000) -> ChainReport:
-    """Walk the chain from the start: every record present, in order, unedited, and the head
-    pointing at the last one."""
-    expected, prev, count = 1, GENESIS, 0
-    while True:
-        rows = conn.execute(
-            select(AuditLog).where(AuditLog.seq >= expected).order_by(AuditLog.seq).limit(batch)
-        ).all()
+# Read as the driver hands the values back, not through SQLAlchemy's column types: a value of
+# the wrong type (TEXT in a BLOB column, a time that is no time on SQLite) must become a
+# finding, where a type's result processor would raise while fetching the whole batch.
+_WALK = text(
+    f"SELECT {', '.join(_LOG_COLUMNS)} FROM audit_log "  # noqa: S608 - constants
+    "WHERE seq > :after ORDER BY seq LIMIT :n"
+)
+_WALK_INDEX = text("SELECT seq, param, digest FROM audit_index WHERE seq > :after AND seq <= :last")
+_INDEX_AFTER = text("SELECT seq, param, digest FROM audit_index WHERE seq > :after")
+_FIRST = -(2**63)  # below every sequence number: rows numbered 0 or less are found too
+
+
+def _blob(value: Any) -> bytes | None:
+    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
+
+
+def _number(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _instant(value: Any) -> datetime | None:
+    """A stored ``recorded``: PostgreSQL's timestamptz, or SQLite's naive UTC text."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return as_utc(value) if isinstance(value, datetime) else None
+
+
+def _same(stored: Any, derived: Any) -> bool:
+    if isinstance(derived, datetime):
+        return _instant(stored) == derived
+    return bool(stored == derived)
+
+
+class _Walk:
+    """:func:`verify`'s state along the chain: the previous record's MAC, the index each
+    record calls for, the MACs at the checkpoints' sequence numbers, and what it found."""
+
+    def __init__(self, keys: KeyRing, anchors: Iterable[tuple[int, bytes]]) -> None:
+        self.keys = keys
+        self.anchors = sorted(set(anchors))
+        self.wanted = {seq for seq, _ in self.anchors}
+        self.found: list[Finding] = []
+        self.records = 0
+        self.expected = 1  # the next sequence number
+        self.last = 0  # the last one present
+        self.prev: bytes | None = GENESIS  # its MAC; None when unknown (a gap, a bad value)
+        self.macs: dict[int, bytes | None] = {}  # stored MACs at the checkpoints' numbers
+        self.index: dict[int, Counter[tuple[str, bytes | None]]] = {}  # what records call for
+        self.unknown: set[int] = set()  # records whose index cannot be derived
+
+    def note(self, kind: str, seq: int | None, detail: str) -> None:
+        self.found.append(Finding(kind, seq, detail))
+
+    def record(self, row: Any) -> None:
+        seq = _number(row.seq)
+        if seq is None:
+            self.note("record-malformed", None, "a record's sequence number is not a number")
+            return
+        self.records += 1
+        if seq < self.expected:  # rows come in order, so only a number below the first
+            self.note("record-extra", seq, "a record is numbered before the chain's first")
+            self.unknown.add(seq)
+            return
+        if seq > self.expected:
+            gap = f"records {self.expected} to {seq - 1} are" if seq > self.expected + 1 else ""
+            self.note("record-missing", self.expected, f"{gap or 'a record is'} missing")
+            self.prev = None
+        previous, mac = self.prev, _blob(row.mac)
+        self.expected, self.last, self.prev = seq + 1, seq, mac
+        if seq in self.wanted:
+            self.macs[seq] = mac
+        event = self._open(row, seq, previous)
+        if event is None:
+            self.unknown.add(seq)
+            return
+        try:
+            columns, values = _columns(event), set(_search_values(event))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.note("record-malformed", seq, "the record is not an AuditEvent this server wrote")
+            self.unknown.add(seq)
+            return
+        if not all(_same(getattr(row, k), v) for k, v in columns.items()):
+            self.note("record-columns", seq, "the record's search columns were changed")
+        self.index[seq] = Counter((p, digest(self.keys, p, v)) for p, v in values)
+
+    def _open(self, row: Any, seq: int, previous: bytes | None) -> dict[str, Any] | None:
+        """The record's event if it opens and its MAC holds, else None (and a finding)."""
+        prev_hash, mac = _blob(row.prev_hash), _blob(row.mac)
+        wrapped, nonce, ciphertext = _blob(row.wrapped_key), _blob(row.nonce), _blob(row.ciphertext)
+        kek_id, event_id = row.kek_id, row.event_id
+        if (
+            prev_hash is None
+            or mac is None
+            or wrapped is None
+            or nonce is None
+            or ciphertext is None
+            or not isinstance(kek_id, str)
+            or not isinstance(event_id, str)
+        ):
+            self.note("record-malformed", seq, "a column of the record holds the wrong type")
+            return None
+        if previous is not None and prev_hash != previous:
+            self.note("record-link", seq, "the link to the previous record is broken")
+        try:
+            body = self.keys.open(
+                Sealed(kek_id, wrapped, nonce, ciphertext), aad=_aad(event_id, seq)
+            )
+            event = orjson.loads(body)
+        except (DecryptionError, orjson.JSONDecodeError, ValueError):
+            self.note("record-unreadable", seq, "the record does not open (edited or moved)")
+            return None
+        if not isinstance(event, dict) or not hmac.compare_digest(
+            _mac(self.keys, seq, prev_hash, _canonical(event)), mac
+        ):
+            self.note("record-changed", seq, "the record's content was changed")
+            return None
+        return event
+
+    def check_index(self, rows: Iterable[Any], present: set[int]) -> None:
+        """Compare stored index rows with those the records in their range call for (the
+        index rebuilt): rows missing, rows extra, rows pointing at no record."""
+        stored: dict[int, Counter[tuple[str, bytes | None]]] = {}
         for row in rows:
-            if row.seq != expected:
-                return ChainReport(count, expected, "a record is missing")
-            if bytes(row.prev_hash) != prev:
-                return ChainReport(count, row.seq, "the link to the previous record is broken")
-            try:
-                event = open_event(keys, row)
-            except (DecryptionError, orjson.JSONDecodeError):
-                return ChainReport(count, row.seq, "the record does not open (edited or moved)")
-            if not hmac.compare_digest(_mac(keys, row.seq, prev, _canonical(event)), row.mac):
-                return ChainReport(count, row.seq, "the record's content was changed")
-            if any(_same(getattr(row, k), v) is False for k, v in _columns(event).items()):
-                return ChainReport(count, row.seq, "the record's search columns were changed")
-            prev, expected, count = bytes(row.mac), expected + 1, count + 1
-        if len(rows) < batch:
+            seq = _number(row.seq)
+            if seq is None:
+                self.note("index-extra", None, "an index row's sequence number is not a number")
+                continue
+            stored.setdefault(seq, Counter())[(str(row.param), _blob(row.digest))] += 1
+        for seq in sorted(stored.keys() | self.index.keys()):
+            called, kept = self.index.pop(seq, Counter()), stored.get(seq, Counter())
+            if seq in self.unknown:
+                continue
+            for param, _ in (called - kept).elements():
+                self.note(
+                    "index-missing", seq, f"the record's {_param(param)} index row is missing"
+                )
+            for param, _ in (kept - called).elements():
+                self.note(
+                    "index-extra",
+                    seq,
+                    f"an extra {_param(param)} index row points at this record"
+                    if seq in present
+                    else f"a {_param(param)} index row points at no record",
+                )
+
+    def check_head(self, row: Any) -> None:
+        seq, mac = (_number(row.seq), _blob(row.mac)) if row is not None else (None, None)
+        if seq is None or mac is None:
+            self.note("head", None, "the head row is missing or holds the wrong type")
+        elif seq > self.last:
+            self.note("head", self.last + 1, "records after this one were removed")
+        elif seq < self.last:
+            self.note("head", seq + 1, "the head points before the last record")
+        elif mac != self.prev:
+            self.note("head", seq, "the head does not hold the last record's MAC")
+
+    def check_anchors(self) -> None:
+        """Each checkpoint's record still there, and the one checkpointed."""
+        for seq, mac in self.anchors:
+            if seq > self.last:
+                self.note(
+                    "truncated",
+                    seq,
+                    f"a checkpoint names record {seq}; the log ends at {self.last}",
+                )
+            elif seq == 0 and mac == GENESIS:
+                continue
+            elif seq not in self.macs:
+                self.note("checkpoint-mismatch", seq, "the checkpointed record is missing")
+            elif self.macs[seq] != mac:
+                self.note("checkpoint-mismatch", seq, "the record is not the one checkpointed")
+
+    def report(self) -> ChainReport:
+        ordered = sorted(self.found, key=lambda f: (f.seq is None, f.seq or 0))
+        return ChainReport(self.records, tuple(ordered))
+
+
+def _param(name: str) -> str:
+    return name if name in _DIGESTED else "unknown-parameter"
+
+
+def verify(
+    conn: Connection,
+    keys: KeyRing,
+    *,
+    batch: int = 2000,
+    checkpoints: Iterable[tuple[int, bytes]] = (),
+) -> ChainReport:
+    """Walk the chain from the start and report every anomaly: records missing, out of
+    order, edited, unreadable or of the wrong type; search columns changed; index rows
+    missing or extra (the index rebuilt from the records); the head not pointing at the last
+    record; and, for each ``(seq, mac)`` checkpoint kept outside the database
+    (``security.audit_checkpoint``), its record gone or not the one checkpointed."""
+    walk = _Walk(keys, checkpoints)
+    after = _FIRST
+    while True:
+        rows = conn.execute(_WALK, {"after": after, "n": batch}).all()
+        for row in rows:
+            walk.record(row)
+        numbered = [seq for row in rows if (seq := _number(row.seq)) is not None]
+        if numbered:
+            last = numbered[-1]
+            index = conn.execute(_WALK_INDEX, {"after": after, "last": last}).all()
+            walk.check_index(index, set(numbered))
+            after = last
+        # on SQLite, rows numbered with text sort after every number: the walk ends there
+        if len(rows) < batch or len(numbered) < len(rows):
             break
-    head = conn.execute(select(AuditHead.seq, AuditHead.mac).filter_by(id=1)).one()
-    if int(head[0]) != expected - 1 or bytes(head[1]) != prev:
-        return ChainReport(count, expected, "records after this one were removed")
-    return ChainReport(count, None)
+    walk.check_index(conn.execute(_INDEX_AFTER, {"after": after}).all(), set())
+    walk.check_head(conn.execute(text(_READ_HEAD)).first())
+    walk.check_anchors()
+    return walk.report()
 
 
 # -- compliance queries ----------------------------------------------------------------------

@@ -20,6 +20,11 @@ directly): ``<context>/Appointment.$find``, ``.$hold`` and ``.$book``. Full acce
 Scopes that are not about resources (``openid``, ``fhirUser``, ``launch``, ``launch/patient``,
 ``offline_access``, ``online_access``) are kept as they are.
 
+The audit log is granted only where it is named: a wildcard (``system/*.cruds``,
+``user/*.rs``, v1 ``*.read``) in a registration or a role neither covers AuditEvent nor
+grants a request for it, and a wildcard asked for is not narrowed to it (:data:`NAMED_ONLY`):
+the request, the registration and the role must all name AuditEvent.
+
 >>> g = Grants.parse("patient/Appointment.rs?status=booked user/Slot.read openid")
 >>> g.permits("patient", "Appointment", "s"), g.permits("patient", "Appointment", "c")
 (True, False)
@@ -38,6 +43,7 @@ from urllib.parse import parse_qsl
 
 __all__ = [
     "CONTEXTS",
+    "NAMED_ONLY",
     "OPERATIONS",
     "PERMISSIONS",
     "VERBS",
@@ -53,6 +59,10 @@ V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
 OPERATIONS = {"Appointment": ("$find", "$hold", "$book")}  # operation scopes, by type
 FULL = frozenset(PERMISSIONS)
+# Types a wildcard does not reach: a client registered (or a role bound) for "every type" was
+# set up to work with the clinic's records, not to read who looked at them, so the audit log
+# needs a registration and a role that name it.
+NAMED_ONLY = frozenset({"AuditEvent"})
 NON_RESOURCE = re.compile(
     r"^(openid|fhirUser|profile|launch(/[a-zA-Z]+)?|offline_access|online_access)$"
 )
@@ -77,7 +87,7 @@ class Scope:
     def covers(self, context: str, resource_type: str, permission: str) -> bool:
         return (
             self.context == context
-            and self.resource_type in ("*", resource_type)
+            and _reaches(self.resource_type, resource_type)
             and _includes(self.permissions, permission)
         )
 
@@ -85,29 +95,32 @@ class Scope:
         """Whether this scope grants everything ``other`` asks for."""
         return (
             self.context == other.context
-            and self.resource_type in ("*", other.resource_type)
+            and _reaches(self.resource_type, other.resource_type)
             and all(_includes(self.permissions, p) for p in other.permissions)
             and (not self.query or self.query == other.query)
         )
 
-    def intersect(self, other: Scope) -> Scope | None:
-        """What both scopes grant (``patient/*.rs`` and ``patient/Slot.cruds``: Slot.rs)."""
-        if self.context != other.context:
+    def intersect(self, allowed: Scope) -> Scope | None:
+        """What this scope, asked for, gets of ``allowed`` (``patient/*.rs`` asked,
+        ``patient/Slot.cruds`` allowed: Slot.rs). A wildcard on either side gives no
+        AuditEvent scope: the asked one may itself be what a wildcard registration let
+        through on its way to the role's narrowing."""
+        if self.context != allowed.context:
             return None
-        types = (self.resource_type, other.resource_type)
-        if "*" not in types and types[0] != types[1]:
+        asked, given = self.resource_type, allowed.resource_type
+        if not (_reaches(asked, given) or _reaches(given, asked)):
             return None
-        rtype = other.resource_type if self.resource_type == "*" else self.resource_type
+        rtype = allowed.resource_type if self.resource_type == "*" else self.resource_type
         perms = frozenset(
             p
-            for p in self.permissions | other.permissions
-            if _includes(self.permissions, p) and _includes(other.permissions, p)
+            for p in self.permissions | allowed.permissions
+            if _includes(self.permissions, p) and _includes(allowed.permissions, p)
         )
-        if self.query and other.query and self.query != other.query:
+        if self.query and allowed.query and self.query != allowed.query:
             return None
-        if not perms or (rtype == "*" and (self.query or other.query)):
+        if not perms or (rtype == "*" and (self.query or allowed.query)):
             return None
-        return Scope(self.context, rtype, perms, self.query or other.query)
+        return Scope(self.context, rtype, perms, self.query or allowed.query)
 
     def __str__(self) -> str:
         perms = "".join(sorted(self.permissions)) if self.operation else ""
@@ -120,6 +133,13 @@ class Scope:
     @property
     def operation(self) -> bool:
         return any(p.startswith("$") for p in self.permissions)
+
+
+def _reaches(granted: str, resource_type: str) -> bool:
+    """Whether a scope for type ``granted`` (a type or ``*``) reaches ``resource_type``."""
+    if granted == "*":
+        return resource_type not in NAMED_ONLY
+    return granted == resource_type
 
 
 def _includes(granted: frozenset[str], permission: str) -> bool:

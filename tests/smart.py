@@ -85,8 +85,13 @@ def backend_form(
     }
 
 
-def backend_token(c: TestClient, db: Database, scope: str = FULL_ACCESS, **kw: Any) -> str:
-    """A token from the real token endpoint for a backend client registered just now."""
+def backend_token(
+    c: TestClient, db: Database, scope: str = FULL_ACCESS, *, registered: bool = False, **kw: Any
+) -> str:
+    """A token from the real token endpoint for a backend client registered just now (for
+    full access, or for ``scope`` itself if ``registered``: the audit log needs its name)."""
+    if registered:
+        kw["scope"] = scope
     client_id = register_backend(db, client_id=f"test-{uuid.uuid4().hex[:8]}", **kw)
     resp = c.post("/auth/token", data=backend_form(client_id, TOKEN_URL, scope))
     assert resp.status_code == 200, resp.text

@@ -6,7 +6,9 @@ e-mail address, which is PHI), so ``user list`` shows ids, roles and links, neve
 
 Roles bound what a signed-in user can be granted (``ROLE_SCOPES``); a client's registration
 bounds what it can be granted (``OAuthClient.scope``). A token gets the requested scopes that
-both allow (:meth:`security.scopes.Grants.narrowed`).
+both allow (:meth:`security.scopes.Grants.narrowed`). The audit log is granted only when both
+name it (``user/AuditEvent.rs``): a wildcard in either does not reach it
+(:data:`security.scopes.NAMED_ONLY`).
 """
 
 from __future__ import annotations

@@ -232,6 +232,45 @@ def test_verify_finds_the_first_broken_record(
     assert report.broken_at == broken, report
 
 
+def test_verify_reports_every_anomaly_and_never_raises(db: Database, keys: KeyRing) -> None:
+    """Several records tampered with at once, some with values of the wrong type (SQLite keeps
+    TEXT in a BLOB column): each is a finding, the walk goes on past it, nothing raises."""
+    _fill(db, keys)
+
+    def change(conn: Connection) -> None:
+        conn.execute(text("UPDATE audit_log SET ciphertext = :x WHERE seq = 2"), {"x": bytes(64)})
+        conn.execute(text("DELETE FROM audit_log WHERE seq = 5"))
+        conn.execute(text("UPDATE audit_log SET outcome = '8' WHERE seq = 8"))
+        if db.is_sqlite:
+            conn.execute(text("UPDATE audit_log SET mac = hex(mac) WHERE seq = 3"))
+            conn.execute(text("UPDATE audit_log SET recorded = 'yesterday' WHERE seq = 9"))
+            conn.execute(text("UPDATE audit_index SET digest = hex(digest) WHERE seq = 10"))
+        else:
+            conn.execute(text("UPDATE audit_log SET mac = :x WHERE seq = 3"), {"x": b"\x00"})
+            conn.execute(
+                text("UPDATE audit_log SET recorded = recorded - interval '1 day' WHERE seq = 9")
+            )
+            conn.execute(text("UPDATE audit_index SET digest = :x WHERE seq = 10"), {"x": b"\x00"})
+
+    _tamper(db, change)
+    with db.read() as conn:
+        report = verify(conn, keys)
+    found = {(f.kind, f.seq) for f in report.findings}
+    third = (
+        {("record-malformed", 3)} if db.is_sqlite else {("record-changed", 3), ("record-link", 4)}
+    )
+    assert found == third | {
+        ("record-unreadable", 2),
+        ("record-missing", 5),
+        ("index-extra", 5),  # the deleted record's index rows are still there
+        ("record-columns", 8),
+        ("record-columns", 9),
+        ("index-missing", 10),
+        ("index-extra", 10),
+    }
+    assert not report.intact and report.broken_at == 2 and report.records == 9
+
+
 def test_verify_with_another_key_fails(db: Database, keys: KeyRing) -> None:
     from security.crypto import generate_key_material
 
@@ -257,7 +296,8 @@ def test_audit_commands(tmp_path: Any) -> None:
     _fill(db, ring, 6)
     runner = CliRunner()
     ok = runner.invoke(main, ["audit", "verify"], env=env)
-    assert ok.exit_code == 0 and json.loads(ok.output) == {"records": 6, "intact": True}
+    assert ok.exit_code == 0
+    assert json.loads(ok.output) == {"records": 6, "intact": True, "checkpoints": 0, "findings": []}
     exported = runner.invoke(
         main, ["audit", "export", "--since", "2000-01-01", "--patient", "Patient/pat-1"], env=env
     )
@@ -267,3 +307,9 @@ def test_audit_commands(tmp_path: Any) -> None:
     db.dispose()
     broken = runner.invoke(main, ["audit", "verify"], env=env)
     assert broken.exit_code == 1 and json.loads(broken.output)["broken_at"] == 3
+    findings = json.loads(broken.output)["findings"]
+    assert [(f["kind"], f["seq"]) for f in findings][:2] == [
+        ("record-missing", 3),
+        ("index-extra", 3),  # one for each index row the deleted record left
+    ]
+    assert {f["kind"] for f in findings[1:]} == {"index-extra"}

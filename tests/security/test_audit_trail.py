@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import delete, insert, select, text
 
 from resources.sql.engine import Database
-from resources.sql.tables import AuditLog
-from security.audit import open_event, verify
+from resources.sql.guards import audit_guard_drop
+from resources.sql.tables import AuditIndex, AuditLog
+from security.audit import digest, open_event, verify
 from security.crypto import KeyRing
 from tests.builders import make_patient
 from tests.smart import TOKEN_URL, backend_form, register_backend
@@ -161,7 +162,8 @@ def test_no_access_without_its_record(
 def _bearer(anonymous: TestClient, db: Database, scope: str) -> dict[str, str]:
     from tests.smart import backend_token
 
-    return {"Authorization": f"Bearer {backend_token(anonymous, db, scope=scope)}", **FHIR}
+    token = backend_token(anonymous, db, scope=scope, registered=True)
+    return {"Authorization": f"Bearer {token}", **FHIR}
 
 
 def test_compliance_queries(anonymous: TestClient, db: Database, keys: KeyRing) -> None:
@@ -212,6 +214,78 @@ def test_only_compliance_may_query(anonymous: TestClient, db: Database) -> None:
     for scope in ("system/*.rs", "system/*.cruds", "system/Patient.rs"):
         r = anonymous.get("/fhir/AuditEvent", headers=_bearer(anonymous, db, scope))
         assert r.status_code == 403, scope
+
+
+@pytest.mark.parametrize(
+    ("registered", "asked"),
+    [
+        ("system/*.cruds", "system/AuditEvent.rs"),
+        ("system/*.*", "system/AuditEvent.read"),
+        ("system/*.read", "system/AuditEvent.read"),
+        ("system/*.rs", "system/AuditEvent.rs"),
+    ],
+)
+def test_a_wildcard_client_is_not_granted_the_audit_log(
+    anonymous: TestClient, db: Database, registered: str, asked: str
+) -> None:
+    """A client registered for a wildcard asks for the audit log by name: the token endpoint
+    grants none of it, and the log stays closed to it."""
+    cid = register_backend(db, client_id="wildcard", scope=registered)
+    alone = anonymous.post("/auth/token", data=backend_form(cid, TOKEN_URL, asked))
+    assert alone.status_code == 400 and alone.json()["error"] == "invalid_scope", alone.text
+    mixed = anonymous.post(
+        "/auth/token", data=backend_form(cid, TOKEN_URL, f"{asked} system/Patient.rs")
+    )
+    assert mixed.status_code == 200 and mixed.json()["scope"] == "system/Patient.rs"
+    bearer = {"Authorization": f"Bearer {mixed.json()['access_token']}"}
+    assert anonymous.get("/fhir/AuditEvent", headers=bearer).status_code == 403
+
+
+def test_stripping_the_audit_index_is_found(
+    anonymous: TestClient, db: Database, keys: KeyRing
+) -> None:
+    """The attack: with the guard lifted, delete a patient's rows from ``audit_index``, and the
+    compliance query no longer finds the records about them; add one, and a record about
+    someone else shows under them. ``verify`` rebuilds the index from the records and reports
+    every missing and extra row."""
+    writer = _bearer(anonymous, db, "system/Patient.cruds")
+    a = anonymous.post("/fhir/Patient", json=make_patient("Alpha"), headers=writer).json()["id"]
+    b = anonymous.post("/fhir/Patient", json=make_patient("Beta"), headers=writer).json()["id"]
+    anonymous.get(f"/fhir/Patient/{a}", headers=writer)
+    auditor = _bearer(anonymous, db, "system/AuditEvent.rs")
+
+    def about(patient: str) -> int:
+        params = {"patient": f"Patient/{patient}"}
+        found = anonymous.get("/fhir/AuditEvent", params=params, headers=auditor)
+        return int(found.json()["total"])
+
+    assert about(a) == 2
+    with db.read() as conn:
+        assert verify(conn, keys).intact
+    rows_for = select(AuditIndex.seq).where(AuditIndex.param == "patient")
+    with db.write() as conn:
+        for statement in audit_guard_drop(db.dialect):
+            conn.execute(text(statement))
+        of_a = conn.execute(rows_for.filter_by(digest=_patient(keys, a))).scalars().all()
+        b_created = min(conn.execute(rows_for.filter_by(digest=_patient(keys, b))).scalars())
+        conn.execute(delete(AuditIndex).filter_by(param="patient", digest=_patient(keys, a)))
+    assert about(a) == 0  # hidden
+    with db.read() as conn:
+        report = verify(conn, keys)
+    assert not report.intact
+    assert {(f.kind, f.seq) for f in report.findings} == {("index-missing", s) for s in of_a}
+    with db.write() as conn:
+        conn.execute(
+            insert(AuditIndex).values(seq=b_created, param="patient", digest=_patient(keys, a))
+        )
+    assert about(a) == 1  # a record about B shows under A
+    with db.read() as conn:
+        found = {(f.kind, f.seq) for f in verify(conn, keys).findings}
+    assert found == {("index-missing", s) for s in of_a} | {("index-extra", b_created)}
+
+
+def _patient(keys: KeyRing, patient: str) -> bytes:
+    return digest(keys, "patient", f"Patient/{patient}")
 
 
 def test_audit_log_cannot_be_changed_through_the_api(anonymous: TestClient, db: Database) -> None:

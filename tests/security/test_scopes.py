@@ -135,3 +135,40 @@ def test_module_examples() -> None:
     import security.scopes
 
     assert doctest.testmod(security.scopes).failed == 0
+
+
+@pytest.mark.parametrize("context", ["patient", "user", "system"])
+@pytest.mark.parametrize(
+    ("registered", "asked"),
+    [
+        ("*.cruds", "AuditEvent.rs"),
+        ("*.rs", "AuditEvent.r"),
+        ("*.cruds", "AuditEvent.read"),
+        ("*.read", "AuditEvent.read"),
+        ("*.*", "AuditEvent.rs"),
+        ("*.*", "AuditEvent.*"),
+    ],
+)
+def test_a_wildcard_never_grants_the_audit_log(context: str, registered: str, asked: str) -> None:
+    """The audit log is granted only where it is named: a wildcard registration or role
+    (``system/*.cruds``) asked for ``system/AuditEvent.rs`` grants nothing of it."""
+    allowed = Grants.parse(f"{context}/{registered} {context}/Patient.rs")
+    narrowed = allowed.narrowed(Grants.parse(f"{context}/{asked} {context}/Patient.r"))
+    assert str(narrowed) == f"{context}/Patient.r"
+    assert not allowed.permits(context, "AuditEvent", "r")
+    assert not allowed.permits(context, "AuditEvent", "s")
+
+
+@pytest.mark.parametrize(
+    ("allowed", "asked", "expected"),
+    [
+        ("system/AuditEvent.rs", "system/AuditEvent.rs", "system/AuditEvent.rs"),
+        ("system/AuditEvent.read", "system/AuditEvent.r", "system/AuditEvent.r"),
+        ("user/AuditEvent.rs user/*.cruds", "user/AuditEvent.rs", "user/AuditEvent.rs"),
+        # nor is a wildcard asked for narrowed to it (it may come from a wildcard registration)
+        ("system/AuditEvent.rs", "system/*.rs", ""),
+        ("user/AuditEvent.rs", "user/*.read", ""),
+    ],
+)
+def test_the_audit_log_is_granted_only_by_name(allowed: str, asked: str, expected: str) -> None:
+    assert str(Grants.parse(allowed).narrowed(Grants.parse(asked))) == expected

@@ -395,3 +395,49 @@ def test_sign_out_ends_the_apps_tokens_and_is_audited(
     user_agent = logouts[1]["agent"][1]
     assert user_agent["who"]["reference"] == f"Patient/{clinic['A']}"
     assert logouts[1]["agent"][0]["who"]["identifier"]["value"] == "app"
+
+
+def _user_token(
+    c: TestClient, client_id: str, scope: str, login: str, patient: str | None = None
+) -> dict[str, str] | None:
+    """The token a user gets through the real pages asking for ``scope``; None if none."""
+    verifier, challenge = pkce()
+    params = authorize_params(client_id, challenge, scope=scope)
+    final = sign_in_and_allow(
+        c, params, login=login, password=f"{login}-password-1", patient=patient
+    )
+    if final.status_code != 302 or "code=" not in final.headers["location"]:
+        return None
+    token = exchange(c, client_id, _code(final), verifier)
+    return token.json() if token.status_code == 200 else None  # type: ignore[no-any-return]
+
+
+def test_a_wildcard_app_or_role_is_not_granted_the_audit_log(
+    anonymous: TestClient, clinic: dict[str, str], db: Database, keys: KeyRing
+) -> None:
+    """Only an app registration and a role that both name AuditEvent get it: a clinician
+    (role ``user/*.rs``) through an app that names it, a compliance officer through an app
+    registered for ``user/*.rs``, a patient through an app registered for ``patient/*.rs``
+    are granted none of it."""
+    with db.write() as conn:
+        add_user(conn, keys, login="doc", password="doc-password-1", role="clinician")
+        add_user(conn, keys, login="auditor", password="auditor-password-1", role="compliance")
+    register_app(db, client_id="audit-app", scope="openid user/AuditEvent.rs user/*.rs")
+    asked = "openid user/AuditEvent.rs user/Patient.rs"
+    attempts = [
+        ("audit-app", asked, "doc", None),  # the app names it, the clinician's role does not
+        ("app", asked, "auditor", None),  # the role names it, the app (user/*.rs) does not
+        ("app", "openid user/AuditEvent.read user/Patient.read", "doc", None),
+        ("app", "launch/patient patient/AuditEvent.rs patient/Patient.rs", "maria", "A"),
+    ]
+    for client_id, scope, login, patient in attempts:
+        token = _user_token(anonymous, client_id, scope, login, patient and clinic[patient])
+        if token is None:
+            continue
+        assert "AuditEvent" not in token["scope"], (client_id, login, token["scope"])
+        bearer = {"Authorization": f"Bearer {token['access_token']}"}
+        assert anonymous.get("/fhir/AuditEvent", headers=bearer).status_code == 403
+    named = _user_token(anonymous, "audit-app", "openid user/AuditEvent.rs", "auditor")
+    assert named is not None and named["scope"] == "user/AuditEvent.rs openid"
+    bearer = {"Authorization": f"Bearer {named['access_token']}"}
+    assert anonymous.get("/fhir/AuditEvent", headers=bearer).status_code == 200
