@@ -15,13 +15,23 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 from sqlalchemy import text
 
-from bench.common import bench_auth, database, keyring, percentiles, save, serve
+from bench.common import (
+    BackendToken,
+    check_statuses,
+    database,
+    keyring,
+    machine_speed,
+    percentiles,
+    save,
+    serve,
+)
 from security.audit import append
 from security.balp import Actor, balp_event
 
@@ -77,10 +87,13 @@ def main() -> None:
                 with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
                     c.execute(text("VACUUM ANALYZE audit_log"))
                     c.execute(text("VACUUM ANALYZE audit_index"))
+            bare = machine_speed(port + 1)  # this machine's speed at the time
             with serve(work, url, port) as base:
-                auth = bench_auth(base, url, scope="system/AuditEvent.rs")
+                # an audit client's token, renewed as the run goes (tokens last 300 s)
+                token = BackendToken(base, url, scope="system/AuditEvent.rs")
                 samples, totals = [], []
-                with httpx.Client(base_url=f"{base}/fhir", timeout=60, headers=auth) as c:
+                statuses: Counter[int] = Counter()
+                with httpx.Client(base_url=f"{base}/fhir", timeout=60) as c:
                     for n in range(args.queries + 20):
                         lo = START + timedelta(days=random.randrange(335))
                         params = [
@@ -90,20 +103,23 @@ def main() -> None:
                             ("_sort", "-date"),
                             ("_count", "20"),
                         ]
+                        auth = token.headers(60)
                         t0 = time.perf_counter()
-                        r = c.get("/AuditEvent", params=params)
+                        r = c.get("/AuditEvent", params=params, headers=auth)
                         elapsed = (time.perf_counter() - t0) * 1000
-                        assert r.status_code == 200, r.text[:300]
-                        if n >= 20:
+                        statuses[r.status_code] += 1
+                        if n >= 20 and r.status_code == 200:
                             samples.append(elapsed)
                             totals.append(r.json()["total"])
+                check_statuses("AuditEvent query", statuses, {200})
     stats = percentiles(samples)
+    print(f"bare FastAPI app (async constant, same run): {bare:,.0f} req/s")
     print(
         f"AuditEvent patient + 30-day query over {args.records:,} records on {args.db}: "
         f"p50 {stats['p50']:.1f}  p95 {stats['p95']:.1f}  p99 {stats['p99']:.1f} ms "
         f"(mean total {sum(totals) / len(totals):.1f}; target p95 <= 100 ms)"
     )
-    save(f"audit_query_{args.db}", {"stats": stats, "args": vars(args)})
+    save(f"audit_query_{args.db}", {"stats": stats, "bare_app_rps": bare, "args": vars(args)})
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import httpx
 import orjson
 from sqlalchemy import insert, text
 
+from bench import bare_app
 from resources.indexing import index_resource
 from resources.sql.engine import Database, migrate
 from resources.store import INDEX_TABLES, R, V, aad, format_instant
@@ -29,6 +31,7 @@ from security.crypto import KeyRing, load_keyring
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
+BARE_PATH = bare_app.PATH  # the bare app's one route
 PG_URL = os.environ.get(
     "FHIRSCHED_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -211,7 +214,7 @@ def serve_bare(port: int) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        yield wait_up(f"http://127.0.0.1:{port}", "/fhir/Patient/x", proc)
+        yield wait_up(f"http://127.0.0.1:{port}", BARE_PATH, proc)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -221,7 +224,7 @@ def machine_speed(port: int, seconds: int = 5) -> float:
     """Requests/s of the bare FastAPI app (``bench/bare_app.py``, 8 connections): a yardstick
     for this machine's speed at the time of a run, which moves by half between hours here."""
     with serve_bare(port) as base:
-        return wrk(f"{base}/fhir/Patient/x", script=None, seconds=seconds, connections=8)["rps"]
+        return wrk(f"{base}{BARE_PATH}", script=None, seconds=seconds, connections=8)["rps"]
 
 
 def wait_up(base: str, path: str, proc: subprocess.Popen[Any]) -> str:
@@ -238,55 +241,102 @@ def wait_up(base: str, path: str, proc: subprocess.Popen[Any]) -> str:
     raise RuntimeError(f"{base} did not come up")
 
 
-def token_form(token_url: str, database_url: str, scope: str = "system/*.cruds") -> dict[str, str]:
-    """What a backend client sends to the token endpoint (SMART Backend Services): a client
-    registered in the database, then a JWT assertion (ES384) for ``token_url``."""
-    import uuid
+class BackendToken:
+    """A backend client's access token (SMART Backend Services), renewed before it runs out.
 
-    from joserfc import jwt
-    from joserfc.jwk import ECKey
+    System tokens last 300 s and have no refresh token, so a run longer than that must ask
+    again. The client is registered in the database once; each renewal signs a new assertion
+    (ES384) and posts it to ``{root}/auth/token``. Ask :meth:`headers` (or :meth:`arenew` for
+    an app called in-process) before each part of a run, with how long that part may last:
+    a token that would expire inside it is replaced first, and a part longer than a token's
+    whole life is refused rather than half measured with 401s.
+    """
 
-    from resources.sql.engine import Database
-    from security.smart.registry import add_client
+    MARGIN = 15.0  # seconds kept in hand: a request sent just before expiry is still answered
 
-    key = ECKey.generate_key("P-384", parameters={"kid": "bench"})
-    client_id = f"bench-{uuid.uuid4().hex[:8]}"
-    db = Database(database_url)
-    try:
-        with db.write() as conn:
-            jwks = {"keys": [key.as_dict(private=False)]}
-            add_client(
-                conn,
-                name="bench",
-                kind="asymmetric",
-                scope=scope,
-                jwks=jwks,
-                client_id=client_id,
+    def __init__(self, root: str, database_url: str, scope: str = "system/*.cruds") -> None:
+        from joserfc.jwk import ECKey
+
+        from security.smart.registry import add_client
+
+        self.url = f"{root}/auth/token"
+        self.scope = scope
+        self._key = ECKey.generate_key("P-384", parameters={"kid": "bench"})
+        self._client_id = f"bench-{uuid.uuid4().hex[:8]}"
+        db = Database(database_url)
+        try:
+            with db.write() as conn:
+                add_client(
+                    conn,
+                    name="bench",
+                    kind="asymmetric",
+                    scope=scope,
+                    jwks={"keys": [self._key.as_dict(private=False)]},
+                    client_id=self._client_id,
+                )
+        finally:
+            db.dispose()
+        self._token = ""
+        self._until = 0.0  # time.monotonic() at which the token expires
+        self.renewals = 0
+
+    def form(self) -> dict[str, str]:
+        """What the client posts to the token endpoint: a fresh assertion for ``self.url``."""
+        from joserfc import jwt
+
+        now = int(time.time())
+        claims = {
+            "iss": self._client_id,
+            "sub": self._client_id,
+            "aud": self.url,
+            "exp": now + 240,
+            "jti": uuid.uuid4().hex,
+        }
+        assertion = jwt.encode(
+            {"alg": "ES384", "kid": "bench"}, claims, self._key, algorithms=["ES384"]
+        )
+        return {
+            "grant_type": "client_credentials",
+            "scope": self.scope,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        }
+
+    def due(self, seconds: float = 0.0) -> bool:
+        """Whether the token would run out within the next ``seconds`` (and the margin)."""
+        return time.monotonic() + seconds + self.MARGIN >= self._until
+
+    def headers(self, seconds: float = 0.0) -> dict[str, str]:
+        """The Authorization header, valid for at least the next ``seconds``."""
+        if self.due(seconds):
+            asked = time.monotonic()
+            answer = httpx.post(self.url, data=self.form(), timeout=30)
+            self._accept(answer.status_code, answer.text, asked, seconds)
+        return {"Authorization": f"Bearer {self._token}"}
+
+    async def arenew(self, client: httpx.AsyncClient, seconds: float = 0.0) -> None:
+        """:meth:`headers` for an app called in-process (``client`` posts to it); the token is
+        then :meth:`current`."""
+        if self.due(seconds):
+            asked = time.monotonic()
+            answer = await client.post(self.url, data=self.form())
+            self._accept(answer.status_code, answer.text, asked, seconds)
+
+    def current(self) -> str:
+        return self._token
+
+    def _accept(self, status: int, body: str, asked: float, seconds: float) -> None:
+        if status != 200:
+            raise SystemExit(f"bench: the token endpoint answered {status}: {body[:300]}")
+        data = orjson.loads(body)
+        self._token = data["access_token"]
+        self._until = asked + float(data["expires_in"])
+        self.renewals += 1
+        if self.due(seconds):
+            raise SystemExit(
+                f"bench: a part of a run lasting {seconds:.0f} s outlasts a token "
+                f"({data['expires_in']} s): measure it in shorter parts"
             )
-    finally:
-        db.dispose()
-    now = int(time.time())
-    claims = {
-        "iss": client_id,
-        "sub": client_id,
-        "aud": token_url,
-        "exp": now + 240,
-        "jti": uuid.uuid4().hex,
-    }
-    assertion = jwt.encode({"alg": "ES384", "kid": "bench"}, claims, key, algorithms=["ES384"])
-    return {
-        "grant_type": "client_credentials",
-        "scope": scope,
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": assertion,
-    }
-
-
-def bench_auth(root: str, database_url: str, scope: str = "system/*.cruds") -> dict[str, str]:
-    """A full-access backend token, as any client gets one (:func:`token_form`). Lasts 300 s."""
-    form = token_form(f"{root}/auth/token", database_url, scope)
-    token = httpx.post(f"{root}/auth/token", data=form, timeout=30).json()["access_token"]
-    return {"Authorization": f"Bearer {token}"}
 
 
 def patients(count: int) -> list[dict[str, Any]]:
@@ -304,6 +354,55 @@ def patients(count: int) -> list[dict[str, Any]]:
     ]
 
 
+class RunFailed(SystemExit):
+    """A load run that got answers it should not have: its rate is not a measurement. Ends the
+    benchmark with exit status 1 and the message on stderr (it is a ``SystemExit``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"bench: run failed: {message}")
+
+
+def check_statuses(
+    what: str, statuses: Mapping[Any, int], expected: Container[Any] = range(200, 300)
+) -> None:
+    """Fail the run (:class:`RunFailed`) if any answer's status (an HTTP status, or an HL7
+    ACK code) is not in ``expected`` (any 2xx unless told): a throughput or a latency that
+    counts failed answers is not reported."""
+    bad = {code: n for code, n in statuses.items() if code not in expected}
+    if bad:
+        total, wrong = sum(statuses.values()), sum(bad.values())
+        listed = ", ".join(f"{n:,} x {code}" for code, n in sorted(bad.items(), key=str))
+        raise RunFailed(f"{what}: {wrong:,} of {total:,} answers not {_what(expected)}: {listed}")
+
+
+def _what(expected: Container[Any]) -> str:
+    if expected == range(200, 300):
+        return "2xx"
+    if isinstance(expected, Iterable):
+        return " or ".join(str(code) for code in expected)
+    return "expected"
+
+
+# Appended to every wrk script: counts the answers by status (wrk itself counts only those of
+# 400 and up, as "Non-2xx or 3xx responses") and prints them with p95 when the run is done.
+WRK_REPORT = """
+local bench_threads = {}
+setup = function(thread) table.insert(bench_threads, thread) end
+bench_statuses = {}
+response = function(status, headers, body)
+  bench_statuses[status] = (bench_statuses[status] or 0) + 1
+end
+done = function(summary, latency, requests)
+  io.write(string.format("p95_us=%d\\n", latency:percentile(95.0)))
+  for _, thread in ipairs(bench_threads) do
+    for status, n in pairs(thread:get("bench_statuses")) do
+      io.write(string.format("status=%d count=%d\\n", status, n))
+    end
+  end
+end
+"""
+
+
 def wrk(
     url: str,
     *,
@@ -311,14 +410,32 @@ def wrk(
     seconds: int,
     connections: int,
     headers: dict[str, str] | None = None,
-) -> dict[str, float]:
-    """Run wrk (one thread: the other core is the server's) and parse its report."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    for name, value in (headers or {}).items():
-        cmd += ["-H", f"{name}: {value}"]
-    if script:
-        cmd += ["-s", str(script)]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    expected: Container[int] = range(200, 300),
+) -> dict[str, Any]:
+    """Run wrk (one thread: the other core is the server's) and parse its report.
+
+    Every answer's status is counted (:data:`WRK_REPORT`); a run with any answer outside
+    ``expected`` (any 2xx unless told), or any socket error, fails (:class:`RunFailed`)
+    instead of reporting a rate. ``script``, if given, supplies the requests (its
+    ``request`` function); it must not define ``setup``, ``response`` or ``done``.
+    """
+    lua = (script.read_text() if script else "") + WRK_REPORT
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua)
+    try:
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", f.name]
+        for name, value in (headers or {}).items():
+            cmd += ["-H", f"{name}: {value}"]
+        out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    statuses = {int(c): int(n) for c, n in re.findall(r"status=(\d+) count=(\d+)", out)}
+    check_statuses(f"wrk {url}", statuses, expected)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    if sockets and any(int(n) for n in sockets.groups()):
+        raise RunFailed(f"wrk {url}: {sockets.group(0)}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
     def lat(label: str) -> float:
@@ -327,26 +444,17 @@ def wrk(
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result = {
+    requests = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    if sum(statuses.values()) != requests:
+        raise RunFailed(f"wrk {url}: {requests:.0f} answers, but statuses for {statuses}")
+    return {
         "rps": rps,
         "p50_ms": lat("50"),
+        "p95_ms": float(re.search(r"p95_us=(\d+)", out).group(1)) / 1000,  # type: ignore[union-attr]
         "p99_ms": lat("99"),
-        "non_2xx": float(errors.group(1)) if errors else 0.0,
-        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "requests": requests,
+        "statuses": {str(code): n for code, n in sorted(statuses.items())},
     }
-    p95 = re.search(r"p95_us=([\d.]+)", out)  # printed by a script's done() (see WRK_P95)
-    if p95:
-        result["p95_ms"] = float(p95.group(1)) / 1000
-    return result
-
-
-# Append to a wrk Lua script so that wrk() can report p95 too.
-WRK_P95 = """
-done = function(summary, latency, requests)
-  io.write(string.format("p95_us=%d\\n", latency:percentile(95.0)))
-end
-"""
 
 
 def save(name: str, data: dict[str, Any]) -> Path:
