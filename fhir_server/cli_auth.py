@@ -196,7 +196,8 @@ def user_disable(user_id: str) -> None:
 @click.command()
 @click.option("--patient", help="The Patient id the app is launched for")
 def launch(patient: str | None) -> None:
-    """Mint an EHR launch value (valid five minutes) to pass to an app as ``launch``."""
+    """Mint an EHR launch value (one authorization, within five minutes) to pass to an app as
+    ``launch``."""
     from security.smart.tokens import mint_launch
 
     with _unit() as (conn, _):

@@ -49,6 +49,7 @@ __all__ = [
     "parse_prefer",
     "patients_of",
     "version_headers",
+    "version_visible",
 ]
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -370,6 +371,11 @@ def confined_write(access: Access, body: Any) -> None:
 def current_visible(ctx: Context, conn: Connection, access: Access, rid: str) -> None:
     if not access.unrestricted:
         _visible(ctx, conn, access, ctx.store.read(conn, access.rtype, rid))
+
+
+def version_visible(ctx: Context, conn: Connection, access: Access, stored: StoredVersion) -> None:
+    """Refuse this version of a resource if the access does not reach it (as a vread would)."""
+    _visible(ctx, conn, access, stored)
 
 
 def create(

@@ -47,6 +47,7 @@ __all__ = [
     "hold",
     "parse_quietly",
     "replay_book",
+    "retry_key",
 ]
 
 
@@ -225,12 +226,13 @@ def book(
     _note_operation(ctx, "$book", resource, old)
     config = _clinic(config)
     action = _book_action(ctx, conn, resource, old)
-    key = _idempotency_key(idempotency_key, resource, action)
+    key = retry_key(ctx, idempotency_key, resource, action, values)
     if key is not None:
-        prior = booking.claim_key(conn, key, now)
+        prior = booking.claim_key(conn, key=key, now=now)
         if prior is not None:  # a retry: the first result, never a second booking
             first = ctx.store.vread(conn, prior.res_type, prior.res_id, prior.version)
             assert first is not None
+            _replay_visible(ctx, conn, access, first)
             _operation_done(ctx, conn, first)
             return FHIRResponse(int(prior.status), first.body, version_headers(first), first)
     status = 200
@@ -264,7 +266,7 @@ def book(
         )
         status = 201
     if key is not None:
-        booking.remember(conn, key, status, stored)
+        booking.remember(conn, key=key, status=status, stored=stored)
     _operation_done(ctx, conn, stored)
     headers = version_headers(stored)
     if status == 201:
@@ -330,7 +332,12 @@ def _book_action(ctx: Context, conn: Connection, resource: Any, old: Any) -> str
 
 def _idempotency_key(header: str | None, resource: Any, action: str) -> str | None:
     """``Idempotency-Key`` header, else the Appointment's first identifier (system|value) for
-    that action: a modification, whose content differs each time, needs the header."""
+    that action: a modification, whose content differs each time, needs the header.
+
+    Both forms are keys of the principal that sends them (:func:`retry_key`). An identifier
+    is not made unique across principals: one that another client, user or patient already
+    booked with is not a retry of theirs, so it books anew and nothing of theirs is returned
+    or refused (a refusal would tell whoever guessed an identifier that it is in use)."""
     if header:
         return f"header:{header.strip()[:150]}"
     if isinstance(resource, dict) and action != "modify":
@@ -341,10 +348,42 @@ def _idempotency_key(header: str | None, resource: Any, action: str) -> str | No
     return None
 
 
-def replay_book(ctx: Context, conn: Connection, key: str) -> FHIRResponse | None:
-    """After losing a race on the idempotency key: the winner's result."""
-    found = booking.replay(conn, ctx.store, key)
+def retry_key(
+    ctx: Context,
+    header: str | None,
+    resource: Any,
+    action: str,
+    values: dict[str, list[Any]],
+) -> booking.RetryKey | None:
+    """The request's retry key, owned by its client, user and (patient-context token) patient,
+    with the digest of its parameters; None without a header or identifier."""
+    key = _idempotency_key(header, resource, action)
+    principal = ctx.principal
+    if key is None or principal is None:
+        return None
+    return booking.RetryKey(
+        key=key,
+        client_id=principal.client_id,
+        user_id=principal.user_id or "",
+        patient=principal.patient or "",
+        request=booking.request_digest(parameters=values),
+    )
+
+
+def _replay_visible(ctx: Context, conn: Connection, access: Access, first: StoredVersion) -> None:
+    """A replay shows the first result only if the asker may still see it: the Appointment as
+    it is now (as a read would check it) and the version replayed (as a vread would)."""
+    handlers.current_visible(ctx, conn, access, first.res_id)
+    handlers.version_visible(ctx, conn, access, first)
+
+
+def replay_book(ctx: Context, conn: Connection, key: booking.RetryKey) -> FHIRResponse | None:
+    """After losing a race on the idempotency key: the winner's result, checked as
+    :func:`book` checks a retry's."""
+    access = authz.require(ctx.principal, "Appointment", "$book")
+    found = booking.replay(conn, store=ctx.store, key=key)
     if found is None:
         return None
     status, stored = found
+    _replay_visible(ctx, conn, access, stored)
     return FHIRResponse(status, stored.body, version_headers(stored), stored)

@@ -8,6 +8,8 @@ hold is ignored by ``$find`` and removed by the next claim on its time, so no sw
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Delete,
     Table,
+    and_,
     bindparam,
     delete,
     insert,
@@ -29,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from base.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound
+from base.errors import BadRequest, BusinessRule, Conflict, FHIRError, NotFound, Unprocessable
 from resources import service
 from resources.fhirdate import parse_fhir_date
 from resources.sql.direct import Direct, pipelined
@@ -47,6 +50,8 @@ __all__ = [
     "INSERT_BUSY",
     "HoldFailed",
     "KeyInFlight",
+    "KeyReused",
+    "RetryKey",
     "book_new",
     "cancel",
     "check_notice",
@@ -58,6 +63,7 @@ __all__ = [
     "participant_id",
     "remember",
     "replay",
+    "request_digest",
     "set_slots",
     "slot_ids",
 ]
@@ -509,12 +515,51 @@ def modify(
     return outcome.stored
 
 
+@dataclass(frozen=True, slots=True)
+class RetryKey:
+    """A ``$book`` retry key as one principal sent it, with the request it came with.
+
+    The key (an ``Idempotency-Key`` header, or an Appointment identifier) is chosen by the
+    client, so on its own it names nothing: two clients, two users of one app or two patients
+    may pick the same one. It names a request only together with its owner: the client, the
+    signed-in user and the patient of a patient-context token ('' where there is none).
+    ``request`` is the SHA-256 of the request (:func:`request_digest`): the same key sent with
+    another request is refused, never answered with the first one's result.
+    """
+
+    key: str
+    client_id: str
+    user_id: str
+    patient: str
+    request: bytes
+
+    def owned(self) -> dict[str, str]:
+        return {
+            "client_id": self.client_id,
+            "user_id": self.user_id,
+            "patient": self.patient,
+            "key": self.key,
+        }
+
+
+class KeyReused(Unprocessable):
+    """The IETF Idempotency-Key draft's 422: a key sent again with a different request."""
+
+    message_id = "FS-0602"
+
+
 class KeyInFlight(Exception):
     """Another request with the same idempotency key committed first: replay its result."""
 
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
+    def __init__(self, key: RetryKey) -> None:
+        super().__init__(key.key)
         self.key = key
+
+
+def request_digest(*, parameters: Any) -> bytes:
+    """SHA-256 over the canonical JSON (sorted keys, no spaces) of an operation's parameters."""
+    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).digest()
 
 
 # a key's reservation, or nothing if the key is taken (no error, so no savepoint is needed)
@@ -524,15 +569,33 @@ _RESERVE_KEY = {
 }
 
 
-def claim_key(conn: Connection, key: str, now: datetime) -> Any:
-    """The first result recorded under ``key``, or None after reserving it for this request.
+def _owned(key: RetryKey) -> Any:
+    return and_(*(IK.c[name] == value for name, value in key.owned().items()))
+
+
+def _first_result(conn: Connection, key: RetryKey) -> Any:
+    """The result first recorded under ``key`` by its owner, or None while it is in flight;
+    422 if that was another request."""
+    prior = conn.execute(select(IK).where(_owned(key), IK.c.status > 0)).first()
+    if prior is not None and bytes(prior.request_hash or b"") != key.request:
+        raise KeyReused(
+            "this idempotency key was used with a different request; "
+            "send a new key for a new request"
+        )
+    return prior
+
+
+def claim_key(conn: Connection, *, key: RetryKey, now: datetime) -> Any:
+    """The first result its owner recorded under ``key``, or None after reserving the key for
+    this request; 422 (:class:`KeyReused`) if the key came with another request.
 
     The reservation is a row insert, one statement when the key is new: a concurrent request
-    with the same key waits on it, then finds the first one's result (or, if that is not
-    there, fails with :class:`KeyInFlight`), so a retried ``$book`` never books twice.
+    with the same key and owner waits on it, then finds the first one's result (or, if that
+    is not there, fails with :class:`KeyInFlight`), so a retried ``$book`` never books twice.
     """
     row = {
-        "key": key,
+        **key.owned(),
+        "request_hash": key.request,
         "operation": "book",
         "status": 0,
         "res_type": "",
@@ -542,24 +605,25 @@ def claim_key(conn: Connection, key: str, now: datetime) -> Any:
     }
     if _RESERVE_KEY[conn.dialect.name].run(conn, row).fetchone() is not None:
         return None
-    prior = conn.execute(select(IK).where(IK.c.key == key, IK.c.status > 0)).first()
+    prior = _first_result(conn, key)
     if prior is None:
         raise KeyInFlight(key)
     return prior
 
 
-def remember(conn: Connection, key: str, status: int, stored: StoredVersion) -> None:
+def remember(conn: Connection, *, key: RetryKey, status: int, stored: StoredVersion) -> None:
     conn.execute(
         update(IK)
-        .where(IK.c.key == key)
+        .where(_owned(key))
         .values(
             status=status, res_type=stored.res_type, res_id=stored.res_id, version=stored.version
         )
     )
 
 
-def replay(conn: Connection, store: Store, key: str) -> tuple[int, StoredVersion] | None:
-    prior = conn.execute(select(IK).where(IK.c.key == key, IK.c.status > 0)).first()
+def replay(conn: Connection, *, store: Store, key: RetryKey) -> tuple[int, StoredVersion] | None:
+    """After losing the race for ``key``: the winner's result (None if it did not commit one)."""
+    prior = _first_result(conn, key)
     if prior is None:
         return None
     stored = store.vread(conn, prior.res_type, prior.res_id, prior.version)

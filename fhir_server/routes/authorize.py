@@ -3,9 +3,13 @@ launch), ending in a redirect that carries a single-use code.
 
 Every step re-validates the whole request with authlib (client, exact redirect URI, scope,
 PKCE S256) and SMART's own checks (``aud`` is this FHIR server; a ``launch`` value is one this
-server minted and has not expired). Errors about the client or its redirect URI are shown on
-a page, never redirected to an unverified address; everything else is redirected back with an
-OAuth error, as RFC 6749 §4.1.2.1 says.
+server minted and has not expired or been used). Errors about the client or its redirect URI
+are shown on a page, never redirected to an unverified address; everything else is redirected
+back with an OAuth error, as RFC 6749 §4.1.2.1 says.
+
+A ``launch`` value is bound to the sign-in that started with it (the ticket covers it, so one
+added or swapped on a later page is refused) and is used up by the consent step, whatever the
+user decides: a launch is good for one authorization.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from security.scopes import Grants
 from security.smart.consent import describe, make_ticket, offered, ticket_user_id, wants_patient
 from security.smart.registry import User, find_user
 from security.smart.server import AuthorizationChoice, OAuthRequest, SmartServer
-from security.smart.tokens import read_launch
+from security.smart.tokens import read_launch, take_launch
 
 router = APIRouter()
 
@@ -62,11 +66,7 @@ def _validate(server: SmartServer, oreq: OAuthRequest) -> tuple[Any, str | None]
         if data.get("launch"):
             launch = read_launch(server.conn, data["launch"])
             if launch is None:
-                raise InvalidRequestError(
-                    "the launch value is unknown or has expired",
-                    redirect_uri=grant.redirect_uri,
-                    state=data.get("state"),
-                )
+                raise _launch_gone(grant, data)
             patient = launch.patient
     except OAuth2Error as error:
         if getattr(error, "redirect_uri", None):
@@ -76,11 +76,36 @@ def _validate(server: SmartServer, oreq: OAuthRequest) -> tuple[Any, str | None]
     return grant, patient
 
 
+def _launch_gone(grant: Any, data: dict[str, str]) -> OAuth2Error:
+    return InvalidRequestError(
+        "the launch value is unknown, has expired or was already used",
+        redirect_uri=grant.redirect_uri,
+        state=data.get("state"),
+    )
+
+
+def _use_launch(server: SmartServer, oreq: OAuthRequest, grant: Any) -> None:
+    """Spend the request's launch value (if any) in this transaction, with the code it brings
+    its context into; if another request spent it first, this one is refused."""
+    data = oreq.payload.data
+    if data.get("launch") and take_launch(server.conn, data["launch"]) is None:
+        error = _launch_gone(grant, data)
+        raise _Stop(_authlib_response(server.handle_error_response(oreq, error)))
+
+
+def _may_launch(user: User, launch_patient: str) -> bool:
+    """A patient user may be launched only into a patient they act for; staff into any."""
+    return user.role != "patient" or launch_patient in user.patients
+
+
 def _ticket_user(server: SmartServer, oreq: OAuthRequest) -> User:
+    """The user a ticket names, if it was made for this very request: same client, PKCE
+    challenge and launch value (or none) as at sign-in."""
     user_id = ticket_user_id(server.keys, oreq.form.get("ticket", ""), oreq.payload.data)
     user = server.active_user(user_id) if user_id else None
     if user is None:
-        raise _Stop(_html(auth_pages.error_page("the sign-in has expired; start again"), 400))
+        message = "the sign-in has expired or was made for another request; start again"
+        raise _Stop(_html(auth_pages.error_page(message), 400))
     return user
 
 
@@ -123,7 +148,7 @@ def _after_signin(
 ) -> Response:
     server = services.oauth
     if launch_patient is not None:
-        if user.role == "patient" and launch_patient not in user.patients:
+        if not _may_launch(user, launch_patient):
             return _html(auth_pages.error_page("this launch is for another patient"), 403)
         return _consent(server, oreq, grant, user, launch_patient)
     if wants_patient(grant.request.scope or "") and user.patients:
@@ -164,7 +189,11 @@ def _decide(services: Services, oreq: OAuthRequest) -> Response:
             return _html(page, 401)
         server.audit("login", oreq, status=200, client_id=client_id, user=user)
         return _after_signin(services, oreq, grant, user, launch_patient)
-    user = _ticket_user(server, oreq)
+    user = _ticket_user(server, oreq)  # also proves the launch is the one signed in with
+    # checked on every page, not only at sign-in: the ticket keeps the launch the same, but
+    # the user's patients may change meanwhile
+    if launch_patient is not None and not _may_launch(user, launch_patient):
+        return _html(auth_pages.error_page("this launch is for another patient"), 403)
     patient = launch_patient or oreq.form.get("patient") or None
     if patient is not None and launch_patient is None and patient not in user.patients:
         return _html(auth_pages.error_page("you cannot act for that patient"), 403)
@@ -176,6 +205,7 @@ def _decide(services: Services, oreq: OAuthRequest) -> Response:
     ticked = [s for s in oreq.payload.datalist.get("grant", []) if s in allowed_scopes]
     allowed = oreq.form.get("decision") == "allow" and Grants.parse(" ".join(ticked)).scopes
     choice = AuthorizationChoice(user, patient, " ".join(ticked)) if allowed else None
+    _use_launch(server, oreq, grant)
     return _authlib_response(server.create_authorization_response(oreq, choice, grant))
 
 

@@ -243,10 +243,19 @@ class BusyTime(Base):
 
 
 class IdempotencyKey(Base):
-    """The first result of a ``$book`` retried with the same key (header or identifier)."""
+    """The first result of a ``$book`` retried with the same key (header or identifier), kept
+    for the principal that sent it: the client, the signed-in user and the patient of a
+    patient-context token ('' where there is none), and the SHA-256 of the request it came with.
+
+    Rows from before revision 0011 have the client '' (no registered client has that id) and no
+    request hash, so they never replay to anyone."""
 
     __tablename__ = "idempotency_key"
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     operation: Mapped[str] = mapped_column(String(32))
     status: Mapped[int] = mapped_column(Integer)
     res_type: Mapped[str] = mapped_column(String(64))

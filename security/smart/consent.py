@@ -3,8 +3,10 @@ offered, how each reads to a person, whether a patient must be chosen, and the s
 that carries the sign-in from page to page instead of the password.
 
 The ticket is ``user_id.expiry.mac``: an HMAC (key derived from the index secret) over the
-user, the expiry, the client and the PKCE challenge, so it is good for this one authorization
-request for ten minutes and nothing else.
+user, the expiry, the client, the PKCE challenge and the ``launch`` value (or its absence), so
+it is good for this one authorization request for ten minutes and nothing else. Binding the
+launch matters: whether a patient may be launched into a context is checked when they sign in,
+so a launch added or swapped on a later page must not carry the ticket with it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Mapping
 
@@ -71,7 +74,15 @@ def offered(user: User, requested: str, patient: str | None) -> list[str]:
 
 
 def _mac(keys: KeyRing, payload: str, request: Mapping[str, str]) -> str:
-    bound = f"{payload}|{request.get('client_id')}|{request.get('code_challenge')}"
+    # JSON, not a separator: the launch value comes from the browser and may contain anything
+    bound = json.dumps(
+        [
+            payload,
+            request.get("client_id"),
+            request.get("code_challenge"),
+            request.get("launch") or None,  # an empty launch is no launch, as the pages treat it
+        ]
+    )
     digest = hmac.new(keys.index_key("smart.signin-ticket"), bound.encode(), hashlib.sha256)
     return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
 

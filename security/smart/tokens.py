@@ -42,6 +42,7 @@ __all__ = [
     "revoke_grant",
     "save_code",
     "store_tokens",
+    "take_launch",
 ]
 
 CODE_TTL = timedelta(seconds=60)  # SMART: codes expire within 60 s
@@ -285,7 +286,8 @@ def remember_jti(conn: Connection, *, client_id: str, jti: str, expires_at: date
 
 
 def mint_launch(conn: Connection, *, patient: str | None, encounter: str | None = None) -> str:
-    """An EHR launch value carrying the context the app will be launched into."""
+    """An EHR launch value carrying the context the app will be launched into: good for one
+    authorization (:func:`take_launch`) within :data:`LAUNCH_TTL`."""
     launch = new_credential()
     conn.execute(
         insert(AuthLaunch).values(
@@ -299,7 +301,28 @@ def mint_launch(conn: Connection, *, patient: str | None, encounter: str | None 
 
 
 def read_launch(conn: Connection, launch: str) -> Any:
+    """The launch context, if the value is live (minted here, not expired, not yet used);
+    reading it does not use it."""
     row = conn.execute(select(AuthLaunch).filter_by(launch_hash=digest(launch))).first()
+    if row is None or _aware(row.expires_at) <= datetime.now(UTC):
+        return None
+    return row
+
+
+def take_launch(conn: Connection, launch: str) -> Any:
+    """Use a launch value: its context once, then never again (None if it is unknown, expired
+    or already used).
+
+    One ``DELETE … RETURNING``: of two transactions taking the same value, PostgreSQL makes
+    the second wait on the first's row lock and then finds the row gone, and SQLite runs one
+    writer at a time; so exactly one of them gets it. If the transaction rolls back (the
+    authorization failed), the value is live again.
+    """
+    row = conn.execute(
+        delete(AuthLaunch)
+        .where(AuthLaunch.launch_hash == digest(launch))
+        .returning(AuthLaunch.patient, AuthLaunch.encounter, AuthLaunch.expires_at)
+    ).first()
     if row is None or _aware(row.expires_at) <= datetime.now(UTC):
         return None
     return row

@@ -155,6 +155,9 @@ def test_an_append_after_a_head_read_earlier_in_the_transaction(
 
 _KEEP = Direct(
     insert(IdempotencyKey).values(
+        client_id="app",
+        user_id="",
+        patient="",
         key=bindparam("key"),
         operation=bindparam("value"),
         status=200,

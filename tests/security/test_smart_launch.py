@@ -3,20 +3,24 @@ picker, consent), PKCE S256 only, single-use codes, refresh, id_token, EHR launc
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from resources.sql.engine import Database
 from resources.sql.tables import AuditLog, AuthCode
 from security.audit import open_event
 from security.crypto import KeyRing
 from security.smart.registry import add_user
-from security.smart.tokens import mint_launch
+from security.smart.tokens import mint_launch, take_launch
 from tests.builders import make_patient
 from tests.smart import (
     REDIRECT,
@@ -28,6 +32,7 @@ from tests.smart import (
     redirect_query,
     register_app,
     sign_in_and_allow,
+    submit,
 )
 
 FHIR = {"content-type": "application/fhir+json"}
@@ -441,3 +446,124 @@ def test_a_wildcard_app_or_role_is_not_granted_the_audit_log(
     assert named is not None and named["scope"] == "user/AuditEvent.rs openid"
     bearer = {"Authorization": f"Bearer {named['access_token']}"}
     assert anonymous.get("/fhir/AuditEvent", headers=bearer).status_code == 200
+
+
+def _post(c: TestClient, action: str, pairs: list[tuple[str, str]]) -> Any:
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    return c.post(action, content=urlencode(pairs), headers=headers)
+
+
+def _consent_form(
+    c: TestClient, params: dict[str, str], *, login: str, password: str, patient: str | None
+) -> dict[str, Any]:
+    """Sign in (and pick ``patient`` if asked): the consent page's form."""
+    form = page_form(c.get("/auth/authorize", params=params).text)
+    resp = _post(c, form["action"], submit(form, username=login, password=password))
+    assert resp.status_code == 200, resp.text
+    form = page_form(resp.text)
+    if any(f["name"] == "step" and f["value"] == "patient" for f in form["fields"]):
+        resp = _post(c, form["action"], submit(form, patient=patient))
+        assert resp.status_code == 200, resp.text
+        form = page_form(resp.text)
+    return form
+
+
+def _another_patient(c: TestClient, db: Database) -> str:
+    admin = {"Authorization": f"Bearer {backend_token(c, db)}"}
+    r = c.post("/fhir/Patient", json=make_patient("FamC"), headers=admin | FHIR)
+    return str(r.json()["id"])
+
+
+@pytest.mark.parametrize("signed_in_with", [None, "B"], ids=["no launch", "launch for B"])
+def test_a_launch_added_at_the_consent_step_is_refused(
+    anonymous: TestClient, db: Database, clinic: dict[str, str], signed_in_with: str | None
+) -> None:
+    """The attack: Maria signs in (without a launch, or with one for a patient she may act for)
+    and puts a launch minted for patient C, whom she may not act for, into the consent form.
+    No code may come back (before, one did, and its token read C's record)."""
+    c_id = _another_patient(anonymous, db)
+    with db.write() as conn:
+        launch_c = mint_launch(conn, patient=c_id)
+        launch_b = mint_launch(conn, patient=clinic["B"])
+    _, challenge = pkce()
+    params = authorize_params("app", challenge)
+    if signed_in_with:
+        params["launch"] = launch_b
+    form = _consent_form(
+        anonymous, params, login="maria", password="maria-password-1", patient=clinic["A"]
+    )
+    pairs = [(k, v) for k, v in submit(form, decision="allow") if k != "launch"]
+    final = _post(anonymous, form["action"], [*pairs, ("launch", launch_c)])
+    assert final.status_code == 400, final.headers.get("location")
+    assert "location" not in final.headers
+    # the refused attempt did not spend C's launch value
+    page = anonymous.get("/auth/authorize", params={**params, "launch": launch_c})
+    assert page.status_code == 200, page.text
+
+
+def test_a_launch_value_is_used_once(
+    anonymous: TestClient, db: Database, clinic: dict[str, str]
+) -> None:
+    """Two sign-ins started with one launch value: the first to finish gets a code with its
+    patient, the second is refused, and the value opens no sign-in page after that."""
+    with db.write() as conn:
+        launch = mint_launch(conn, patient=clinic["B"])
+    scope = "launch openid fhirUser user/*.rs patient/*.rs"
+    flows = []
+    for _ in range(2):
+        verifier, challenge = pkce()
+        params = authorize_params("app", challenge, launch=launch, scope=scope)
+        form = _consent_form(
+            anonymous, params, login="desk", password="desk-password-1", patient=None
+        )
+        flows.append((verifier, params, form))
+    (verifier, params, form), (_, _, second) = flows
+    final = _post(anonymous, form["action"], submit(form, decision="allow"))
+    token = exchange(anonymous, "app", _code(final), verifier).json()
+    assert token["patient"] == clinic["B"]
+    again = _post(anonymous, second["action"], submit(second, decision="allow"))
+    query = redirect_query(again)
+    assert query["error"] == "invalid_request" and "code" not in query
+    assert redirect_query(anonymous.get("/auth/authorize", params=params))["error"]
+
+
+def test_a_launch_is_taken_once_by_concurrent_requests(db: Database) -> None:
+    """Two transactions take one launch value at the same time: the second waits for the
+    first (PostgreSQL: its row lock; SQLite: its one writer) and finds it spent."""
+    with db.write() as conn:
+        launch = mint_launch(conn, patient="p1")
+    first_took, got = threading.Event(), {}
+
+    def first() -> None:
+        with db.write() as conn:
+            got["first"] = take_launch(conn, launch)
+            first_took.set()
+            deadline = time.monotonic() + (10 if db.dialect == "postgresql" else 0.3)
+            while time.monotonic() < deadline and not _someone_waits(db):
+                time.sleep(0.02)
+
+    def second() -> None:
+        assert first_took.wait(30)
+        with db.write() as conn:
+            got["second"] = take_launch(conn, launch)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got["first"] is not None and got["first"].patient == "p1"
+    assert got["second"] is None
+
+
+def _someone_waits(db: Database) -> bool:
+    if db.dialect != "postgresql":
+        return False
+    with db.read() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)
