@@ -19,6 +19,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from resources.fhirdate import as_utc
@@ -178,6 +179,36 @@ def test_many_rows_go_in_one_statement_on_postgresql_whatever_their_number(
         assert compiled.columns is not None and "unnest(" in compiled.columns.sql
     else:
         assert compiled.values is None and compiled.columns is None
+
+
+def test_only_a_plain_insert_goes_as_one_statement(db: Database) -> None:
+    """The one-statement forms are for ``INSERT INTO t (columns) VALUES (their parameters)``,
+    a literal in ``values()`` included (it is a parameter too); an INSERT with more (an
+    expression around a value, ON CONFLICT) runs as an executemany. Each stores every row."""
+    link = cast(Table, HL7Link.__table__)
+    rows = [
+        {"sender": "S", "value": str(i), "appointment_id": "a", "last_sent_at": WHEN}
+        for i in range(40)
+    ]
+    filler = Direct(insert(link).inline().values(kind="filler"))
+    placer = Direct(insert(link).inline().values(kind="placer", last_sent_at=func.now()))
+    with db.write() as conn:
+        assert filler.run(conn, rows[:2]).rowcount == 2  # VALUES list
+        assert filler.run(conn, rows[2:]).rowcount == 38  # arrays
+        assert placer.run(conn, rows[:3]).rowcount == 3
+        if db.dialect == "postgresql":
+            again = Direct(pg_insert(link).on_conflict_do_nothing())
+            assert again.run(conn, [{**r, "kind": "filler"} for r in rows[:3]]).rowcount == 0
+    with db.read() as conn:
+        stored = conn.execute(select(link.c.kind, link.c.value, link.c.last_sent_at)).all()
+    assert sorted((k, v) for k, v, _ in stored) == sorted(
+        [("filler", r["value"]) for r in rows] + [("placer", r["value"]) for r in rows[:3]]
+    )
+    assert all(t is not None for _, _, t in stored)
+    (plain,) = filler._compiled.values()
+    (expression,) = placer._compiled.values()
+    assert (plain.values is not None) == (db.dialect == "postgresql") == (plain.columns is not None)
+    assert expression.values is None and expression.columns is None
 
 
 def test_pipelined_statements_all_run_and_their_cursors_answer_after_the_block(
