@@ -22,6 +22,11 @@ handful of index rows a write inserts. A few rows go as a ``VALUES`` list; more 
 HL7 messages' rows) as an array per column (``unnest``), one statement text however many rows,
 where a ``VALUES`` list would be a new statement for each number, too long for psycopg to
 keep (SQLite's executemany steps one prepared statement per row, which is cheaper still).
+SQLAlchemy builds both from the INSERT's table and columns (a multi-row ``values()``; an
+``INSERT … SELECT * FROM unnest(…)``), in ``%s`` placeholders, once for each set of parameter
+names (the ``VALUES`` list once for each number of rows), and only for a plain INSERT, each
+column's value its own bind parameter: any other (``ON CONFLICT``, an expression around a
+value) runs as an executemany.
 
 On PostgreSQL each statement is also a round trip to the server (0.1-0.2 ms here, and some
 50 µs of the driver's CPU for each wait). Statements run inside :func:`pipelined` go together
@@ -42,17 +47,33 @@ its tables. An error in the block drops what was kept (the caller's transaction 
 
 from __future__ import annotations
 
-import re
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from psycopg import RawCursor
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    bindparam,
+    event,
+    func,
+    insert,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.type_api import TypeEngine
 from sqlalchemy.sql.util import find_tables
 
 __all__ = ["Direct", "deferring", "flush", "pipelined", "raw"]
@@ -73,13 +94,10 @@ class _Compiled:
     result: _Result | None = None  # a SELECT's (or RETURNING's) columns, for ``rows``
 
 
-_INSERT = re.compile(r"INSERT INTO (\S+) \((.*?)\) VALUES \((.*)\)", re.DOTALL)
 # up to this many values a VALUES list is cheaper than arrays: psycopg keeps its conversion
 # (it caches statements of up to 50 parameters) and dumps each value in C, where an array is
 # dumped in Python (2-8 index rows: 68-96 µs of CPU against 101-122; 30 rows: 357 against 220)
 _VALUES_MAX = 50
-_NAMED = re.compile(r"%\((\w+)\)s")
-_ROW = re.compile(r"%\(\w+\)s(::[^,]+)?(, %\(\w+\)s(::[^,]+)?)*")  # placeholders only
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,33 +119,40 @@ class _Result:
 
 @dataclass(frozen=True, slots=True)
 class _ValuesList:
-    """An ``INSERT … VALUES (…)`` (psycopg's named placeholders) for a few rows."""
+    """A PostgreSQL ``INSERT``'s rows as one ``VALUES`` list for a few rows:
+    ``INSERT INTO t (a, b) VALUES (%s::BIGINT, %s::VARCHAR), (%s::BIGINT, %s::VARCHAR)``.
+    Positional placeholders, not psycopg's named ones: the values go as one flat list, with
+    no dict to build and look up per row."""
 
-    head: str  # "INSERT INTO t (a, b) VALUES "
-    row: str  # "(%s::BIGINT, %s::VARCHAR)"
-    names: tuple[str, ...]  # whose value each %s of ``row`` takes
+    table: Table
+    row: tuple[tuple[Column[Any], TypeEngine[Any]], ...]  # each value's column and bind type
+    names: tuple[str, ...]  # the bind parameter whose value each column takes
+    dialect: Dialect  # the connection's, in the "format" paramstyle: ``%s`` placeholders
     sql: dict[int, str] = field(default_factory=dict)  # by number of rows
-
-    @classmethod
-    def of(cls, sql: str) -> _ValuesList | None:
-        m = _INSERT.fullmatch(sql)
-        if m is None or "%%" in sql:
-            return None
-        into, columns, row = m.groups()
-        head = f"INSERT INTO {into} ({columns}) VALUES "  # noqa: S608 - names from the statement
-        return cls(head, f"({_NAMED.sub('%s', row)})", tuple(_NAMED.findall(row)))
 
     def statement(self, values: list[dict[str, Any]]) -> tuple[str, list[Any]]:
         sql = self.sql.get(len(values))
         if sql is None:
-            sql = self.sql[len(values)] = self.head + ", ".join([self.row] * len(values))
+            sql = self.sql[len(values)] = self._compile(len(values))
         return sql, [row[name] for row in values for name in self.names]
+
+    def _compile(self, rows: int) -> str:
+        # SQLAlchemy's multi-row VALUES; its placeholders take the values row by row, each
+        # row's in the order of ``row`` (the bind names only need to differ)
+        values = [
+            {
+                column: bindparam(f"r{i}_{j}", type_=type_)
+                for j, (column, type_) in enumerate(self.row)
+            }
+            for i in range(rows)
+        ]
+        return str(insert(self.table).values(values).compile(dialect=self.dialect))
 
 
 @dataclass(frozen=True, slots=True)
 class _Columns:
     """A PostgreSQL ``INSERT``'s rows as one array per column, for any number of rows:
-    ``INSERT INTO t (a, b) SELECT * FROM unnest(%s::BIGINT[], %s::VARCHAR[])``. One text per
+    ``INSERT INTO t (a, b) SELECT * FROM unnest(%s::BIGINT[], %s::VARCHAR(64)[])``. One text per
     statement, so psycopg converts it once and PostgreSQL plans it once (prepared), where a
     ``VALUES`` list is a new statement for each number of rows, parsed and planned each time."""
 
@@ -135,20 +160,66 @@ class _Columns:
     names: tuple[str, ...]  # the bind parameter each array holds, in order
 
     @classmethod
-    def of(cls, statement: Any, sql: str, dialect: Any) -> _Columns | None:
-        m = _INSERT.fullmatch(sql)
-        if m is None or "%%" in sql:
-            return None
-        into, columns, row = m.groups()
-        names = tuple(_NAMED.findall(row))
-        quoted = [c.strip() for c in columns.split(",")]
-        if not _ROW.fullmatch(row) or len(quoted) != len(names):
-            return None
-        table = statement.table
-        types = [table.c[c.strip('"')].type.compile(dialect=dialect) for c in quoted]
-        arrays = ", ".join(f"%s::{t}[]" for t in types)
-        sql = f"INSERT INTO {into} ({columns}) SELECT * FROM unnest({arrays})"  # noqa: S608
-        return cls(sql, names)
+    def of(
+        cls, table: Table, columns: Sequence[Column[Any]], names: tuple[str, ...], dialect: Dialect
+    ) -> _Columns:
+        # each array is cast to its column's type (``VARCHAR(64)[]``), so unnest's columns
+        # have the table's types whatever psycopg makes of a list (one of NULLs has none)
+        arrays = [bindparam(f"c{j}", type_=ARRAY(c.type)) for j, c in enumerate(columns)]
+        rows: Select[Any] = select(literal_column("*")).select_from(func.unnest(*arrays))
+        # include_defaults=False: the columns are all the single-row INSERT's, defaults
+        # included (see _many_rows); SQLAlchemy is to add none
+        statement = insert(table).from_select(columns, rows, include_defaults=False)
+        return cls(str(statement.compile(dialect=dialect)), names)
+
+
+def _many_rows(
+    statement: ClauseElement, keys: tuple[str, ...], compiled: Any, dialect: Dialect
+) -> tuple[_ValuesList, _Columns] | None:
+    """The two many-row forms of a PostgreSQL ``INSERT``, built from its table, its columns
+    and the compiled statement's bind parameters. Only for a plain one, ``INSERT INTO t
+    (columns) VALUES (each column's bind parameter)``, which both forms write alike; None for
+    any other statement, which runs as an executemany."""
+    if dialect.name != "postgresql" or dialect.positional or not isinstance(statement, Insert):
+        return None  # (a positional paramstyle's rows come as tuples: psycopg's is named)
+    table = statement.table
+    positional = _format_dialect(type(dialect))
+    # the parameters the statement's VALUES take, in order: SQLAlchemy's positional compile
+    # lists them (``compiled.binds`` may hold more, such as the anonymous parameter of a
+    # literal in ``.values()``, renamed after its column)
+    names = tuple(statement.compile(dialect=positional, column_keys=list(keys)).positiontup or ())
+    if not isinstance(table, Table) or not all(name in table.c for name in names):
+        return None  # a parameter that is not a column's own value (one inside an expression)
+    columns = [table.c[name] for name in names]
+    types = [compiled.binds[name].type for name in names]  # each placeholder's ::cast
+    # Anything else the statement has (RETURNING, an implicit one included; ON CONFLICT; a
+    # CTE; an expression around a value) would be lost in the forms. Rather than looking into
+    # each of the Insert's parts, build the plain INSERT of these columns and parameters and
+    # take the statement only if SQLAlchemy compiles it the same. (inline(): no implicit
+    # RETURNING in the plain one.)
+    params = {c: bindparam(n, type_=t) for c, n, t in zip(columns, names, types, strict=True)}
+    plain = insert(table).inline().values(params)
+    if str(plain.compile(dialect=dialect)) != compiled.string:
+        return None
+    # A column left out with a Python default has its bind parameter among ``names``, but a
+    # SQL default (a sequence's nextval, now()) is written into the VALUES of both statements
+    # compared above and would be missing from the arrays' INSERT.
+    if any(c.default is not None for c in table.c if c.key not in names):
+        return None
+    values = _ValuesList(table, tuple(zip(columns, types, strict=True)), names, positional)
+    return values, _Columns.of(table, columns, names, positional)
+
+
+_FORMAT_DIALECTS: dict[type[Dialect], DefaultDialect] = {}
+
+
+def _format_dialect(kind: type[Dialect]) -> Dialect:
+    """A dialect of this kind rendering ``%s`` placeholders, for compiling only: the "format"
+    paramstyle, which psycopg takes as well as the "pyformat" (``%(name)s``) it is set to."""
+    dialect = _FORMAT_DIALECTS.get(kind)
+    if dialect is None:
+        dialect = _FORMAT_DIALECTS[kind] = cast(type[DefaultDialect], kind)(paramstyle="format")
+    return dialect
 
 
 class Direct:
@@ -251,10 +322,7 @@ class Direct:
             processor = bound.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 processors.append((position, processor))
-        values = columns = None
-        if dialect.name == "postgresql" and not dialect.positional:
-            values = _ValuesList.of(compiled.string)
-            columns = _Columns.of(self.statement, compiled.string, dialect)
+        values, columns = _many_rows(self.statement, keys, compiled, dialect) or (None, None)
         return _Compiled(
             compiled.string,
             names,

@@ -3,7 +3,9 @@ and fails as SQLAlchemy would."""
 
 from __future__ import annotations
 
+import ast
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -19,9 +21,11 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from resources.fhirdate import as_utc
+from resources.sql import direct
 from resources.sql.direct import Direct, deferring, flush, pipelined, raw
 from resources.sql.engine import Database
 from resources.sql.tables import HL7Link, ResourceRow
@@ -178,6 +182,36 @@ def test_many_rows_go_in_one_statement_on_postgresql_whatever_their_number(
         assert compiled.columns is not None and "unnest(" in compiled.columns.sql
     else:
         assert compiled.values is None and compiled.columns is None
+
+
+def test_only_a_plain_insert_goes_as_one_statement(db: Database) -> None:
+    """The one-statement forms are for ``INSERT INTO t (columns) VALUES (their parameters)``,
+    a literal in ``values()`` included (it is a parameter too); an INSERT with more (an
+    expression around a value, ON CONFLICT) runs as an executemany. Each stores every row."""
+    link = cast(Table, HL7Link.__table__)
+    rows = [
+        {"sender": "S", "value": str(i), "appointment_id": "a", "last_sent_at": WHEN}
+        for i in range(40)
+    ]
+    filler = Direct(insert(link).inline().values(kind="filler"))
+    placer = Direct(insert(link).inline().values(kind="placer", last_sent_at=func.now()))
+    with db.write() as conn:
+        assert filler.run(conn, rows[:2]).rowcount == 2  # VALUES list
+        assert filler.run(conn, rows[2:]).rowcount == 38  # arrays
+        assert placer.run(conn, rows[:3]).rowcount == 3
+        if db.dialect == "postgresql":
+            again = Direct(pg_insert(link).on_conflict_do_nothing())
+            assert again.run(conn, [{**r, "kind": "filler"} for r in rows[:3]]).rowcount == 0
+    with db.read() as conn:
+        stored = conn.execute(select(link.c.kind, link.c.value, link.c.last_sent_at)).all()
+    assert sorted((k, v) for k, v, _ in stored) == sorted(
+        [("filler", r["value"]) for r in rows] + [("placer", r["value"]) for r in rows[:3]]
+    )
+    assert all(t is not None for _, _, t in stored)
+    (plain,) = filler._compiled.values()
+    (expression,) = placer._compiled.values()
+    assert (plain.values is not None) == (db.dialect == "postgresql") == (plain.columns is not None)
+    assert expression.values is None and expression.columns is None
 
 
 def test_pipelined_statements_all_run_and_their_cursors_answer_after_the_block(
@@ -370,3 +404,62 @@ def test_only_inserts_that_return_nothing_are_deferred(db: Database) -> None:
             returning.run(conn, _head("r"))
         with pytest.raises(RuntimeError, match="already deferring"), deferring(conn):
             pass
+
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = "resources.sql.direct"
+
+
+def test_callers_outside_resources_sql_use_only_the_public_names() -> None:
+    """The rest of the code reaches the module through ``__all__`` alone (an import of one of
+    its names, or an attribute of the module imported whole), so that what is private to
+    resources/sql may change without them."""
+    assert sorted(direct.__all__) == ["Direct", "deferring", "flush", "pipelined", "raw"]
+    sources = [
+        path
+        for package in ("fhir_server", "scheduling", "hl7_bridge", "security", "resources")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if not path.is_relative_to(ROOT / "resources" / "sql")
+    ]
+    assert len(sources) > 50
+    reached = [f"{path.relative_to(ROOT)}: {name}" for path in sources for name in _reached(path)]
+    assert reached == []
+    assert _reached_in("from resources.sql.direct import Direct, _Pending\n") == ["_Pending"]
+    assert _reached_in("from resources.sql import direct as d\nd._bound(1, 2)\n") == ["_bound"]
+
+
+def _reached(path: Path) -> list[str]:
+    package = ".".join(path.relative_to(ROOT).parent.parts)
+    return _reached_in(path.read_text(encoding="utf-8"), package)
+
+
+def _reached_in(source: str, package: str = "fhir_server") -> list[str]:
+    """The names of resources.sql.direct that ``source`` reaches and ``__all__`` leaves out."""
+    tree = ast.parse(source)
+    names: list[str] = []
+    aliases: set[str] = set()  # the dotted names the module itself is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative: from the file's package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, module] if module else base)
+            if module == MODULE:
+                names += [a.name for a in node.names if a.name != "*"]
+            elif module == MODULE.rpartition(".")[0]:
+                aliases |= {a.asname or a.name for a in node.names if a.name == "direct"}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name for a in node.names if a.name == MODULE}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _dotted(node.value) in aliases:
+            names.append(node.attr)
+    return [name for name in names if name not in direct.__all__]
+
+
+def _dotted(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return None if inner is None else f"{inner}.{node.attr}"
+    return None
