@@ -7,9 +7,17 @@ Everything shown is escaped.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from html import escape
 
-__all__ = ["consent_page", "error_page", "patient_page", "signin_page"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "consent_page",
+    "error_page",
+    "patient_page",
+    "signin_page",
+]
 
 # The request parameters each page carries forward.
 CARRIED = (
@@ -29,6 +37,16 @@ _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}"
     "label{display:block;margin:.6rem 0}input[type=text],input[type=password]{width:100%;"
     "padding:.4rem}button{padding:.5rem 1rem;margin:.8rem .5rem 0 0}.error{color:#a00}"
+)
+
+
+# The pages' policy: nothing loads from anywhere, no script runs, only their own inline style
+# (named by its hash) applies, and no site may frame them. form-action is left out on purpose:
+# browsers apply it to the redirect that follows a form post, which goes to the app.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'; "
+    "frame-ancestors 'none'; base-uri 'none'"
 )
 
 

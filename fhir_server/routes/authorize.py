@@ -38,9 +38,16 @@ class _Stop(Exception):  # a control-flow signal carrying the response
 
 
 def _html(body: str, status: int = 200) -> Response:
-    return HTMLResponse(
-        body, status, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"}
-    )
+    return HTMLResponse(body, status, headers=_PAGE_HEADERS)
+
+
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": auth_pages.CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the address holds the request's state and challenge
+}
 
 
 def _authlib_response(result: tuple[int, Any, Any]) -> Response:

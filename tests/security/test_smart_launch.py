@@ -3,6 +3,9 @@ picker, consent), PKCE S256 only, single-use codes, refresh, id_token, EHR launc
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -567,3 +570,30 @@ def _someone_waits(db: Database) -> bool:
             )
         ).scalar_one()
     return bool(waiting)
+
+
+def test_sign_in_pages_send_a_strict_content_security_policy(
+    anonymous: TestClient, clinic: dict[str, str]
+) -> None:
+    """Every page of the sign-in (sign in, patient picker, an error) forbids scripts, loads and
+    framing, and allows exactly its own inline style, by hash."""
+    _, challenge = pkce()
+    params = authorize_params("app", challenge)
+    signin = anonymous.get("/auth/authorize", params=params)
+    form = page_form(signin.text)
+    picker = _post(
+        anonymous, form["action"], submit(form, username="maria", password="maria-password-1")
+    )
+    unknown = anonymous.get("/auth/authorize", params={**params, "client_id": "nobody"})
+    assert [signin.status_code, picker.status_code, unknown.status_code] == [200, 200, 400]
+    for page in (signin, picker, unknown):
+        policy = page.headers["content-security-policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["default-src"] == "'none'"
+        assert directives["frame-ancestors"] == "'none'"
+        assert "script-src" not in directives and "unsafe" not in policy
+        style = re.search(r"<style>(.*?)</style>", page.text, re.S)
+        assert style is not None
+        digest = base64.b64encode(hashlib.sha256(style.group(1).encode()).digest()).decode()
+        assert directives["style-src"] == f"'sha256-{digest}'"
+        assert page.headers["x-content-type-options"] == "nosniff"
