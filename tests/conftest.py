@@ -65,6 +65,21 @@ def pg_database(schema: str, **kwargs: Any) -> Database:
     return Database(pg_url(schema), **kwargs)
 
 
+def someone_waits_for_a_lock(db: Database) -> bool:
+    """Whether a session of this PostgreSQL database waits on a lock (a concurrent test's
+    second transaction has reached the row the first holds); never on SQLite."""
+    if db.dialect != "postgresql":
+        return False
+    with db.read() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)
+
+
 @pytest.fixture(scope="session")
 def _session_dbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     made: dict[str, Any] = {}

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import Connection, func, insert, select
 
 from resources.sql.engine import Database
 from resources.sql.tables import BusyTime
 from scheduling.config import ClinicConfig
 from tests.builders import FHIR_JSON
+from tests.conftest import someone_waits_for_a_lock
 from tests.scheduling.test_find import MONDAY, existing_patient, find
 
 BT = BusyTime.__table__
@@ -155,7 +156,7 @@ def test_time_taken_after_the_check_is_refused_by_the_guard(
             _add_busy(conn, start, "booked-elsewhere", "booked")
             other_ready.set()
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not _someone_waits_for_a_lock(db):
+            while time.monotonic() < deadline and not someone_waits_for_a_lock(db):
                 time.sleep(0.02)
         # committed: the waiting claim now meets the guard
 
@@ -176,17 +177,6 @@ def test_time_taken_after_the_check_is_refused_by_the_guard(
     with db.read() as conn:
         rows = conn.execute(select(BT.c.appointment_id)).scalars().all()
     assert rows == ["booked-elsewhere"]
-
-
-def _someone_waits_for_a_lock(db: Database) -> bool:
-    with db.read() as conn:
-        waiting = conn.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-        ).scalar_one()
-    return bool(waiting)
 
 
 def test_rules_are_checked_again_at_booking(app_client: TestClient, cfg: ClinicConfig) -> None:

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from resources.sql.engine import Database
 from resources.sql.tables import AuditLog, AuthCode
@@ -25,6 +25,7 @@ from security.crypto import KeyRing
 from security.smart.registry import add_user
 from security.smart.tokens import mint_launch, take_launch
 from tests.builders import make_patient
+from tests.conftest import someone_waits_for_a_lock
 from tests.smart import (
     REDIRECT,
     authorize_params,
@@ -542,7 +543,7 @@ def test_a_launch_is_taken_once_by_concurrent_requests(db: Database) -> None:
             got["first"] = take_launch(conn, launch)
             first_took.set()
             deadline = time.monotonic() + (10 if db.dialect == "postgresql" else 0.3)
-            while time.monotonic() < deadline and not _someone_waits(db):
+            while time.monotonic() < deadline and not someone_waits_for_a_lock(db):
                 time.sleep(0.02)
 
     def second() -> None:
@@ -557,19 +558,6 @@ def test_a_launch_is_taken_once_by_concurrent_requests(db: Database) -> None:
         t.join(60)
     assert got["first"] is not None and got["first"].patient == "p1"
     assert got["second"] is None
-
-
-def _someone_waits(db: Database) -> bool:
-    if db.dialect != "postgresql":
-        return False
-    with db.read() as conn:
-        waiting = conn.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-        ).scalar_one()
-    return bool(waiting)
 
 
 def test_sign_in_pages_send_a_strict_content_security_policy(
