@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 
 from fhir_server.http import Services, ServicesDep, run_sync
 from security.smart.registry import User
-from security.smart.server import ASSERTION_ALGORITHMS, OAuthRequest, SmartServer
+from security.smart.server import ASSERTION_ALGORITHMS, OAuthRequest, SmartServer, malformed
 
 router = APIRouter()
 
@@ -144,8 +144,11 @@ async def _endpoint(services: Services, request: Request, name: str) -> Response
 
     def run() -> tuple[int, Any, Any]:
         with server.unit():
-            if name == "token":
-                result: tuple[int, Any, Any] = server.create_token_response(oreq)
+            error = malformed(oreq)
+            if error is not None:  # before authlib, which would quote the value back
+                result: tuple[int, Any, Any] = server.handle_error_response(oreq, error)
+            elif name == "token":
+                result = server.create_token_response(oreq)
             else:
                 result = server.create_endpoint_response(name, oreq)
             status, body = result[0], result[1]

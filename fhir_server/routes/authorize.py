@@ -26,7 +26,7 @@ from fhir_server.routes.auth import oauth_request
 from security.scopes import Grants
 from security.smart.consent import describe, make_ticket, offered, ticket_user_id, wants_patient
 from security.smart.registry import User, find_user
-from security.smart.server import AuthorizationChoice, OAuthRequest, SmartServer
+from security.smart.server import AuthorizationChoice, OAuthRequest, SmartServer, malformed
 from security.smart.tokens import read_launch, take_launch
 
 router = APIRouter()
@@ -61,6 +61,9 @@ def _authlib_response(result: tuple[int, Any, Any]) -> Response:
 def _validate(server: SmartServer, oreq: OAuthRequest) -> tuple[Any, str | None]:
     """The validated grant and the EHR launch's patient (if any); :class:`_Stop` otherwise."""
     try:
+        error = malformed(oreq)
+        if error is not None:  # before authlib, which would quote the value back
+            raise error
         grant = server.get_consent_grant(oreq)
         data = oreq.payload.data
         if (data.get("aud") or "").rstrip("/") != server.fhir_base:

@@ -19,6 +19,7 @@ See https://build.fhir.org/ig/HL7/smart-app-launch/ and RFC 6749, 7009, 7523, 76
 from __future__ import annotations
 
 import contextvars
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +35,7 @@ from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     InvalidRequestError,
     InvalidScopeError,
+    OAuth2Error,
     OAuth2Payload,
     OAuth2Request,
     grants,
@@ -65,6 +67,7 @@ __all__ = [
     "USER_TOKEN_TTL",
     "OAuthRequest",
     "SmartServer",
+    "malformed",
 ]
 
 ASSERTION_ALGORITHMS = ["RS384", "ES384"]  # SMART Backend Services: the server SHALL support
@@ -72,6 +75,55 @@ USER_TOKEN_TTL = 3600
 SYSTEM_TOKEN_TTL = 300
 MAX_ASSERTION_LIFETIME = 300  # exp at most five minutes ahead
 JWKS_CACHE_SECONDS = 300
+
+# RFC 6749 Appendix A: a scope token is NQCHAR (%x21 / %x23-5B / %x5D-7E); the other
+# parameters authlib reads, and may quote back in an error description, are printable ASCII
+# without " and \ (error descriptions may hold nothing else, §4.1.2.1)
+_SCOPE = re.compile(r"[ \x21\x23-\x5B\x5D-\x7E]*")
+_PLAIN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]*")
+_PLAIN_PARAMETERS = (
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "grant_type",
+    "code_challenge",
+    "code_challenge_method",
+    "code_verifier",
+    "code",
+    "refresh_token",
+    "token_type_hint",
+    "client_assertion_type",
+)
+
+
+def _printable(text: str) -> str:
+    """``text`` fit for an OAuth error description: anything else becomes ``?``."""
+    return "".join(c if c != '"' and c != "\\" and " " <= c <= "~" else "?" for c in text)
+
+
+def malformed(request: OAuth2Request) -> OAuth2Error | None:
+    """The error for a parameter no client could have meant, before authlib reads it (it would
+    quote the value back in a description, which RFC 6749 forbids for such characters)."""
+    data = request.payload.data
+    for name in _PLAIN_PARAMETERS:
+        value = data.get(name)
+        if value is not None and not _PLAIN.fullmatch(value):
+            return InvalidRequestError(
+                f"{name} holds characters OAuth does not allow there (RFC 6749 Appendix A)"
+            )
+    return None
+
+
+def _parse_scope(scope: str | None) -> Grants:
+    if scope and not _SCOPE.fullmatch(scope):
+        raise InvalidScopeError(
+            description="scope is scope tokens separated by spaces, each printable ASCII "
+            "without quotes or backslashes (RFC 6749 section 3.3)"
+        )
+    try:
+        return Grants.parse(scope or "")
+    except ScopeError as exc:
+        raise InvalidScopeError(description=_printable(str(exc))) from None
 
 
 class _Payload(OAuth2Payload):  # type: ignore[misc]
@@ -146,10 +198,7 @@ class ClientModel:
         return uris[0] if len(uris) == 1 else None
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
-        try:
-            granted = self.client.allowed.narrowed(Grants.parse(scope or ""))
-        except ScopeError as exc:
-            raise InvalidScopeError(description=str(exc)) from None
+        granted = self.client.allowed.narrowed(_parse_scope(scope))
         return str(granted) or None
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
@@ -211,7 +260,9 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
         alg = header.get("alg")
         if alg not in ASSERTION_ALGORITHMS:
             raise InvalidClientError(
-                description=f"alg {alg!r} is not accepted (use one of {ASSERTION_ALGORITHMS})"
+                description=_printable(
+                    f"alg {alg!r} is not accepted (use one of {ASSERTION_ALGORITHMS})"
+                )
             )
         client_id = claims.get("sub")
         if not isinstance(client_id, str) or claims.get("iss") != client_id:
@@ -225,7 +276,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
         keys = self.server.client_keys(registered)
         kid = header.get("kid")
         if kid is not None and all(k.kid != kid for k in keys.keys):
-            raise InvalidClientError(description=f"no registered key has kid {kid!r}")
+            raise InvalidClientError(description=_printable(f"no registered key has kid {kid!r}"))
         try:
             token = jwt.decode(assertion, keys, algorithms=ASSERTION_ALGORITHMS)
         except (JoseError, ValueError) as exc:
@@ -562,10 +613,7 @@ class SmartServer(AuthorizationServer):  # type: ignore[misc]
         expires_in: int | None = None,
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
-        try:
-            requested = Grants.parse(scope or "")
-        except ScopeError as exc:
-            raise InvalidScopeError(description=str(exc)) from None
+        requested = _parse_scope(scope)
         allowed = client.client.allowed
         if grant_type == "client_credentials":
             if not scope:  # nothing asked: everything registered

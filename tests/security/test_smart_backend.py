@@ -3,6 +3,7 @@ joserfc, not by the server) and client_secret_basic; introspection, revocation, 
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -262,3 +263,64 @@ def test_token_cache_never_outlives_a_revocation(db: Database, keys: Any, settin
         while c.get("/fhir/Patient", headers=second).status_code == 200:
             assert time.monotonic() < deadline, "a revoked token outlived the cache time"
             time.sleep(0.1)
+
+
+HOSTILE = ['"', "\\", "é", "\x01"]
+
+
+def _forged(cid: str, alg: str) -> str:
+    """A compact JWT whose header names ``alg`` (unsigned: the server must refuse it before
+    it would check a signature)."""
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    claims = {"iss": cid, "sub": cid, "aud": TOKEN_URL, "exp": int(time.time()) + 60}
+    return f"{part({'alg': alg, 'kid': EC_KEY.kid})}.{part(claims)}.c2ln"
+
+
+@pytest.mark.parametrize("char", HOSTILE, ids=["quote", "backslash", "non-ascii", "control"])
+def test_characters_oauth_forbids_are_a_400_with_its_error_code(
+    anonymous: TestClient, db: Database, char: str
+) -> None:
+    """A quote or backslash in a parameter used to reach authlib, which refused to build an
+    error description quoting it back (ValueError, 500). RFC 6749's own codes come back."""
+    cid = register_backend(db, client_id="odd-chars")
+    cases: list[tuple[dict[str, str], str]] = [
+        (backend_form(cid, TOKEN_URL, f"system/*.rs{char}"), "invalid_scope"),
+        (backend_form(cid, TOKEN_URL, f"system/Patient{char}.rs"), "invalid_scope"),
+        ({**backend_form(cid, TOKEN_URL), "grant_type": f"client_credentials{char}"}, ""),
+        (backend_form(cid, TOKEN_URL, header={"kid": f"k{char}"}), "invalid_client"),
+        (
+            {**backend_form(cid, TOKEN_URL), "client_assertion": _forged(cid, f"ES384{char}")},
+            "invalid_client",
+        ),
+        (
+            {
+                "grant_type": "authorization_code",
+                "code": "x",
+                "client_id": "app",
+                "redirect_uri": f"http://127.0.0.1:9/cb{char}",
+                "code_verifier": "v" * 50,
+            },
+            "invalid_request",
+        ),
+        ({"grant_type": "refresh_token", "refresh_token": f"r{char}"}, "invalid_request"),
+    ]
+    for form, code in cases:
+        r = _token(anonymous, form)
+        assert 400 <= r.status_code < 500, (form, r.status_code, r.text)
+        body = r.json()
+        assert body["error"] in {
+            "invalid_request",
+            "invalid_client",
+            "invalid_grant",
+            "invalid_scope",
+            "unsupported_grant_type",
+            "unauthorized_client",
+        }, body
+        if code:
+            assert body["error"] == code, (form, body)
+    for endpoint in ("/auth/introspect", "/auth/revoke"):
+        r = anonymous.post(endpoint, data={"token": "t", "token_type_hint": f"access{char}"})
+        assert 400 <= r.status_code < 500, (endpoint, r.status_code, r.text)

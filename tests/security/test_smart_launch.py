@@ -585,3 +585,30 @@ def test_sign_in_pages_send_a_strict_content_security_policy(
         digest = base64.b64encode(hashlib.sha256(style.group(1).encode()).digest()).decode()
         assert directives["style-src"] == f"'sha256-{digest}'"
         assert page.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("char", ['"', "\\", "é"], ids=["quote", "backslash", "non-ascii"])
+def test_characters_oauth_forbids_are_refused_at_the_authorization_endpoint(
+    anonymous: TestClient, clinic: dict[str, str], char: str
+) -> None:
+    """A bad scope goes back to the (registered) app as invalid_scope, RFC 6749 §4.1.2.1; a
+    bad redirect URI or client id is never followed: a 400 page. Before, each was a 500."""
+    _, challenge = pkce()
+    r = anonymous.get(
+        "/auth/authorize", params=authorize_params("app", challenge, scope=f"openid{char}")
+    )
+    assert redirect_query(r)["error"] == "invalid_scope"
+    for over in (
+        {"redirect_uri": f"{REDIRECT}{char}"},
+        {"client_id": f"app{char}"},
+        {"response_type": f"code{char}"},
+    ):
+        for method in ("get", "post"):
+            params = {**authorize_params("app", challenge), **over}
+            if method == "get":
+                r = anonymous.get("/auth/authorize", params=params)
+            else:
+                r = _post(anonymous, "/auth/authorize", list(params.items()))
+            assert r.status_code == 400, (over, method, r.status_code)
+            assert "location" not in r.headers
+            assert "characters OAuth does not allow" in r.text
