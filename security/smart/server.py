@@ -350,8 +350,18 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     server: SmartServer
 
     def authenticate_refresh_token(self, refresh_token: str) -> Any:
-        record = tokens.lookup_token(self.server.conn, refresh_token, "refresh")
-        return record if record is not None and record.active else None
+        """The live refresh token, or None. One already spent (rotated) or revoked ends its
+        whole grant: either the app or a thief used it before, and the server cannot tell
+        which, so neither keeps the tokens it got (OAuth 2.1 §4.3.1, reuse detection)."""
+        conn = self.server.conn
+        record = tokens.lookup_token(conn, refresh_token, "refresh")
+        if record is None:
+            return None
+        if record.revoked:
+            if tokens.revoke_grant(conn, record.grant_id):
+                _alert.set("a spent refresh token was used again: its grant is revoked")
+            return None
+        return record if record.active else None
 
     def authenticate_user(self, refresh_token: Any) -> Any:
         return self.server.active_user(refresh_token.user_id)

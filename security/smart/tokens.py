@@ -188,9 +188,15 @@ def revoke_user_client(conn: Connection, *, user_id: str, client_id: str) -> int
     return int(done.rowcount or 0)
 
 
-def revoke_grant(conn: Connection, grant_id: str) -> None:
-    conn.execute(update(AuthToken).filter_by(grant_id=grant_id).values(revoked=True))
+def revoke_grant(conn: Connection, grant_id: str) -> int:
+    """End every token of a grant; returns how many were still live."""
+    done = conn.execute(
+        update(AuthToken)
+        .where(AuthToken.grant_id == grant_id, AuthToken.revoked.is_(False))
+        .values(revoked=True)
+    )
     revocations.bump()
+    return int(done.rowcount or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,14 +259,43 @@ def test_refresh_cannot_widen_and_is_bound_to_its_client(
     second = narrower.json()
     assert second["scope"] == "patient/Patient.rs launch/patient offline_access"
     assert second["patient"] == clinic["A"]
-    # rotated: the old refresh token is spent, the new one works
-    assert refresh("app", first["refresh_token"]).status_code == 400
-    assert refresh("app", second["refresh_token"]).status_code == 200
+    # rotated: the new one works, once
+    third = refresh("app", second["refresh_token"])
+    assert third.status_code == 200, third.text
     revoked = anonymous.post(
-        "/auth/revoke", data={"token": second["refresh_token"], "client_id": "app"}
+        "/auth/revoke", data={"token": third.json()["refresh_token"], "client_id": "app"}
     )
     assert revoked.status_code == 200
-    assert refresh("app", second["refresh_token"]).json()["error"] == "invalid_grant"
+    assert refresh("app", third.json()["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+def test_a_spent_refresh_token_used_again_ends_the_whole_grant(
+    anonymous: TestClient, db: Database, keys: KeyRing, clinic: dict[str, str]
+) -> None:
+    """The attack: a refresh token leaks after the app has used it. Presenting it again is
+    refused, and everything the grant issued since (the app's newer refresh and access
+    tokens) is revoked too, because the server cannot tell the thief from the app. Before,
+    only the spent token was refused and the newer ones kept working. Audited as an alert."""
+    code, verifier = _fresh_code(anonymous, clinic)
+    first = exchange(anonymous, "app", code, verifier).json()
+    form = {"grant_type": "refresh_token", "client_id": "app"}
+    second = anonymous.post("/auth/token", data={**form, "refresh_token": first["refresh_token"]})
+    assert second.status_code == 200, second.text
+    newer = second.json()
+    bearer = {"Authorization": f"Bearer {newer['access_token']}"}
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=bearer).status_code == 200
+
+    reused = anonymous.post("/auth/token", data={**form, "refresh_token": first["refresh_token"]})
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+
+    after = anonymous.post("/auth/token", data={**form, "refresh_token": newer["refresh_token"]})
+    assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
+    assert anonymous.get(f"/fhir/Patient/{clinic['A']}", headers=bearer).status_code == 401
+    with db.read() as conn:
+        rows = conn.execute(select(AuditLog.__table__).order_by(AuditLog.__table__.c.seq))
+        events = [open_event(keys, r) for r in rows]
+    alerts = [e for e in events if "refresh token was used again" in e.get("outcomeDesc", "")]
+    assert len(alerts) == 1, [e.get("outcomeDesc") for e in events]
 
 
 def test_ehr_launch_brings_its_patient(
