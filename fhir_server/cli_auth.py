@@ -8,6 +8,7 @@ Examples::
     fhir-sched client add --name "EMR bridge" --kind asymmetric --jwks keys.json \\
         --scope "system/Appointment.cruds system/Patient.rs"
     fhir-sched user add --login desk1 --role front-desk --fhir-user Practitioner/abc
+    fhir-sched user unblock desk1         # after too many wrong passwords
     fhir-sched launch --patient 123        # an EHR launch value for an app
 """
 
@@ -191,6 +192,19 @@ def user_disable(user_id: str) -> None:
         if not set_user_disabled(conn, user_id):
             raise click.ClickException(f"no user {user_id!r}")
     click.echo(f"disabled {user_id}")
+
+
+@user.command("unblock")
+@click.argument("login")
+def user_unblock(login: str) -> None:
+    """Let LOGIN sign in again at once after too many wrong passwords (the wait would end by
+    itself within 15 minutes; waits on an address are not lifted)."""
+    from security.smart.throttle import clear_account
+
+    with _unit(keys=True) as (conn, ring):
+        assert ring is not None
+        cleared = clear_account(conn, ring, login)
+    click.echo(f"unblocked {login}" if cleared else f"{login} had no failed sign-ins to clear")
 
 
 @click.command()

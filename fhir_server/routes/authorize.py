@@ -27,6 +27,7 @@ from security.scopes import Grants
 from security.smart.consent import describe, make_ticket, offered, ticket_user_id, wants_patient
 from security.smart.registry import User, find_user
 from security.smart.server import AuthorizationChoice, OAuthRequest, SmartServer, malformed
+from security.smart.throttle import Throttle
 from security.smart.tokens import read_launch, take_launch
 
 router = APIRouter()
@@ -173,30 +174,52 @@ def _after_signin(
     return _consent(server, oreq, grant, user, None)
 
 
+def _duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
 def _decide(services: Services, oreq: OAuthRequest) -> Response:
     server = services.oauth
     grant, launch_patient = _validate(server, oreq)
     step = oreq.form.get("step")
     if step == "signin":
-        user = find_user(
-            server.conn,
-            server.keys,
-            login=oreq.form.get("username", ""),
-            password=oreq.form.get("password", ""),
-        )
+        login = oreq.form.get("username", "")
         client_id = oreq.payload.data.get("client_id")
+        throttle = Throttle(server.conn, server.keys, login, oreq.address)
+        wait = throttle.wait()
+        if wait:  # refused before the password is looked at
+            server.audit(
+                "login",
+                oreq,
+                status=429,
+                client_id=client_id,
+                description=f"too many failed sign-ins: refused for {wait} s more",
+            )
+            message = f"too many failed sign-ins; try again in {_duration(wait)}"
+            page = auth_pages.signin_page(oreq.payload.data, _client_name(server, grant), message)
+            response = _html(page, 429)
+            response.headers["Retry-After"] = str(wait)
+            return response
+        user = find_user(
+            server.conn, server.keys, login=login, password=oreq.form.get("password", "")
+        )
         if user is None:
+            failures = throttle.failed()
             server.audit(
                 "login",
                 oreq,
                 status=401,
                 client_id=client_id,
-                description="wrong user name or password",
+                description=f"wrong user name or password ({failures} in a row)",
             )
             page = auth_pages.signin_page(
                 oreq.payload.data, _client_name(server, grant), "wrong user name or password"
             )
             return _html(page, 401)
+        throttle.succeeded()
         server.audit("login", oreq, status=200, client_id=client_id, user=user)
         return _after_signin(services, oreq, grant, user, launch_patient)
     user = _ticket_user(server, oreq)  # also proves the launch is the one signed in with

@@ -49,6 +49,7 @@ __all__ = [
     "OAuthUser",
     "ResourceRow",
     "ResourceVersion",
+    "SigninThrottle",
 ]
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
@@ -352,6 +353,17 @@ class AuthLaunch(Base):
     patient: Mapped[str | None] = mapped_column(String(64))
     encounter: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SigninThrottle(Base):
+    """Failed sign-ins counted per account and per client address (security/smart/
+    throttle.py); the key is a keyed digest, so neither login names nor addresses are stored."""
+
+    __tablename__ = "signin_throttle"
+    key: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    blocked_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # -- the audit log (security/audit.py) -----------------------------------------------------------
