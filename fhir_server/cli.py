@@ -25,6 +25,7 @@ import click
 from fhir_server.cli_audit import audit
 from fhir_server.cli_auth import client, launch, user
 from fhir_server.cli_hl7 import hl7
+from fhir_server.console_trail import audited
 from fhir_server.settings import Settings
 
 __all__ = ["main"]
@@ -135,6 +136,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@audited("application", "db upgrade")
 def db_upgrade() -> None:
     """Apply Alembic migrations up to the newest schema."""
     from resources.sql.engine import Database, migrate
@@ -167,6 +169,7 @@ def _key_store(settings: Settings) -> tuple[object, object]:
 
 @keys.command("rotate")
 @click.option("--batch", type=int, default=500, show_default=True, help="Rows per transaction")
+@audited("security", "keys rotate")
 def keys_rotate(batch: int) -> None:
     """Add a new key-encryption key, make it active and rewrap every stored row under it.
 
@@ -194,6 +197,7 @@ def keys_rotate(batch: int) -> None:
 
 @keys.command("retire")
 @click.argument("key_id")
+@audited("security", "keys retire")
 def keys_retire(key_id: str) -> None:
     """Remove an old key-encryption key once no stored row still needs it."""
     from resources.rotation import kek_usage
@@ -222,6 +226,7 @@ def keys_retire(key_id: str) -> None:
 
 
 @keys.command("status")
+@audited("query", "keys status")
 def keys_status() -> None:
     """Show the active key and how many rows each key wraps."""
     from resources.rotation import kek_usage
@@ -244,6 +249,7 @@ def clinic() -> None:
 @clinic.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--weeks", type=int, default=None, help="Horizon (default: the file's horizon_weeks)")
+@audited("import", "clinic load")
 def clinic_load(file: Path, weeks: int | None) -> None:
     """Create or update the clinic's resources from FILE and materialise its Slots.
 

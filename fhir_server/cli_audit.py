@@ -23,6 +23,7 @@ import orjson
 from sqlalchemy import select
 
 from fhir_server.cli_auth import open_database
+from fhir_server.console_trail import audited, record
 from fhir_server.settings import Settings
 from resources.fhirdate import as_utc
 from resources.sql.engine import Database
@@ -61,6 +62,7 @@ def _checkpoints(path: Path | None = None) -> CheckpointLog:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Check against the checkpoints in this file (default: FHIRSCHED_AUDIT_CHECKPOINT_FILE)",
 )
+@audited("audit", "audit verify")
 def audit_verify(checkpoint_file: Path | None) -> None:
     """Check every record is present, in order and unedited, the search index is the one the
     records call for, and every checkpoint's record is still there; exit 1 if anything is
@@ -96,6 +98,7 @@ def audit_checkpoint() -> None:
     checkpoints = _checkpoints()
     database, ring = _open()
     try:
+        record(database, ring, "audit", "audit checkpoint")  # first: the checkpoint covers it
         with database.read() as conn:
             head = read_head(conn)
     finally:
@@ -126,6 +129,7 @@ def audit_export(since: str, patient: str | None) -> None:
         query = query.where(AuditLog.seq.in_(hits))
     out = sys.stdout.buffer
     try:
+        record(database, ring, "audit", "audit export", patient=patient)  # before it is shown
         with database.read() as conn:
             for row in conn.execute(query.execution_options(yield_per=500)):
                 out.write(orjson.dumps(open_event(ring, row)) + b"\n")

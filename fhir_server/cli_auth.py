@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 from sqlalchemy import Connection
 
+from fhir_server.console_trail import audited
 from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from security.crypto import KeyRing
@@ -78,6 +79,7 @@ def client() -> None:
 )
 @click.option("--jwks-url", help="JWKS URL fetched when the client authenticates (asymmetric)")
 @click.option("--client-id", help="Choose the client id (default: a random one)")
+@audited("security", "client add")
 def client_add(
     name: str,
     kind: str,
@@ -113,6 +115,7 @@ def client_add(
 
 
 @client.command("list")
+@audited("query", "client list")
 def client_list() -> None:
     """Registered clients (never their secrets)."""
     from security.smart.registry import list_clients
@@ -124,6 +127,7 @@ def client_list() -> None:
 
 @client.command("revoke")
 @click.argument("client_id")
+@audited("security", "client revoke")
 def client_revoke(client_id: str) -> None:
     """Refuse CLIENT_ID from now on and end every token it holds."""
     from security.smart.registry import revoke_client
@@ -149,6 +153,7 @@ def user() -> None:
 @click.option("--fhir-user", help="Practitioner/<id> or Patient/<id> this user is")
 @click.option("--patient", "patients", multiple=True, help="A Patient id this user acts for")
 @click.password_option(help="Password (prompted twice if not given)")
+@audited("security", "user add")
 def user_add(
     login: str, role: str, fhir_user: str | None, patients: tuple[str, ...], password: str
 ) -> None:
@@ -173,6 +178,7 @@ def user_add(
 
 
 @user.command("list")
+@audited("query", "user list")
 def user_list() -> None:
     """Users: ids, roles and links (login names are not stored in readable form)."""
     from security.smart.registry import list_users
@@ -184,6 +190,7 @@ def user_list() -> None:
 
 @user.command("disable")
 @click.argument("user_id")
+@audited("security", "user disable")
 def user_disable(user_id: str) -> None:
     """Stop USER_ID signing in and end the tokens issued to them."""
     from security.smart.registry import set_user_disabled
@@ -196,6 +203,7 @@ def user_disable(user_id: str) -> None:
 
 @user.command("unblock")
 @click.argument("login")
+@audited("security", "user unblock")
 def user_unblock(login: str) -> None:
     """Let LOGIN sign in again at once after too many wrong passwords (the wait would end by
     itself within 15 minutes; waits on an address are not lifted)."""
@@ -209,6 +217,7 @@ def user_unblock(login: str) -> None:
 
 @click.command()
 @click.option("--patient", help="The Patient id the app is launched for")
+@audited("security", "launch", about=lambda kw: {"patient": kw.get("patient")})
 def launch(patient: str | None) -> None:
     """Mint an EHR launch value (one authorization, within five minutes) to pass to an app as
     ``launch``."""

@@ -16,10 +16,18 @@ import asyncio
 import click
 
 from fhir_server.cli_auth import open_database
+from fhir_server.console_trail import audited, record
 from fhir_server.settings import Settings
 from scheduling.config import ClinicConfig
 
 __all__ = ["hl7"]
+
+
+HL7_MESSAGE = "urn:fhir-sched:hl7-message"  # AuditEvent entity: a stored message's id
+
+
+def _messages(ids: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(HL7_MESSAGE, m) for m in ids]
 
 
 @click.group()
@@ -81,6 +89,7 @@ def listen(host: str | None, port: int | None) -> None:
 @click.option("--status", "statuses", multiple=True, help="failed, conflict, rejected, applied…")
 @click.option("--direction", type=click.Choice(["in", "out"]), default=None)
 @click.option("--limit", type=int, default=100, show_default=True)
+@audited("query", "hl7 messages")
 def messages(statuses: tuple[str, ...], direction: str | None, limit: int) -> None:
     """List stored messages (ids, sender, control id, event, status; never their content)."""
     from hl7_bridge.messages import MessageStore
@@ -110,13 +119,24 @@ def show(message_id: str) -> None:
 
     database, ring = open_database(keys=True)
     assert ring is not None
+    about = [(HL7_MESSAGE, message_id)]
     try:
         store = MessageStore(ring)
         with database.read() as conn:
             row = store.get(conn, message_id)
         if row is None:
+            record(
+                database,
+                ring,
+                "export",
+                "hl7 show",
+                outcome="minor",
+                description="no such message",
+                identifiers=about,
+            )
             raise click.ClickException(f"no message {message_id}")
         opened = store.open(row)
+        record(database, ring, "export", "hl7 show", identifiers=about)  # before it is shown
     finally:
         database.dispose()
     click.echo(f"status: {row.status}  ack: {row.ack_code}  from: {opened.address}")
@@ -131,6 +151,11 @@ def show(message_id: str) -> None:
 @hl7.command("replay")
 @click.argument("message_ids", nargs=-1)
 @click.option("--all-failed", is_flag=True, help="Replay every failed inbound message")
+@audited(
+    "import",
+    "hl7 replay",
+    about=lambda kw: {"identifiers": [(HL7_MESSAGE, m) for m in kw.get("message_ids") or ()]},
+)
 def replay(message_ids: tuple[str, ...], all_failed: bool) -> None:
     """Apply failed inbound messages again (after the cause is fixed)."""
     from base.logging import configure_logging

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["OUTCOMES", "Actor", "balp_event"]
+__all__ = ["CONSOLE", "OUTCOMES", "Actor", "balp_event"]
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -62,6 +62,17 @@ SECURITY = {
     "introspect": ("110114", "User Authentication", "introspect", "Token introspection"),
     "revoke": ("110114", "User Authentication", "revoke", "Token revocation"),
     "alert": ("110113", "Security Alert", "replay", "Replayed or forged credential"),
+}
+
+# commands run at the server's console (``fhir-sched …``), by what they do: the DICOM event
+# type and the action; the command itself is the subtype (urn:fhir-sched:console)
+CONSOLE = {
+    "audit": ("110101", "Audit Log Used", "R"),
+    "export": ("110106", "Export", "R"),
+    "import": ("110107", "Import", "C"),
+    "query": ("110112", "Query", "E"),
+    "security": ("110113", "Security Alert", "U"),  # clients, users, keys, launches
+    "application": ("110100", "Application Activity", "E"),
 }
 
 
@@ -142,13 +153,15 @@ def balp_event(
     outcome: str = "success",
     description: str | None = None,
     entities: list[str] | None = None,
+    identifiers: list[tuple[str, str]] | None = None,
     patient: str | None = None,
     query: str | None = None,
     recorded: datetime | None = None,
 ) -> dict[str, Any]:
     """One AuditEvent. ``kind`` is a RESTful interaction (``read``, ``search-type``…), an
-    operation (``$find``…), a security event (``login``, ``token``, ``alert``…) or an HL7
-    message (``hl7-in:S12``, ``hl7-out:S15``)."""
+    operation (``$find``…), a security event (``login``, ``token``, ``alert``…), an HL7
+    message (``hl7-in:S12``, ``hl7-out:S15``) or a console command (``console-export:hl7
+    show``, see :data:`CONSOLE`)."""
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if kind in OPERATIONS:
         code, display = OPERATIONS[kind]
@@ -162,6 +175,13 @@ def balp_event(
         event["type"] = _coding(DCM, *(("110107", "Import") if inbound else ("110106", "Export")))
         event["subtype"] = [_coding(HL7_EVENTS, hl7_event)]
         event["action"] = HL7_ACTIONS.get(hl7_event, "E") if inbound else "R"
+    elif kind.startswith("console-"):
+        # "console-<what>:<command>", e.g. console-export:hl7 show
+        family, _, command = kind.removeprefix("console-").partition(":")
+        type_code, type_display, action = CONSOLE[family]
+        event["type"] = _coding(DCM, type_code, type_display)
+        event["subtype"] = [_coding("urn:fhir-sched:console", command)]
+        event["action"] = action
     elif kind in SECURITY:
         type_code, type_display, sub_code, sub_display = SECURITY[kind]
         event["type"] = _coding(DCM, type_code, type_display)
@@ -194,6 +214,13 @@ def balp_event(
                 "what": {"reference": ref},
                 "type": _coding(ENTITY_TYPE, "2", "System Object"),
                 "role": _coding(OBJECT_ROLE, "4", "Domain Resource"),
+            }
+        )
+    for system, value in identifiers or []:  # things that are not FHIR resources
+        items.append(
+            {
+                "what": {"identifier": {"system": system, "value": value}},
+                "type": _coding(ENTITY_TYPE, "2", "System Object"),
             }
         )
     if query is not None:

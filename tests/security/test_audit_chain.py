@@ -305,7 +305,13 @@ def test_audit_commands(tmp_path: Any) -> None:
         main, ["audit", "export", "--since", "2000-01-01", "--patient", "Patient/pat-1"], env=env
     )
     lines = [json.loads(line) for line in exported.output.splitlines()]
-    assert len(lines) == 2 and all(e["resourceType"] == "AuditEvent" for e in lines)
+    assert len(lines) == 3 and all(e["resourceType"] == "AuditEvent" for e in lines)
+    # the export recorded itself, about that patient, before it wrote anything out
+    itself = lines[-1]
+    assert itself["type"]["code"] == "110101" and itself["subtype"][0]["code"] == "audit export"
+    assert itself["entity"][0]["what"]["reference"] == "Patient/pat-1"
+    assert itself["agent"][0]["who"]["identifier"]["value"] == "fhir-sched-console"
+    assert itself["agent"][1]["who"]["identifier"]["value"].startswith("console:")
     _tamper(db, lambda c: c.execute(text("DELETE FROM audit_log WHERE seq = 3")))
     db.dispose()
     broken = runner.invoke(main, ["audit", "verify"], env=env)

@@ -1,0 +1,171 @@
+"""The console is a door like the API: each ``fhir-sched`` command that reads or changes stored
+data leaves an AuditEvent naming the command, the operating-system account that ran it and its
+outcome, and a command that shows stored data records that before it shows anything."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import select, text
+
+from fhir_server.cli import main
+from hl7_bridge.messages import MessageStore
+from resources.sql.engine import Database
+from resources.sql.tables import AuditLog
+from security.audit import open_event
+from security.crypto import KeyRing
+
+MESSAGE = (
+    b"MSH|^~\\&|EMR|CLINIC|FHIRSCHED||20261206090000||SIU^S12|CTL-1|P|2.5.1\r"
+    b"PID|1||MRN-77^^^H||Doe^Jane"
+)
+
+
+@pytest.fixture
+def env(db: Database, keys: KeyRing, tmp_path: Any) -> dict[str, str]:
+    return {
+        "FHIRSCHED_DATABASE_URL": db.url,
+        "FHIRSCHED_KEYS": json.dumps(keys.to_document()),
+        "FHIRSCHED_AUDIT_CHECKPOINT_FILE": str(tmp_path / "checkpoints.jsonl"),
+    }
+
+
+def _run(env: dict[str, str], *args: str) -> Result:
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def _events(db: Database, keys: KeyRing) -> list[dict[str, Any]]:
+    with db.read() as conn:
+        rows = conn.execute(select(AuditLog.__table__).order_by(AuditLog.__table__.c.seq))
+        return [open_event(keys, r) for r in rows]
+
+
+def _console(event: dict[str, Any]) -> tuple[str, str, str]:
+    """(DICOM type, command, outcome) of a console event."""
+    assert event["agent"][0]["who"]["identifier"]["value"] == "fhir-sched-console"
+    assert event["agent"][1]["who"]["identifier"]["value"].startswith("console:")
+    return event["type"]["code"], event["subtype"][0]["code"], event["outcome"]
+
+
+def test_showing_a_stored_hl7_message_is_recorded_before_it_is_shown(
+    db: Database, keys: KeyRing, env: dict[str, str]
+) -> None:
+    with db.write() as conn:
+        message_id = MessageStore(keys).add(
+            conn,
+            direction="in",
+            peer="EMR",
+            control_id="CTL-1",
+            event="S12",
+            message=MESSAGE,
+            status="failed",
+            now=datetime.now(UTC),
+        )
+    shown = _run(env, "hl7", "show", message_id)
+    assert shown.exit_code == 0 and "Doe^Jane" in shown.output
+    missing = _run(env, "hl7", "show", "no-such-id")
+    assert missing.exit_code == 1
+    listed = _run(env, "hl7", "messages")
+    assert listed.exit_code == 0
+    events = _events(db, keys)
+    assert [_console(e) for e in events] == [
+        ("110106", "hl7 show", "0"),
+        ("110106", "hl7 show", "4"),
+        ("110112", "hl7 messages", "0"),
+    ]
+    what = events[0]["entity"][0]["what"]["identifier"]
+    assert what == {"system": "urn:fhir-sched:hl7-message", "value": message_id}
+    assert events[1]["outcomeDesc"] == "no such message"
+    # nothing of the message itself is in its record
+    assert "Doe" not in json.dumps(events)
+
+
+def test_a_show_that_cannot_be_recorded_shows_nothing(
+    db: Database, keys: KeyRing, env: dict[str, str]
+) -> None:
+    with db.write() as conn:
+        message_id = MessageStore(keys).add(
+            conn,
+            direction="in",
+            peer="EMR",
+            control_id="CTL-2",
+            event="S12",
+            message=MESSAGE,
+            status="failed",
+            now=datetime.now(UTC),
+        )
+    with db.write() as conn:  # the audit log refuses every write
+        if db.is_sqlite:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_all BEFORE INSERT ON audit_log "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_all BEFORE INSERT ON audit_log "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_all()"
+                )
+            )
+    try:
+        shown = _run(env, "hl7", "show", message_id)
+        assert shown.exit_code != 0
+        assert "Doe^Jane" not in shown.output
+    finally:
+        with db.write() as conn:
+            conn.execute(
+                text("DROP TRIGGER refuse_all" + ("" if db.is_sqlite else " ON audit_log"))
+            )
+            if not db.is_sqlite:
+                conn.execute(text("DROP FUNCTION refuse_all()"))
+
+
+def test_administration_commands_are_recorded_with_their_outcome(
+    db: Database, keys: KeyRing, env: dict[str, str]
+) -> None:
+    steps = [
+        ("client", "add", "--name", "x", "--kind", "symmetric", "--scope", "system/*.rs"),
+        ("client", "list"),
+        ("client", "revoke", "no-such-client"),
+        ("user", "unblock", "desk"),
+        ("launch", "--patient", "pat-9"),
+        ("user", "list"),
+    ]
+    codes = [_run(env, *step).exit_code for step in steps]
+    assert codes == [0, 0, 1, 0, 0, 0]
+    events = _events(db, keys)
+    assert [_console(e) for e in events] == [
+        ("110113", "client add", "0"),
+        ("110112", "client list", "0"),
+        ("110113", "client revoke", "4"),
+        ("110113", "user unblock", "0"),
+        ("110113", "launch", "0"),
+        ("110112", "user list", "0"),
+    ]
+    assert "no-such-client" in events[2]["outcomeDesc"]
+    assert events[4]["entity"][0]["what"]["reference"] == "Patient/pat-9"
+
+
+def test_a_checkpoint_covers_its_own_record(
+    db: Database, keys: KeyRing, env: dict[str, str]
+) -> None:
+    written = _run(env, "audit", "checkpoint")
+    assert written.exit_code == 0, written.output
+    events = _events(db, keys)
+    assert [_console(e) for e in events] == [("110101", "audit checkpoint", "0")]
+    assert json.loads(written.output)["seq"] == 1
+    verified = _run(env, "audit", "verify")
+    assert json.loads(verified.output)["intact"], verified.output
+    assert [_console(e)[1] for e in _events(db, keys)] == ["audit checkpoint", "audit verify"]
