@@ -63,6 +63,11 @@ SECURITY = {
     "revoke": ("110114", "User Authentication", "revoke", "Token revocation"),
     "alert": ("110113", "Security Alert", "replay", "Replayed or forged credential"),
 }
+# commands run on the server's host that copy the whole store out or put one back
+COMMANDS = {
+    "backup": ("110106", "Export", "R", "backup", "Backup of the database and its keys"),
+    "restore": ("110107", "Import", "C", "restore", "Restore from a backup"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +153,7 @@ def balp_event(
 ) -> dict[str, Any]:
     """One AuditEvent. ``kind`` is a RESTful interaction (``read``, ``search-type``…), an
     operation (``$find``…), a security event (``login``, ``token``, ``alert``…) or an HL7
-    message (``hl7-in:S12``, ``hl7-out:S15``)."""
+    message (``hl7-in:S12``, ``hl7-out:S15``) or a command (``backup``, ``restore``)."""
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if kind in OPERATIONS:
         code, display = OPERATIONS[kind]
@@ -167,6 +172,11 @@ def balp_event(
         event["type"] = _coding(DCM, type_code, type_display)
         event["subtype"] = [_coding("urn:fhir-sched:security-event", sub_code, sub_display)]
         event["action"] = "E"
+    elif kind in COMMANDS:
+        type_code, type_display, action, sub_code, sub_display = COMMANDS[kind]
+        event["type"] = _coding(DCM, type_code, type_display)
+        event["subtype"] = [_coding("urn:fhir-sched:command", sub_code, sub_display)]
+        event["action"] = action
     else:
         event["type"] = _coding(EVENT_TYPE, "rest", "Restful Operation")
         event["subtype"] = [_coding(RESTFUL, kind)]
