@@ -88,7 +88,7 @@ def _record(
     try:
         trail.commit_in(conn, ring)
     except AuditUnavailable as exc:
-        raise click.ClickException(f"{exc}; nothing was done") from exc
+        raise click.ClickException(str(exc)) from exc
 
 
 def _checkpoint(conn: Connection, ring: KeyRing, settings: Settings) -> int:
@@ -215,6 +215,8 @@ def restore(directory: Path, passphrase_file: Path | None, force: bool) -> None:
         found.restore(url=settings.database_url, files=destinations, force=force)
     except BackupError as exc:
         raise click.ClickException(f"{exc}; nothing was restored") from None
+    except OSError as exc:  # a file that could not be written or renamed: it names which
+        raise click.ClickException(str(exc)) from None
     database, ring = open_database(keys=True)  # migrates: the backup may be of an older schema
     assert ring is not None
     try:
