@@ -12,6 +12,8 @@ Examples::
     fhir-sched user add|list|disable     # people who sign in
     fhir-sched launch --patient ID       # an EHR launch value
     fhir-sched audit verify|export       # the audit log (see fhir_server/cli_audit.py)
+    fhir-sched backup DIR                # online copy, keys sealed (see fhir_server/cli_backup.py)
+    fhir-sched restore DIR [--force]     # into the configured database and key file
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import click
 
 from fhir_server.cli_audit import audit
 from fhir_server.cli_auth import client, launch, user
+from fhir_server.cli_backup import backup, restore
 from fhir_server.cli_hl7 import hl7
 from fhir_server.console_trail import audited
 from fhir_server.settings import Settings
@@ -46,6 +49,8 @@ main.add_command(user)
 main.add_command(launch)
 main.add_command(audit)
 main.add_command(hl7)
+main.add_command(backup)
+main.add_command(restore)
 
 
 def _serve(settings: Settings) -> None:
