@@ -60,10 +60,15 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 @contextmanager
-def database(kind: str, workdir: Path) -> Iterator[tuple[str, Database]]:
-    """A fresh migrated database: SQLite file or a new PostgreSQL schema (dropped after)."""
+def database(
+    kind: str, workdir: Path, *, synchronous: str = "full"
+) -> Iterator[tuple[str, Database]]:
+    """A fresh migrated database: SQLite file (committing with ``synchronous``, full or
+    normal) or a new PostgreSQL schema (dropped after)."""
     if kind == "sqlite":
         url = f"sqlite:///{workdir}/bench.db"
+        if synchronous != "full":
+            url += f"?synchronous={synchronous}"
         db = Database(url)
         migrate(db)
         try:

@@ -314,13 +314,19 @@ def main() -> None:
         default=1,
         help="server processes (`fhir-sched serve --workers`; more than 1 needs PostgreSQL)",
     )
+    ap.add_argument(
+        "--sqlite-synchronous",
+        choices=["full", "normal"],
+        default="full",
+        help="SQLite: wait for the disk at each commit (full, the default) or not (normal)",
+    )
     args = ap.parse_args()
     port = 8731
     today = datetime.now(UTC).date()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config, path = clinic_file(work, today)
-        with database(args.db, work) as (url, db):
+        with database(args.db, work, synchronous=args.sqlite_synchronous) as (url, db):
             slots = seed(db, keyring(work), config, today, f"http://127.0.0.1:{port}/fhir")
             past = past_bookings(db, config, today, args.history_weeks)
             env = {"FHIRSCHED_CLINIC_FILE": str(path), "FHIRSCHED_WORKERS": str(args.workers)}

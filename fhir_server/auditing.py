@@ -74,15 +74,18 @@ class AuditWriter:
 
     async def _append(self, events: list[dict[str, Any]]) -> None:
         """One batch, by the cheapest way open: PostgreSQL in one statement on an async
-        connection; SQLite with no other writer in this process inline (a thread hop costs
-        more than the write); otherwise (SQLite's lock is taken, the async pool is not open
-        yet) in a thread."""
+        connection; SQLite in a thread, where its commit may wait for the disk
+        (``synchronous=FULL``, the default); with ``synchronous=normal`` and no other writer
+        in this process inline (a thread hop then costs more than the write); otherwise (the
+        async pool is not open yet) in a thread."""
         if self.reader is not None and self.reader.is_open:
             async with self.reader.connection() as conn:
                 await self._chain.append(conn, events)
             return
         inline = partial(append_dbapi, dialect="sqlite", keys=self.keys, events=events)
-        if not self.db.try_write_now(inline):
+        if self.db.is_sqlite and self.db.synchronous == "FULL":  # waits for the disk: a thread
+            await to_thread.run_sync(partial(self.db.try_write_now, inline, wait=True))
+        elif not self.db.try_write_now(inline):
             await to_thread.run_sync(self.record_now, events)
 
 

@@ -46,6 +46,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int | None = None, **engine_kwargs: Any) -> None:
         parsed = make_url(url)
         self.url = url
+        # SQLite: a commit is on disk when it returns (FULL), unless the URL asks for
+        # ?synchronous=normal (then a power cut may lose the newest commits; a crash does not)
+        self.synchronous = "FULL"
         # SQLite has one writer at a time; threads of this process queue here, in order,
         # instead of polling in SQLite's busy handler (whose sleeps grow to 100 ms).
         self._writer = threading.Lock()
@@ -55,15 +58,21 @@ class Database:
         if self.dialect == "sqlite":
             if file:
                 private_sqlite_file(Path(file))
+            wanted = str(parsed.query.get("synchronous", "full")).upper()
+            if wanted not in SQLITE_SYNCHRONOUS:
+                raise ValueError(
+                    f"synchronous={wanted.lower()} in the database URL: use full or normal"
+                )
+            self.synchronous = wanted
             self.engine: Engine = create_engine(
-                url,
+                parsed.difference_update_query(["synchronous"]),
                 connect_args={"timeout": 30, "check_same_thread": False},
                 # one connection per worker thread: opening SQLite connections is not free
                 pool_size=pool_size or 40,
                 max_overflow=10,
                 **engine_kwargs,
             )
-            _sqlite_pragmas(self.engine)
+            _sqlite_pragmas(self.engine, self.synchronous)
             if file:
                 path = str(Path(file).resolve())
                 CHECKPOINTER.add(path)
@@ -108,12 +117,14 @@ class Database:
                 ) from exc
             raise
 
-    def try_write_now(self, fn: Callable[[Any], object]) -> bool:
+    def try_write_now(self, fn: Callable[[Any], object], *, wait: bool = False) -> bool:
         """SQLite only: run ``fn`` on a DB-API connection inside a write transaction if no
         writer in this process holds the lock right now, without waiting for it (so an event
-        loop may call this). Returns whether it ran. For short, hot writes that gain from
-        skipping SQLAlchemy (the audit writer); everything else uses :meth:`write`."""
-        if not self.is_sqlite or not self._writer.acquire(blocking=False):
+        loop may call this; ``wait``: a thread waits its turn). Returns whether it ran. For
+        short, hot writes that gain from skipping SQLAlchemy (the audit writer); everything
+        else uses :meth:`write`. With ``synchronous=FULL`` the commit waits for the disk, so
+        an event loop should not call it."""
+        if not self.is_sqlite or not self._writer.acquire(blocking=wait):
             return False
         try:
             with closing(self.engine.raw_connection()) as raw:
@@ -246,14 +257,17 @@ def private_sqlite_file(path: Path) -> None:
                 each.chmod(0o600)
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def _sqlite_pragmas(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA wal_autocheckpoint={Checkpointer.BACKSTOP_PAGES}")

@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from resources.sql.engine import Database, migrate
@@ -37,3 +38,22 @@ def test_files_left_readable_to_others_are_narrowed(tmp_path: Path) -> None:
     path.chmod(0o644)
     Database(f"sqlite:///{path}").dispose()
     assert _mode(path) == 0o600
+
+
+def test_commits_reach_the_disk_unless_the_url_says_otherwise(tmp_path: Path) -> None:
+    """synchronous=FULL (2): a committed booking survives a power cut; NORMAL (1) only when
+    the database URL asks for it."""
+    for url, level in (
+        (f"sqlite:///{tmp_path}/a.db", 2),
+        (f"sqlite:///{tmp_path}/b.db?synchronous=normal", 1),
+        (f"sqlite:///{tmp_path}/c.db?synchronous=FULL", 2),
+    ):
+        db = Database(url)
+        try:
+            with db.write() as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == level, url
+        finally:
+            db.dispose()
+    with pytest.raises(ValueError, match="use full or normal"):
+        Database(f"sqlite:///{tmp_path}/d.db?synchronous=off")
+    assert not (tmp_path / "b.db?synchronous=normal").exists()
