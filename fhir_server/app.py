@@ -34,6 +34,7 @@ from fhir_server.auditing import AuditMiddleware, AuditWriter, unavailable
 from fhir_server.handlers import Context
 from fhir_server.hl7_runtime import install_outbox, start_bridge
 from fhir_server.http import PrincipalCache, Services, error_response
+from fhir_server.keyring import open_keys
 from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
 from fhir_server.settings import Settings
 from resources.service import Paging
@@ -43,7 +44,7 @@ from resources.store import Store
 from scheduling.clinic import LoadReport, load_clinic, lock_clinic_loads
 from scheduling.config import ClinicConfig, load_clinic_config
 from security.audit_checkpoint import Checkpoint, CheckpointLog, read_head
-from security.crypto import KeyRing, load_keyring
+from security.crypto import KeyRing
 from security.smart.server import SmartServer
 from security.smart.signing import load_signer
 from security.trail import AuditUnavailable
@@ -225,12 +226,9 @@ def create_app(
     db: Database | None = None,
 ) -> FastAPI:
     """Build the FHIR server for ``settings`` (a key ring or database may be injected)."""
-    keys = keys or load_keyring(
-        key_file=settings.key_file,
-        keys_json=settings.keys.get_secret_value() if settings.keys else None,
-    )
     db = db or Database(settings.database_url)
     migrate(db)
+    keys = keys or open_keys(settings, db)
     store = Store(keys, base_url=settings.fhir_base)
     install_outbox(settings, store)
     ctx = Context(

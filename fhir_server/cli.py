@@ -39,6 +39,17 @@ def _settings(**overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def _keys(settings: Settings, database: Any) -> Any:
+    """The database's key ring, or the one-line error of :func:`open_keys`."""
+    from fhir_server.keyring import KeysMissing, open_keys
+
+    try:
+        return open_keys(settings, database)
+    except KeysMissing as exc:
+        database.dispose()
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 def main() -> None:
     """fhir-sched: a FHIR R4 scheduling server for clinics."""
@@ -65,6 +76,14 @@ def _serve(settings: Settings) -> None:
         settings.check_workers()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    from resources.sql.engine import Database, migrate
+
+    database = Database(settings.database_url)
+    try:
+        migrate(database)  # once, here: every worker then finds the schema up to date
+        _keys(settings, database)  # the right key file, before anything is served
+    finally:
+        database.dispose()
     configure_logging(settings.log_level)
     served: dict[str, Any] = {
         "host": settings.host,
@@ -79,11 +98,6 @@ def _serve(settings: Settings) -> None:
     use_settings(settings)
     click.echo(f"FHIR base URL: {settings.fhir_base}", err=True)
     if settings.workers > 1:
-        from resources.sql.engine import Database, migrate
-
-        database = Database(settings.database_url)
-        migrate(database)  # once, here: the workers then find the schema up to date
-        database.dispose()
         hand_over(settings)
         uvicorn.run("fhir_server.worker:create", factory=True, workers=settings.workers, **served)
         return
@@ -160,16 +174,14 @@ def keys() -> None:
 def _key_store(settings: Settings) -> tuple[object, object]:
     from resources.sql.engine import Database, migrate
     from resources.store import Store
-    from security.crypto import load_keyring
 
     if settings.keys is not None:
         raise click.ClickException(
             "keys come from FHIRSCHED_KEYS; rotate them where that value is managed"
         )
-    ring = load_keyring(key_file=settings.key_file, keys_json=None)
     database = Database(settings.database_url)
     migrate(database)
-    return database, Store(ring, base_url=settings.fhir_base)
+    return database, Store(_keys(settings, database), base_url=settings.fhir_base)
 
 
 @keys.command("rotate")
@@ -267,18 +279,15 @@ def clinic_load(file: Path, weeks: int | None) -> None:
     from resources.store import Store
     from scheduling.clinic import load_clinic
     from scheduling.config import ClinicConfigError, load_clinic_config
-    from security.crypto import load_keyring
 
     try:
         config = load_clinic_config(file)
     except ClinicConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     settings = _settings()
-    keys_json = settings.keys.get_secret_value() if settings.keys else None
-    ring = load_keyring(key_file=settings.key_file, keys_json=keys_json)
     database = Database(settings.database_url)
     migrate(database)
-    store = Store(ring, base_url=settings.fhir_base)
+    store = Store(_keys(settings, database), base_url=settings.fhir_base)
     with database.write() as conn:
         report = load_clinic(
             conn, store=store, config=config, today=datetime.now(config.tz).date(), weeks=weeks

@@ -33,16 +33,19 @@ __all__ = ["client", "launch", "open_database", "user"]
 def open_database(*, keys: bool) -> tuple[Database, KeyRing | None]:
     """The configured database (migrated) and, if asked for, the key ring: what every
     command that works on stored data starts from."""
+    from fhir_server.keyring import KeysMissing, open_keys
     from resources.sql.engine import migrate
-    from security.crypto import load_keyring
 
     settings = Settings()
-    ring = None
-    if keys:
-        keys_json = settings.keys.get_secret_value() if settings.keys else None
-        ring = load_keyring(key_file=settings.key_file, keys_json=keys_json)
     database = Database(settings.database_url)
     migrate(database)
+    ring = None
+    if keys:
+        try:
+            ring = open_keys(settings, database)
+        except KeysMissing as exc:
+            database.dispose()
+            raise click.ClickException(str(exc)) from exc
     return database, ring
 
 

@@ -12,13 +12,13 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from fhir_server.keyring import open_keys
 from fhir_server.settings import Settings
 from resources import service
 from resources.sql.engine import Database, migrate
 from resources.store import Store
 from scheduling.clinic import LoadReport, load_clinic
 from scheduling.config import ClinicConfig, load_clinic_config
-from security.crypto import load_keyring
 
 __all__ = ["DEMO_CLIENTS", "DEMO_CLINIC", "DEMO_USERS", "demo_patients", "load_demo"]
 
@@ -120,12 +120,9 @@ def load_demo(
     Returns the clinic load report and the number of demo patients written.
     """
     config = clinic or load_clinic_config(DEMO_CLINIC)
-    keys = load_keyring(
-        key_file=settings.key_file,
-        keys_json=settings.keys.get_secret_value() if settings.keys else None,
-    )
     db = Database(settings.database_url)
     migrate(db)
+    keys = open_keys(settings, db)
     store = Store(keys, base_url=settings.fhir_base)
     today = start_day or datetime.now(config.tz).date()
     patients: Counter[str] = Counter()

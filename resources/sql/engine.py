@@ -315,3 +315,15 @@ def migrate(db: Database, revision: str = "head") -> None:
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+def holds_data(db: Database) -> bool:
+    """Whether the (migrated) database holds anything sealed under a key: a resource, an audit
+    record, a stored HL7 message or a registered user."""
+    from sqlalchemy import text
+
+    with db.read() as conn:
+        for table in ("resource", "audit_log", "hl7_message", "oauth_user"):
+            if conn.execute(text(f"SELECT 1 FROM {table} LIMIT 1")).first():  # noqa: S608
+                return True
+    return False

@@ -169,3 +169,31 @@ def test_a_checkpoint_covers_its_own_record(
     verified = _run(env, "audit", "verify")
     assert json.loads(verified.output)["intact"], verified.output
     assert [_console(e)[1] for e in _events(db, keys)] == ["audit checkpoint", "audit verify"]
+
+
+def test_a_missing_key_file_is_not_replaced_for_a_database_that_holds_data(
+    db: Database, keys: KeyRing, env: dict[str, str], tmp_path: Any
+) -> None:
+    """A wrong FHIRSCHED_KEY_FILE used to get a fresh key file made there, and the command's
+    records sealed under it broke the audit chain. Now the command stops, in one line, and
+    writes nothing; on an empty database the key file is still made on first run."""
+    assert _run(env, "user", "list").exit_code == 0  # one record under the real keys
+    wrong = tmp_path / "typo" / "keys.json"
+    mistaken = {k: v for k, v in env.items() if k != "FHIRSCHED_KEYS"}
+    mistaken["FHIRSCHED_KEY_FILE"] = str(wrong)
+    for args in (("user", "list"), ("hl7", "messages"), ("audit", "verify")):
+        refused = _run(mistaken, *args)
+        assert refused.exit_code == 1, refused.output
+        assert f"Error: no key file at {wrong}, but the database" in refused.output
+    assert not wrong.exists()
+    assert len(_events(db, keys)) == 1
+    verified = _run(env, "audit", "verify")
+    assert json.loads(verified.output)["intact"], verified.output
+
+    fresh = tmp_path / "fresh"
+    first_run = {
+        "FHIRSCHED_DATABASE_URL": f"sqlite:///{fresh}/new.db",
+        "FHIRSCHED_KEY_FILE": str(fresh / "keys.json"),
+    }
+    assert _run(first_run, "user", "list").exit_code == 0
+    assert (fresh / "keys.json").exists()
