@@ -71,7 +71,13 @@ _FIND = OperationDecl(
         OpParam("location-reference", "Reference", 0, "*", aliases=("location",)),
         OpParam("location-string", "string", doc="part of a location's name"),
         OpParam("patient-reference", "Reference", aliases=("patient-id",)),
-        OpParam("patient-resource", "Patient", doc="matched by identifier or name + birth date"),
+        OpParam(
+            "patient-resource",
+            "Patient",
+            doc="matched by identifier, else family name + birth date (a phone number breaks a "
+            "tie); the proposals carry it as a contained Patient (#patient), as it was sent, "
+            "for $book to match again or create",
+        ),
         OpParam("reason", "CodeableConcept", 0, "*", doc="accepted, not used for matching"),
         OpParam("_count", "integer", doc="most options to return"),
     ),
@@ -82,7 +88,11 @@ _APPOINTMENT_IN = (
         "appointment-resource",
         "Appointment",
         aliases=("appt-resource",),
-        doc="a proposed Appointment from $find (or, for $book, one with status cancelled)",
+        doc="a proposed Appointment from $find (for $book its contained Patient is matched "
+        "again, else created with the booking; several matches are 422), or, for $book, one "
+        "with status cancelled: named by its id, or by its patient (a Patient reference or a "
+        "contained Patient) and start, which must name exactly one booked Appointment (else "
+        "404, the same answer for none and several)",
     ),
     OpParam(
         "appointment-reference",
@@ -104,8 +114,10 @@ _BOOK = OperationDecl(
     id="appointment-book",
     code="book",
     title="Book, cancel or reschedule an appointment (IHE ITI-117)",
-    description="Book a proposed or held Appointment, cancel one (status cancelled), or "
-    "reschedule (cancelled-appointment-id) in one transaction.",
+    description="Book a proposed or held Appointment (creating its contained Patient if nobody "
+    "matches), cancel one (status cancelled; by id, or by patient and start), or reschedule "
+    "(cancelled-appointment-id, or cancelled-appointment by patient and start) in one "
+    "transaction.",
     affects_state=True,
     parameters=(
         *_APPOINTMENT_IN,
@@ -114,6 +126,15 @@ _BOOK = OperationDecl(
             "id",
             aliases=("cancelled-appt-id",),
             doc="the booked Appointment this booking replaces",
+        ),
+        OpParam(
+            "cancelled-appointment",
+            "Appointment",
+            doc="instead of cancelled-appointment-id: the booked Appointment this booking "
+            "replaces, named by its patient (a Patient reference, or a contained Patient matched "
+            "as patient-resource is) and its start (a dateTime with an offset); only the one "
+            "booked Appointment of that patient starting at that instant is cancelled, and "
+            "none or several are the same 404",
         ),
     ),
     out=(OpParam("return", "Appointment", 1),),

@@ -2,7 +2,8 @@
 parameters, and the searchset / read answers (``routes/audit.py`` is the HTTP edge).
 
 Search parameters: ``date`` (with ``ge``/``gt``/``le``/``lt``), ``patient``, ``agent``,
-``entity``, ``type``, ``subtype``, ``action``, ``outcome``, ``source``; ``_sort=-date``
+``entity`` (and ``entity:identifier=urn:fhir-sched:conversation|<id>``, a request's
+``X-Conversation-Id``), ``type``, ``subtype``, ``action``, ``outcome``, ``source``; ``_sort=-date``
 (newest first, the default) or ``date``; ``_count`` with ``next`` links; ``Bundle.total``.
 A compliance query is itself recorded.
 """
@@ -20,6 +21,7 @@ from fhir_server.handlers import Context, FHIRResponse
 from resources.fhirdate import parse_fhir_date
 from resources.sql.tables import AuditLog
 from security.audit import AuditQuery, open_event, search
+from security.balp import CONVERSATION
 from security.principal import Principal
 
 __all__ = ["parse_audit_query", "read", "require_audit_scope", "search_log"]
@@ -77,6 +79,10 @@ def parse_audit_query(params: list[tuple[str, str]], default: int, maximum: int)
                 dates.append(("lt", span.high))
         elif base in PLAIN:
             plain.append((base, tuple(v.split("|")[-1] for v in _values(value))))
+        elif name == "entity:identifier":  # only conversation ids are indexed so
+            if not all(v.startswith(f"{CONVERSATION}|") for v in _values(value)):
+                raise BadRequest(f"entity:identifier searches {CONVERSATION}|<conversation id>")
+            digested.append(("entity", _values(value)))
         elif base in DIGESTED:
             digested.append((base, tuple(_reference(base, v) for v in _values(value))))
         elif name == "_sort":

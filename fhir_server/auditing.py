@@ -18,9 +18,9 @@ from typing import Any
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from base.errors import ServiceUnavailable
+from base.errors import BadRequest, ServiceUnavailable
 from base.logging import get_logger
-from fhir_server.http import error_response
+from fhir_server.http import CONVERSATION_HEADER, conversation_id, error_response
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit
@@ -106,6 +106,17 @@ def kind_of(method: str, path: str) -> str:
     )
 
 
+def _conversation(scope: Scope) -> str | None:
+    """A refused request's valid ``X-Conversation-Id`` (one that is not valid is left out)."""
+    for name, value in scope.get("headers") or []:
+        if name == CONVERSATION_HEADER.encode():
+            try:
+                return conversation_id(value.decode("latin-1"))
+            except BadRequest:
+                return None
+    return None
+
+
 def _outcome(status: int) -> str:
     return "success" if status < 400 else ("minor" if status < 500 else "serious")
 
@@ -157,7 +168,7 @@ class AuditMiddleware:
                 return
             client = scope.get("client")
             actor = Actor(client_id=None, address=client[0] if client else None)
-            trail = Trail(actor, self.server)
+            trail = Trail(actor, self.server, conversation=_conversation(scope))
         facts = trail.remaining(failed=failed)
         if failed and not facts:
             trail.note(kind_of(scope.get("method", "GET"), scope.get("path", "")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +39,12 @@ from security.smart.tokens import (
 from security.trail import Trail
 
 __all__ = [
+    "CONVERSATION_HEADER",
     "ContextDep",
     "PrincipalDep",
     "Services",
     "ServicesDep",
+    "conversation_id",
     "fhir_response",
     "json_body",
     "run_lookup",
@@ -148,11 +151,28 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 async def get_context(request: Request, principal: PrincipalDep) -> Context:
     """The request's context: who acts, and the audit trail its handlers write to."""
     services: Services = request.app.state.services
+    raw_conversation = request.headers.get(CONVERSATION_HEADER)
     if not services.settings.audit_enabled:  # measurement only (bench/read_by_id.py)
+        conversation_id(raw_conversation)
         return services.ctx.acting(principal)
     trail = Trail(actor_of(request, principal), services.ctx.base_url)
-    request.state.trail = trail
+    request.state.trail = trail  # before the check: a refused header is audited too
+    trail.conversation = conversation_id(raw_conversation)
     return services.ctx.acting(principal, trail)
+
+
+CONVERSATION_HEADER = "x-conversation-id"
+_CONVERSATION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def conversation_id(raw: str | None) -> str | None:
+    """The ``X-Conversation-Id`` a request carries (1-64 of ``A-Z a-z 0-9 . _ -``), recorded on
+    its AuditEvents; 400 for anything else (the value is not echoed)."""
+    if raw is None:
+        return None
+    if not _CONVERSATION_ID.fullmatch(raw):
+        raise BadRequest("X-Conversation-Id must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
+    return raw
 
 
 ContextDep = Annotated[Context, Depends(get_context)]

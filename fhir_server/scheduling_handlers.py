@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from anyio import to_thread
@@ -26,7 +26,7 @@ from fhir_server.handlers import Context, FHIRResponse, version_headers
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.store import StoredVersion
-from scheduling import booking
+from scheduling import booking, patients
 from scheduling.calendar_reads import read_calendar_async
 from scheduling.config import ClinicConfig
 from scheduling.find import (
@@ -37,6 +37,7 @@ from scheduling.find import (
     proposed_appointment,
 )
 from scheduling.plan import FindRequest, plan_find, schedule_days
+from security.trail import Fact
 
 __all__ = [
     "SMALL_FIND_SCHEDULE_DAYS",
@@ -135,7 +136,9 @@ def _confine_find(access: Access, request: FindRequest) -> FindRequest:
 def _find_bundle(config: ClinicConfig, request: FindRequest, found: Found) -> FHIRResponse:
     entries = [
         {
-            "resource": proposed_appointment(config, o, patient_id=request.patient_id),
+            "resource": proposed_appointment(
+                config, o, patient_id=request.patient_id, patient=request.patient_resource
+            ),
             "search": {"mode": "match"},
         }
         for o in found.options
@@ -195,6 +198,11 @@ def hold(
             raise Forbidden("a patient's token holds a proposed appointment-resource")
         handlers.confined_write(access, resource)
     _note_operation(ctx, "$hold", resource)
+    if patients.contained_patient(resource) is not None:
+        raise Unprocessable(
+            "a proposal for a described patient (contained Patient) is not held: book it with "
+            "$book, which matches the patient or creates them with the booking"
+        )
     stored, expires = booking.hold(
         conn, store=ctx.store, config=config, appointment=resource, now=now
     )
@@ -216,16 +224,23 @@ def book(
     idempotency_key: str | None = None,
 ) -> FHIRResponse:
     """Appointment/$book (ITI-117): book (201), modify a booked one (200), cancel (status
-    cancelled, 200), or reschedule (``cancelled-appt-id``: the old one is cancelled only if the
-    new one is booked; 201)."""
+    cancelled, 200), or reschedule (``cancelled-appointment-id``, or ``cancelled-appointment``
+    naming it by patient and start: the old one is cancelled only if the new one is booked;
+    201). A cancellation without an id names the Appointment by its patient and start. A
+    proposal's contained Patient is matched again, or created with the booking."""
     access = authz.require(ctx.principal, "Appointment", "$book")
     resource, reference, values = _operation_appointment("appointment-book", params)
     old = values.get("cancelled-appointment-id", [None])[0]
+    old_named = values.get("cancelled-appointment", [None])[0]
+    if old is not None and old_named is not None:
+        raise BadRequest("give cancelled-appointment-id or cancelled-appointment, not both")
+    if old_named is not None and not isinstance(old_named, dict):
+        raise BadRequest("cancelled-appointment is an Appointment (its patient and start)")
     if access.patient is not None:
-        _confine_book(ctx, conn, access, resource, reference, old)
+        _confine_book(ctx, conn, access, resource, reference, old, old_named)
     _note_operation(ctx, "$book", resource, old)
     config = _clinic(config)
-    action = _book_action(ctx, conn, resource, old)
+    action = _book_action(ctx, conn, resource, old, old_named)
     key = retry_key(ctx, idempotency_key, resource, action, values)
     if key is not None:
         prior = booking.claim_key(conn, key=key, now=now)
@@ -241,21 +256,25 @@ def book(
             conn,
             store=ctx.store,
             config=config,
-            appointment_id=str(resource["id"]),
+            appointment_id=str(resource.get("id") or _located(ctx, conn, resource)),
             now=now,
             reason=resource.get("cancelationReason"),
         )
     elif action == "modify":
         stored = booking.modify(conn, store=ctx.store, config=config, appointment=resource, now=now)
     else:
-        if old:  # one transaction: if the new booking fails, the cancellation rolls back too
+        # one transaction: if the new booking fails, the cancellation rolls back too
+        if old or old_named is not None:
             booking.cancel(
                 conn,
                 store=ctx.store,
                 config=config,
-                appointment_id=str(old).split("/")[-1],
+                appointment_id=str(old).split("/")[-1]
+                if old
+                else _located(ctx, conn, cast(dict[str, Any], old_named)),
                 now=now,
             )
+        resource, created = patients.booking_patient(conn, store=ctx.store, appointment=resource)
         stored = booking.book_new(
             conn,
             store=ctx.store,
@@ -264,6 +283,8 @@ def book(
             reference=reference,
             now=now,
         )
+        if created is not None:  # noted once the booking stands: a refusal created no one
+            handlers.note(ctx, "create", "Patient", created.res_id, created)
         status = 201
     if key is not None:
         booking.remember(conn, key=key, status=status, stored=stored)
@@ -273,6 +294,25 @@ def book(
         location = f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}"
         headers["Location"] = location
     return FHIRResponse(status, stored.body, headers, stored)
+
+
+def _located(ctx: Context, conn: Connection, named: dict[str, Any]) -> str:
+    """The booked Appointment ``named`` names by patient and start (404 unless exactly one),
+    noted on the operation's audit fact."""
+    appointment_id = patients.booked_at(conn, store=ctx.store, appointment=named)
+    fact = _operation_fact(ctx)
+    ref = f"Appointment/{appointment_id}"
+    if fact is not None and ref not in fact.refs:
+        fact.refs.append(ref)
+    return appointment_id
+
+
+def _operation_fact(ctx: Context) -> Fact | None:
+    """The audit fact of the operation itself (facts noted after it, such as a Patient
+    created with a booking, come later)."""
+    if ctx.trail is None:
+        return None
+    return next((f for f in reversed(ctx.trail.facts) if f.kind.startswith("$")), None)
 
 
 def _note_operation(ctx: Context, kind: str, resource: Any, old: Any = None) -> None:
@@ -289,9 +329,9 @@ def _note_operation(ctx: Context, kind: str, resource: Any, old: Any = None) -> 
 
 
 def _operation_done(ctx: Context, conn: Connection, stored: StoredVersion) -> None:
-    if ctx.trail is None:
+    fact = _operation_fact(ctx)
+    if fact is None:
         return
-    fact = ctx.trail.facts[-1]
     ref = f"Appointment/{stored.res_id}"
     if ref not in fact.refs:
         fact.refs.insert(0, ref)
@@ -300,9 +340,16 @@ def _operation_done(ctx: Context, conn: Connection, stored: StoredVersion) -> No
 
 
 def _confine_book(
-    ctx: Context, conn: Connection, access: Access, resource: Any, reference: Any, old: Any
+    ctx: Context,
+    conn: Connection,
+    access: Access,
+    resource: Any,
+    reference: Any,
+    old: Any,
+    old_named: Any = None,
 ) -> None:
-    """A patient's token books, changes and cancels only that patient's appointments."""
+    """A patient's token books, changes and cancels only that patient's appointments (named
+    by reference: a contained Patient is not theirs to describe)."""
     if reference is not None:
         target = str(reference.get("reference") if isinstance(reference, dict) else reference)
         handlers.current_visible(ctx, conn, access, target.split("/")[-1])
@@ -313,16 +360,22 @@ def _confine_book(
             handlers.confined_write(access, resource)
     if old:
         handlers.current_visible(ctx, conn, access, str(old).split("/")[-1])
+    if old_named is not None:
+        handlers.confined_write(access, old_named)
 
 
-def _book_action(ctx: Context, conn: Connection, resource: Any, old: Any) -> str:
+def _book_action(ctx: Context, conn: Connection, resource: Any, old: Any, old_named: Any) -> str:
     """What a ``$book`` asks for: ``cancel``, ``modify``, ``reschedule`` or ``book``."""
     if isinstance(resource, dict) and resource.get("status") == "cancelled":
-        if not resource.get("id"):
-            raise BadRequest("a cancellation names the Appointment by its id")
+        if not (resource.get("id") or resource.get("start")):
+            raise BadRequest(
+                "a cancellation names the Appointment by its id, or by its patient and start"
+            )
         return "cancel"
     if old:
         return f"reschedule:{str(old).split('/')[-1]}"
+    if old_named is not None:
+        return "reschedule"
     if isinstance(resource, dict) and resource.get("id"):
         stored = ctx.store.read(conn, "Appointment", str(resource["id"]))
         if stored and not stored.deleted and stored.resource().get("status") == "booked":

@@ -20,6 +20,7 @@ from resources.sql.async_reads import AsyncReader
 from resources.sql.direct import pipelined
 from resources.sql.tables import BusyTime
 from resources.store import Store
+from scheduling.patients import match_patients
 from scheduling.plan import FindPlan, FindRequest
 from scheduling.spans import BUSY_OVERLAPPING_SQL, lower
 
@@ -97,7 +98,7 @@ def _is_existing_patient(conn: Connection, store: Store, req: FindRequest) -> Ca
     token), as the Appointment search would, without building a Bundle. The query is sent
     now; the returned function reads the answer.
     """
-    patient_id = req.patient_id or match_patient(conn, store, req.patient_resource)
+    patient_id = req.patient_id or match_patients(conn, store, req.patient_resource).id
     if patient_id is None:
         return lambda: False
     rows = _sent(conn, _ACTIVE_VISITS, None, (patient_id,))
@@ -115,8 +116,10 @@ _ACTIVE_VISITS = (
 
 
 def match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:
-    """Match a ``patient-resource`` by identifier, else by family name and birth date: the
-    first of those searches that finds exactly one Patient (all sent at once)."""
+    """Match an HL7 message's patient by identifier, else by family name and birth date: the
+    first of those searches that finds exactly one Patient (all sent at once). ``$find`` and
+    ``$book`` match with :func:`scheduling.patients.match_patients`, which also breaks a tie
+    by phone number and tells none from several."""
     with pipelined(conn):
         read = send_match_patient(conn, store, patient)
     return read()

@@ -28,6 +28,7 @@ from scheduling.availability import schedule_id
 from scheduling.calendar_reads import Calendar, FreeSlots, epoch, read_calendar
 from scheduling.clinic import VISIT_TYPE_SYSTEM
 from scheduling.config import ClinicConfig, VisitType
+from scheduling.patients import contained_proposal
 from scheduling.plan import FindPlan, FindRequest, plan_find
 from scheduling.rules import Booked, DayPolicy, day_policy
 
@@ -220,9 +221,15 @@ def _untaken(free: FreeSlots | None, taken: list[tuple[int, int]]) -> FreeSlots:
 
 
 def proposed_appointment(
-    config: ClinicConfig, option: Option, *, patient_id: str | None
+    config: ClinicConfig,
+    option: Option,
+    *,
+    patient_id: str | None,
+    patient: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The IHE proposed Appointment for one option (not stored)."""
+    """The IHE proposed Appointment for one option (not stored). Its patient participant is
+    ``Patient/<patient_id>``, or else ``patient`` (a ``patient-resource``) contained as it was
+    sent, which ``$book`` matches again or creates (:mod:`scheduling.patients`)."""
     tz = config.tz
     v = option.visit
     participants: list[dict[str, Any]] = [
@@ -245,7 +252,7 @@ def proposed_appointment(
                 "status": "needs-action",
             }
         )
-    return {
+    proposal = {
         "resourceType": "Appointment",
         "status": "proposed",
         "serviceType": [
@@ -260,6 +267,9 @@ def proposed_appointment(
         "slot": [{"reference": f"Slot/{s}"} for s in option.slots],
         "participant": participants,
     }
+    if not patient_id and patient is not None:
+        return contained_proposal(proposal, patient)
+    return proposal
 
 
 def _instant(name: str, raw: str) -> datetime:

@@ -45,6 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from resources.fhirdate import as_utc
 from resources.sql.direct import pipelined, raw
 from resources.sql.tables import AuditIndex, AuditLog
+from security.balp import CONVERSATION
 from security.crypto import DecryptionError, KeyRing, Sealed
 
 __all__ = [
@@ -134,9 +135,15 @@ def _search_values(event: dict[str, Any]) -> Iterable[tuple[str, str]]:
     """The patient, agent and entity references a compliance query looks for. A Patient
     entity is indexed once, as ``patient``; :func:`search` looks there for ``entity`` too."""
     for entity in event.get("entity") or []:
-        ref = (entity.get("what") or {}).get("reference")
+        what = entity.get("what") or {}
+        ref = what.get("reference")
         if isinstance(ref, str):
             yield ("patient" if ref.startswith("Patient/") else "entity"), ref
+        # a conversation id (entity:identifier=system|value); other identifiers were never
+        # indexed, and records written before must verify as they are
+        ident = what.get("identifier") or {}
+        if ident.get("system") == CONVERSATION and isinstance(ident.get("value"), str):
+            yield "entity", f"{CONVERSATION}|{ident['value']}"
     for agent in event.get("agent") or []:
         who = agent.get("who") or {}
         if isinstance(who.get("reference"), str):

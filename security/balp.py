@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["CONSOLE", "OUTCOMES", "Actor", "balp_event"]
+__all__ = ["CONSOLE", "CONVERSATION", "OUTCOMES", "Actor", "balp_event"]
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -29,6 +29,9 @@ ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 HL7_EVENTS = "http://terminology.hl7.org/CodeSystem/v2-0003"
+# an entity identifier in this system is the conversation (``X-Conversation-Id``) a request
+# belonged to: the way from an AuditEvent to a booking agent's transcript
+CONVERSATION = "urn:fhir-sched:conversation"
 
 # success, minor failure (e.g. refused), serious failure, major failure
 OUTCOMES = {"success": "0", "minor": "4", "serious": "8", "major": "12"}

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from security.audit import append
-from security.balp import Actor, balp_event
+from security.balp import CONVERSATION, Actor, balp_event
 from security.crypto import KeyRing
 
 __all__ = ["AuditUnavailable", "Fact", "Trail", "commit_together"]
@@ -44,6 +44,7 @@ class Trail:
     server: str
     facts: list[Fact] = field(default_factory=list)
     staged: int = 0  # facts[:staged] were appended inside a write transaction
+    conversation: str | None = None  # the request's X-Conversation-Id, already checked
 
     def note(
         self,
@@ -62,6 +63,7 @@ class Trail:
     ) -> list[dict[str, Any]]:
         """BALP AuditEvents: one per fact, or one per patient when a fact touched several."""
         out = []
+        identifiers = [(CONVERSATION, self.conversation)] if self.conversation else None
         for fact in facts:
             result = outcome if outcome and fact.outcome == "success" else fact.outcome
             why = description if result != "success" and not fact.description else fact.description
@@ -77,6 +79,7 @@ class Trail:
                         entities=fact.refs,
                         patient=patient,
                         query=fact.query,
+                        identifiers=identifiers,
                     )
                 )
         return out
