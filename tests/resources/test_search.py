@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -296,6 +298,11 @@ def test_unknown_parameters_are_reported(calendar: TestClient) -> None:
     assert strict.status_code == 400
 
 
+def cursor(*values: list[Any]) -> str:
+    """A next link's _cursor as the server encodes one (resources/search/engine.py)."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -306,8 +313,29 @@ def test_unknown_parameters_are_reported(calendar: TestClient) -> None:
         ({"_count": "-1"}, "_count"),
         ({"_include": "Slot:status"}, "reference"),
         ({"_cursor": "not-a-cursor"}, "_cursor"),
+        # next links that name values no sort key holds: each was a 500
+        ({"_cursor": cursor(["v", "x"])}, "_cursor"),
+        ({"_cursor": cursor(["v", {"a": 1}])}, "_cursor"),
+        ({"_cursor": cursor(["v", None])}, "_cursor"),
+        ({"_cursor": cursor(["v", 2**63])}, "_cursor"),
+        ({"_cursor": cursor(["d", "2026-01-01"])}, "_cursor"),
+        ({"_sort": "start", "_cursor": cursor(["v", True], ["v", 1])}, "_cursor"),
     ],
-    ids=["prefix", "date", "modifier", "sort", "count", "include", "cursor"],
+    ids=[
+        "prefix",
+        "date",
+        "modifier",
+        "sort",
+        "count",
+        "include",
+        "cursor",
+        "cursor-text-for-seq",
+        "cursor-object",
+        "cursor-null",
+        "cursor-past-int8",
+        "cursor-date-for-seq",
+        "cursor-bool-for-date",
+    ],
 )
 def test_bad_search_input_is_400(
     calendar: TestClient, params: dict[str, str], message: str
