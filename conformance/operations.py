@@ -142,13 +142,34 @@ _BOOK = OperationDecl(
 OPERATIONS: dict[str, OperationDecl] = {op.id: op for op in (_FIND, _HOLD, _BOOK)}
 
 
+# Datatypes whose values reach parse_operation as text: a query string's, or what
+# scheduling.find.parameters_pairs takes from a Parameters resource (a Reference's reference,
+# a Coding's code).  A type named with a capital and not listed here is a resource.
+_TEXT_DATATYPES = frozenset({"Coding", "CodeableConcept", "Reference"})
+
+
+def _fits(param: OpParam, value: Any) -> bool:
+    """Whether ``value`` has the shape ``param``'s declared type arrives in."""
+    if param.type[:1].isupper() and param.type not in _TEXT_DATATYPES:
+        return isinstance(value, dict) and value.get("resourceType") == param.type
+    if param.type == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, str)
+
+
 def parse_operation(op: OperationDecl, pairs: list[tuple[str, Any]]) -> dict[str, list[Any]]:
-    """Input (name, value) pairs → values by declared name, checked against the declaration."""
+    """Input (name, value) pairs → values by declared name, checked against the declaration:
+    names, cardinality, and that each value has its type's shape (a resource parameter takes a
+    resource of that type; the others text, or a number for an integer)."""
     values: dict[str, list[Any]] = {}
     for name, value in pairs:
         param = op.param(name)
         if param is None:
             raise BadRequest(f"${op.code} has no parameter {name!r}", expression=[name])
+        if not _fits(param, value):
+            raise BadRequest(
+                f"${op.code} takes {param.name} as a {param.type}", expression=[param.name]
+            )
         values.setdefault(param.name, []).append(value)
     for param in op.parameters:
         got = len(values.get(param.name, []))

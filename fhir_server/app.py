@@ -35,6 +35,8 @@ from fhir_server.handlers import Context
 from fhir_server.hl7_runtime import install_outbox, start_bridge
 from fhir_server.http import PrincipalCache, Services, error_response
 from fhir_server.keyring import open_keys
+from fhir_server.openapi import ERRORS
+from fhir_server.openapi import install as install_openapi
 from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
 from fhir_server.settings import Settings
 from resources.service import Paging
@@ -310,11 +312,13 @@ def create_app(
     app.include_router(metadata.health)
     app.include_router(auth.router)
     app.include_router(authorize.router)
-    app.include_router(metadata.router, prefix="/fhir")
-    app.include_router(operations.router, prefix="/fhir")
-    app.include_router(audit.router, prefix="/fhir")
-    app.include_router(resources.router, prefix="/fhir")
+    for fhir in (metadata, operations, audit, resources):
+        # Response: the routes build their own, so FastAPI documents no JSON body of its own
+        app.include_router(
+            fhir.router, prefix="/fhir", responses=ERRORS, default_response_class=Response
+        )
     _install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(
         CORSMiddleware,  # bearer tokens, not cookies: any origin may call with a token
         allow_origins=settings.cors_origins,

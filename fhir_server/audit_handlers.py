@@ -29,6 +29,7 @@ __all__ = ["parse_audit_query", "read", "require_audit_scope", "search_log"]
 
 PLAIN = ("type", "subtype", "action", "outcome", "source")
 DIGESTED = ("patient", "agent", "entity")
+MAX_SEQ = 2**63 - 1  # audit_log.seq is a BigInteger: a larger cursor overflows the driver
 
 
 def require_audit_scope(principal: Principal | None, permission: str) -> None:
@@ -90,11 +91,11 @@ def parse_audit_query(params: list[tuple[str, str]], default: int, maximum: int)
                 raise BadRequest("AuditEvent sorts by -date (newest first) or date")
             newest_first = value == "-date"
         elif name == "_count":
-            if not value.isdigit() or int(value) < 1:
+            if not value.isascii() or not value.isdigit() or int(value) < 1:
                 raise BadRequest("_count must be a positive whole number")
             count = min(int(value), maximum)
         elif name == "_cursor":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()) or int(value) > MAX_SEQ:
                 raise BadRequest("the _cursor value is not one this server issued")
             after = int(value)
         else:

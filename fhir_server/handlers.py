@@ -518,7 +518,7 @@ def history(
     args = dict(params)
     count = ctx.paging.default_count
     if "_count" in args:
-        if not args["_count"].isdigit() or int(args["_count"]) < 1:
+        if not args["_count"].isascii() or not args["_count"].isdigit() or int(args["_count"]) < 1:
             raise BadRequest("_count must be a positive whole number")
         count = min(int(args["_count"]), ctx.paging.max_count)
     since = None
@@ -569,6 +569,9 @@ def _history_cursor(raw: str | None) -> tuple[Any, ...] | None:
 
     try:
         lu, rid, ver = orjson.loads(bytes.fromhex(raw))
-        return (datetime.fromisoformat(lu), str(rid), int(ver))
+        cursor = (datetime.fromisoformat(lu), str(rid), int(ver))
     except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         raise BadRequest("the _cursor value is not one this server issued") from exc
+    if not 0 < cursor[2] <= service.MAX_VERSION:
+        raise BadRequest("the _cursor value is not one this server issued")
+    return cursor

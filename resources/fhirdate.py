@@ -85,7 +85,15 @@ def _parse(text: str, default_tz: tzinfo) -> DateRange:
         low = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a real calendar date: {exc}") from exc
+    try:
+        return _range(m, low, has_offset=tz_text is not None)
+    except (OverflowError, ValueError) as exc:  # past year 9999 or before year 1, in UTC
+        raise ValueError(f"{text!r} lies outside the years 0001 to 9999 (UTC)") from exc
+
+
+def _range(m: re.Match[str], low: datetime, *, has_offset: bool) -> DateRange:
     if m.group("m") is None:
+        year = low.year
         precision, high = "year", low.replace(year=year + 1) if year < 9999 else MAX_INSTANT
     elif m.group("d") is None:
         precision, high = "month", _add_months(low, 1)
@@ -93,10 +101,8 @@ def _parse(text: str, default_tz: tzinfo) -> DateRange:
         precision, high = "day", low + timedelta(days=1)
     elif m.group("S") is None:
         precision, high = "minute", low + timedelta(minutes=1)
-    elif frac is None:
+    elif m.group("f") is None:
         precision, high = "second", low + timedelta(seconds=1)
     else:
         precision, high = "fraction", low + timedelta(microseconds=1)
-    return DateRange(
-        low.astimezone(UTC), high.astimezone(UTC), precision, has_offset=tz_text is not None
-    )
+    return DateRange(low.astimezone(UTC), high.astimezone(UTC), precision, has_offset=has_offset)

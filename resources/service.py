@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# resource_version.version is an Integer (4 bytes on PostgreSQL): no version lies beyond it,
+# and a larger number overflows SQLite's driver (OverflowError) before it is compared.
+MAX_VERSION = 2**31 - 1
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d+)"?\s*$')
 
 
@@ -113,7 +116,8 @@ def vread(
     conn: Connection, *, store: Store, resource_type: str, resource_id: str, version: str
 ) -> Outcome:
     check_type(resource_type)
-    if not version.isdigit():
+    # isdigit() alone admits digits int() refuses, such as "²"
+    if not (version.isascii() and version.isdigit()) or int(version) > MAX_VERSION:
         raise NotFound(f"version {version!r} of {resource_type}/{resource_id} does not exist")
     stored = store.vread(conn, resource_type, resource_id, int(version))
     if stored is None:

@@ -317,22 +317,38 @@ def parse_find(params: list[tuple[str, Any]], *, max_count: int = 200) -> FindRe
 
 
 def parameters_pairs(body: Any) -> list[tuple[str, Any]]:
-    """(name, value) pairs from a FHIR Parameters resource (POST $find)."""
+    """(name, value) pairs from a FHIR Parameters resource (POST $find, $hold, $book): a
+    Reference gives its reference, a Coding its code, a CodeableConcept its first coding as
+    ``system|code``. Anything not shaped so is a 400.
+    See https://hl7.org/fhir/R4/parameters.html."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise BadRequest("POST $find takes a Parameters resource")
-    out: list[tuple[str, Any]] = []
-    for p in body.get("parameter", []):
-        name = p.get("name")
-        if "resource" in p:
-            out.append((name, p["resource"]))
-            continue
-        value = next((v for k, v in p.items() if k.startswith("value")), None)
-        if isinstance(value, dict) and "reference" in value:
-            value = value["reference"]
-        elif isinstance(value, dict) and "coding" in value:
-            c = value["coding"][0]
-            value = f"{c.get('system', '')}|{c['code']}" if c.get("system") else c["code"]
-        elif isinstance(value, dict) and "code" in value:
-            value = value["code"]
-        out.append((name, value))
-    return out
+        raise BadRequest("the operation takes a Parameters resource")
+    entries = body.get("parameter", [])
+    if not isinstance(entries, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("name"), str) for p in entries
+    ):
+        raise BadRequest(
+            "Parameters.parameter must be a list of parameters, each with a name",
+            expression=["Parameters.parameter"],
+        )
+    return [(p["name"], p["resource"] if "resource" in p else _value(p)) for p in entries]
+
+
+def _value(parameter: dict[str, Any]) -> Any:
+    value = next((v for k, v in parameter.items() if k.startswith("value")), None)
+    if isinstance(value, dict) and "reference" in value:
+        return value["reference"]
+    if isinstance(value, dict) and "coding" in value:
+        codings = value["coding"]
+        if not (isinstance(codings, list) and codings and isinstance(codings[0], dict)):
+            codings = [{}]
+        c = codings[0]
+        if "code" not in c:
+            raise BadRequest(
+                "a CodeableConcept parameter needs a coding with a code",
+                expression=["Parameters.parameter"],
+            )
+        return f"{c['system']}|{c['code']}" if c.get("system") else c["code"]
+    if isinstance(value, dict) and "code" in value:
+        return value["code"]
+    return value

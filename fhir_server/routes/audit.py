@@ -10,11 +10,14 @@ from base.errors import MethodNotAllowed
 from fhir_server import audit_handlers
 from fhir_server.handlers import FHIRResponse
 from fhir_server.http import ContextDep, ServicesDep, fhir_response, run_lookup, run_sync
+from fhir_server.openapi import RESOURCE_ID, answers
 
 router = APIRouter()
 
 
-@router.get("/AuditEvent", summary="Search the audit log (compliance)")
+@router.get(
+    "/AuditEvent", summary="Search the audit log (compliance)", responses=answers("Bundle", 200)
+)
 async def audit_search(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     params = list(request.query_params.multi_items())
 
@@ -25,8 +28,12 @@ async def audit_search(request: Request, services: ServicesDep, ctx: ContextDep)
     return fhir_response(await run_sync(run))
 
 
-@router.get("/AuditEvent/{event_id}", summary="Read one audit record (compliance)")
-async def audit_read(event_id: str, services: ServicesDep, ctx: ContextDep) -> Response:
+@router.get(
+    "/AuditEvent/{event_id}",
+    summary="Read one audit record (compliance)",
+    responses=answers("Resource", 200),
+)
+async def audit_read(event_id: RESOURCE_ID, services: ServicesDep, ctx: ContextDep) -> Response:
     def run() -> FHIRResponse:
         with services.db.read() as conn:
             return audit_handlers.read(ctx, conn, event_id)

@@ -18,19 +18,30 @@ from fhir_server.http import (
     run_lookup,
     run_sync,
 )
+from fhir_server.openapi import answers, operation_body, operation_query, parameters
 from scheduling.booking import KeyInFlight
 from scheduling.find import parameters_pairs
 
 router = APIRouter()
 
 
-@router.get("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
+@router.get(
+    "/Appointment/$find",
+    summary="Find bookable appointments (IHE ITI-115)",
+    responses=answers("Bundle", 200),
+    openapi_extra=operation_query("appointment-find"),
+)
 async def find_get(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     params: list[tuple[str, Any]] = list(request.query_params.multi_items())
     return await _find(services, ctx, params)
 
 
-@router.post("/Appointment/$find", summary="Find bookable appointments (IHE ITI-115)")
+@router.post(
+    "/Appointment/$find",
+    summary="Find bookable appointments (IHE ITI-115)",
+    responses=answers("Bundle", 200),
+    openapi_extra=operation_body("appointment-find"),
+)
 async def find_post(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     params = parameters_pairs(await json_body(request))
     return await _find(services, ctx, params)
@@ -59,7 +70,12 @@ async def _find(
     return fhir_response(await run_sync(run))
 
 
-@router.post("/Appointment/$hold", summary="Hold a proposed appointment (IHE ITI-116)")
+@router.post(
+    "/Appointment/$hold",
+    summary="Hold a proposed appointment (IHE ITI-116)",
+    responses=answers("Resource", 200),
+    openapi_extra=operation_body("appointment-hold"),
+)
 async def hold(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     pairs = parameters_pairs(await json_body(request))
 
@@ -72,7 +88,13 @@ async def hold(request: Request, services: ServicesDep, ctx: ContextDep) -> Resp
     return fhir_response(await run_sync(run))
 
 
-@router.post("/Appointment/$book", summary="Book an appointment (IHE ITI-117)")
+@router.post(
+    "/Appointment/$book",
+    summary="Book an appointment (IHE ITI-117)",
+    responses=answers("Resource", 200, 201),
+    openapi_extra=operation_body("appointment-book")
+    | parameters("header", {"Idempotency-Key": "a retry with the same key gets the first answer"}),
+)
 async def book(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     pairs = parameters_pairs(await json_body(request))
     key = request.headers.get("idempotency-key")

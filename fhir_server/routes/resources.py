@@ -15,8 +15,46 @@ from fhir_server.http import (
     run_lookup,
     run_sync,
 )
+from fhir_server.openapi import (
+    RESOURCE_ID,
+    RESOURCE_TYPE,
+    VERSION_ID,
+    answers,
+    body,
+    parameters,
+)
 
 router = APIRouter()
+
+_SEARCH = parameters(
+    "query",
+    {
+        "_id": "logical id(s), comma-separated",
+        "_lastUpdated": "a date with an optional prefix (ge2026-01-01)",
+        "_count": {"type": "integer"},
+        "_sort": "parameters to sort by, comma-separated, - for descending",
+        "_include": "Type:parameter[:target]",
+        "_revinclude": "Type:parameter[:target]",
+        "_summary": {"enum": ["true", "false", "count", "text", "data"]},
+        "_elements": "elements to return, comma-separated",
+        "_total": {"enum": ["none", "estimate", "accurate"]},
+        "_cursor": "the next page, from a searchset's next link",
+    },
+)
+_SHAPE = parameters(
+    "query",
+    {"_summary": {"enum": ["true", "false", "text", "data"]}, "_elements": "comma-separated"},
+)
+_HISTORY = parameters(
+    "query",
+    {"_since": "an instant", "_count": {"type": "integer"}, "_cursor": "the next page"},
+)
+_IF_MATCH = parameters("header", {"If-Match": 'the version updated, W/"3"'})
+_FORM = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "description": "search parameters, as in the query string",
+}
 
 
 def _params(request: Request) -> list[tuple[str, str]]:
@@ -27,7 +65,12 @@ def _headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-@router.post("", summary="Transaction or batch Bundle")
+@router.post(
+    "",
+    summary="Transaction or batch Bundle",
+    responses=answers("Bundle", 200),
+    openapi_extra=body("TransactionBundle"),
+)
 async def bundle(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     body = await json_body(request, limit=services.settings.max_bundle_bytes)
     prefer = parse_prefer(request.headers.get("prefer"))
@@ -35,17 +78,24 @@ async def bundle(request: Request, services: ServicesDep, ctx: ContextDep) -> Re
     return fhir_response(handlers.FHIRResponse(200, result))
 
 
-@router.get("/{rtype}", summary="Search")
-def search(rtype: str, request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
+@router.get("/{rtype}", summary="Search", responses=answers("Bundle", 200), openapi_extra=_SEARCH)
+def search(
+    rtype: RESOURCE_TYPE, request: Request, services: ServicesDep, ctx: ContextDep
+) -> Response:
     prefer = parse_prefer(request.headers.get("prefer"))
     with services.db.read() as conn:
         resp = handlers.search(ctx, conn, rtype, _params(request), prefer)
     return fhir_response(resp)
 
 
-@router.post("/{rtype}/_search", summary="Search by POST (form-encoded)")
+@router.post(
+    "/{rtype}/_search",
+    summary="Search by POST (form-encoded)",
+    responses=answers("Bundle", 200),
+    openapi_extra=body(_FORM, "application/x-www-form-urlencoded"),
+)
 async def search_post(
-    rtype: str, request: Request, services: ServicesDep, ctx: ContextDep
+    rtype: RESOURCE_TYPE, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in ("application/x-www-form-urlencoded", ""):
@@ -63,8 +113,17 @@ async def search_post(
     return fhir_response(await run_sync(run))
 
 
-@router.post("/{rtype}", summary="Create")
-async def create(rtype: str, request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
+@router.post(
+    "/{rtype}",
+    summary="Create",
+    status_code=201,
+    responses=answers("Resource", 201, 200),
+    openapi_extra=body("NewResource")
+    | parameters("header", {"If-None-Exist": "search criteria: create only if none match"}),
+)
+async def create(
+    rtype: RESOURCE_TYPE, request: Request, services: ServicesDep, ctx: ContextDep
+) -> Response:
     body = await json_body(request)
     headers = _headers(request)
 
@@ -75,9 +134,14 @@ async def create(rtype: str, request: Request, services: ServicesDep, ctx: Conte
     return fhir_response(await run_sync(run))
 
 
-@router.put("/{rtype}", summary="Conditional update")
+@router.put(
+    "/{rtype}",
+    summary="Conditional update",
+    responses=answers("Resource", 200, 201),
+    openapi_extra=body("NewResource") | _IF_MATCH,
+)
 async def conditional_update(
-    rtype: str, request: Request, services: ServicesDep, ctx: ContextDep
+    rtype: RESOURCE_TYPE, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
     body = await json_body(request)
     headers, params = _headers(request), _params(request)
@@ -89,15 +153,24 @@ async def conditional_update(
     return fhir_response(await run_sync(run))
 
 
-@router.get("/{rtype}/_history", summary="Type history")
-def type_history(rtype: str, request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
+@router.get(
+    "/{rtype}/_history",
+    summary="Type history",
+    responses=answers("Bundle", 200),
+    openapi_extra=_HISTORY,
+)
+def type_history(
+    rtype: RESOURCE_TYPE, request: Request, services: ServicesDep, ctx: ContextDep
+) -> Response:
     with services.db.read() as conn:
         return fhir_response(handlers.history(ctx, conn, rtype, None, _params(request)))
 
 
-@router.get("/{rtype}/{rid}", summary="Read")
+@router.get(
+    "/{rtype}/{rid}", summary="Read", responses=answers("Resource", 200), openapi_extra=_SHAPE
+)
 async def read(
-    rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
+    rtype: RESOURCE_TYPE, rid: RESOURCE_ID, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
     params = _params(request)
     if services.reader is not None:
@@ -112,9 +185,14 @@ async def read(
     return fhir_response(await run_lookup(services, run))
 
 
-@router.put("/{rtype}/{rid}", summary="Update (or create with this id)")
+@router.put(
+    "/{rtype}/{rid}",
+    summary="Update (or create with this id)",
+    responses=answers("Resource", 200, 201),
+    openapi_extra=body("NewResource") | _IF_MATCH,
+)
 async def update(
-    rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
+    rtype: RESOURCE_TYPE, rid: RESOURCE_ID, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
     body = await json_body(request)
     headers = _headers(request)
@@ -126,9 +204,14 @@ async def update(
     return fhir_response(await run_sync(run))
 
 
-@router.patch("/{rtype}/{rid}", summary="JSON Patch")
+@router.patch(
+    "/{rtype}/{rid}",
+    summary="JSON Patch",
+    responses=answers("Resource", 200),
+    openapi_extra=body("JsonPatch", "application/json-patch+json") | _IF_MATCH,
+)
 async def patch(
-    rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
+    rtype: RESOURCE_TYPE, rid: RESOURCE_ID, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
     body = await json_body(request, allowed=PATCH_TYPES)
     headers = _headers(request)
@@ -140,22 +223,33 @@ async def patch(
     return fhir_response(await run_sync(run))
 
 
-@router.delete("/{rtype}/{rid}", summary="Delete (soft)")
-def delete(rtype: str, rid: str, services: ServicesDep, ctx: ContextDep) -> Response:
+@router.delete("/{rtype}/{rid}", summary="Delete (soft)", status_code=204)
+def delete(
+    rtype: RESOURCE_TYPE, rid: RESOURCE_ID, services: ServicesDep, ctx: ContextDep
+) -> Response:
     with services.db.write() as conn:
         return fhir_response(handlers.delete(ctx, conn, rtype, rid))
 
 
-@router.get("/{rtype}/{rid}/_history", summary="Instance history")
+@router.get(
+    "/{rtype}/{rid}/_history",
+    summary="Instance history",
+    responses=answers("Bundle", 200),
+    openapi_extra=_HISTORY,
+)
 def instance_history(
-    rtype: str, rid: str, request: Request, services: ServicesDep, ctx: ContextDep
+    rtype: RESOURCE_TYPE, rid: RESOURCE_ID, request: Request, services: ServicesDep, ctx: ContextDep
 ) -> Response:
     with services.db.read() as conn:
         return fhir_response(handlers.history(ctx, conn, rtype, rid, _params(request)))
 
 
-@router.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
-async def vread(rtype: str, rid: str, vid: str, services: ServicesDep, ctx: ContextDep) -> Response:
+@router.get(
+    "/{rtype}/{rid}/_history/{vid}", summary="Version read", responses=answers("Resource", 200)
+)
+async def vread(
+    rtype: RESOURCE_TYPE, rid: RESOURCE_ID, vid: VERSION_ID, services: ServicesDep, ctx: ContextDep
+) -> Response:
 
     def run() -> handlers.FHIRResponse:
         with services.db.read() as conn:

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Select, Table, and_, false, not_, or_, sel
 from base.errors import BadRequest
 from conformance.declaration import SearchParam
 from resources import blind
-from resources.fhirdate import DateRange, parse_fhir_date
+from resources.fhirdate import MAX_INSTANT, MIN_INSTANT, DateRange, parse_fhir_date
 from resources.indexing import split_reference
 from resources.normalize import norm_phone, norm_string
 from resources.search.query import Clause
@@ -21,6 +21,17 @@ from security.crypto import KeyRing
 __all__ = ["clause_condition", "resource_filter"]
 
 BLIND_DATE_FLOOR = date(1850, 1, 1)
+YEAR = timedelta(days=365)
+
+
+def _shift(value: Any, delta: timedelta, limit: Any) -> Any:
+    """``value + delta`` (a date or datetime), or ``limit`` where that would pass the
+    calendar's ends (years 1 and 9999): ``ap`` widens a range by a year or a tenth of its
+    distance from now."""
+    try:
+        return value + delta
+    except OverflowError:
+        return limit
 
 
 def _like_escape(value: str) -> str:
@@ -201,7 +212,7 @@ class ConditionBuilder:
                 abs(self.now - ql) * 0.1,
                 timedelta(days=1) if rng.precision != "second" else timedelta(minutes=1),
             )
-            ql, qh = ql - slack, qh + slack
+            ql, qh = _shift(ql, -slack, MIN_INSTANT), _shift(qh, slack, MAX_INSTANT)
             return and_(low < qh, high > ql) if not point else and_(low >= ql, low < qh)
         table: dict[str, ColumnElement[bool]]
         if point:
@@ -243,7 +254,12 @@ class ConditionBuilder:
             "lt": [(BLIND_DATE_FLOOR, lo)],
             "eb": [(BLIND_DATE_FLOOR, lo)],
             "le": [(BLIND_DATE_FLOOR, hi)],
-            "ap": [(lo - timedelta(days=365), hi + timedelta(days=365))],
+            "ap": [
+                (
+                    max(_shift(lo, -YEAR, date.min), BLIND_DATE_FLOOR),
+                    min(_shift(hi, YEAR, date.max), ceiling),
+                )
+            ],
         }[prefix]
         purpose = f"{rtype}.{param.name}"
         if prefix == "eq":

@@ -76,14 +76,25 @@ def _encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(tagged)).decode().rstrip("=")
 
 
-def _decode_cursor(text: str, n: int) -> list[Any]:
+def _sort_kind(key: SortKey) -> type:
+    """The Python type of :func:`_sort_expr`'s values for ``key``."""
+    return datetime if key.param.name == "_lastUpdated" or key.param.type == "date" else str
+
+
+def _decode_cursor(text: str, kinds: list[type]) -> list[Any]:
+    """The sort values a next link carries, each of its sort key's type (``kinds``): a forged
+    cursor must not reach the database with a value it cannot compare (PostgreSQL refuses a
+    text or a datetime against ``seq``, both drivers an integer past 8 bytes)."""
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         values = [datetime.fromisoformat(v) if t == "d" else v for t, v in raw]
     except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         raise BadRequest("the _cursor value is not one this server issued") from exc
-    if len(values) != n:
+    if len(values) != len(kinds):
         raise BadRequest("the _cursor does not fit this search's _sort")
+    for value, kind in zip(values, kinds, strict=True):
+        if type(value) is not kind or (isinstance(value, int) and not 0 < value < 2**63):
+            raise BadRequest("the _cursor value is not one this server issued")
     return values
 
 
@@ -146,7 +157,8 @@ def run_search(
     desc = [k.descending for k in query.sort] + [False]
     page_where = where
     if query.cursor:
-        page_where = and_(where, _after(exprs, desc, _decode_cursor(query.cursor, len(exprs))))
+        kinds = [_sort_kind(k) for k in query.sort] + [int]
+        page_where = and_(where, _after(exprs, desc, _decode_cursor(query.cursor, kinds)))
     labelled = [e.label(f"k{i}") for i, e in enumerate(exprs)]
     order = [e.desc() if d else e.asc() for e, d in zip(exprs, desc, strict=True)]
     rows = conn.execute(

@@ -81,3 +81,33 @@ def test_operation_input_follows_its_declaration() -> None:
         parse_operation(find, [("start", "a"), ("start", "b"), ("end", "c"), ("visit-type", "v")])
     with pytest.raises(BadRequest, match="needs end"):
         parse_operation(find, [("start", "a"), ("visit-type", "v")])
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("start", 5),
+        ("visit-type", {"system": "urn:x"}),
+        ("practitioner", {"display": "Dr. Smith"}),
+        ("_count", True),
+        ("_count", 2.5),
+        ("patient-resource", "Patient/1"),
+        ("patient-resource", {"resourceType": "Appointment"}),
+    ],
+    ids=[
+        "number",
+        "coding-without-code",
+        "reference-without-reference",
+        "bool",
+        "float",
+        "text-for-resource",
+        "other-resource",
+    ],
+)
+def test_operation_input_values_have_their_declared_types(name: str, value: object) -> None:
+    find = OPERATIONS["appointment-find"]
+    base = [("start", "a"), ("end", "b"), ("visit-type", "v")]
+    assert parse_operation(find, [*base, ("_count", 3)])["_count"] == [3]  # valueInteger
+    with pytest.raises(BadRequest, match=f"takes {name} as a") as refused:
+        parse_operation(find, [*[p for p in base if p[0] != name], (name, value)])
+    assert refused.value.expression == [name]

@@ -27,6 +27,8 @@ from tests.builders import FHIR_JSON, MINIMAL, create, make_patient
 from tests.smart import backend_token
 
 BASE = "http://testserver/fhir"
+# A history cursor as the server writes one, for a version no Integer column can hold
+HUGE_VERSION_CURSOR = json.dumps(["2026-01-01T00:00:00+00:00", "p", 2**64]).encode().hex()
 PATCH_JSON = {"content-type": "application/json-patch+json"}
 STATUS_CODES = {
     400: {"invalid", "structure", "not-supported"},
@@ -176,8 +178,19 @@ def test_other_bad_requests(
         ("/fhir/Patient/_history?_cursor=zz", "_cursor"),
         ("/fhir/Patient?_count=abc", "_count"),
         ("/fhir/Patient?birthdate=notadate", "birthdate"),
+        ("/fhir/Patient/_history?_count=²", "_count"),  # a digit to isdigit(), not to int()
+        (f"/fhir/Patient/_history?_cursor={HUGE_VERSION_CURSOR}", "_cursor"),
     ],
-    ids=["count-zero", "count-word", "since", "cursor", "search-count", "search-date"],
+    ids=[
+        "count-zero",
+        "count-word",
+        "since",
+        "cursor",
+        "search-count",
+        "search-date",
+        "count-superscript",
+        "cursor-past-any-version",
+    ],
 )
 def test_bad_query_parameters_are_400(client: TestClient, url: str, needle: str) -> None:
     assert needle in assert_outcome(client.get(url), 400)["diagnostics"]
@@ -303,7 +316,9 @@ def test_unknown_id_is_404(
 
 
 @pytest.mark.parametrize(
-    "version", ["2", "0", "x", "-1"], ids=["too-new", "zero", "word", "negative"]
+    "version",
+    ["2", "0", "x", "-1", "²", "2147483648", "99999999999999999999"],
+    ids=["too-new", "zero", "word", "negative", "superscript", "past-int4", "past-int8"],
 )
 def test_unknown_version_is_404(client: TestClient, version: str) -> None:
     p = create(client, make_patient())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -296,6 +298,11 @@ def test_unknown_parameters_are_reported(calendar: TestClient) -> None:
     assert strict.status_code == 400
 
 
+def cursor(*values: list[Any]) -> str:
+    """A next link's _cursor as the server encodes one (resources/search/engine.py)."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -306,8 +313,34 @@ def test_unknown_parameters_are_reported(calendar: TestClient) -> None:
         ({"_count": "-1"}, "_count"),
         ({"_include": "Slot:status"}, "reference"),
         ({"_cursor": "not-a-cursor"}, "_cursor"),
+        # next links that name values no sort key holds: each was a 500
+        ({"_cursor": cursor(["v", "x"])}, "_cursor"),
+        ({"_cursor": cursor(["v", {"a": 1}])}, "_cursor"),
+        ({"_cursor": cursor(["v", None])}, "_cursor"),
+        ({"_cursor": cursor(["v", 2**63])}, "_cursor"),
+        ({"_cursor": cursor(["d", "2026-01-01"])}, "_cursor"),
+        ({"_sort": "start", "_cursor": cursor(["v", True], ["v", 1])}, "_cursor"),
+        # in UTC, before year 1 or past 9999: each was a 500 (OverflowError)
+        ({"start": "0001-01-01T00:00:00+14:00"}, "outside"),
+        ({"start": "ge9999-12-31T23:59:59-14:00"}, "outside"),
     ],
-    ids=["prefix", "date", "modifier", "sort", "count", "include", "cursor"],
+    ids=[
+        "prefix",
+        "date",
+        "modifier",
+        "sort",
+        "count",
+        "include",
+        "cursor",
+        "cursor-text-for-seq",
+        "cursor-object",
+        "cursor-null",
+        "cursor-past-int8",
+        "cursor-date-for-seq",
+        "cursor-bool-for-date",
+        "date-before-year-1",
+        "date-past-9999",
+    ],
 )
 def test_bad_search_input_is_400(
     calendar: TestClient, params: dict[str, str], message: str
@@ -315,6 +348,31 @@ def test_bad_search_input_is_400(
     r = calendar.get("/fhir/Slot", params=params)
     assert r.status_code == 400
     assert message in r.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/fhir/Slot?start=ap0001-01-01T00:00:00-14:00",
+        "/fhir/Slot?start=ap9999-12-30",
+        "/fhir/Patient?birthdate=0001-01-01",
+        "/fhir/Patient?birthdate=ap9999-12-30",
+    ],
+    ids=["ap-year-1", "ap-year-9999", "birthdate-year-1", "birthdate-ap-year-9999"],
+)
+def test_dates_at_the_calendars_ends_are_searched(client: TestClient, url: str) -> None:
+    """``ap`` widens a range, and a birth date's digests cover a year either side: at year 1
+    or 9999 that passed the calendar's end (a 500); it stops there now."""
+    r = client.get(url)
+    assert r.status_code == 200, r.text
+    assert r.json()["total"] == 0
+
+
+def test_a_date_whose_end_passes_9999_is_stored_unindexed(client: TestClient) -> None:
+    """9999-12-31 is a valid FHIR date, but the day it covers ends past the calendar: indexing
+    it was a 500 (OverflowError); the resource is stored, the date left out of the index."""
+    r = client.post("/fhir/Patient", json={**make_patient(), "birthDate": "9999-12-31"})
+    assert r.status_code == 201, r.text
 
 
 def _walk(client: TestClient, url: str, between: Any = None) -> list[str]:

@@ -203,6 +203,26 @@ def test_bad_book_requests(app_client: TestClient) -> None:
     assert r.status_code == 400
 
 
+@pytest.mark.parametrize("name", ["hold", "book"])
+@pytest.mark.parametrize(
+    "parameter",
+    [
+        [True, False],
+        [{"name": 6.3e16, "resource": {"resourceType": "Appointment"}}],
+        [{"name": "appointment-reference", "valueReference": {"reference": 7}}],
+    ],
+    ids=["not-objects", "name-not-text", "reference-not-text"],
+)
+def test_malformed_parameters_are_400(app_client: TestClient, name: str, parameter: Any) -> None:
+    """Found by tests/integration/test_fuzz_api.py: each of these was a 500 (or an outcome
+    whose expression was not text)."""
+    body = {"resourceType": "Parameters", "parameter": parameter}
+    r = app_client.post(f"/fhir/Appointment/${name}", json=body, headers=FHIR_JSON)
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert all(isinstance(e, str) for e in issue.get("expression", [])), issue
+
+
 def test_cancel_frees_the_time(app_client: TestClient, cfg: ClinicConfig) -> None:
     pid = existing_patient(app_client)
     proposed = first_option(app_client, cfg, pid)

@@ -353,6 +353,51 @@ def test_bad_input_is_400(
     assert missing.status_code == 400
 
 
+@pytest.mark.parametrize(
+    "parameter",
+    [
+        "start",
+        [True],
+        [{"valueString": "follow-up"}],
+        [{"name": 6.3e16, "valueString": "follow-up"}],
+        [{"name": "reason", "valueCodeableConcept": {"coding": []}}],
+        [{"name": "reason", "valueCodeableConcept": {"coding": [{"system": "urn:x"}]}}],
+        [{"name": "_count", "valueInteger": {"value": 3}}],
+        [{"name": "practitioner", "valueReference": {"display": "Dr. Smith"}}],
+        [{"name": "patient-resource", "resource": {"resourceType": "Appointment"}}],
+    ],
+    ids=[
+        "not-a-list",
+        "not-an-object",
+        "no-name",
+        "name-not-text",
+        "no-coding",
+        "coding-without-code",
+        "count-not-a-number",
+        "reference-without-reference",
+        "other-resource",
+    ],
+)
+def test_malformed_parameters_are_400(
+    app_client: TestClient, cfg: ClinicConfig, parameter: Any
+) -> None:
+    """Found by tests/integration/test_fuzz_api.py: each of these was a 500 (or an outcome
+    whose expression was not text)."""
+    base = [
+        {"name": "start", "valueDateTime": local(cfg, MONDAY, 0).isoformat()},
+        {"name": "end", "valueDateTime": local(cfg, MONDAY, 23).isoformat()},
+        {"name": "visit-type", "valueString": "follow-up"},
+    ]
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [*base, *parameter] if isinstance(parameter, list) else parameter,
+    }
+    r = app_client.post("/fhir/Appointment/$find", headers=FHIR_JSON, json=body)
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert all(isinstance(e, str) for e in issue.get("expression", [])), issue
+
+
 def test_only_small_finds_run_on_the_event_loop(cfg: ClinicConfig) -> None:
     """A $find over a few schedule-days may run inline; a month of every schedule may not."""
     from fhir_server.handlers import Context

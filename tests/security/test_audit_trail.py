@@ -210,6 +210,22 @@ def test_compliance_queries(anonymous: TestClient, db: Database, keys: KeyRing) 
     assert either["total"] == 6
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("_count", "²"), ("_cursor", "²"), ("_cursor", str(2**64))],
+    ids=["count-superscript", "cursor-superscript", "cursor-past-int8"],
+)
+def test_bad_paging_of_the_audit_log_is_400(
+    anonymous: TestClient, db: Database, name: str, value: str
+) -> None:
+    """Each was a 500: isdigit() admits "²", which int() refuses; SQLite's driver overflows
+    past 8 bytes."""
+    auditor = _bearer(anonymous, db, "system/AuditEvent.rs")
+    r = anonymous.get("/fhir/AuditEvent", params={name: value}, headers=auditor)
+    assert r.status_code == 400, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
 def test_only_compliance_may_query(anonymous: TestClient, db: Database) -> None:
     for scope in ("system/*.rs", "system/*.cruds", "system/Patient.rs"):
         r = anonymous.get("/fhir/AuditEvent", headers=_bearer(anonymous, db, scope))
