@@ -187,6 +187,20 @@ def body(schema: dict[str, Any] | str, media_type: str = FHIR_JSON) -> dict[str,
     return {"requestBody": {"required": True, "content": {media_type: {"schema": resolved}}}}
 
 
+FORM = "application/x-www-form-urlencoded"
+_TEXT: dict[str, Any] = {"type": "string"}
+
+
+def oauth_form(*names: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``openapi_extra=`` for an OAuth endpoint that reads these form fields itself."""
+    schema = {
+        "type": "object",
+        "properties": dict.fromkeys(names, _TEXT),
+        "required": list(required),
+    }
+    return body(schema, FORM)
+
+
 def parameters(location: str, names: dict[str, dict[str, Any] | str]) -> dict[str, Any]:
     """``openapi_extra=`` for optional parameters a route reads itself: name → schema, or a
     description for a string."""

@@ -15,6 +15,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from fhir_server.http import Services, ServicesDep, run_sync
+from fhir_server.openapi import oauth_form
 from security.smart.registry import User
 from security.smart.server import ASSERTION_ALGORITHMS, OAuthRequest, SmartServer, malformed
 
@@ -163,17 +164,41 @@ async def _endpoint(services: Services, request: Request, name: str) -> Response
     return _json(body, status, headers)
 
 
-@router.post("/auth/token", summary="OAuth 2 token endpoint")
+_CLIENT_AUTH = ("client_id", "client_secret", "client_assertion_type", "client_assertion")
+
+
+@router.post(
+    "/auth/token",
+    summary="OAuth 2 token endpoint",
+    openapi_extra=oauth_form(
+        "grant_type",
+        "code",
+        "redirect_uri",
+        "code_verifier",
+        "refresh_token",
+        "scope",
+        *_CLIENT_AUTH,
+        required=("grant_type",),
+    ),
+)
 async def token(request: Request, services: ServicesDep) -> Response:
     return await _endpoint(services, request, "token")
 
 
-@router.post("/auth/introspect", summary="Token introspection (RFC 7662)")
+@router.post(
+    "/auth/introspect",
+    summary="Token introspection (RFC 7662)",
+    openapi_extra=oauth_form("token", "token_type_hint", *_CLIENT_AUTH, required=("token",)),
+)
 async def introspect(request: Request, services: ServicesDep) -> Response:
     return await _endpoint(services, request, "introspection")
 
 
-@router.post("/auth/revoke", summary="Token revocation (RFC 7009)")
+@router.post(
+    "/auth/revoke",
+    summary="Token revocation (RFC 7009)",
+    openapi_extra=oauth_form("token", "token_type_hint", *_CLIENT_AUTH, required=("token",)),
+)
 async def revoke(request: Request, services: ServicesDep) -> Response:
     return await _endpoint(services, request, "revocation")
 

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse
 
 from fhir_server import auth_pages
 from fhir_server.http import Services, ServicesDep, run_sync
+from fhir_server.openapi import oauth_form, parameters
 from fhir_server.routes.auth import oauth_request
 from security.scopes import Grants
 from security.smart.consent import describe, make_ticket, offered, ticket_user_id, wants_patient
@@ -263,16 +264,44 @@ async def _run(services: Services, request: Request, step: Any) -> Response:
     return response
 
 
-@router.get("/auth/authorize", summary="SMART authorization endpoint (sign-in page)")
+_AUTHORIZE = (
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "aud",
+    "launch",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+)
+
+
+@router.get(
+    "/auth/authorize",
+    summary="SMART authorization endpoint (sign-in page)",
+    openapi_extra=parameters("query", dict.fromkeys(_AUTHORIZE, "an OAuth request parameter")),
+)
 async def authorize(request: Request, services: ServicesDep) -> Response:
     return await _run(services, request, _start)
 
 
-@router.post("/auth/authorize", summary="SMART authorization endpoint (authorize-post)")
+@router.post(
+    "/auth/authorize",
+    summary="SMART authorization endpoint (authorize-post)",
+    openapi_extra=oauth_form(*_AUTHORIZE),
+)
 async def authorize_post(request: Request, services: ServicesDep) -> Response:
     return await _run(services, request, _start)
 
 
-@router.post("/auth/authorize/decide", include_in_schema=False)
+@router.post(
+    "/auth/authorize/decide",
+    summary="The sign-in pages' form target (sign-in, patient choice, consent)",
+    openapi_extra=oauth_form(
+        *_AUTHORIZE, "step", "ticket", "username", "password", "patient", "grant", "decision"
+    ),
+)
 async def decide(request: Request, services: ServicesDep) -> Response:
     return await _run(services, request, _decide)

@@ -96,6 +96,6 @@ def ticket_user_id(keys: KeyRing, ticket: str, request: Mapping[str, str]) -> st
     """The user a ticket names, if it was made for this request and has not expired."""
     payload, _, mac = ticket.rpartition(".")
     user_id, _, expires = payload.partition(".")
-    if not payload or not expires.isdigit() or int(expires) < time.time():
+    if not payload or not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
         return None
     return user_id if hmac.compare_digest(mac, _mac(keys, payload, request)) else None
