@@ -255,6 +255,8 @@ def process_bundle(ctx: Context, unit: WriteUnit, bundle: Any, prefer: Prefer) -
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise BadRequest("POST to the base URL takes a Bundle", expression=["resourceType"])
     kind = bundle.get("type")
+    if not isinstance(bundle.get("entry", []), list):
+        raise BadRequest("Bundle.entry must be a list", expression=["Bundle.entry"])
     if kind == "transaction":
         return transaction(ctx, unit, bundle, prefer)
     if kind == "batch":

@@ -214,3 +214,9 @@ def test_bad_bundles(client: TestClient) -> None:
     r = post_bundle(client, "transaction", [{"resource": make_patient()}])
     assert r.status_code == 400
     assert "entry[0]" in r.json()["issue"][0]["diagnostics"]
+    for kind in ("batch", "transaction"):  # found by the Schemathesis run: was a 500
+        for entry in (-3.088971392392987e16, "x", {"request": {}}, None):
+            bad = {"resourceType": "Bundle", "type": kind, "entry": entry}
+            r = client.post("/fhir", json=bad, headers=FHIR_JSON)
+            assert r.status_code == 400, (kind, entry, r.text)
+            assert r.json()["issue"][0]["expression"] == ["Bundle.entry"]
