@@ -291,6 +291,26 @@ async def test_reschedule_modify_cancel_no_show_delete(bridge: Bridge) -> None:
     assert actions == ["C", "U", "U", "U", "U", "D"]
 
 
+async def test_a_slot_two_visits_share_stays_busy_until_both_give_it_up(bridge: Bridge) -> None:
+    """EMR visits off the Slots' grid: 09:00-09:20 and 09:20-09:40 share the 09:15 Slot.
+    Cancelling the first leaves it busy (the second still covers it); moving the second away
+    frees it."""
+    t0 = datetime.now(UTC)
+    acks = await bridge.send(
+        siu("S12", "H1", at(9), minutes=20, key="H-1", sent=t0),
+        siu("S12", "H2", at(9, 20), minutes=20, key="H-2", sent=t0),
+        siu("S15", "H3", at(9), minutes=20, key="H-1", sent=t0 + timedelta(seconds=1)),
+    )
+    assert [msa(a)[0] for a in acks] == ["AA", "AA", "AA"]
+    assert bridge.slot_status(at(9)) == "free"
+    assert bridge.slot_status(at(9, 15)) == "busy"  # 09:20-09:30 of it is still booked
+    assert bridge.slot_status(at(9, 30)) == "busy"
+    later = t0 + timedelta(seconds=2)
+    await bridge.send(siu("S13", "H4", at(11), minutes=20, key="H-2", sent=later))
+    assert bridge.slot_status(at(9, 15)) == "free" and bridge.slot_status(at(9, 30)) == "free"
+    assert bridge.slot_status(at(11)) == "busy" and bridge.slot_status(at(11, 15)) == "busy"
+
+
 async def test_an_older_message_arriving_late_does_not_roll_back(bridge: Bridge) -> None:
     t0 = datetime.now(UTC)
     cancel = siu("S15", "O2", at(15), sent=t0 + timedelta(minutes=1))
