@@ -10,13 +10,14 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic, sleep
 from typing import Any
 
 import hl7
 import pytest
 import structlog.testing
 from hl7.mllp import open_hl7_connection
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 
 from base.logging import configure_logging
 from fhir_server.demo import DEMO_CLINIC as DEMO
@@ -34,6 +35,7 @@ from scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
 from scheduling.config import ClinicConfig, load_clinic_config
 from security.audit import open_event
 from security.crypto import KeyRing
+from tests.conftest import someone_waits_for_a_lock
 from tests.hl7_bridge.samples import NY, epic_like, hl7_time, seg, vendor_samples
 
 pytestmark = pytest.mark.anyio
@@ -322,6 +324,50 @@ async def test_an_older_message_arriving_late_does_not_roll_back(bridge: Bridge)
     assert bridge.slot_status(at(15)) == "free"
     statuses = {r.control_id: r.status for r in bridge.message_rows()}
     assert statuses == {"O2": "applied", "O1": "superseded"}
+
+
+async def test_a_deadlock_with_a_booking_here_is_tried_again_not_answered_ae(
+    bridge: Bridge,
+) -> None:
+    """PostgreSQL: a `$book` locks its Slots before it claims their time; the bridge claims
+    first and marks the Slots after. A `$book` holding the 10:00 Slot's lock, while the EMR's
+    10:00 booking has claimed the time and waits for that lock, then claims the same time: a
+    deadlock, and PostgreSQL ends the message's transaction (it waited first). The message is
+    tried again, finds the time taken here and is kept as a conflict: AA, not AE."""
+    if bridge.db.is_sqlite:
+        pytest.skip("SQLite runs one writer at a time: writers never deadlock")
+    slot = f"slot-dr-smith-loc-main-{at(10):%Y%m%d%H%M}"
+    locked, outcome = threading.Event(), []
+
+    def book_here() -> None:
+        with bridge.db.write() as conn:
+            conn.execute(
+                text("SELECT seq FROM resource WHERE res_type = 'Slot' AND res_id = :s FOR UPDATE"),
+                {"s": slot},
+            )
+            locked.set()
+            deadline = monotonic() + 30
+            while monotonic() < deadline and not someone_waits_for_a_lock(bridge.db):
+                sleep(0.02)
+            row = {"schedule_id": "sched-dr-smith-loc-main", "start": at(10), "end": at(10, 30)}
+            row |= {"appointment_id": "booked-here", "kind": "booked"}
+            conn.execute(insert(BusyTime.__table__).values(row))
+        outcome.append("committed")
+
+    holder = threading.Thread(target=book_here)
+    holder.start()
+    assert locked.wait(30)
+    [ack] = await bridge.send(siu("S12", "D1", at(10)))
+    holder.join(30)
+    assert outcome == ["committed"]
+    assert msa(ack) == ("AA", "D1")
+    [row] = bridge.message_rows()
+    assert row.status == "conflict"
+    [theirs] = bridge.appointments()
+    assert CONFLICT_TAG in theirs["meta"]["tag"]
+    with bridge.db.read() as conn:
+        claims = conn.execute(select(BusyTime.__table__.c.appointment_id)).scalars().all()
+    assert claims == ["booked-here"]
 
 
 async def test_a_booking_over_time_taken_here_is_kept_as_a_conflict(
