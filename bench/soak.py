@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,6 +65,7 @@ import yaml
 from sqlalchemy import text
 
 from bench.common import (
+    RESULTS,
     VENV_BIN,
     BackendToken,
     database,
@@ -516,7 +518,11 @@ class HL7Sender:
             code, acked = read_ack(acks[0])
             ok = code == "AA" and acked == control
             ms = (time.perf_counter() - began) * 1000
-            why = f"MSA-2 {acked!r}, sent {control!r}"
+            why = f"MSA-2 {acked!r}, sent {control!r}" if acked != control else ""
+            if code != "AA":  # the ACK's ERR segment says why (synthetic data, no PHI)
+                why += " ".join(
+                    seg.decode("latin-1") for seg in acks[0].split(b"\r") if seg[:3] == b"ERR"
+                )
             self.stats.answered(kind, code, ms, unsure=unsure, expected=ok, why=why)
             return code, unsure
         self.stats.gave_up(kind)
@@ -794,6 +800,9 @@ def main() -> None:
             hl7_offgrid=args.hl7_offgrid,
             progress=lambda line: print(f"soak: {line}", file=sys.stderr, flush=True),
         )
+        if not report["passed"]:  # the server's log outlives the run's directory
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(tmp) / "server.log", RESULTS / f"soak_{args.db}_server.log")
     report["command"] = (
         f"python -m bench.soak --db {args.db} --seconds {args.seconds:g} "
         f"--clients {args.clients} --kills {args.kills} --hl7-rate {args.hl7_rate:g} "
