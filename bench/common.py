@@ -330,6 +330,10 @@ class BackendToken:
     def current(self) -> str:
         return self._token
 
+    def forget(self) -> None:
+        """Drop the token (the server refused it): the next :meth:`headers` asks for another."""
+        self._until = 0.0
+
     def _accept(self, status: int, body: str, asked: float, seconds: float) -> None:
         if status != 200:
             raise SystemExit(f"bench: the token endpoint answered {status}: {body[:300]}")

@@ -47,7 +47,7 @@ from scheduling.booking import (
 from scheduling.calendar_reads import match_patient, send_match_patient
 from scheduling.clinic import VISIT_TYPE_SYSTEM
 from scheduling.config import ClinicConfig, VisitType
-from scheduling.spans import lower, slots_overlapping
+from scheduling.spans import busy_overlapping, lower, slots_overlapping
 
 __all__ = ["CONFLICT_TAG", "Applied", "Batch", "apply_change"]
 
@@ -174,11 +174,49 @@ class Batch:
         self.marks.update(dict.fromkeys(ids, status))
 
     def finish(self, conn: Connection) -> None:
-        """Write the Slots' statuses (call once every message is applied)."""
-        for status in ("free", "busy"):
-            wanted = [s for s, want in self.marks.items() if want == status]
-            set_slots(conn, self.store, wanted, status)
+        """Write the Slots' statuses (call once every message is applied). A Slot given up
+        stays busy while another booking still covers part of it: an EMR's visits need not
+        keep to the Slots' grid, so two of them (09:00-09:20 and 09:20-09:40) can share one."""
+        freed = [s for s, want in self.marks.items() if want == "free"]
+        covered = _still_booked(conn, freed)
+        set_slots(conn, self.store, [s for s in freed if s not in covered], "free")
+        set_slots(conn, self.store, [s for s, want in self.marks.items() if want == "busy"], "busy")
         self.marks.clear()
+
+
+def _still_booked(conn: Connection, slot_ids: list[str]) -> set[str]:
+    """Of these Slots, those that booked time in ``busy_time`` overlaps (one query per
+    schedule, over the span of its Slots; only when Slots are given up)."""
+    if not slot_ids:
+        return set()
+    rows = conn.execute(
+        select(ST.c.slot_id, ST.c.schedule_id, ST.c.start_s, ST.c.end_s).where(
+            ST.c.slot_id.in_(slot_ids)
+        )
+    ).all()
+    by_schedule: dict[str, list[tuple[str, int, int]]] = {}
+    for slot_id, sched, start_s, end_s in rows:
+        by_schedule.setdefault(sched, []).append((slot_id, start_s, end_s))
+    covered: set[str] = set()
+    for sched, slots in by_schedule.items():
+        start = datetime.fromtimestamp(min(s[1] for s in slots), UTC)
+        end = datetime.fromtimestamp(max(s[2] for s in slots), UTC)
+        query = busy_overlapping(
+            conn.dialect.name,
+            [BT.c.start, BT.c.end],
+            BT.c.schedule_id == sched,
+            BT.c.kind == "booked",
+        )
+        booked = conn.execute(
+            union_all(*query), {"start": start, "end": end, "lower": lower(start)}
+        ).all()
+        spans = [(as_utc(b[0]).timestamp(), as_utc(b[1]).timestamp()) for b in booked]
+        covered.update(
+            slot_id
+            for slot_id, start_s, end_s in slots
+            if any(b_start < end_s and start_s < b_end for b_start, b_end in spans)
+        )
+    return covered
 
 
 def _link(

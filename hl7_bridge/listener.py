@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
-from base.errors import FHIRError
+from base.errors import Conflict, FHIRError
 from base.logging import exception_frames
 from hl7_bridge.ack import Header, NotHL7, build_ack, read_ack, read_header, refusal
 from hl7_bridge.inbound import Applied, Batch, apply_change
@@ -107,6 +107,9 @@ class _Inbound:
     @property
     def enhanced(self) -> bool:
         return bool(self.header.field(15) or self.header.field(16))
+
+
+CONFLICT_TRIES = 3  # a message that lost to a concurrent writer this often is answered AE
 
 
 def _control_id() -> str:
@@ -231,9 +234,34 @@ class Listener:
         return Trail(Actor(client_id=f"hl7:{msg.sender}", address=host), self.config.server)
 
     def _process(self, msg: _Inbound, *, replay: bool = False) -> bytes:
-        """Apply the message; the ACK says how it went (AA after commit, else AE)."""
+        """Apply the message; the ACK says how it went (AA after commit, else AE).
+
+        A transaction that lost to a concurrent writer (``Conflict``: on PostgreSQL a deadlock
+        with a ``$book``, which locks its Slots before it claims the time where the bridge
+        claims first, or a serialization failure) rolled back whole and is tried again, up to
+        ``CONFLICT_TRIES`` times: an EMR does not resend a message answered AE."""
+        for attempt in range(1, CONFLICT_TRIES):
+            try:
+                return self._process_once(msg, replay=replay)
+            except Conflict as exc:
+                log.info(
+                    "hl7.retried",
+                    sender=msg.sender,
+                    control_id=msg.control,
+                    attempt=attempt,
+                    error=type(exc.__cause__ or exc).__name__,
+                )
+        try:
+            return self._process_once(msg, replay=replay)
+        except Conflict as exc:
+            return self._keep(msg, _Result("AE", "failed", error=("207", _words(exc))), replay)
+
+    def _process_once(self, msg: _Inbound, *, replay: bool) -> bytes:
+        """One try of :meth:`_process`; a ``Conflict`` is raised for the caller to try again."""
         try:
             [ack] = self._apply_all([msg], replay=replay)
+        except Conflict:
+            raise
         except (ParseError, FHIRError) as exc:
             code = "101" if isinstance(exc, ParseError) else "207"
             return self._keep(msg, _Result("AE", "failed", error=(code, _words(exc))), replay)

@@ -10,13 +10,14 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic, sleep
 from typing import Any
 
 import hl7
 import pytest
 import structlog.testing
 from hl7.mllp import open_hl7_connection
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 
 from base.logging import configure_logging
 from fhir_server.demo import DEMO_CLINIC as DEMO
@@ -34,6 +35,7 @@ from scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
 from scheduling.config import ClinicConfig, load_clinic_config
 from security.audit import open_event
 from security.crypto import KeyRing
+from tests.conftest import someone_waits_for_a_lock
 from tests.hl7_bridge.samples import NY, epic_like, hl7_time, seg, vendor_samples
 
 pytestmark = pytest.mark.anyio
@@ -291,6 +293,26 @@ async def test_reschedule_modify_cancel_no_show_delete(bridge: Bridge) -> None:
     assert actions == ["C", "U", "U", "U", "U", "D"]
 
 
+async def test_a_slot_two_visits_share_stays_busy_until_both_give_it_up(bridge: Bridge) -> None:
+    """EMR visits off the Slots' grid: 09:00-09:20 and 09:20-09:40 share the 09:15 Slot.
+    Cancelling the first leaves it busy (the second still covers it); moving the second away
+    frees it."""
+    t0 = datetime.now(UTC)
+    acks = await bridge.send(
+        siu("S12", "H1", at(9), minutes=20, key="H-1", sent=t0),
+        siu("S12", "H2", at(9, 20), minutes=20, key="H-2", sent=t0),
+        siu("S15", "H3", at(9), minutes=20, key="H-1", sent=t0 + timedelta(seconds=1)),
+    )
+    assert [msa(a)[0] for a in acks] == ["AA", "AA", "AA"]
+    assert bridge.slot_status(at(9)) == "free"
+    assert bridge.slot_status(at(9, 15)) == "busy"  # 09:20-09:30 of it is still booked
+    assert bridge.slot_status(at(9, 30)) == "busy"
+    later = t0 + timedelta(seconds=2)
+    await bridge.send(siu("S13", "H4", at(11), minutes=20, key="H-2", sent=later))
+    assert bridge.slot_status(at(9, 15)) == "free" and bridge.slot_status(at(9, 30)) == "free"
+    assert bridge.slot_status(at(11)) == "busy" and bridge.slot_status(at(11, 15)) == "busy"
+
+
 async def test_an_older_message_arriving_late_does_not_roll_back(bridge: Bridge) -> None:
     t0 = datetime.now(UTC)
     cancel = siu("S15", "O2", at(15), sent=t0 + timedelta(minutes=1))
@@ -302,6 +324,50 @@ async def test_an_older_message_arriving_late_does_not_roll_back(bridge: Bridge)
     assert bridge.slot_status(at(15)) == "free"
     statuses = {r.control_id: r.status for r in bridge.message_rows()}
     assert statuses == {"O2": "applied", "O1": "superseded"}
+
+
+async def test_a_deadlock_with_a_booking_here_is_tried_again_not_answered_ae(
+    bridge: Bridge,
+) -> None:
+    """PostgreSQL: a `$book` locks its Slots before it claims their time; the bridge claims
+    first and marks the Slots after. A `$book` holding the 10:00 Slot's lock, while the EMR's
+    10:00 booking has claimed the time and waits for that lock, then claims the same time: a
+    deadlock, and PostgreSQL ends the message's transaction (it waited first). The message is
+    tried again, finds the time taken here and is kept as a conflict: AA, not AE."""
+    if bridge.db.is_sqlite:
+        pytest.skip("SQLite runs one writer at a time: writers never deadlock")
+    slot = f"slot-dr-smith-loc-main-{at(10):%Y%m%d%H%M}"
+    locked, outcome = threading.Event(), []
+
+    def book_here() -> None:
+        with bridge.db.write() as conn:
+            conn.execute(
+                text("SELECT seq FROM resource WHERE res_type = 'Slot' AND res_id = :s FOR UPDATE"),
+                {"s": slot},
+            )
+            locked.set()
+            deadline = monotonic() + 30
+            while monotonic() < deadline and not someone_waits_for_a_lock(bridge.db):
+                sleep(0.02)
+            row = {"schedule_id": "sched-dr-smith-loc-main", "start": at(10), "end": at(10, 30)}
+            row |= {"appointment_id": "booked-here", "kind": "booked"}
+            conn.execute(insert(BusyTime.__table__).values(row))
+        outcome.append("committed")
+
+    holder = threading.Thread(target=book_here)
+    holder.start()
+    assert locked.wait(30)
+    [ack] = await bridge.send(siu("S12", "D1", at(10)))
+    holder.join(30)
+    assert outcome == ["committed"]
+    assert msa(ack) == ("AA", "D1")
+    [row] = bridge.message_rows()
+    assert row.status == "conflict"
+    [theirs] = bridge.appointments()
+    assert CONFLICT_TAG in theirs["meta"]["tag"]
+    with bridge.db.read() as conn:
+        claims = conn.execute(select(BusyTime.__table__.c.appointment_id)).scalars().all()
+    assert claims == ["booked-here"]
 
 
 async def test_a_booking_over_time_taken_here_is_kept_as_a_conflict(
