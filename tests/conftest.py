@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,38 @@ def client(anonymous: TestClient, db: Database) -> TestClient:
     carrying a full-access system token from the real token endpoint."""
     anonymous.headers["Authorization"] = f"Bearer {backend_token(anonymous, db)}"
     return anonymous
+
+
+@contextmanager
+def audit_writes_refused(db: Database) -> Iterator[None]:
+    """The audit log refuses every record while the block runs (a trigger that raises), as a
+    full or failing audit store would."""
+    with db.write() as conn:
+        if db.is_sqlite:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log "
+                    "BEGIN SELECT RAISE(ABORT, 'audit store is down'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION audit_refuses() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'audit store is down'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log "
+                    "FOR EACH ROW EXECUTE FUNCTION audit_refuses()"
+                )
+            )
+    try:
+        yield
+    finally:
+        with db.write() as conn:
+            on = "" if db.is_sqlite else " ON audit_log"
+            conn.execute(text(f"DROP TRIGGER audit_refuses{on}"))
+            if not db.is_sqlite:
+                conn.execute(text("DROP FUNCTION audit_refuses()"))

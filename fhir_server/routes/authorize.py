@@ -264,18 +264,7 @@ async def _run(services: Services, request: Request, step: Any) -> Response:
     return response
 
 
-_AUTHORIZE = (
-    "response_type",
-    "client_id",
-    "redirect_uri",
-    "scope",
-    "state",
-    "aud",
-    "launch",
-    "nonce",
-    "code_challenge",
-    "code_challenge_method",
-)
+_AUTHORIZE = auth_pages.CARRIED  # the OAuth request parameters
 
 
 @router.get(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from fhir_server.cli import main
 from hl7_bridge.messages import MessageStore
@@ -18,6 +18,7 @@ from resources.sql.engine import Database
 from resources.sql.tables import AuditLog
 from security.audit import open_event
 from security.crypto import KeyRing
+from tests.conftest import audit_writes_refused
 
 MESSAGE = (
     b"MSH|^~\\&|EMR|CLINIC|FHIRSCHED||20261206090000||SIU^S12|CTL-1|P|2.5.1\r"
@@ -51,20 +52,24 @@ def _console(event: dict[str, Any]) -> tuple[str, str, str]:
     return event["type"]["code"], event["subtype"][0]["code"], event["outcome"]
 
 
-def test_showing_a_stored_hl7_message_is_recorded_before_it_is_shown(
-    db: Database, keys: KeyRing, env: dict[str, str]
-) -> None:
+def _stored_message(db: Database, keys: KeyRing, control_id: str) -> str:
     with db.write() as conn:
-        message_id = MessageStore(keys).add(
+        return MessageStore(keys).add(
             conn,
             direction="in",
             peer="EMR",
-            control_id="CTL-1",
+            control_id=control_id,
             event="S12",
             message=MESSAGE,
             status="failed",
             now=datetime.now(UTC),
         )
+
+
+def test_showing_a_stored_hl7_message_is_recorded_before_it_is_shown(
+    db: Database, keys: KeyRing, env: dict[str, str]
+) -> None:
+    message_id = _stored_message(db, keys, "CTL-1")
     shown = _run(env, "hl7", "show", message_id)
     assert shown.exit_code == 0 and "Doe^Jane" in shown.output
     missing = _run(env, "hl7", "show", "no-such-id")
@@ -87,49 +92,11 @@ def test_showing_a_stored_hl7_message_is_recorded_before_it_is_shown(
 def test_a_show_that_cannot_be_recorded_shows_nothing(
     db: Database, keys: KeyRing, env: dict[str, str]
 ) -> None:
-    with db.write() as conn:
-        message_id = MessageStore(keys).add(
-            conn,
-            direction="in",
-            peer="EMR",
-            control_id="CTL-2",
-            event="S12",
-            message=MESSAGE,
-            status="failed",
-            now=datetime.now(UTC),
-        )
-    with db.write() as conn:  # the audit log refuses every write
-        if db.is_sqlite:
-            conn.execute(
-                text(
-                    "CREATE TRIGGER refuse_all BEFORE INSERT ON audit_log "
-                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-                )
-            )
-        else:
-            conn.execute(
-                text(
-                    "CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'refused'; END $$"
-                )
-            )
-            conn.execute(
-                text(
-                    "CREATE TRIGGER refuse_all BEFORE INSERT ON audit_log "
-                    "FOR EACH ROW EXECUTE FUNCTION refuse_all()"
-                )
-            )
-    try:
+    message_id = _stored_message(db, keys, "CTL-2")
+    with audit_writes_refused(db):
         shown = _run(env, "hl7", "show", message_id)
         assert shown.exit_code != 0
         assert "Doe^Jane" not in shown.output
-    finally:
-        with db.write() as conn:
-            conn.execute(
-                text("DROP TRIGGER refuse_all" + ("" if db.is_sqlite else " ON audit_log"))
-            )
-            if not db.is_sqlite:
-                conn.execute(text("DROP FUNCTION refuse_all()"))
 
 
 def test_administration_commands_are_recorded_with_their_outcome(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,12 @@ from resources.sql.engine import Database
 from tests.conftest import BACKENDS, PG_URL
 
 
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/server.db"
+@contextmanager
+def empty_database(kind: str, sqlite_file: Path) -> Iterator[str]:
+    """The URL of an empty database: the SQLite file given, or a PostgreSQL schema of its own
+    (dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{sqlite_file}"
         return
     schema = f"it_{uuid.uuid4().hex[:10]}"
     admin = Database(PG_URL)
@@ -26,5 +29,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"{PG_URL}?options=-csearch_path%3D{schema}"
     finally:
         with admin.engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with empty_database(request.param, tmp_path / "server.db") as url:
+        yield url

@@ -15,7 +15,6 @@ import json
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,14 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from fhir_server.cli import main
 from resources.sql.engine import Database
 from resources.sql.tables import AuditLog
 from security.audit import open_event
 from security.crypto import KeyRing
-from tests.conftest import PG_URL
+from tests.integration.conftest import empty_database
 from tests.integration.server import EXE, Server, running_server, server_env
 from tests.integration.test_booking_race import CLINIC, clinic_server, find_options
 
@@ -43,19 +42,9 @@ H = {"content-type": "application/fhir+json"}
 @pytest.fixture
 def restore_url(database_url: str, tmp_path: Path) -> Iterator[str]:
     """A second, empty database of the same kind: a file elsewhere or a schema of its own."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path}/restored/server.db"
-        return
-    schema = f"it_{uuid.uuid4().hex[:10]}"
-    admin = Database(PG_URL)
-    with admin.engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    kind = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+    with empty_database(kind, tmp_path / "restored" / "server.db") as url:
+        yield url
 
 
 def fhir_sched(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

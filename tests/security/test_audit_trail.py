@@ -18,6 +18,7 @@ from resources.sql.tables import AuditIndex, AuditLog
 from security.audit import digest, open_event, verify
 from security.crypto import KeyRing
 from tests.builders import make_patient
+from tests.conftest import audit_writes_refused
 from tests.smart import TOKEN_URL, backend_form, register_backend
 
 FHIR = {"content-type": "application/fhir+json"}
@@ -112,49 +113,17 @@ def test_replayed_assertion_is_a_security_alert(
     ]
 
 
-def _refuse_audit_writes(db: Database) -> None:
-    with db.write() as conn:
-        if db.is_sqlite:
-            conn.execute(
-                text(
-                    "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log "
-                    "BEGIN SELECT RAISE(ABORT, 'audit store is down'); END"
-                )
-            )
-        else:
-            conn.execute(
-                text(
-                    "CREATE FUNCTION audit_refuses() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'audit store is down'; END $$"
-                )
-            )
-            conn.execute(
-                text(
-                    "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log "
-                    "FOR EACH ROW EXECUTE FUNCTION audit_refuses()"
-                )
-            )
-
-
 def test_no_access_without_its_record(
     anonymous: TestClient, db: Database, keys: KeyRing, token: str
 ) -> None:
     auth = {"Authorization": f"Bearer {token}", **FHIR}
     existing = anonymous.post("/fhir/Patient", json=make_patient("Kept"), headers=auth).json()
-    _refuse_audit_writes(db)
-    try:
+    with audit_writes_refused(db):
         created = anonymous.post("/fhir/Patient", json=make_patient("Lost"), headers=auth)
         assert created.status_code == 503
         assert created.json()["issue"][0]["code"] == "transient"
         read = anonymous.get(f"/fhir/Patient/{existing['id']}", headers=auth)
         assert read.status_code == 503 and "Kept" not in read.text
-    finally:
-        with db.write() as conn:
-            conn.execute(
-                text("DROP TRIGGER audit_refuses" + ("" if db.is_sqlite else " ON audit_log"))
-            )
-            if not db.is_sqlite:
-                conn.execute(text("DROP FUNCTION audit_refuses()"))
     found = anonymous.get("/fhir/Patient", params={"family": "Lost"}, headers=auth).json()
     assert found["total"] == 0  # the write rolled back with its record
 
