@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # imported where used: every `fhir-sched` command loads this 
     from sqlalchemy import Connection
 
     from resources.backup import Backup
-    from security.balp import Actor
     from security.crypto import KeyRing
 
 __all__ = ["backup", "restore"]
@@ -60,13 +59,6 @@ def _passphrase(file: Path | None, *, confirm: bool) -> str:
     return value
 
 
-def _actor() -> Actor:
-    from fhir_server.console_trail import CONSOLE_CLIENT, operator
-    from security.balp import Actor
-
-    return Actor(client_id=CONSOLE_CLIENT, user=operator())
-
-
 def _record(
     conn: Connection,
     ring: KeyRing,
@@ -77,15 +69,17 @@ def _record(
     why: str | None = None,
 ) -> None:
     """One AuditEvent for this command, inside ``conn``'s write transaction."""
-    from security.trail import AuditUnavailable, Trail
+    from sqlalchemy.exc import DBAPIError
 
-    trail = Trail(_actor(), settings.fhir_base)
+    from fhir_server.console_trail import console_event
+    from security.audit import append
+
     family = {"backup": "export", "restore": "import"}[kind]
-    trail.note(f"console-{family}:{kind}", outcome=outcome, description=why)
+    event = console_event(family, kind, settings.fhir_base, outcome=outcome, description=why)
     try:
-        trail.commit_in(conn, ring)
-    except AuditUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
+        append(conn, ring, [event])
+    except DBAPIError as exc:
+        raise click.ClickException("the audit log refused the record") from exc
 
 
 def _checkpoint(conn: Connection, ring: KeyRing, settings: Settings) -> int:

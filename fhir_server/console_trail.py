@@ -30,7 +30,7 @@ from security.audit import append
 from security.balp import Actor, balp_event
 from security.crypto import KeyRing
 
-__all__ = ["CONSOLE_CLIENT", "audited", "operator", "record"]
+__all__ = ["CONSOLE_CLIENT", "audited", "console_event", "operator", "record"]
 
 CONSOLE_CLIENT = "fhir-sched-console"
 P = ParamSpec("P")
@@ -46,6 +46,28 @@ def operator() -> str:
     return f"console:{user}@{socket.gethostname()}"
 
 
+def console_event(
+    kind: str,
+    command: str,
+    server: str,
+    *,
+    outcome: str = "success",
+    description: str | None = None,
+    patient: str | None = None,
+    identifiers: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The console's AuditEvent for ``command`` (``kind``: a key of ``balp.CONSOLE``)."""
+    return balp_event(
+        kind=f"console-{kind}:{command}",
+        actor=Actor(client_id=CONSOLE_CLIENT, user=operator()),
+        server=server,
+        outcome=outcome,
+        description=description,
+        patient=patient.removeprefix("Patient/") if patient else None,
+        identifiers=identifiers,
+    )
+
+
 def record(
     database: Database,
     ring: KeyRing,
@@ -58,17 +80,17 @@ def record(
     identifiers: list[tuple[str, str]] | None = None,
     settings: Settings | None = None,
 ) -> None:
-    """Append the console event for ``command`` (``kind``: a key of ``balp.CONSOLE``)."""
+    """Append the console event for ``command`` in a transaction of its own."""
     settings = settings or Settings()
     if not settings.audit_enabled:
         return
-    event = balp_event(
-        kind=f"console-{kind}:{command}",
-        actor=Actor(client_id=CONSOLE_CLIENT, user=operator()),
-        server=settings.fhir_base,
+    event = console_event(
+        kind,
+        command,
+        settings.fhir_base,
         outcome=outcome,
         description=description,
-        patient=patient.removeprefix("Patient/") if patient else None,
+        patient=patient,
         identifiers=identifiers,
     )
     with database.write() as conn:
