@@ -299,6 +299,11 @@ class ClinicConfig(_Model):
         return {loc.id: loc.name for loc in self.locations}
 
     @cached_property
+    def practitioner_names(self) -> dict[str, str]:
+        """Practitioner id -> the name a patient knows them by ("Dr. Alice Smith")."""
+        return {p.id: " ".join([*p.prefix, *p.given[:1], p.family]) for p in self.practitioners}
+
+    @cached_property
     def buffer_seconds(self) -> dict[tuple[str, str | None], int]:
         """Filled by :func:`~scheduling.rules.buffer_after` as it is asked."""
         return {}

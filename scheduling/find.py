@@ -227,19 +227,26 @@ def proposed_appointment(
     patient_id: str | None,
     patient: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The IHE proposed Appointment for one option (not stored). Its patient participant is
+    """The IHE proposed Appointment for one option (not stored), its clinician and location
+    named for a client that may not read them (a booking agent). Its patient participant is
     ``Patient/<patient_id>``, or else ``patient`` (a ``patient-resource``) contained as it was
     sent, which ``$book`` matches again or creates (:mod:`scheduling.patients`)."""
     tz = config.tz
     v = option.visit
     participants: list[dict[str, Any]] = [
         {
-            "actor": {"reference": f"Practitioner/{option.practitioner}"},
+            "actor": {
+                "reference": f"Practitioner/{option.practitioner}",
+                "display": config.practitioner_names[option.practitioner],
+            },
             "required": "required",
             "status": "needs-action",
         },
         {
-            "actor": {"reference": f"Location/{option.location}"},
+            "actor": {
+                "reference": f"Location/{option.location}",
+                "display": config.location_names[option.location],
+            },
             "required": "required",
             "status": "needs-action",
         },

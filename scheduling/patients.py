@@ -73,6 +73,21 @@ class PatientMatch:
     ambiguous: bool = False
 
 
+def _phone(patient: dict[str, Any]) -> str | None:
+    """The first phone number a described patient carries."""
+    return next(
+        (
+            t["value"]
+            for t in patient.get("telecom", []) or []
+            if isinstance(t, dict)
+            and t.get("system") == "phone"
+            and isinstance(t.get("value"), str)
+            and t["value"].strip()
+        ),
+        None,
+    )
+
+
 def _tries(patient: dict[str, Any]) -> tuple[list[list[tuple[str, str]]], int]:
     """The searches, in order: each identifier; family name and birth date; those and a
     phone number (the tie-breaker). Also how many are identifier searches."""
@@ -87,17 +102,7 @@ def _tries(patient: dict[str, Any]) -> tuple[list[list[tuple[str, str]]], int]:
     birth = patient.get("birthDate")
     if family and isinstance(birth, str) and birth:
         tries.append([("family:exact", family), ("birthdate", birth)])
-        phone = next(
-            (
-                t["value"]
-                for t in patient.get("telecom", [])
-                if isinstance(t, dict)
-                and t.get("system") == "phone"
-                and isinstance(t.get("value"), str)
-                and t["value"].strip()
-            ),
-            None,
-        )
+        phone = _phone(patient)
         if phone:
             tries.append([*tries[-1], ("phone", phone)])
     return tries, identifiers
@@ -285,13 +290,33 @@ def _start(appointment: dict[str, Any]) -> datetime:
     return as_utc(value.low)
 
 
+def _phone_on_file(
+    conn: Connection, store: Store, appointment: dict[str, Any], patient_id: str
+) -> bool:
+    """Whether the phone number a contained Patient carries is on file for ``patient_id``
+    (true when it carries none). A client that proved the number (an SMS from it, a code
+    sent to it) names it, so a name and birth date alone never reach someone else's visit."""
+    patient = contained_patient(appointment)
+    phone = _phone(patient) if patient is not None else None
+    if phone is None:
+        return True
+    _, result = service.search(
+        conn,
+        store=store,
+        resource_type="Patient",
+        params=[("_id", patient_id), ("phone", phone), ("_count", "1")],
+    )
+    return len(result.matches) == 1
+
+
 def booked_at(conn: Connection, *, store: Store, appointment: dict[str, Any]) -> str:
     """The id of the one booked Appointment of the patient ``appointment`` names that starts
-    at its ``start``. No such patient, no such Appointment and several of them are the same
-    404, so the answer tells nothing of what else exists."""
+    at its ``start``. No such patient, a phone number given that is not theirs, no such
+    Appointment and several of them are the same 404, so the answer tells nothing of what
+    else exists."""
     start = _start(appointment)
     patient_id = named_patient(conn, store, appointment)
-    if patient_id is None:
+    if patient_id is None or not _phone_on_file(conn, store, appointment, patient_id):
         raise NoSingleAppointment(NO_SINGLE)
     second = timedelta(seconds=1)
     _, result = service.search(

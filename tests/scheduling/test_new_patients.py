@@ -294,6 +294,27 @@ def test_cancel_by_patient_and_start(
     assert count_booked(app_client) == 0
 
 
+def test_a_phone_number_that_is_not_on_file_names_nothing(
+    app_client: TestClient, db: Database, cfg: ClinicConfig
+) -> None:
+    """A client that names the patient's phone (the agent, once the number is proven) reaches
+    the booking only if that number is the patient's: name and birth date alone are not
+    enough to cancel someone else's visit."""
+    pid, booked = _booked_for_known(app_client, db, cfg)
+    patient = app_client.get(f"/fhir/Patient/{pid}").json()
+    patient["telecom"] = [{"system": "phone", "value": "+1 555 0199"}]
+    assert app_client.put(f"/fhir/Patient/{pid}", json=patient).status_code == 200
+    auth = agent(app_client, db)
+    someone = make_patient("Known", birth="1980-05-02", phone="+1 555 0100")
+    wrong = book(app_client, auth, _named(booked["start"], someone))
+    assert wrong.status_code == 404, wrong.text
+    assert count_booked(app_client) == 1
+    theirs = make_patient("Known", birth="1980-05-02", phone="+1 555 0199")
+    right = book(app_client, auth, _named(booked["start"], theirs))
+    assert right.status_code == 200, right.text
+    assert count_booked(app_client) == 0
+
+
 def test_no_single_booking_at_that_time_is_one_answer(
     app_client: TestClient, db: Database, cfg: ClinicConfig
 ) -> None:
