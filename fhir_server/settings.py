@@ -176,6 +176,62 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Seconds to wait for an EMR's ACK before resending"
     )
 
+    agent_enabled: bool = Field(
+        default=True,
+        description="Serve the booking agent (/agent/chat, its API and SMS webhook) when a "
+        "clinic file is configured and the agent's client is registered "
+        "(`fhir-sched agent register`; `demo` registers it)",
+    )
+    agent_client_id: str = Field(
+        default="booking-agent", description="The agent's SMART Backend Services client id"
+    )
+    agent_key_file: Path | None = Field(
+        default=None,
+        description="The agent's private ES384 signing key (a JWK, created 0600 by `agent "
+        "register`; default: agent-key.json beside the key file)",
+    )
+    agent_fhir_url: str | None = Field(
+        default=None,
+        description="Where the agent reaches the FHIR API over HTTP (default: the base URL; "
+        "set it when the public URL is not reachable from the server itself)",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        description="Claude answers patients when set; without it the offline rules do",
+    )
+    agent_model: str = Field(default="claude-sonnet-4-5", description="The Claude model")
+    agent_model_base_url: str | None = Field(
+        default=None, description="The Messages API's URL (default: Anthropic's)"
+    )
+    agent_model_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for one model answer"
+    )
+    agent_model_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Retries of a model call on 429, 529, other 5xx and timeouts (with "
+        "backoff) before the conversation is handed to staff",
+    )
+    agent_threads: int = Field(
+        default=16, ge=1, le=256, description="Conversation turns answered at once"
+    )
+    sms_provider: str = Field(
+        default="outbox",
+        description="outbox (texts kept, sealed, in the database: `fhir-sched agent outbox`) "
+        "or twilio",
+    )
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, description="Sends texts and checks X-Twilio-Signature on the webhook"
+    )
+    twilio_from_number: str | None = None
+    sms_webhook_url: str | None = Field(
+        default=None,
+        description="The public URL Twilio calls (/agent/sms), exactly as configured there: "
+        "the signature covers it (default: the public root + /agent/sms)",
+    )
+
     @field_validator("host")
     @classmethod
     def _strip(cls, value: str) -> str:
@@ -224,6 +280,10 @@ class Settings(BaseSettings):
     @property
     def audit_checkpoint_path(self) -> Path:
         return self.audit_checkpoint_file or self.key_file.with_name("audit-checkpoints.jsonl")
+
+    @property
+    def agent_key_path(self) -> Path:
+        return self.agent_key_file or self.key_file.with_name("agent-key.json")
 
     @property
     def public_root(self) -> str:

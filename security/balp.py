@@ -78,6 +78,17 @@ CONSOLE = {
     "application": ("110100", "Application Activity", "E"),
 }
 
+# the booking agent's doors (``/agent/…``): what happened there, as DICOM event type and
+# action; the action itself is the subtype (urn:fhir-sched:agent)
+AGENT = {
+    "conversation": ("110100", "Application Activity", "C"),  # a conversation started
+    "message": ("110100", "Application Activity", "E"),  # a patient's message answered
+    "replies": ("110110", "Patient Record", "R"),  # a patient's page fetched staff replies
+    "queue": ("110112", "Query", "E"),  # staff listed the handed-over conversations
+    "transcript": ("110110", "Patient Record", "R"),  # staff read a transcript
+    "staff": ("110110", "Patient Record", "U"),  # staff took, answered or handed back
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Actor:
@@ -163,8 +174,9 @@ def balp_event(
 ) -> dict[str, Any]:
     """One AuditEvent. ``kind`` is a RESTful interaction (``read``, ``search-type``…), an
     operation (``$find``…), a security event (``login``, ``token``, ``alert``…), an HL7
-    message (``hl7-in:S12``, ``hl7-out:S15``) or a console command (``console-export:hl7
-    show``, see :data:`CONSOLE`)."""
+    message (``hl7-in:S12``, ``hl7-out:S15``), a console command (``console-export:hl7
+    show``, see :data:`CONSOLE`) or a booking-agent door (``agent-message:sms``, see
+    :data:`AGENT`)."""
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if kind in OPERATIONS:
         code, display = OPERATIONS[kind]
@@ -185,6 +197,13 @@ def balp_event(
         event["type"] = _coding(DCM, type_code, type_display)
         event["subtype"] = [_coding("urn:fhir-sched:console", command)]
         event["action"] = action
+    elif kind.startswith("agent-"):
+        # "agent-<what>:<action>", e.g. agent-message:sms
+        family, _, action = kind.removeprefix("agent-").partition(":")
+        type_code, type_display, verb = AGENT[family]
+        event["type"] = _coding(DCM, type_code, type_display)
+        event["subtype"] = [_coding("urn:fhir-sched:agent", action or family)]
+        event["action"] = verb
     elif kind in SECURITY:
         type_code, type_display, sub_code, sub_display = SECURITY[kind]
         event["type"] = _coding(DCM, type_code, type_display)

@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, text
 
+from agent.store import metadata as agent_metadata
 from base.logging import configure_logging
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
@@ -92,6 +93,7 @@ def _session_dbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
 def _truncate(db: Database) -> None:
     """Empty every table; the audit log's guard is lifted for it and put back."""
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    tables += [t.name for t in agent_metadata.sorted_tables]
     with db.engine.begin() as conn:
         for statement in audit_guard_drop(db.dialect):
             conn.execute(text(statement))

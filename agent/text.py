@@ -1,0 +1,82 @@
+"""What the agent reads in a patient's words and how it writes times back: masking of phone
+numbers and identifiers before anything reaches the model, yes and no, and the read-back of an
+option (calendar date, local time, clinician, location) that a booking waits for."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "affirmative",
+    "contains_read_back",
+    "mask",
+    "negative",
+    "shown_date",
+    "shown_time",
+    "unmask",
+]
+
+_PHONE = re.compile(r"(?<![\w/-])\+?\(?\d[\d\s().-]{5,}\d(?![\w/])")
+_ISO_DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}$")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
+_YES = re.compile(
+    r"\b(yes|yeah|yep|yup|sure|ok|okay|confirm|confirmed|correct|book it|please do|"
+    r"sounds good|that works|perfect|great|s[ií]|go ahead|do it)\b",
+    re.IGNORECASE,
+)
+_NO = re.compile(r"\b(no|nope|not|don'?t|wait|stop|wrong|instead|other)\b", re.IGNORECASE)
+
+
+def mask(text: str, masks: dict[str, str]) -> str:
+    """``text`` with each phone number (7 digits or more, not a date) and e-mail address
+    replaced by a token such as ``[phone-1]``; ``masks`` maps the tokens back (kept with
+    the conversation, never sent to the model)."""
+
+    def phone(m: re.Match[str]) -> str:
+        raw = m.group(0)
+        digits = re.sub(r"\D", "", raw)
+        if len(digits) < 7 or _ISO_DATE.match(raw.strip()):
+            return raw
+        for token, value in masks.items():
+            if value == raw.strip():
+                return token
+        token = f"[phone-{sum(1 for t in masks if t.startswith('[phone')) + 1}]"
+        masks[token] = raw.strip()
+        return token
+
+    def email(m: re.Match[str]) -> str:
+        token = f"[email-{sum(1 for t in masks if t.startswith('[email')) + 1}]"
+        masks[token] = m.group(0)
+        return token
+
+    return _EMAIL.sub(email, _PHONE.sub(phone, text))
+
+
+def unmask(value: str, masks: dict[str, str]) -> str:
+    for token, real in masks.items():
+        value = value.replace(token, real)
+    return value
+
+
+def affirmative(text: str) -> bool:
+    return bool(_YES.search(text)) and not _NO.search(text)
+
+
+def negative(text: str) -> bool:
+    return bool(_NO.search(text)) and not _YES.search(text)
+
+
+def shown_date(at: datetime) -> str:
+    return f"{at:%A}, {at:%B} {at.day}, {at.year}"
+
+
+def shown_time(at: datetime) -> str:
+    return f"{at.hour % 12 or 12}:{at:%M} {'AM' if at.hour < 12 else 'PM'}"
+
+
+def contains_read_back(text: str, shown: dict[str, Any]) -> bool:
+    """Whether ``text`` reads back the calendar date, local time, clinician and location."""
+    low = text.lower()
+    return all(str(shown[k]).lower() in low for k in ("date", "time", "clinician", "location"))
