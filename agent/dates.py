@@ -69,7 +69,7 @@ def _parse(phrase: str, tz: ZoneInfo, now: datetime) -> datetime | None:
     }
     if phrase.strip().lower() in ("yesterday",):
         settings["PREFER_DATES_FROM"] = "past"
-    found = dateparser.parse(phrase, languages=["en"], settings=settings)  # type: ignore[arg-type]
+    found = dateparser.parse(phrase, languages=["en"], settings=settings)
     return found.astimezone(tz) if found is not None else None
 
 
@@ -169,6 +169,7 @@ def parse_birth_date(text: str, today: date) -> date | None:
             languages=["en"],
             settings={"DATE_ORDER": "MDY", "PREFER_DATES_FROM": "past"},
         )
-        if found is not None and date(1900, 1, 1) <= found.date() <= today:
-            return found.date()
+        born: date | None = found.date() if found is not None else None
+        if born is not None and date(1900, 1, 1) <= born <= today:
+            return born
     return None

@@ -16,6 +16,7 @@ import copy
 import json
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -164,7 +165,15 @@ class Agent:
             try:
                 replies, facts, state, calls = self._run(row, text, model_seconds)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the patient is answered
-                log.error("agent.turn_failed", error_type=type(exc).__name__)
+                log.error(
+                    "agent.turn_failed",
+                    error_type=type(exc).__name__,
+                    # frames only: an exception's message may quote what the patient wrote
+                    where=[
+                        f"{f.filename}:{f.lineno}:{f.name}"
+                        for f in traceback.extract_tb(exc.__traceback__)
+                    ][-6:],
+                )
                 facts = copy.deepcopy(row.facts)
                 facts["handover"] = {"reason": "error", "summary": "", "at": self._now()}
                 replies, state, calls = [FAILED], "queued", []

@@ -88,7 +88,9 @@ _NAME = [
         r"(?:my name is|name is|i am|i'm|this is|name:)\s+([A-Z][A-Za-z'\-]+)\s+"
         r"([A-Z][A-Za-z'\-]+)"
     ),
-    re.compile(r"^\s*([A-Z][A-Za-z'\-]+)\s+([A-Z][A-Za-z'\-]+)\s*(?:,|\bborn\b|\bdob\b|\d)"),
+    re.compile(
+        r"\b([A-Z][A-Za-z'\-]+)\s+([A-Z][A-Za-z'\-]+)\s*(?:,|\bborn\b|\bdob\b|\bDOB\b|\d|$)"
+    ),
 ]
 _NOT_NAMES = {
     "hi", "hello", "hey", "can", "could", "i", "dr", "yes", "no", "please", "book", "cancel",
@@ -97,6 +99,33 @@ _NOT_NAMES = {
 _CODE = re.compile(r"\b(\d{4,8})\b")
 _PHONE_TOKEN = re.compile(r"\[phone-\d+\]")
 _ORDINALS = {"first": "A", "1st": "A", "second": "B", "2nd": "B", "third": "C", "3rd": "C"}
+
+ASK_CANCEL = (
+    "To cancel, please tell me your full name, date of birth, and the date and time "
+    "of the appointment."
+)
+ASK_MOVE = (
+    "To move an appointment, please tell me your full name, date of birth, and the "
+    "date and time of your current appointment."
+)
+PAST = "I'm sorry, I can't book a time in the past. Which upcoming day would suit you?"
+ASK_PHONE = (
+    "To protect your privacy I need to confirm your phone number. What mobile number "
+    "do we have on file for you? I'll text you a code."
+)
+NOT_FOUND = (
+    "I couldn't find a booked appointment for those details. Please check the name, "
+    "date of birth and time, or write 'person' to reach our staff."
+)
+IDENTITY = "I need our staff to confirm your details before booking; they'll reply here."
+ASK_DETAILS = (
+    "Please tell me your full name, date of birth, and the date and time of the appointment."
+)
+ONE_AT_A_TIME = "I'm sorry, I can only book one appointment at a time. Which day would suit you?"
+NOT_UNDERSTOOD = (
+    "Sorry, I didn't understand. I can book, move or cancel an appointment, or pass "
+    "you to our staff."
+)
 
 
 @dataclass
@@ -310,7 +339,10 @@ class OfflineModel:
     # -- what to say ---------------------------------------------------------------------
 
     def _read_back(self, option: dict[str, Any], moving: bool) -> str:
-        what = f"{option['visit']} on {option['date']} at {option['time']} with {option['clinician']} at {option['location']}"
+        what = (
+            f"{option['visit']} on {option['date']} at {option['time']} "
+            f"with {option['clinician']} at {option['location']}"
+        )
         if moving:
             return f"Please confirm: move your appointment to {what}. Shall I move it? (yes/no)"
         return f"Please confirm: {what}. Shall I book it? (yes/no)"
@@ -318,7 +350,10 @@ class OfflineModel:
     @staticmethod
     def _short(option: dict[str, Any]) -> str:
         day = option["date"].rsplit(",", 1)[0]  # without the year
-        return f"{option['option']}) {day} at {option['time']} with {option['clinician']} at {option['location']}"
+        return (
+            f"{option['option']}) {day} at {option['time']} "
+            f"with {option['clinician']} at {option['location']}"
+        )
 
     def _offer(self, options: list[dict[str, Any]], moving: bool, exact: bool) -> str:
         if len(options) == 1 or exact:
@@ -330,7 +365,8 @@ class OfflineModel:
     def _ask_identity(self, prefix: str = "") -> list[dict[str, Any]]:
         return [
             _text(
-                f"{prefix}Please tell me your full name and date of birth (e.g. Jane Doe, 03/14/1988).".strip()
+                f"{prefix}Please tell me your full name and date of birth "
+                "(e.g. Jane Doe, 03/14/1988).".strip()
             )
         ]
 
@@ -519,11 +555,7 @@ class OfflineModel:
         identity = self._known_identity(history, all_texts)
         when = self._when(texts)
         if identity is None or when is None:
-            return [
-                _text(
-                    "To cancel, please tell me your full name, date of birth, and the date and time of the appointment."
-                )
-            ]
+            return [_text(ASK_CANCEL)]
         return self._call("cancel", date_time=when, **identity)
 
     def _move(
@@ -542,14 +574,14 @@ class OfflineModel:
             if "later that day" in text.lower() or "earlier that day" in text.lower():
                 target = visit["date"]
             prior = self._last(history, "call", "find_options")
-            identity = self._known_identity(history, all_texts) or {}
+            known = self._known_identity(history, all_texts) or {}
             code = next(
                 (v.code for v in self.directory.visits if v.display == visit.get("visit")), None
             )
             args: dict[str, Any] = {
                 "visit_type": code or (prior.input.get("visit_type") if prior else "follow-up"),
                 "when": target,
-                **identity,
+                **known,
             }
             clinician = self._clinician([text]) or next(
                 (c.id for c in self.directory.clinicians if c.name == visit.get("clinician")), None
@@ -560,16 +592,12 @@ class OfflineModel:
         identity = self._known_identity(history, all_texts)
         old = self._current(segment)
         if identity is None or old is None:
-            return [
-                _text(
-                    "To move an appointment, please tell me your full name, date of birth, and the date and time of your current appointment."
-                )
-            ]
+            return [_text(ASK_MOVE)]
         if when is None or when == old:
             return [_text("When would you like to come instead?")]
         clinician = self._clinician(texts)
-        visit = self._visit(texts, clinician) or "follow-up"
-        args = {"visit_type": visit, "when": when, **identity}
+        kind = self._visit(texts, clinician) or "follow-up"
+        args = {"visit_type": kind, "when": when, **identity}
         if clinician:
             args["clinician"] = clinician
         return self._call("find_options", **args)
@@ -618,11 +646,7 @@ class OfflineModel:
         )
         if last.name == "find_options":
             if error == "past":
-                return [
-                    _text(
-                        "I'm sorry, I can't book a time in the past. Which upcoming day would suit you?"
-                    )
-                ]
+                return [_text(PAST)]
             if error == "need_identity":
                 return self._ask_identity()
             if error:
@@ -632,7 +656,8 @@ class OfflineModel:
             if not options:
                 return [
                     _text(
-                        f"{prefix}I couldn't find any open times from {result.get('searched', 'then')}. Would another day or week work?"
+                        f"{prefix}I couldn't find any open times from "
+                        f"{result.get('searched', 'then')}. Would another day or week work?"
                     )
                 ]
             moving = self._moving(self._segment(items), "")
@@ -646,7 +671,9 @@ class OfflineModel:
                 verb = "moved to" if "moved" in result else "booked for"
                 return [
                     _text(
-                        f"Done: you're {verb} {done['visit']} on {done['date']} at {done['time']} with {done['clinician']} at {done['location']} (reference {done['ref']}). Reply here to change or cancel it."
+                        f"Done: you're {verb} {done['visit']} on {done['date']} at {done['time']} "
+                        f"with {done['clinician']} at {done['location']} (reference "
+                        f"{done['ref']}). Reply here to change or cancel it."
                     )
                 ]
             if error == "taken":
@@ -655,46 +682,27 @@ class OfflineModel:
                     return self._call("find_options", **find.input)
                 return [_text("Sorry, that time was just taken. Which other day would suit you?")]
             if error == "verify_phone":
-                return [
-                    _text(
-                        "To protect your privacy I need to confirm your phone number. What mobile number do we have on file for you? I'll text you a code."
-                    )
-                ]
+                return [_text(ASK_PHONE)]
             if error == "not_found":
-                return [
-                    _text(
-                        "I couldn't find a booked appointment for those details. Please check the name, date of birth and time, or write 'person' to reach our staff."
-                    )
-                ]
+                return [_text(NOT_FOUND)]
             if error == "identity":
-                return [
-                    _text(
-                        "I need our staff to confirm your details before booking; they'll reply here."
-                    )
-                ]
+                return [_text(IDENTITY)]
             return [_text(f"Sorry, I couldn't do that: {result.get('message', error)}.")]
         if last.name == "cancel":
             if "cancelled" in result:
                 c = result["cancelled"]
                 return [
                     _text(
-                        f"Your {c['visit'].lower()} on {c['date']} at {c['time']} with {c['clinician']} is cancelled."
+                        f"Your {c['visit'].lower()} on {c['date']} at {c['time']} "
+                        f"with {c['clinician']} is cancelled."
                     )
                 ]
             if error == "verify_phone":
-                return [
-                    _text(
-                        "To protect your privacy I need to confirm your phone number. What mobile number do we have on file for you? I'll text you a code."
-                    )
-                ]
+                return [_text(ASK_PHONE)]
             if error == "not_found":
                 return self._call("note_unable", reason="no matching appointment")
             if error in ("need_identity", "need_time"):
-                return [
-                    _text(
-                        "Please tell me your full name, date of birth, and the date and time of the appointment."
-                    )
-                ]
+                return [_text(ASK_DETAILS)]
             return [_text(f"Sorry, I couldn't cancel it: {result.get('message', error)}.")]
         if last.name == "send_code":
             if "sent_to" in result:
@@ -734,20 +742,8 @@ class OfflineModel:
             if why == "injection":
                 return [_text("I can only help you book, move or cancel your own appointments.")]
             if why == "absurd":
-                return [
-                    _text(
-                        "I'm sorry, I can only book one appointment at a time. Which day would suit you?"
-                    )
-                ]
+                return [_text(ONE_AT_A_TIME)]
             if why == "no matching appointment":
-                return [
-                    _text(
-                        "I couldn't find a booked appointment for those details. Please check the name, date of birth and time, or write 'person' to reach our staff."
-                    )
-                ]
-            return [
-                _text(
-                    "Sorry, I didn't understand. I can book, move or cancel an appointment, or pass you to our staff."
-                )
-            ]
+                return [_text(NOT_FOUND)]
+            return [_text(NOT_UNDERSTOOD)]
         return [_text("Sorry, something went wrong. Could you say that again?")]

@@ -38,6 +38,7 @@ __all__ = [
     "EMPTY_TWIML",
     "MAX_BODY",
     "InboundSms",
+    "OutboxSms",
     "SmsProvider",
     "SmsSendError",
     "TwilioSms",
@@ -184,6 +185,25 @@ class TwilioSms:
         else:
             reason = f"Twilio refused the message (HTTP {status}, error {code})"
         return SmsSendError(reason, status=status, code=code, sent=tuple(sent))
+
+
+class Outbox(Protocol):
+    def outbox_add(self, to: str, body: str) -> str: ...
+
+
+class OutboxSms:
+    """The local provider: each text is kept, sealed, in the agent's outbox table instead of
+    being sent (the demo and the tests; ``fhir-sched agent outbox`` shows them)."""
+
+    name = "outbox"
+
+    def __init__(self, store: Outbox) -> None:
+        self._store = store
+
+    def send(self, to: str, body: str) -> str:
+        if not body:
+            raise SmsSendError("empty body")
+        return self._store.outbox_add(to, body)
 
 
 def split_body(body: str, limit: int = MAX_BODY) -> list[str]:

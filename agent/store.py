@@ -246,7 +246,7 @@ class AgentStore:
             )
             if done.rowcount != 1:
                 raise Stale(row.id)
-            self._append(conn, row.id, lines, now)
+            self._append(conn, row.id, lines or [], now)
         return ConversationRow(
             row.id,
             row.channel,
@@ -255,7 +255,7 @@ class AgentStore:
             row.created,
             now,
             version,
-            facts,  # type: ignore[arg-type]
+            facts,
         )
 
     def _append(

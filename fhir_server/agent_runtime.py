@@ -47,8 +47,7 @@ def directory_of(clinic: ClinicConfig) -> Directory:
             for v in clinic.visit_types
         ),
         clinicians=tuple(
-            Clinician(p.id, clinic.practitioner_names[p.id], p.family)
-            for p in clinic.practitioners
+            Clinician(p.id, clinic.practitioner_names[p.id], p.family) for p in clinic.practitioners
         ),
         places=tuple(Place(loc.id, loc.name) for loc in clinic.locations),
         phone=next((loc.phone for loc in clinic.locations if loc.phone), None),
@@ -107,7 +106,9 @@ def sms_provider(settings: Settings, store: AgentStore) -> SmsProvider:
             from_number=settings.twilio_from_number,
         )
     if settings.sms_provider != "outbox":
-        raise ValueError(f"FHIRSCHED_SMS_PROVIDER must be outbox or twilio, not {settings.sms_provider!r}")
+        raise ValueError(
+            f"FHIRSCHED_SMS_PROVIDER must be outbox or twilio, not {settings.sms_provider!r}"
+        )
     return OutboxSms(store)
 
 
