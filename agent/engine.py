@@ -153,11 +153,24 @@ class Agent:
 
     def receive(self, cid: str, text: str) -> Turn:
         """Answer one patient message (stored first, whatever happens next)."""
+        self.accept(cid, text)
+        return self.answer(cid, text)
+
+    def accept(self, cid: str, text: str) -> ConversationRow:
+        """Store a patient's message (its own transaction): from here on it cannot be lost."""
         with self._lock(cid):
             row = self.store.get(cid)
             if row is None:
                 raise KeyError(cid)
             self.store.append(cid, "patient", text)
+            return row
+
+    def answer(self, cid: str, text: str) -> Turn:
+        """Answer a stored patient message; silent while staff hold the conversation."""
+        with self._lock(cid):
+            row = self.store.get(cid)
+            if row is None:
+                raise KeyError(cid)
             if row.state != "agent":
                 return Turn([], row.state, True, cid)
             started = time.perf_counter()
@@ -189,14 +202,20 @@ class Agent:
             own = (time.perf_counter() - started - model_seconds[0]) * 1000
             return Turn(replies, saved.state, saved.state != "agent", cid, calls, own)
 
-    def receive_sms(self, sender: str, body: str) -> Turn:
-        """An inbound text: the newest conversation with that number, or a new one."""
+    def accept_sms(self, sender: str, body: str) -> ConversationRow:
+        """Store an inbound text in the newest conversation with that number, or a new one
+        (greeted); :meth:`answer` it next."""
         phone = normalize_phone(sender)
         row = self.store.by_address("sms", phone)
         if row is None:
             row, hello = self.start("sms", address=phone)
             self._deliver(row, [hello])
-        return self.receive(row.id, body)
+        return self.accept(row.id, body)
+
+    def receive_sms(self, sender: str, body: str) -> Turn:
+        """An inbound text, stored and answered."""
+        row = self.accept_sms(sender, body)
+        return self.answer(row.id, body)
 
     def _now(self) -> str:
         return self.clock().isoformat()

@@ -12,6 +12,7 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -30,6 +31,7 @@ from base.errors import (
     NotFound,
 )
 from base.logging import get_logger
+from fhir_server.agent_runtime import build_agent
 from fhir_server.auditing import AuditMiddleware, AuditWriter, unavailable
 from fhir_server.handlers import Context
 from fhir_server.hl7_runtime import install_outbox, start_bridge
@@ -37,6 +39,7 @@ from fhir_server.http import PrincipalCache, Services, error_response
 from fhir_server.keyring import open_keys
 from fhir_server.openapi import ERRORS
 from fhir_server.openapi import install as install_openapi
+from fhir_server.routes import agent as agent_routes
 from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
 from fhir_server.settings import Settings
 from resources.service import Paging
@@ -278,6 +281,11 @@ def create_app(
                 checkpointing.cancel()
                 await asyncio.gather(checkpointing, return_exceptions=True)
                 await asyncio.to_thread(checkpoints.once)  # the head as this process leaves it
+            if app.state.agent_tasks:  # SMS turns still being answered
+                await asyncio.gather(*app.state.agent_tasks, return_exceptions=True)
+            agent_pool.shutdown(wait=True)
+            if app.state.agent is not None:
+                app.state.agent.fhir.close()
             if reader is not None:
                 await reader.close()
 
@@ -309,7 +317,19 @@ def create_app(
         reader=reader,
         clinic=load_clinic_config(settings.clinic_file) if settings.clinic_file else None,
     )
+    clinic_config = app.state.services.clinic
+    app.state.agent = (
+        build_agent(settings, db=db, keys=keys, clinic=clinic_config)
+        if clinic_config is not None
+        else None
+    )
+    agent_pool = ThreadPoolExecutor(settings.agent_threads, thread_name_prefix="agent")
+    app.state.agent_pool = agent_pool
+    app.state.agent_tasks = set()
+    audit_writer = AuditWriter(db, keys, enabled=settings.audit_enabled, reader=reader)
+    app.state.audit_writer = audit_writer
     app.include_router(metadata.health)
+    app.include_router(agent_routes.router)
     app.include_router(auth.router)
     app.include_router(authorize.router)
     for fhir in (metadata, operations, audit, resources):
@@ -341,10 +361,6 @@ def create_app(
             "WWW-Authenticate",
         ],
     )
-    app.add_middleware(
-        AuditMiddleware,
-        writer=AuditWriter(db, keys, enabled=settings.audit_enabled, reader=reader),
-        server=settings.fhir_base,
-    )
+    app.add_middleware(AuditMiddleware, writer=audit_writer, server=settings.fhir_base)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from fhir_server.cli_agent import agent
 from fhir_server.cli_audit import audit
 from fhir_server.cli_auth import client, launch, user
 from fhir_server.cli_backup import backup, restore
@@ -60,6 +61,7 @@ main.add_command(user)
 main.add_command(launch)
 main.add_command(audit)
 main.add_command(hl7)
+main.add_command(agent)
 main.add_command(backup)
 main.add_command(restore)
 
@@ -146,6 +148,8 @@ def demo(host: str | None, port: int | None, weeks: int) -> None:
         f"-d scope=system/*.rs {root}/auth/token",
         err=True,
     )
+    model = f"Claude ({settings.agent_model})" if settings.anthropic_api_key else "offline rules"
+    click.echo(f"booking agent ({model}): chat with it at {root}/agent/chat", err=True)
     _serve(settings)
 
 

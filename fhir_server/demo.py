@@ -1,4 +1,5 @@
-"""The demo clinic: ``fhir_server/demo_clinic.yaml`` plus four demo patients.
+"""The demo clinic: ``fhir_server/demo_clinic.yaml`` plus four demo patients, the demo's
+clients and users, and the booking agent's client (its key made beside the key file).
 
 Three practitioners (two GPs, one physical therapist), two locations, a HealthcareService per
 visit type, a Schedule per practitioner and location, and 15-minute Slots over the next weeks.
@@ -12,6 +13,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from fhir_server.agent_runtime import register_agent
 from fhir_server.keyring import open_keys
 from fhir_server.settings import Settings
 from resources import service
@@ -140,6 +142,7 @@ def load_demo(
                     )
                     patients["Patient"] += 1
             patients["identities"] += _load_identities(conn, keys)
+            patients["identities"] += int(register_agent(conn, settings))
     finally:
         db.dispose()
     return report, patients

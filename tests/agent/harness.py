@@ -163,6 +163,7 @@ def agent_world(
             **(agent_extra or {}),
         )
         assert agent is not None
+        app.state.agent = agent  # the routes use it too (the app's own cannot reach "testserver")
         try:
             yield World(c, db, keys, store, cfg, agent, clock, monday, dst_day, settings)
         finally:
