@@ -358,6 +358,29 @@ def existing(conn: Connection, store: Store, appointment_id: str) -> dict[str, A
     return stored.resource()
 
 
+def _existing_locked(conn: Connection, store: Store, appointment_id: str) -> dict[str, Any]:
+    """The Appointment as it stands once the Slots it names are locked (PostgreSQL).
+
+    Its Slots are known only from a read, and a move of the same Appointment can commit between
+    that read and the lock: the version read after the lock then names Slots nothing holds, and
+    a second move can run alongside it. A cancellation that did so deleted no busy time (the move
+    had deleted the old row and its new one was not yet visible), so the move's time stayed
+    booked for a cancelled Appointment. So the Appointment is read again after each lock until
+    every Slot it names is locked; whoever moves it holds those. Each round locks its new Slots
+    in id order; a later round comes only after a move committed meanwhile, and a deadlock it
+    could make is ended by PostgreSQL (409). SQLite's writers are already serialised.
+    """
+    appt = existing(conn, store, appointment_id)
+    if conn.dialect.name != "postgresql":
+        return appt
+    locked: set[str] = set()
+    while not (named := set(slot_ids(appt))) <= locked:
+        _lock_slots(conn, named - locked)
+        locked |= named
+        appt = existing(conn, store, appointment_id)
+    return appt
+
+
 def book_new(
     conn: Connection,
     *,
@@ -433,8 +456,7 @@ def cancel(
     A booked one needs the clinic's cancellation notice (``enforce_notice``); a hold can always
     be let go.
     """
-    _lock_slots(conn, slot_ids(existing(conn, store, appointment_id)))
-    appt = existing(conn, store, appointment_id)  # after the lock
+    appt = _existing_locked(conn, store, appointment_id)
     if appt.get("status") not in ("booked", "pending"):
         raise BadRequest(
             f"Appointment/{appointment_id} is {appt.get('status')}; "
@@ -475,8 +497,7 @@ def modify(
     if the new time is refused nothing changes.  The patient cannot change.
     """
     appointment_id = str(appointment["id"])
-    _lock_slots(conn, slot_ids(existing(conn, store, appointment_id)))
-    old = existing(conn, store, appointment_id)  # after the lock
+    old = _existing_locked(conn, store, appointment_id)
     if old.get("status") != "booked":
         raise BadRequest(f"Appointment/{appointment_id} is {old.get('status')}, not booked")
     was, w = _wanted(old), _wanted(appointment)

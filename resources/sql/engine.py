@@ -146,27 +146,42 @@ class Database:
             self._checkpoints()
 
 
+# a WAL file is a 32-byte header, then frames of a 24-byte header and a page
+_WAL_HEADER, _FRAME_HEADER = 32, 24
+
+
 @dataclass(slots=True)
 class _Watched:
     """A database the checkpointer looks after."""
 
     users: int = 0  # Database objects of this process open on it
     conn: sqlite3.Connection | None = None  # the checkpointer's own connection
+    frame_bytes: int = 0  # one WAL frame of this database (read with its first checkpoint)
     signature: tuple[int, int] | None = None  # WAL size and mtime at the last checkpoint
+    frames: tuple[int, int, int] | None = None  # what that checkpoint answered
+    caught_up: bool = False  # that checkpoint copied every frame the WAL file then held
 
 
 class Checkpointer:
     """One thread per process that checkpoints the WAL of every SQLite database in use.
 
-    Every ``interval`` seconds it looks at each database's WAL file and, if it changed since
-    the last look and has reached ``threshold`` bytes (about SQLite's own default of 1,000
-    pages), runs a PASSIVE checkpoint: that copies what no reader still needs into the
-    database file and fsyncs it, without blocking readers or writers. Connections keep
-    SQLite's automatic checkpoint only as a backstop (``BACKSTOP_PAGES``, about 80 MB of WAL),
-    for when this thread falls behind or the database is written by a process that does not
-    run it. The WAL index (``-shm``) would say exactly how much is waiting, but this process
-    must never open SQLite's files itself: closing any descriptor of a file drops every POSIX
-    lock the process holds on it, SQLite's included.
+    Every ``interval`` seconds it looks at each database's WAL file and, if it has reached
+    ``threshold`` bytes (about SQLite's own default of 1,000 pages), runs a PASSIVE
+    checkpoint: that copies what no reader still needs into the database file and fsyncs it,
+    without blocking readers or writers. A WAL file unchanged since the last checkpoint is
+    skipped only if that checkpoint copied every frame the file held (SQLite's answer, frames
+    in the WAL and frames copied, against the file's size). PASSIVE leaves behind what a
+    reader's snapshot still needs, and a commit not yet visible: with ``synchronous=FULL`` a
+    commit's frames are in the file, at its final size and time, while it waits for their
+    fsync. Skipping on size and time alone left such a WAL out of the database file until the
+    next write, if ever. Once SQLite has restarted the WAL from its start the file also holds
+    older frames, so it is checkpointed every round; with nothing new to copy that reads the
+    WAL index and fsyncs nothing. Connections keep SQLite's automatic checkpoint only as a
+    backstop (``BACKSTOP_PAGES``, about 80 MB of WAL), for when this thread falls behind or the
+    database is written by a process that does not run it. The WAL index (``-shm``) would say
+    exactly how much is waiting, but this process must never open SQLite's files itself:
+    closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+    included.
     """
 
     BACKSTOP_PAGES = 20_000
@@ -204,7 +219,8 @@ class Checkpointer:
                     entry.conn.close()
 
     def run_once(self) -> int:
-        """Checkpoint every database whose WAL changed and is big enough; returns how many."""
+        """Checkpoint every database whose WAL is big enough and changed, or was left behind
+        by the last checkpoint; returns how many of those found something new."""
         done = 0
         with self._lock:
             for path, entry in list(self._dbs.items()):
@@ -213,14 +229,12 @@ class Checkpointer:
                 except FileNotFoundError:
                     continue
                 signature = (st.st_size, st.st_mtime_ns)
-                if st.st_size < self.threshold or signature == entry.signature:
+                if st.st_size < self.threshold or (
+                    signature == entry.signature and entry.caught_up
+                ):
                     continue
                 try:
-                    if entry.conn is None:
-                        entry.conn = sqlite3.connect(
-                            path, isolation_level=None, check_same_thread=False, timeout=0
-                        )
-                    entry.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    frames = self._checkpoint(path, entry)
                 except sqlite3.OperationalError:
                     # another process is checkpointing (SQLITE_BUSY): an expected race; the
                     # next round tries again, and the backstop holds meanwhile
@@ -228,9 +242,29 @@ class Checkpointer:
                 except sqlite3.Error as exc:
                     log.error("sqlite.checkpoint_failed", error=str(exc))
                     continue
-                entry.signature = signature
-                done += 1
+                if signature != entry.signature or frames != entry.frames:
+                    done += 1
+                busy, in_wal, copied = frames
+                entry.signature, entry.frames = signature, frames
+                entry.caught_up = (
+                    busy == 0
+                    and copied == in_wal
+                    and _WAL_HEADER + in_wal * entry.frame_bytes >= st.st_size
+                )
         return done
+
+    @staticmethod
+    def _checkpoint(path: str, entry: _Watched) -> tuple[int, int, int]:
+        """A PASSIVE checkpoint: (busy, frames in the WAL, frames copied), as SQLite answers."""
+        if entry.conn is None:
+            entry.conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+        if not entry.frame_bytes:
+            (page_size,) = entry.conn.execute("PRAGMA page_size").fetchone()
+            entry.frame_bytes = _FRAME_HEADER + int(page_size)
+        busy, in_wal, copied = entry.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(in_wal), int(copied)
 
     def _run(self) -> None:
         while True:

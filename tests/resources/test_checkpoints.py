@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import text
@@ -47,6 +48,37 @@ def test_commits_leave_checkpoints_to_the_background(tmp_path: Path) -> None:
         _write_rows(light, 10)  # a small WAL waits, as SQLite's own threshold would
         assert mine.run_once() == 0
         light.dispose()
+        mine.remove(str(path.resolve()))
+    finally:
+        db.dispose()
+
+
+def test_a_checkpoint_that_left_frames_behind_runs_again_on_an_unchanged_wal(
+    tmp_path: Path,
+) -> None:
+    """A PASSIVE checkpoint leaves in the WAL what a reader's snapshot still needs (and a
+    commit not yet visible, waiting for its fsync). The WAL file does not change when that
+    reader ends, so a file skipped for being unchanged was never folded in; it is checkpointed
+    again until every frame it holds has been copied."""
+    path = tmp_path / "behind.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        mine = Checkpointer(background=False)
+        mine.add(str(path.resolve()))
+        CHECKPOINTER.remove(str(path.resolve()))
+        _write_rows(db, 10)
+        with closing(sqlite3.connect(path, isolation_level=None)) as reader:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM filler").fetchone()  # a snapshot of 10 rows
+            _write_rows(db, 2000)
+            assert mine.run_once() == 1
+            assert path.stat().st_size < 1_000_000  # the reader still needs the WAL's frames
+            reader.execute("COMMIT")
+        wal = (path.parent / "behind.db-wal").stat()
+        assert mine.run_once() == 1  # nothing wrote since, and yet it runs: now they go
+        assert path.stat().st_size > 5_000_000
+        assert (path.parent / "behind.db-wal").stat().st_mtime_ns == wal.st_mtime_ns
+        assert mine.run_once() == 0  # all the WAL holds is in the database: nothing to do
         mine.remove(str(path.resolve()))
     finally:
         db.dispose()

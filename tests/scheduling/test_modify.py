@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import timedelta
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import Connection, event, select, text
 
+from base.errors import BadRequest, FHIRError
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
 from resources.sql.engine import Database
-from resources.store import Store
+from resources.store import Store, StoredVersion
+from scheduling import booking
 from scheduling.clinic import load_clinic
 from scheduling.config import ClinicConfig, parse_clinic_config
 from security.crypto import KeyRing
@@ -230,3 +234,120 @@ def test_cancellation_notice_is_enforced(strict_client: tuple[TestClient, Clinic
     held = op(client, "hold", appointment_resource=last).json()
     r = op(client, "book", appointment_resource={**held, "status": "cancelled"})
     assert r.status_code == 200, r.text
+
+
+# -- a cancellation and two moves of one booking at once (PostgreSQL) ---------------------------
+
+
+def _backend_pid(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _blocked_by(db: Database, pid: int) -> int:
+    """How many PostgreSQL sessions wait on a lock the session ``pid`` holds (asked on a fresh
+    connection: pg_stat_activity is a snapshot taken once per transaction)."""
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
+    with db.engine.connect() as probe:
+        return int(probe.execute(text(sql), {"pid": pid}).scalar_one())
+
+
+def _until(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not done():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def test_a_cancellation_that_waited_behind_a_move_cancels_the_booking_as_it_stands(
+    app_client: TestClient, db: Database, cfg: ClinicConfig, keys: KeyRing, store: Store
+) -> None:
+    """A cancellation reads the booking, then waits for its Slots behind a move (A) of the same
+    Appointment; once A commits, the booking names A's Slots. The cancellation is then held
+    just before it gives up the booking's time (as a loaded machine may delay it), and a second
+    move (B) is let in, held before it commits. Holding only the Slots it first read, the
+    cancellation ran alongside B: its delete of the busy time found A's row gone (B had deleted
+    it) and could not see B's, and it cancelled the Appointment while B's time stayed booked.
+    Holding the Slots of the booking it acts on, it goes first and B finds it cancelled.
+    (SQLite's one writer at a time leaves no move in between.)"""
+    if db.is_sqlite:
+        pytest.skip("SQLite runs one writer at a time: nothing can move a booking meanwhile")
+    pid = existing_patient(app_client)
+    options = _options(app_client, cfg, pid)
+    first, to_a, to_b = options[0], options[2], options[4]
+    assert len({s["reference"] for o in (first, to_a, to_b) for s in o["slot"]}) >= 6
+    booked = op(app_client, "book", appointment_resource=first).json()
+    aid, now = booked["id"], datetime.now(UTC)
+    pids: dict[str, int] = {}
+    outcome: dict[str, StoredVersion | FHIRError] = {}
+    cancel_held, cancel_go, move_held, move_go = (threading.Event() for _ in range(4))
+
+    def cancel() -> None:
+        try:
+            with db.write() as conn:
+                pids["cancel"] = _backend_pid(conn)
+                outcome["cancel"] = booking.cancel(
+                    conn, store=store, config=cfg, appointment_id=aid, now=now
+                )
+        except FHIRError as exc:
+            outcome["cancel"] = exc
+
+    def hold_cancel_before_release(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        """SQLAlchemy's hook: the cancellation's first delete of busy time waits to be let go."""
+        mine = threading.current_thread() is canceller
+        if mine and statement.startswith("DELETE FROM busy_time") and not cancel_held.is_set():
+            cancel_held.set()
+            cancel_go.wait(30)
+
+    mover = Store(keys, base_url=store.base_url)
+
+    def hold_move_before_commit(_conn: Connection, _stored: StoredVersion) -> None:
+        move_held.set()
+        move_go.wait(30)
+
+    mover.watch("Appointment", hold_move_before_commit)
+
+    def move() -> None:
+        try:
+            with db.write() as conn:
+                pids["move"] = _backend_pid(conn)
+                outcome["move"] = booking.modify(
+                    conn, store=mover, config=cfg, appointment=_moved(booked, to_b), now=now
+                )
+        except FHIRError as exc:
+            outcome["move"] = exc
+
+    canceller = threading.Thread(target=cancel)
+    second_move = threading.Thread(target=move)
+    event.listen(db.engine, "before_cursor_execute", hold_cancel_before_release)
+    try:
+        with db.write() as conn:  # A: the first move, not committed until the block ends
+            a_pid = _backend_pid(conn)
+            booking.modify(conn, store=store, config=cfg, appointment=_moved(booked, to_a), now=now)
+            canceller.start()
+            _until(lambda: _blocked_by(db, a_pid) == 1, "the cancellation waits for A's Slots")
+        assert cancel_held.wait(30), "the cancellation never reached its delete"
+        second_move.start()
+        _until(
+            lambda: move_held.is_set() or _blocked_by(db, pids["cancel"]) == 1,
+            "B is held before its commit, or waits for the cancellation",
+        )
+        cancel_go.set()
+        _until(
+            lambda: not canceller.is_alive() or _blocked_by(db, pids["move"]) == 1,
+            "the cancellation ends, or waits for B",
+        )
+        move_go.set()
+        canceller.join(30)
+        second_move.join(30)
+    finally:
+        cancel_go.set()
+        move_go.set()
+        event.remove(db.engine, "before_cursor_execute", hold_cancel_before_release)
+    now_booked = app_client.get(f"/fhir/Appointment/{aid}").json()
+    assert now_booked["status"] == "cancelled"
+    assert _busy_rows(db, aid) == []
+    for option in (first, to_a, to_b):
+        assert _slot_status(app_client, option) == {"free"}
+    assert isinstance(outcome["cancel"], StoredVersion)
+    assert isinstance(outcome["move"], BadRequest)
+    assert "is cancelled, not booked" in str(outcome["move"])
