@@ -21,6 +21,12 @@ __all__ = [
 _PHONE = re.compile(r"(?<![\w/-])\+?\(?\d[\d\s().-]{5,}\d(?![\w/])")
 _ISO_DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}$")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
+# record numbers and member ids: "MRN-1002", "ID 55321", "A1234567"
+_IDENTIFIER = re.compile(
+    r"\b(?:(?:mrn|id|ssn|nhs|member|medicare|medicaid|policy)\s*(?:no\.?|number)?\s*[#:-]?\s*"
+    r"[A-Za-z0-9-]*\d{3,}[A-Za-z0-9-]*|[A-Za-z]{1,5}-?\d{4,})\b",
+    re.IGNORECASE,
+)
 _YES = re.compile(
     r"\b(yes|yeah|yep|yup|sure|ok|okay|confirm|confirmed|correct|book it|please do|"
     r"sounds good|that works|perfect|great|s[ií]|go ahead|do it)\b",
@@ -30,9 +36,9 @@ _NO = re.compile(r"\b(no|nope|not|don'?t|wait|stop|wrong|instead|other)\b", re.I
 
 
 def mask(text: str, masks: dict[str, str]) -> str:
-    """``text`` with each phone number (7 digits or more, not a date) and e-mail address
-    replaced by a token such as ``[phone-1]``; ``masks`` maps the tokens back (kept with
-    the conversation, never sent to the model)."""
+    """``text`` with each phone number (7 digits or more, not a date), e-mail address and
+    record or member number replaced by a token such as ``[phone-1]``; ``masks`` maps the
+    tokens back (kept with the conversation, never sent to the model)."""
 
     def phone(m: re.Match[str]) -> str:
         raw = m.group(0)
@@ -51,7 +57,12 @@ def mask(text: str, masks: dict[str, str]) -> str:
         masks[token] = m.group(0)
         return token
 
-    return _EMAIL.sub(email, _PHONE.sub(phone, text))
+    def identifier(m: re.Match[str]) -> str:
+        token = f"[id-{sum(1 for t in masks if t.startswith('[id')) + 1}]"
+        masks[token] = m.group(0)
+        return token
+
+    return _IDENTIFIER.sub(identifier, _EMAIL.sub(email, _PHONE.sub(phone, text)))
 
 
 def unmask(value: str, masks: dict[str, str]) -> str:

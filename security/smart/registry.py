@@ -58,10 +58,14 @@ def _scopes(context: str, *groups: str) -> str:
     return " ".join(f"{context}/{item}" for group in groups for item in group.split())
 
 
+# Communication: the booking agent's conversations (its staff queue, ``/agent/…``): the front
+# desk answers them; compliance reads them, to go from an AuditEvent to the transcript
 ROLE_SCOPES = {
-    "front-desk": _scopes("user", "Patient.cruds Appointment.cruds", _OPERATIONS, _DIRECTORY),
+    "front-desk": _scopes(
+        "user", "Patient.cruds Appointment.cruds Communication.cruds", _OPERATIONS, _DIRECTORY
+    ),
     "clinician": _scopes("user", "*.rs Appointment.u", _OPERATIONS),
-    "compliance": _scopes("user", "AuditEvent.rs"),
+    "compliance": _scopes("user", "AuditEvent.rs Communication.rs"),
     "patient": _scopes("patient", "Patient.rs Appointment.rs", _OPERATIONS, _DIRECTORY),
 }
 ROLES = tuple(ROLE_SCOPES)
