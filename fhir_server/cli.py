@@ -221,7 +221,7 @@ def keys_rotate(batch: int) -> None:
 @audited("security", "keys retire")
 def keys_retire(key_id: str) -> None:
     """Remove an old key-encryption key once no stored row still needs it."""
-    from resources.rotation import kek_usage
+    from resources.rotation import kek_usage, sealed_elsewhere
     from resources.sql.engine import Database
     from resources.store import Store
     from security.crypto import retire_key
@@ -235,9 +235,15 @@ def keys_retire(key_id: str) -> None:
         )
     with database.read() as conn:
         usage = kek_usage(conn)
+        elsewhere = sealed_elsewhere(conn, key_id)
     if usage.get(key_id):
         raise click.ClickException(
             f"{usage[key_id]} rows still use {key_id}; run `fhir-sched keys rotate` first"
+        )
+    if elsewhere:
+        raise click.ClickException(
+            f"rows that key rotation does not rewrap still use {key_id} ({elsewhere}); keep "
+            "the key while they are wanted"
         )
     try:
         retire_key(settings.key_file, key_id)

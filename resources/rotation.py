@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, func, inspect, select, text, update
 
 from resources.sql.engine import Database
 from resources.store import Store, V, aad
@@ -38,6 +38,7 @@ __all__ = [
     "rewrap_all",
     "rewrap_batch",
     "rotate_keys",
+    "sealed_elsewhere",
 ]
 
 _OLDER_TRANSACTIONS = text(
@@ -94,6 +95,25 @@ def kek_usage(conn: Connection) -> dict[str, int]:
         select(V.c.kek_id, func.count()).where(V.c.kek_id.is_not(None)).group_by(V.c.kek_id)
     ).all()
     return {str(k): int(n) for k, n in rows}
+
+
+def sealed_elsewhere(conn: Connection, kek_id: str) -> dict[str, int]:
+    """Rows outside resource versions sealed under ``kek_id``, by table: every table with a
+    ``kek_id`` column (the audit log, the HL7 message store, the booking agent's tables).
+    :func:`rewrap_all` does not rewrap them, so a key they use must not be retired."""
+    found = {}
+    for table in inspect(conn).get_table_names():
+        if table == V.name:
+            continue
+        if not any(c["name"] == "kek_id" for c in inspect(conn).get_columns(table)):
+            continue
+        n = conn.execute(
+            text(f"SELECT count(*) FROM {table} WHERE kek_id = :k"),  # noqa: S608 - a table name
+            {"k": kek_id},
+        ).scalar()
+        if n:
+            found[table] = int(n)
+    return found
 
 
 def rewrap_all(*, database: Database, store: Store, batch: int = 500) -> int:
