@@ -253,7 +253,18 @@ class Agent:
         facts = copy.deepcopy(row.facts)
         masks = facts.setdefault("masks", {})
         messages: list[dict[str, Any]] = list(facts.get("model", []))
-        messages.append({"role": "user", "content": [{"type": "text", "text": mask(text, masks)}]})
+        content = [{"type": "text", "text": mask(text, masks)}]
+        for note in facts.pop("clinic_notes", None) or []:  # what the clinic wrote since
+            content.insert(
+                0,
+                {
+                    "type": "text",
+                    "text": f"(The clinic wrote to the patient about appointment {note['ref']}: "
+                    f"{note['visit']} on {note['date']} at {note['time']} with "
+                    f"{note['clinician']} at {note['location']}.)",
+                },
+            )
+        messages.append({"role": "user", "content": content})
         ctx = TurnContext(row.id, row.channel, facts, text, self.clock())
         replies: list[str] = []
         tool_calls = 0
@@ -405,6 +416,50 @@ class Agent:
 
     def hand_back(self, cid: str, staff: str) -> ConversationRow:
         return self._staff_change(cid, "agent", None, ("system", f"handed back by {staff}"))
+
+    def clinic_message(
+        self,
+        cid: str,
+        text: str,
+        *,
+        patient: dict[str, Any],
+        start: str,
+        shown: dict[str, str],
+        visit_type: str | None = None,
+    ) -> str:
+        """The clinic writes to the patient about one booked appointment (a reminder, a
+        change): sent through the conversation's channel, and the appointment becomes one the
+        agent may cancel or move in this conversation, as if it had booked it. ``patient`` is
+        how the appointment is named to ``$book`` (name and birth date), ``shown`` its date,
+        time, clinician, location and visit as the patient reads them. Returns its
+        reference (V1, V2…)."""
+        with self._lock(cid):
+            row = self.store.get(cid)
+            if row is None:
+                raise KeyError(cid)
+            facts = copy.deepcopy(row.facts)
+            visits = facts.setdefault("visits", {})
+            ref = f"V{len(visits) + 1}"
+            visits[ref] = {
+                "start": start,
+                "patient": patient,
+                "visit_type": visit_type,
+                "clinician": None,
+                "shown": shown,
+                "status": "booked",
+            }
+            facts.setdefault("clinic_notes", []).append(
+                {
+                    "ref": ref,
+                    **{
+                        k: shown.get(k, "")
+                        for k in ("date", "time", "clinician", "location", "visit")
+                    },
+                }
+            )
+            saved = self.store.save(row, facts=facts, lines=[("clinic", text)])
+        self._deliver(saved, [text])
+        return ref
 
 
 def _moving(text: str) -> bool:

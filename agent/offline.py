@@ -96,6 +96,10 @@ _NOT_NAMES = {
     "hi", "hello", "hey", "can", "could", "i", "dr", "yes", "no", "please", "book", "cancel",
     "my", "the", "is", "it", "this", "need", "want", "would",
 }  # fmt: skip
+_CLINIC_NOTE = re.compile(
+    r"^\(The clinic wrote to the patient about appointment (V\d+): (.+) on (.+) at "
+    r"(\d{1,2}:\d{2} [AP]M) with (.+) at (.+)\.\)$"
+)
 _CODE = re.compile(r"\b(\d{4,8})\b")
 _PHONE_TOKEN = re.compile(r"\[phone-\d+\]")
 _ORDINALS = {"first": "A", "1st": "A", "second": "B", "2nd": "B", "third": "C", "3rd": "C"}
@@ -322,9 +326,14 @@ class OfflineModel:
         return []
 
     def _visits(self, history: list[_Item]) -> list[dict[str, Any]]:
-        """Bookings made in this conversation and not cancelled or moved since."""
+        """Bookings made in this conversation, or that a clinic message named, and not
+        cancelled or moved since."""
         out: dict[str, dict[str, Any]] = {}
         for it in history:
+            note = _CLINIC_NOTE.search(it.text) if it.kind == "patient" else None
+            if note:
+                keys = ("ref", "visit", "date", "time", "clinician", "location")
+                out[note.group(1)] = dict(zip(keys, note.groups(), strict=True))
             if it.kind != "result":
                 continue
             for key in ("booked", "moved"):

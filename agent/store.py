@@ -86,7 +86,7 @@ message = Table(
     metadata,
     Column("conversation_id", String(36), primary_key=True),
     Column("seq", Integer, primary_key=True, autoincrement=False),
-    Column("sender", String(8), nullable=False),  # patient | agent | staff | system
+    Column("sender", String(8), nullable=False),  # patient | agent | staff | clinic | system
     Column("at", TZ, nullable=False),
     *_sealed_columns(),  # {"text": ...}
 )

@@ -175,7 +175,7 @@ async def replies(cid: str, request: Request, after: int = 0) -> Response:
         if row is None:
             raise NotFound("no such conversation")
         lines = await _in_pool(request, agent.transcript, cid)
-        said = [line.text for line in lines if line.sender in ("agent", "staff")]
+        said = [line.text for line in lines if line.sender in ("agent", "staff", "clinic")]
         return {
             "replies": said[max(after, 0) :],
             "count": len(said),

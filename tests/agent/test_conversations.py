@@ -4,6 +4,7 @@ a message dropped, whatever fails in the turn."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ from sqlalchemy import text
 
 from agent.fhir import FhirClient
 from agent.model import ModelReply
+from agent.text import shown_date, shown_time
 from fhir_server.agent_runtime import build_agent
 from resources.sql.engine import Database
 from resources.store import Store
 from security.crypto import KeyRing
-from tests.agent.harness import agent_world, existing_patient
+from tests.agent.harness import agent_world, existing_patient, staff_book
 
 
 def test_sealed_at_rest_and_resumed_after_a_restart(
@@ -96,3 +98,37 @@ def test_the_server_down_twice_hands_over(
         second = w.agent.receive(row.id, "tomorrow afternoon then")
         assert second.handed_over, second.replies
         assert w.agent.conversation(row.id).facts["handover"]["reason"] == "tool_failures"
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_an_appointment_a_clinic_message_named_needs_no_proof(
+    db: Database, keys: KeyRing, store: Store, tmp_path: Path
+) -> None:
+    with agent_world(db, keys, store, tmp_path) as w:
+        existing_patient(w, "pat-1")
+        start = w.at(w.monday + timedelta(days=2), 10)
+        booked = staff_book(w, "pat-1", start, clinician="dr-smith")
+        row, _ = w.agent.start("web")
+        ref = w.agent.clinic_message(
+            row.id,
+            "Reminder: Dr. Alice Smith, Wednesday 10:00 AM at Main Street Clinic.",
+            patient={
+                "resourceType": "Patient",
+                "name": [{"family": "Chalmers", "given": ["Peter"]}],
+                "birthDate": "1974-12-25",
+            },
+            start=booked["start"],
+            shown={
+                "date": shown_date(start),
+                "time": shown_time(start),
+                "clinician": "Dr. Alice Smith",
+                "location": "Main Street Clinic",
+                "visit": "Follow-up visit",
+            },
+        )
+        assert ref == "V1"
+        turn = w.agent.receive(row.id, "I can't make it, please cancel")
+        assert "cancelled" in turn.replies[0], turn.replies
+        assert w.search("Appointment", {"status": "booked"}) == []
+        senders = [x.sender for x in w.agent.transcript(row.id)]
+        assert senders == ["agent", "clinic", "patient", "agent"]
