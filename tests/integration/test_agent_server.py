@@ -5,6 +5,7 @@ for the same times; and a text through the SMS webhook, answered into the outbox
 
 from __future__ import annotations
 
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from fhir_server.demo import DEMO_CLINIC, load_demo
 from fhir_server.settings import Settings
-from tests.integration.server import running_server, server_env
+from tests.integration.server import EXE, running_server, server_env
 
 TOKEN = "twilio-test-token"
 AT_ONCE = 6
@@ -82,3 +83,16 @@ def test_conversations_at_once_book_distinct_times(tmp_path: Path, database_url:
                 break
             assert time.monotonic() < deadline, shown.stdout
             time.sleep(0.3)
+
+        # the terminal conversation: the same agent, over the same HTTP
+        chat = subprocess.run(
+            [str(EXE), "agent", "chat"],
+            env=server.env,
+            input="are you a bot?\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert chat.returncode == 0, chat.stderr
+        assert "answering: offline rules" in chat.stdout
+        assert "I'm an automated assistant" in chat.stdout
