@@ -202,10 +202,10 @@ async def sms_webhook(request: Request) -> Response:
         raise Forbidden("the X-Twilio-Signature does not match this request")
     try:
         message = inbound(params)
-    except ValueError as exc:
+        row = await _in_pool(request, agent.accept_sms, message.from_number, message.body)
+    except ValueError as exc:  # no From or Body, or a From that is not a phone number
         await _record(request, "agent-message:sms", actor, None, 400, "malformed")
         raise BadRequest(str(exc)) from None
-    row = await _in_pool(request, agent.accept_sms, message.from_number, message.body)
     await _record(request, "agent-message:sms", actor, row.id, 200)
     task = asyncio.get_running_loop().run_in_executor(
         request.app.state.agent_pool, agent.answer, row.id, message.body

@@ -181,6 +181,10 @@ def test_an_unsigned_or_forged_text_is_refused(world: World) -> None:
     assert r.status_code == 403
     assert r.json()["resourceType"] == "OperationOutcome"
     assert world.agent.store.outbox() == []
+    odd = {"From": "whatsapp:+15550101", "To": "+1", "Body": "hi", "MessageSid": "SM2"}
+    signed = RequestValidator(TWILIO_TOKEN).compute_signature(SMS_URL, odd)
+    r = world.client.post("/agent/sms", data=odd, headers={"X-Twilio-Signature": signed})
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
 
 
 def test_staff_take_answer_and_hand_back(world: World) -> None:
