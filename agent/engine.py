@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.config import AgentConfig, Directory
@@ -201,6 +201,17 @@ class Agent:
             self._deliver(saved, replies)
             own = (time.perf_counter() - started - model_seconds[0]) * 1000
             return Turn(replies, saved.state, saved.state != "agent", cid, calls, own)
+
+    def answer_waiting(self, *, hours: float = 24) -> int:
+        """Answer the messages a stopped process stored but never answered (at start-up).
+        Several waiting in one conversation are answered together. Returns how many
+        conversations were answered."""
+        since = datetime.now(UTC) - timedelta(hours=hours)  # stored times are real ones
+        answered = 0
+        for cid, texts in self.store.unanswered(since=since):
+            self.answer(cid, "\n".join(texts))
+            answered += 1
+        return answered
 
     def accept_sms(self, sender: str, body: str) -> ConversationRow:
         """Store an inbound text in the newest conversation with that number, or a new one

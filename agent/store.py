@@ -311,6 +311,29 @@ class AgentStore:
             ).scalars()
             return [r for cid in list(ids) if (r := self.get(cid, conn)) is not None]
 
+    def unanswered(self, *, since: datetime) -> list[tuple[str, list[str]]]:
+        """Conversations the agent holds whose newest lines, written since ``since``, are the
+        patient's (a process stopped between storing a message and answering it): each with
+        those messages, oldest first."""
+        with self.read() as conn:
+            ids = list(
+                conn.execute(
+                    select(conversation.c.id).where(
+                        conversation.c.state == "agent", conversation.c.updated >= since
+                    )
+                ).scalars()
+            )
+        out = []
+        for cid in ids:
+            waiting: list[str] = []
+            for line in reversed(self.transcript(cid)):
+                if line.sender != "patient":
+                    break
+                waiting.insert(0, line.text)
+            if waiting:
+                out.append((cid, waiting))
+        return out
+
     # -- the local SMS outbox ------------------------------------------------------------------
 
     def outbox_add(self, to: str, body: str) -> str:

@@ -265,6 +265,12 @@ def create_app(
             checkpointing = asyncio.create_task(
                 checkpoints.every(settings.audit_checkpoint_seconds)
             )
+        if app.state.agent is not None:  # messages a stopped process stored, unanswered
+            waiting = asyncio.get_running_loop().run_in_executor(
+                agent_pool, app.state.agent.answer_waiting
+            )
+            app.state.agent_tasks.add(waiting)
+            waiting.add_done_callback(app.state.agent_tasks.discard)
         bridge = None
         if settings.hl7_listen:
             bridge = await start_bridge(settings, db=db, store=store, clinic=clinic)

@@ -132,3 +132,20 @@ def test_an_appointment_a_clinic_message_named_needs_no_proof(
         assert w.search("Appointment", {"status": "booked"}) == []
         senders = [x.sender for x in w.agent.transcript(row.id)]
         assert senders == ["agent", "clinic", "patient", "agent"]
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_messages_stored_but_never_answered_are_answered_at_start(
+    db: Database, keys: KeyRing, store: Store, tmp_path: Path
+) -> None:
+    with agent_world(db, keys, store, tmp_path) as w:
+        row, _ = w.agent.start("web")
+        w.agent.accept(row.id, "hello")  # stored; the process stops before answering
+        w.agent.accept(row.id, "are you a bot?")
+        other, _ = w.agent.start("web")
+        w.agent.receive(other.id, "hello")  # answered: nothing waits
+        assert w.agent.answer_waiting() == 1
+        lines = w.agent.transcript(row.id)
+        assert [x.sender for x in lines] == ["agent", "patient", "patient", "agent"]
+        assert "automated assistant" in lines[-1].text
+        assert w.agent.answer_waiting() == 0
