@@ -198,7 +198,8 @@ def staff_book(
     """Book ``start`` for ``patient`` as the front desk would ($find, then $book)."""
     params = [
         {"name": "start", "valueDateTime": start.isoformat()},
-        {"name": "end", "valueDateTime": (start + timedelta(minutes=1)).isoformat()},
+        # $find offers visits that end by ``end``: leave room for the longest visit
+        {"name": "end", "valueDateTime": (start + timedelta(hours=2)).isoformat()},
         {"name": "visit-type", "valueString": visit},
         {"name": "patient-reference", "valueReference": {"reference": f"Patient/{patient}"}},
     ]
@@ -213,7 +214,11 @@ def staff_book(
     )
     assert found.status_code == 200, found.text
     options = [e["resource"] for e in found.json().get("entry", []) if "resource" in e]
-    options = [o for o in options if o.get("resourceType") == "Appointment"]
+    options = [
+        o
+        for o in options
+        if o.get("resourceType") == "Appointment" and utc(o["start"]) == start.astimezone(UTC)
+    ]
     assert options, f"nothing to book at {start}"
     booked = world.client.post(
         "/fhir/Appointment/$book",
