@@ -9,6 +9,7 @@ window across a daylight-saving change keeps its wall-clock hours.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -31,13 +32,14 @@ _MONTHS = (
 _DATE_PHRASES = [
     r"\bday after tomorrow\b",
     r"\b(?:today|tonight|tomorrow|yesterday)\b",
-    rf"\b(?:next|this|on|coming)?\s*{_DAYS}\b",
+    rf"\b(?:next|this|on|coming|last)?\s*{_DAYS}\b",
     rf"\b{_MONTHS}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{4}})?\b",
     rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTHS}(?:,?\s+\d{{4}})?\b",
     r"\b\d{4}-\d{2}-\d{2}\b",
     r"\b\d{1,2}/\d{1,2}(?:/\d{2,4})?\b",
     r"\bin\s+\d+\s+(?:days?|weeks?)\b",
 ]
+_DAY_OF_MONTH = re.compile(r"\b(?:on\s+)?the\s+(\d{1,2})(?:st|nd|rd|th)\b")
 _TIME = re.compile(r"\b(?:at\s+)?(\d{1,2})(?::(\d{2}))?\s*(am|pm|a\.m\.|p\.m\.)", re.IGNORECASE)
 _TIME_24 = re.compile(r"\bat\s+(\d{1,2}):(\d{2})\b", re.IGNORECASE)
 
@@ -71,6 +73,23 @@ def _parse(phrase: str, tz: ZoneInfo, now: datetime) -> datetime | None:
         settings["PREFER_DATES_FROM"] = "past"
     found = dateparser.parse(phrase, languages=["en"], settings=settings)
     return found.astimezone(tz) if found is not None else None
+
+
+def _day_of_month(text: str, now: datetime) -> tuple[datetime, str] | None:
+    """The day a patient names by its number alone ("the 16th"): this month's if it has not
+    passed, else the next month's that has one (dateparser reads this month's even when it
+    has passed)."""
+    m = _DAY_OF_MONTH.search(text)
+    if not m:
+        return None
+    day, first = int(m.group(1)), now.date().replace(day=1)
+    for months in range(13):
+        year, month = divmod(first.month - 1 + months, 12)
+        with contextlib.suppress(ValueError):
+            found = date(first.year + year, month + 1, day)
+            if found >= now.date():
+                return datetime.combine(found, time(0), tzinfo=now.tzinfo), m.group(0)
+    return None
 
 
 def _time_of_day(text: str) -> time | None:
@@ -123,6 +142,8 @@ def find_window(text: str, tz: ZoneInfo, now: datetime, *, default_days: int = 1
                 if found is not None:
                     phrase = candidate
                     break
+        if found is None and (ordinal := _day_of_month(low, now)) is not None:
+            found, phrase = ordinal
         if found is None:
             if at is None and part is None:
                 return None
@@ -138,6 +159,8 @@ def find_window(text: str, tz: ZoneInfo, now: datetime, *, default_days: int = 1
         start, end = wanted - timedelta(hours=1), wanted + timedelta(hours=3)
     elif part is not None and last - first == timedelta(days=1):
         start, end = local(first, part[0], tz), local(first, part[1], tz)
+    elif at is not None:  # "at 3pm" on any day of the window: that time each day
+        part = (at, (datetime.combine(today, at) + timedelta(minutes=1)).time())
     past = end <= now or (last <= today)
     return Window(start=start, end=end, phrase=phrase or text, past=past, at=wanted, part=part)
 

@@ -23,7 +23,7 @@ from typing import Any
 from agent.config import Directory
 from agent.dates import find_window, parse_birth_date
 from agent.model import ModelReply
-from agent.text import affirmative, negative, shown_time
+from agent.text import affirmative, contains_read_back, negative, shown_time
 
 __all__ = ["OfflineModel"]
 
@@ -101,6 +101,7 @@ _CLINIC_NOTE = re.compile(
     r"(\d{1,2}:\d{2} [AP]M) with (.+) at (.+)\.\)$"
 )
 _CODE = re.compile(r"\b(\d{4,8})\b")
+_CLOCK = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*(am|pm|a\.m\.|p\.m\.)?(?![\d/])")
 _PHONE_TOKEN = re.compile(r"\[phone-\d+\]")
 _ORDINALS = {"first": "A", "1st": "A", "second": "B", "2nd": "B", "third": "C", "3rd": "C"}
 
@@ -446,9 +447,8 @@ class OfflineModel:
         moving = self._moving(segment, text)
         # a read-back waiting for a yes
         if options and "Please confirm" in last_said:
-            chosen = next(
-                (o for o in options if o["time"] in last_said and o["date"] in last_said), None
-            )
+            # the option read back: two options may share a date and time (another clinician)
+            chosen = next((o for o in options if contains_read_back(last_said, o)), None)
             if chosen and affirmative(text):
                 return self._act(
                     chosen, history, segment, all_texts, moving=("move your" in last_said)
@@ -463,6 +463,9 @@ class OfflineModel:
             chosen = self._choice(text, options)
             if chosen is not None:
                 return [_text(self._read_back(chosen, moving))]
+            if affirmative(text) and "Please confirm" not in last_said:  # a yes to a list
+                letters = ", ".join(o["option"] for o in options)
+                return [_text(f"Which one would you like? Reply {letters}.")]
 
         if _CANCEL.search(text):
             return self._cancel(history, texts, all_texts, text)
@@ -498,10 +501,20 @@ class OfflineModel:
         for word, letter in _ORDINALS.items():
             if re.search(rf"\b{word}\b", low) and letter.lower() in by_letter:
                 return by_letter[letter.lower()]
+        said = _CLOCK.search(low)
+        if said is None or not (said.group(2) or said.group(3)):  # "8:30", "9am"; not "2"
+            return None
+        hour, minute = int(said.group(1)), int(said.group(2) or 0)
+        half = (said.group(3) or "").replace(".", "")
         times = [
-            o for o in options if o["time"].lower().replace(":00", "") in low.replace(":00", "")
+            o
+            for o in options
+            if (m := _CLOCK.search(o["time"].lower()))
+            and int(m.group(1)) == hour
+            and int(m.group(2) or 0) == minute
+            and (not half or half == (m.group(3) or "").replace(".", ""))
         ]
-        if len(times) == 1 and re.search(r"\d", low):
+        if len(times) == 1:  # "8:30 works", "the 9 am one"
             return times[0]
         return None
 
@@ -599,7 +612,7 @@ class OfflineModel:
                 args["clinician"] = clinician
             return self._call("find_options", **args)
         identity = self._known_identity(history, all_texts)
-        old = self._current(segment)
+        old = self._current([*segment, _Item("patient", text=text)])  # may be in this message
         if identity is None or old is None:
             return [_text(ASK_MOVE)]
         if when is None or when == old:
@@ -645,6 +658,30 @@ class OfflineModel:
         )
 
     # -- after the tools ---------------------------------------------------------------------
+
+    def _verified(self, items: list[_Item]) -> list[dict[str, Any]]:
+        """The phone number is proven: the cancellation or move that waited for it goes
+        ahead. A move is read back again first: the toolbox moves only on a yes to a
+        read-back, and the patient's last message was the code."""
+        done = "Thank you, your number is confirmed."
+        pending = next(
+            (
+                it
+                for it in reversed(items)
+                if it.kind == "result"
+                and it.name in ("cancel", "reschedule")
+                and it.result.get("error") == "verify_phone"
+            ),
+            None,
+        )
+        if pending is None or not isinstance(pending.input, dict):
+            return [_text(f"{done} What would you like to do?")]
+        if pending.name == "reschedule":
+            wanted = pending.input.get("option")
+            option = next((o for o in self._options(items) if o["option"] == wanted), None)
+            if option is not None:
+                return [_text(f"{done} {self._read_back(option, moving=True)}")]
+        return self._call(pending.name, **pending.input)
 
     def _after_tools(self, items: list[_Item], this_turn: list[_Item]) -> list[dict[str, Any]]:
         last = this_turn[-1]
@@ -719,19 +756,7 @@ class OfflineModel:
             return [_text(f"Sorry, I couldn't send a code ({result.get('message', error)}).")]
         if last.name == "check_code":
             if result.get("verified"):
-                pending = next(
-                    (
-                        it
-                        for it in reversed(items)
-                        if it.kind == "result"
-                        and it.name in ("cancel", "reschedule")
-                        and it.result.get("error") == "verify_phone"
-                    ),
-                    None,
-                )
-                if pending is not None and isinstance(pending.input, dict):
-                    return self._call(pending.name, **pending.input)
-                return [_text("Thank you, your number is confirmed. What would you like to do?")]
+                return self._verified(items)
             if error:
                 return [
                     _text(

@@ -366,8 +366,11 @@ class Toolbox:
         if ctx.now - datetime.fromisoformat(option["found_at"]) < STALE_AFTER:
             return dict(option["proposal"])
         patient = self._with_phone(ctx.facts.get("patient") or {}, ctx)
-        query = {**option["query"], "start": ctx.now.isoformat()}
         proposal = option["proposal"]
+        # from the option's own start: $find answers the earliest times first, so a search
+        # from now could fill its page before reaching a time days away
+        start = max(datetime.fromisoformat(proposal["start"]), ctx.now)
+        query = {**option["query"], "start": start.isoformat()}
         for again in self._search({**query, "at": proposal["start"]}, patient, ctx):
             if again["start"] == proposal["start"] and self._shown(again) == option["shown"]:
                 return again

@@ -199,7 +199,7 @@ def staff_book(
     """Book ``start`` for ``patient`` as the front desk would ($find, then $book)."""
     params = [
         {"name": "start", "valueDateTime": start.isoformat()},
-        # the visit must end inside the window
+        # $find offers visits that end by ``end``: leave room for the longest visit
         {"name": "end", "valueDateTime": (start + timedelta(hours=2)).isoformat()},
         {"name": "visit-type", "valueString": visit},
         {"name": "patient-reference", "valueReference": {"reference": f"Patient/{patient}"}},
@@ -218,7 +218,7 @@ def staff_book(
     options = [
         o
         for o in options
-        if o.get("resourceType") == "Appointment" and datetime.fromisoformat(o["start"]) == start
+        if o.get("resourceType") == "Appointment" and utc(o["start"]) == start.astimezone(UTC)
     ]
     assert options, f"nothing to book at {start}"
     booked = world.client.post(
