@@ -357,6 +357,7 @@ def create_app(
             "If-None-Exist",
             "Idempotency-Key",
             "X-Request-ID",
+            "X-Conversation-Id",
         ],
         expose_headers=[
             "Location",
