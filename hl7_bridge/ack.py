@@ -29,7 +29,24 @@ __all__ = [
 ]
 
 SUPPORTED_EVENTS = ("S12", "S13", "S14", "S15", "S16", "S17", "S26")
-SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
+# every v2 release from 2.1 to 2.8.2: SIU is read by field position, and SCH, TQ1 and the AIx
+# segments keep their positions across them (HL7 v2.5.1 chapter 10; 2.1 and 2.2 predate the
+# chapter's segments, which are read as the newest version defines them, see parse._known)
+SUPPORTED_VERSIONS = (
+    "2.1",
+    "2.2",
+    "2.3",
+    "2.3.1",
+    "2.4",
+    "2.5",
+    "2.5.1",
+    "2.6",
+    "2.7",
+    "2.7.1",
+    "2.8",
+    "2.8.1",
+    "2.8.2",
+)
 PROCESSING_IDS = ("P", "T", "D")
 _SEGMENTS = re.compile(rb"\r\n|\r|\n")
 
@@ -92,7 +109,9 @@ def refusal(header: Header) -> tuple[str, str] | None:
         return "202", f"unsupported processing id {processing!r}"
     version = header.component(12, 1).decode("latin-1")
     if version not in SUPPORTED_VERSIONS:
-        return "203", f"unsupported version {version!r}; versions 2.3 to 2.8 are accepted"
+        return "203", (
+            f"MSH-12 version {version!r} is not supported; send 2.1 to 2.8.2 (for example 2.5.1)"
+        )
     return None
 
 

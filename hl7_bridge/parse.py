@@ -9,9 +9,11 @@ would change meaning:
 * segment terminators CR, LF or CRLF all become CR, blank lines are dropped;
 * delimiters are read from MSH-1 and MSH-2, never assumed;
 * segment names and the version are checked against hl7apy's definitions (2.7 and 2.7.1 as
-  2.8, see ``_HL7APY_VERSION``); Z-segments pass, a segment no version defines is set aside
-  (named in :attr:`Message.ignored`) rather than refusing the whole message; segment order is
-  not enforced;
+  2.8, see ``_HL7APY_VERSION``); a segment the message's version does not define (SCH, AIS or
+  AIP in a 2.1 or 2.2 message, TQ1 in a 2.3 one) falls back to the newest version's generic
+  definition, since fields are read by position anyway; Z-segments pass, a segment no version
+  defines is set aside (named in :attr:`Message.ignored`) rather than refusing the whole
+  message; segment order is not enforced;
 * values are read from the normalised text with the message's own delimiters and unescaped
   here (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, ``\\Xhh\\`` in the message's charset, ``\\.br\\``):
   hl7apy re-escapes sequences it does not know when it writes a field back, so its field

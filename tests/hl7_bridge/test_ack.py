@@ -60,10 +60,11 @@ def test_other_delimiters_are_kept() -> None:
     [
         ("ADT^A01", "2.5.1", "200"),
         ("SIU^S99", "2.5.1", "201"),
-        ("SIU^S12", "2.2", "203"),
+        ("SIU^S12", "2.0", "203"),
+        ("SIU^S12", "2.9", "203"),
         ("SIU^S12", "3.0", "203"),
     ],
-    ids=["message type", "event", "too old", "too new"],
+    ids=["message type", "event", "too old", "not yet", "too new"],
 )
 def test_unsupported_is_rejected_with_err(kind: str, version: str, code: str) -> None:
     header = read_header(_inbound(kind=kind, version=version))
@@ -75,7 +76,7 @@ def test_unsupported_is_rejected_with_err(kind: str, version: str, code: str) ->
 
 
 def test_supported_versions_pass() -> None:
-    for version in ("2.3", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8"):
+    for version in ("2.1", "2.2", "2.3", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.2"):
         assert refusal(read_header(_inbound(version=version))) is None
 
 

@@ -431,14 +431,27 @@ async def test_failures_get_ae_are_kept_and_replay_after_the_fix(
 async def test_unsupported_messages_get_ar_and_are_kept(bridge: Bridge) -> None:
     adt = siu("S12", "U1", at(9)).replace(b"SIU^S12^SIU_S12", b"ADT^A01^ADT_A01")
     s99 = siu("S12", "U2", at(9)).replace(b"SIU^S12^SIU_S12", b"SIU^S99")
-    old = siu("S12", "U3", at(9)).replace(b"|2.5.1", b"|2.1", 1)
-    acks = await bridge.send(adt, s99, old, b"this is not HL7")
+    unknown_version = siu("S12", "U3", at(9)).replace(b"|2.5.1", b"|2.9", 1)
+    acks = await bridge.send(adt, s99, unknown_version, b"this is not HL7")
     codes = [hl7.parse(a.decode()).segment("MSA") for a in acks]
     assert [str(m[1]) for m in codes] == ["AR", "AR", "AR", "AR"]
     errs = [str(hl7.parse(a.decode()).segment("ERR")[3][0][0]) for a in acks]
     assert errs == ["200", "201", "203", "100"]
     assert bridge.appointments() == []
     assert [r.status for r in bridge.message_rows()] == ["rejected"] * 4
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2", "2.8.1", "2.8.2"])
+async def test_versions_beyond_2_3_to_2_8_are_applied(bridge: Bridge, version: str) -> None:
+    """2.1 and 2.2 predate SCH and the AIx segments in hl7apy's tables, 2.8.1 and 2.8.2 came
+    later: all are read by position and applied."""
+    raw = siu("S12", "V1", at(10)).replace(b"|2.5.1", f"|{version}".encode(), 1)
+    [ack] = await bridge.send(raw)
+    assert msa(ack) == ("AA", "V1")
+    assert hl7.parse(ack.decode()).segment("MSH")[12][0] == version
+    [appt] = bridge.appointments()
+    assert datetime.fromisoformat(appt["start"]) == at(10)
+    assert bridge.slot_status(at(10)) == "busy"
 
 
 async def test_enhanced_mode_commit_accept_then_application_ack(bridge: Bridge) -> None:
