@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from base.errors import Unprocessable
 from hl7_bridge.siu_to_fhir import Person, SIUChange
+from hl7_bridge.status import FILLER_STATUS_EXTENSION
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.direct import Direct, pipelined
@@ -104,6 +105,7 @@ class Applied:
     status: str  # applied | conflict | superseded
     patient_id: str | None = None
     note: str | None = None
+    warnings: tuple[tuple[str, str], ...] = ()  # (code, words): applied, with a caveat
 
 
 def _link_keys(change: SIUChange) -> list[tuple[str, str, str]]:
@@ -325,6 +327,7 @@ def _visit_type(config: ClinicConfig | None, change: SIUChange) -> VisitType | N
 
 def _participants(
     change: SIUChange,
+    status: str,
     patient_id: str | None,
     practitioner: str | None,
     location: str | None,
@@ -354,7 +357,7 @@ def _participants(
                 else {"display": person.name or person.id}
             )
             out.append({"actor": actor})
-    state = "declined" if change.status == "cancelled" else "accepted"
+    state = "declined" if status == "cancelled" else "accepted"
     return [{**p, "status": state} for p in out]
 
 
@@ -430,16 +433,26 @@ def _span(
     end = change.end or (parse_fhir_date(old["end"]).low if old and old.get("end") else None)
     if start is not None and end is None and visit is not None:
         end = start + timedelta(minutes=visit.minutes)
-    if start is None or end is None:
+    if start is None:
         raise Unprocessable(
-            "the message gives no appointment time: send TQ1-7/8, SCH-11 or AIS-4 with a "
-            "duration (TQ1-6, SCH-9/10 or AIS-7/8)"
+            "no appointment start: SCH-11.4, TQ1-7 and the AIS-4, AIG-8, AIL-6 and AIP-6 "
+            "start times are all empty or unreadable; send the start in TQ1-7 (v2.5 and "
+            "later) or SCH-11.4, with the end in TQ1-8 or SCH-11.5"
+        )
+    if end is None:
+        codes = ", ".join(repr(c["code"]) for c in change.services) or "(empty)"
+        raise Unprocessable(
+            "the appointment has a start but no end: TQ1-8, SCH-11.5 and every duration "
+            "(TQ1-6, SCH-11.3, SCH-9/10, AIS-7/8) are empty or unreadable, and AIS-3 "
+            f"{codes} is no visit type of the clinic file; send the end or a duration, or "
+            "add the visit type to the clinic file"
         )
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
 def _body(
     change: SIUChange,
+    status: str,
     old: dict[str, Any] | None,
     span: tuple[datetime, datetime],
     shown: tzinfo,
@@ -451,7 +464,7 @@ def _body(
     resource: dict[str, Any] = {
         "resourceType": "Appointment",
         "identifier": _merge_identifiers(old, change.identifiers()),
-        "status": change.status,
+        "status": status,
         "start": start.astimezone(shown).isoformat(),
         "end": end.astimezone(shown).isoformat(),
         "minutesDuration": max(1, round((end - start).total_seconds() / 60)),
@@ -469,9 +482,22 @@ def _body(
     comment = change.comment or (old or {}).get("comment")
     if comment:
         resource["comment"] = comment
-    if change.status == "cancelled":
+    extensions = _extensions(change, old)
+    if extensions:
+        resource["extension"] = extensions
+    if status == "cancelled":
         resource["cancelationReason"] = {"text": f"cancelled in the EMR ({change.event})"}
     return resource
+
+
+def _extensions(change: SIUChange, old: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The Appointment's extensions: SCH-25 as this message sent it (else as an earlier one
+    did), beside any others it had."""
+    before = list((old or {}).get("extension", []))
+    sent = change.filler_status.extension() if change.filler_status else None
+    if sent is None:
+        return before
+    return [e for e in before if e.get("url") != FILLER_STATUS_EXTENSION] + [sent]
 
 
 def apply_change(
@@ -489,7 +515,12 @@ def apply_change(
     old: dict[str, Any] | None = None
     if link is not None:
         if change.sent_at and link.last_sent_at and change.sent_at < as_utc(link.last_sent_at):
-            return Applied(link.appointment_id, "superseded", note="older than what was applied")
+            return Applied(
+                link.appointment_id,
+                "superseded",
+                note="older than what was applied",
+                warnings=tuple(change.warnings),
+            )
         stored = store.read(conn, "Appointment", link.appointment_id)
         old = stored.resource() if stored is not None and not stored.deleted else None
     visit = _visit_type(config, change)
@@ -502,9 +533,11 @@ def apply_change(
         practitioner = participant_id(old, "Practitioner")
     if old is not None and not change.locations:
         location = participant_id(old, "Location")
-    participants = _participants(change, patient_id, practitioner, location, old)
+    # an S14 without a usable SCH-25 keeps the status the Appointment has
+    wanted = change.status or str((old or {}).get("status") or "booked")
+    participants = _participants(change, wanted, patient_id, practitioner, location, old)
     resource = _body(
-        change, old, (start, end), config.tz if config else UTC, visit_type, participants
+        change, wanted, old, (start, end), config.tz if config else UTC, visit_type, participants
     )
 
     # give up the old time, then claim the new one (the guard decides)
@@ -515,7 +548,7 @@ def apply_change(
         appointment_id = service.new_id()
     status = "applied"
     slots: list[str] = []
-    if change.status in HOLDS_TIME and practitioner and location:
+    if wanted in HOLDS_TIME and practitioner and location:
         sched = schedule_id(practitioner, location)
         covered = _claim(conn, sched, appointment_id, start, end, visit_type, now)
         if covered is None:
@@ -550,7 +583,7 @@ def apply_change(
     batch.mark(slots, "busy")
     _link(conn, batch, change, appointment_id, new=link is None)
     note = "overlaps a booking made here" if status == "conflict" else None
-    return Applied(appointment_id, status, patient_id, note)
+    return Applied(appointment_id, status, patient_id, note, tuple(change.warnings))
 
 
 def _merge_identifiers(

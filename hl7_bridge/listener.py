@@ -61,7 +61,7 @@ class BridgeConfig:
     """How this server reads its senders (from Settings; see README "HL7 v2 bridge")."""
 
     sender_tz: tzinfo = UTC
-    status_map: dict[str, str] = field(default_factory=dict)
+    status_map: dict[str, Any] = field(default_factory=dict)  # see status.check_status_map
     identifier_systems: dict[str, str] = field(default_factory=dict)
     server: str = "fhir-sched"  # this server, as AuditEvents name it
     audit: bool = True
@@ -73,6 +73,11 @@ class _Result:
     status: str  # message status
     applied: Applied | None = None
     error: tuple[str, str] | None = None  # (HL7 table 0357 code, words)
+    extra: tuple[tuple[str, str], ...] = ()  # warnings found before applying (code, words)
+
+    @property
+    def warnings(self) -> tuple[tuple[str, str], ...]:
+        return self.extra + (self.applied.warnings if self.applied else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +431,7 @@ class Listener:
                 ack_code=result.code,
                 appointment_id=appointment,
                 error=result.error,
+                warnings=result.warnings,
             )
             return
         self.messages.add(
@@ -442,6 +448,7 @@ class Listener:
             ack_code=result.code,
             appointment_id=appointment,
             error=result.error,
+            warnings=result.warnings,
         )
 
     def _unreadable(self, raw: bytes, peer: str, why: str) -> bytes:

@@ -51,6 +51,7 @@ class Opened:
     ack: bytes | None
     address: str | None  # the sender's network address
     detail: str | None  # why it failed, in words (may quote the message, so it is sealed)
+    warnings: tuple[str, ...] = ()  # what was applied with a caveat, in words (sealed too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +67,14 @@ class MessageRecord:
     ack_code: str | None
     appointment_id: str | None
     error: str | None  # HL7 table 0357 error code (the words are sealed)
+    warnings: str | None  # warning codes, space-separated (the words are sealed)
     attempts: int
     next_attempt: datetime | None
+
+
+def _codes(warnings: tuple[tuple[str, str], ...]) -> str | None:
+    """The warnings' codes for the plain column (no message content): unique, in order."""
+    return " ".join(dict.fromkeys(code for code, _ in warnings))[:200] or None
 
 
 def _aad(message_id: str) -> bytes:
@@ -85,12 +92,14 @@ class MessageStore:
         ack: bytes | None,
         address: str | None,
         detail: str | None,
+        warnings: tuple[tuple[str, str], ...] = (),
     ) -> dict[str, Any]:
         doc = {
             "message": base64.b64encode(message).decode(),
             "ack": base64.b64encode(ack).decode() if ack is not None else None,
             "address": address,
             "detail": detail,
+            "warnings": [words for _, words in warnings],
         }
         sealed = self.keys.seal(orjson.dumps(doc), aad=_aad(message_id))
         return {
@@ -105,7 +114,13 @@ class MessageStore:
         sealed = Sealed(row.kek_id, row.wrapped_key, row.nonce, row.ciphertext)
         doc = orjson.loads(self.keys.open(sealed, aad=_aad(row.id)))
         ack = base64.b64decode(doc["ack"]) if doc.get("ack") else None
-        return Opened(base64.b64decode(doc["message"]), ack, doc.get("address"), doc.get("detail"))
+        return Opened(
+            base64.b64decode(doc["message"]),
+            ack,
+            doc.get("address"),
+            doc.get("detail"),
+            tuple(doc.get("warnings") or ()),
+        )
 
     def add(
         self,
@@ -124,6 +139,7 @@ class MessageStore:
         appointment_id: str | None = None,
         error: tuple[str, str] | None = None,
         next_attempt: datetime | None = None,
+        warnings: tuple[tuple[str, str], ...] = (),
     ) -> str:
         message_id = str(uuid.uuid4())
         _INSERT.run(
@@ -139,9 +155,12 @@ class MessageStore:
                 "ack_code": ack_code,
                 "appointment_id": appointment_id,
                 "error": error[0] if error else None,
+                "warnings": _codes(warnings),
                 "attempts": 0,
                 "next_attempt": next_attempt,
-                **self._seal(message_id, message, ack, address, error[1] if error else None),
+                **self._seal(
+                    message_id, message, ack, address, error[1] if error else None, warnings
+                ),
             },
         )
         return message_id
@@ -158,6 +177,7 @@ class MessageStore:
         ack_code: str | None = None,
         appointment_id: str | None = None,
         error: tuple[str, str] | None = None,
+        warnings: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Record how a stored message ended (and the ACK that says so)."""
         conn.execute(
@@ -168,7 +188,10 @@ class MessageStore:
                 ack_code=ack_code,
                 appointment_id=appointment_id,
                 error=error[0] if error else None,
-                **self._seal(message_id, message, ack, address, error[1] if error else None),
+                warnings=_codes(warnings),
+                **self._seal(
+                    message_id, message, ack, address, error[1] if error else None, warnings
+                ),
             )
         )
 
@@ -194,8 +217,11 @@ class MessageStore:
         direction: str | None = None,
         statuses: list[str] | None = None,
         limit: int = 100,
+        warned: bool = False,
     ) -> list[MessageRecord]:
         query = select(*[HM.c[f] for f in MessageRecord.__slots__]).order_by(HM.c.seq)
+        if warned:
+            query = query.where(HM.c.warnings.is_not(None))
         if direction:
             query = query.where(HM.c.direction == direction)
         if statuses:

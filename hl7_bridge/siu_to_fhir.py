@@ -9,9 +9,8 @@ comment) and chapter 10 of v2.5.1:
 * keys: SCH-1 (placer appointment id) and SCH-2 (filler appointment id) become Appointment
   identifiers (types PLAC and FILL) in a system named after the sender, so two EMRs that
   number alike never meet;
-* status: S15/S16 cancel, S17 deletes (``entered-in-error``), S26 is a no-show; otherwise
-  SCH-25 through a configurable table (HL7 table 0278 → Appointment.status), ``booked`` when
-  absent;
+* status: the event, refined by SCH-25 through the status tables (``status.py``); an unknown
+  SCH-25 is a warning, never a refusal;
 * times: TQ1-7/TQ1-8 (2.5+), else SCH-11 (TQ, 2.3-2.4 style), else the resource segments' start
   (AIS-4, AIP-6, AIL-6); the end is explicit or start plus a duration (TQ1-6, SCH-11.3,
   SCH-9/SCH-10, or the resource segment's duration) with its units; offset-less times are in
@@ -21,37 +20,20 @@ comment) and chapter 10 of v2.5.1:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from hl7_bridge.parse import Message, ParseError, parse_date, parse_dtm
+from hl7_bridge.status import Status, describe_unknown, resolve_status
 
 __all__ = [
-    "DEFAULT_STATUS_MAP",
-    "EVENT_STATUS",
     "Person",
     "SIUChange",
     "read_siu",
     "sender_key",
 ]
-
-# HL7 table 0278 (filler status codes) → FHIR Appointment.status; override per deployment
-DEFAULT_STATUS_MAP = {
-    "booked": "booked",
-    "overbook": "booked",
-    "blocked": "booked",
-    "pending": "pending",
-    "waitlist": "waitlist",
-    "started": "arrived",
-    "complete": "fulfilled",
-    "cancelled": "cancelled",
-    "canceled": "cancelled",
-    "dc": "cancelled",
-    "deleted": "entered-in-error",
-    "noshow": "noshow",
-}
-EVENT_STATUS = {"S15": "cancelled", "S16": "cancelled", "S17": "entered-in-error", "S26": "noshow"}
 
 _UNITS = {
     "s": 1,
@@ -93,7 +75,7 @@ class SIUChange:
     sent_at: datetime | None  # MSH-7: orders messages about the same appointment
     placer: str | None  # SCH-1.1
     filler: str | None  # SCH-2.1
-    status: str
+    status: str | None  # None: keep the Appointment's (an S14 without a usable SCH-25)
     start: datetime | None
     end: datetime | None
     patient: dict[str, Any] | None  # a Patient resource without id
@@ -102,6 +84,8 @@ class SIUChange:
     services: list[dict[str, str]] = field(default_factory=list)  # codings from AIS-3
     reason: str | None = None  # SCH-7 text
     comment: str | None = None  # NTE-3, joined
+    filler_status: Status | None = None  # SCH-25 as sent, and whether any table knew it
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, words)
 
     def identifiers(self) -> list[dict[str, Any]]:
         out = []
@@ -282,7 +266,7 @@ def read_siu(
     msg: Message,
     *,
     sender_tz: tzinfo,
-    status_map: dict[str, str] | None = None,
+    status_map: Mapping[str, Any] | None = None,
     identifier_systems: dict[str, str] | None = None,
 ) -> SIUChange:
     """What ``msg`` asks for. :class:`ParseError` when it cannot be understood."""
@@ -295,14 +279,18 @@ def read_siu(
     placer, filler = sch.get(1) or None, sch.get(2) or None
     if not placer and not filler:
         raise ParseError("SCH-1 (placer appointment id) or SCH-2 (filler appointment id) is needed")
-    if event in EVENT_STATUS:
-        status = EVENT_STATUS[event]
-    else:
-        table = {**DEFAULT_STATUS_MAP, **{k.lower(): v for k, v in (status_map or {}).items()}}
-        raw = (sch.get(25, 1) or sch.get(25, 2)).strip().lower()
-        if raw and raw not in table:
-            raise ParseError(f"SCH-25 filler status {raw!r} is not in the status table")
-        status = table.get(raw, "booked") if raw else "booked"
+    status = resolve_status(
+        event,
+        code=sch.get(25, 1),
+        text=sch.get(25, 2),
+        system=sch.get(25, 3),
+        sender=sender,
+        status_map=status_map,
+    )
+    warnings: list[tuple[str, str]] = []
+    if status.unknown:
+        applied = status.value or "its current status"
+        warnings.append(("status-unknown", describe_unknown(event, status, sender, applied)))
     start, end = _times(msg, sender_tz)
     if start is not None and end is not None and end <= start:
         raise ParseError("the appointment ends before it starts")
@@ -314,7 +302,7 @@ def read_siu(
         sent_at=parse_dtm(msh.get(7), sender_tz),
         placer=placer,
         filler=filler,
-        status=status,
+        status=status.value,
         start=start,
         end=end,
         patient=_patient(msg, sender, identifier_systems or {}),
@@ -323,4 +311,6 @@ def read_siu(
         services=_services(msg),
         reason=sch.get(7, 2) or sch.get(7, 1) or None,
         comment="\n".join(n for n in notes if n) or None,
+        filler_status=status,
+        warnings=warnings,
     )

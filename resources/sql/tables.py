@@ -430,6 +430,7 @@ class HL7Message(Base):
     ack_code: Mapped[str | None] = mapped_column(String(2))
     appointment_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)  # why it failed (no message content)
+    warnings: Mapped[str | None] = mapped_column(String(200))  # codes: applied with a caveat
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     kek_id: Mapped[str] = mapped_column(String(64))

@@ -25,6 +25,7 @@ from hl7_bridge.inbound import CONFLICT_TAG
 from hl7_bridge.listener import BridgeConfig, Listener
 from hl7_bridge.messages import HM, MessageStore
 from hl7_bridge.mllp import MLLPServer
+from hl7_bridge.status import FILLER_STATUS_EXTENSION
 from resources import service
 from resources.fhirdate import as_utc
 from resources.sql.engine import Database
@@ -32,7 +33,7 @@ from resources.sql.tables import AuditLog, BusyTime
 from resources.store import Store
 from scheduling import booking
 from scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
-from scheduling.config import ClinicConfig, load_clinic_config
+from scheduling.config import ClinicConfig, VisitType, load_clinic_config
 from security.audit import open_event
 from security.crypto import KeyRing
 from tests.conftest import someone_waits_for_a_lock
@@ -396,36 +397,88 @@ async def test_a_booking_over_time_taken_here_is_kept_as_a_conflict(
     assert bridge.slot_status(at(10, day=1)) == "busy"  # ours, untouched
 
 
+def swap(raw: bytes, name: str, *lines: str) -> bytes:
+    """``raw`` with its ``name`` segments replaced by ``lines`` (none: dropped)."""
+    out: list[bytes] = []
+    for line in raw.split(b"\r"):
+        if line.startswith(name.encode() + b"|"):
+            out += [x.encode() for x in lines]
+            lines = ()
+        else:
+            out.append(line)
+    return b"\r".join(out)
+
+
+def no_time(control: str, key: str) -> bytes:
+    """An S12 with no time anywhere (AE: nothing can be applied)."""
+    return swap(siu("S12", control, at(16), key=key), "TQ1")
+
+
 async def test_failures_get_ae_are_kept_and_replay_after_the_fix(
     bridge: Bridge, clinic: ClinicConfig
 ) -> None:
-    unknown_status = siu("S12", "F1", at(16), status="Confirmed")
-    lines = siu("S12", "F2", at(16), key="F-2").split(b"\r")
-    no_time = b"\r".join(line for line in lines if not line.startswith(b"TQ1"))
-    acks = await bridge.send(unknown_status, no_time)
+    # a start, but no end, no duration and a visit type the clinic file does not know
+    start_only = swap(
+        siu("S12", "F1", at(16)),
+        "TQ1",
+        seg("TQ1", {1: "1", 7: hl7_time(at(16))}),
+    ).replace(b"follow-up^Follow-up visit", b"consult^Consultation")
+    acks = await bridge.send(start_only, no_time("F2", "F-2"))
     assert [msa(a) for a in acks] == [("AE", "F1"), ("AE", "F2")]
     err = hl7.parse(acks[0].decode()).segment("ERR")
-    assert "'confirmed' is not in the status table" in str(err[8])
+    assert "AIS-3 'consult' is no visit type of the clinic file" in str(err[8])
     assert bridge.appointments() == []
     rows = bridge.message_rows()
     assert [(r.status, r.ack_code) for r in rows] == [("failed", "AE"), ("failed", "AE")]
     failures = [e for e in bridge.audit_events() if e["type"]["code"] == "110107"]
     assert [e["outcome"] for e in failures] == ["8", "8"]
 
-    # the cause is fixed (the sender's status is added to the table) and the message replayed
+    # the cause is fixed (the visit type is added to the clinic file) and the message replayed
+    consult = VisitType(code="consult", display="Consultation", minutes=45)
     fixed = Listener(
         bridge.db,
         bridge.keys,
         bridge.store,
-        clinic=clinic,
-        config=replace(bridge.listener.config, status_map={"confirmed": "booked"}),
+        clinic=clinic.model_copy(update={"visit_types": [*clinic.visit_types, consult]}),
+        config=bridge.listener.config,
     )
     assert fixed.replay(rows[0].id) == "applied"
     [appt] = bridge.appointments()
     assert appt["status"] == "booked"
+    assert datetime.fromisoformat(appt["end"]) == at(16, 45)
     # a resend still gets the first answer (the sender was told AE; replay is staff's tool)
-    [ack] = await bridge.send(unknown_status)
+    [ack] = await bridge.send(start_only)
     assert msa(ack)[0] == "AA"
+
+
+async def test_an_unknown_status_is_applied_by_its_event_and_kept(bridge: Bridge) -> None:
+    """SCH-25 in a local code no table knows: the S12 books, the S14 keeps the status the
+    Appointment has, and each keeps the sender's value and a warning."""
+    t0 = datetime.now(UTC)
+    acks = await bridge.send(
+        siu("S12", "W1", at(9), key="W-1", sent=t0, status="1^SCH"),
+        siu("S14", "W2", at(9), key="W-1", sent=t0 + timedelta(seconds=1), status="Arrived"),
+        siu("S14", "W3", at(9), key="W-1", sent=t0 + timedelta(seconds=2), status="ZZ^Odd^LOCAL"),
+    )
+    assert [msa(a) for a in acks] == [("AA", "W1"), ("AA", "W2"), ("AA", "W3")]
+    [appt] = bridge.appointments()
+    assert appt["status"] == "arrived"  # the W2 status, kept by W3
+    assert appt["extension"] == [
+        {
+            "url": FILLER_STATUS_EXTENSION,
+            "valueCoding": {"code": "ZZ", "display": "Odd", "system": "LOCAL"},
+        }
+    ]
+    rows = {r.control_id: r for r in bridge.message_rows()}
+    assert {c: (r.status, r.warnings) for c, r in rows.items()} == {
+        "W1": ("applied", "status-unknown"),
+        "W2": ("applied", None),
+        "W3": ("applied", "status-unknown"),
+    }
+    opened = MessageStore(bridge.keys).open(rows["W1"])
+    [words] = opened.warnings
+    assert "'1^SCH'" in words and "applied as 'booked'" in words
+    assert bridge.slot_status(at(9)) == "busy"
 
 
 async def test_unsupported_messages_get_ar_and_are_kept(bridge: Bridge) -> None:
@@ -546,7 +599,7 @@ async def test_messages_arriving_together_commit_together_and_a_bad_one_alone(
 
     sent = {
         "a": siu("S12", "G1", at(9), key="G-1"),
-        "bad": siu("S12", "G2", at(10), key="G-2", status="Confirmed"),  # not in the table
+        "bad": no_time("G2", "G-2"),
         "b": siu("S12", "G3", at(11), key="G-3"),
     }
     # three connections' messages ready in the same turn of the event loop
@@ -693,7 +746,7 @@ async def test_groups_written_on_the_event_loop_are_answered_and_kept_alike(
 
     try:
         acks = await asyncio.gather(*(sender(n) for n in range(4)))
-        [bad] = await inline.send(siu("S12", "L-bad", at(15), key="L-B", status="Confirmed"))
+        [bad] = await inline.send(no_time("L-bad", "L-B"))
     finally:
         await server.close()
     assert [msa(a)[0] for group in acks for a in group] == ["AA"] * 12

@@ -4,13 +4,17 @@ and HL7 date/times; then the SIU mapping's choices (status table, time sources, 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import ValidationError
 
+from fhir_server.settings import Settings
 from hl7_bridge.ack import SUPPORTED_VERSIONS
 from hl7_bridge.parse import Encoding, ParseError, parse, parse_dtm, unescape
 from hl7_bridge.siu_to_fhir import read_siu
+from hl7_bridge.status import FILLER_STATUS_EXTENSION, check_status_map
 from tests.hl7_bridge.samples import modern_like, seg
 
 NY = ZoneInfo("America/New_York")
@@ -118,17 +122,85 @@ def test_time_sources_and_units() -> None:
         assert change.end == datetime(2026, 12, 1, 9, 45, tzinfo=NY), name
 
 
-def test_status_comes_from_the_event_then_the_table() -> None:
-    sch = seg("SCH", {1: "A", 25: "Complete"})
-    assert read_siu(parse(_siu(sch)), sender_tz=NY).status == "fulfilled"
-    assert read_siu(parse(_siu(sch, event="S15")), sender_tz=NY).status == "cancelled"
-    assert read_siu(parse(_siu(sch, event="S17")), sender_tz=NY).status == "entered-in-error"
-    assert read_siu(parse(_siu(sch, event="S26")), sender_tz=NY).status == "noshow"
-    odd = seg("SCH", {1: "A", 25: "ARRIVED"})
-    with pytest.raises(ParseError, match="status table"):
-        read_siu(parse(_siu(odd)), sender_tz=NY)
-    change = read_siu(parse(_siu(odd)), sender_tz=NY, status_map={"Arrived": "arrived"})
-    assert change.status == "arrived"
+MINE = {"EMR.FAC": {"1": "booked", "ARR": "arrived"}}
+STATUS_CASES = [
+    # (id, event, SCH-25, status map, Appointment.status, unknown)
+    ("0278 code", "S12", "Complete", {}, "fulfilled", False),
+    ("0278 lower case", "S12", "booked", {}, "booked", False),
+    ("upper case", "S12", "BOOKED", {}, "booked", False),
+    ("Scheduled", "S12", "Scheduled", {}, "booked", False),
+    ("code with a local system", "S12", "Scheduled^^CSI", {}, "booked", False),
+    ("Confirmed", "S13", "Confirmed", {}, "booked", False),
+    ("Arrived", "S14", "Arrived", {}, "arrived", False),
+    ("checked-in spelt out", "S14", "Checked In", {}, "checked-in", False),
+    ("code unknown, text known", "S12", "Sch^Scheduled^SCHEDULING", {}, "booked", False),
+    ("numeric local code", "S12", "1^SCH", {}, "booked", True),
+    ("numeric code in the sender's table", "S12", "1^SCH", MINE, "booked", False),
+    (
+        "another sender's table does not apply",
+        "S14",
+        "ARR",
+        {"X.Y": {"ARR": "arrived"}},
+        None,
+        True,
+    ),
+    ("sender's table", "S14", "arr", MINE, "arrived", False),
+    ("global entry", "S12", "Zz", {"ZZ": "waitlist"}, "waitlist", False),
+    ("S13 pending", "S13", "Pending", {}, "pending", False),
+    ("S14 without SCH-25 keeps the status", "S14", "", {}, None, False),
+    ("S14 unknown keeps the status", "S14", "Hmm", {}, None, True),
+    ("S12 unknown is booked", "S12", "Hmm", {}, "booked", True),
+    ("S15 is a cancellation", "S15", "Complete", {}, "cancelled", False),
+    ("NOSHOW on an S15", "S15", "NOSHOW", {}, "noshow", False),
+    ("No Show spelt out on an S15", "S15", "No Show", {}, "noshow", False),
+    ("S15 unknown", "S15", "Gone", {}, "cancelled", True),
+    ("S16", "S16", "", {}, "cancelled", False),
+    ("S17", "S17", "Booked", {}, "entered-in-error", False),
+    ("S26", "S26", "Booked", {}, "noshow", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("event", "sch25", "status_map", "status", "unknown"),
+    [c[1:] for c in STATUS_CASES],
+    ids=[c[0] for c in STATUS_CASES],
+)
+def test_status_comes_from_the_event_refined_by_sch25(
+    event: str, sch25: str, status_map: dict[str, Any], status: str | None, unknown: bool
+) -> None:
+    change = read_siu(
+        parse(_siu(seg("SCH", {1: "A", 25: sch25}), event=event)),
+        sender_tz=NY,
+        status_map=status_map,
+    )
+    assert change.status == status
+    assert [code for code, _ in change.warnings] == (["status-unknown"] if unknown else [])
+    assert change.filler_status is not None
+    if sch25:
+        sent = change.filler_status.extension()
+        assert sent is not None and sent["url"] == FILLER_STATUS_EXTENSION
+        assert sent["valueCoding"]["code"] == sch25.split("^")[0]
+    else:
+        assert change.filler_status.extension() is None
+
+
+def test_an_unknown_status_warning_says_how_to_map_it() -> None:
+    change = read_siu(parse(_siu(seg("SCH", {1: "A", 25: "1^SCH"}))), sender_tz=NY)
+    [(_, words)] = change.warnings
+    assert "'1^SCH'" in words and "EMR.FAC" in words and "FHIRSCHED_HL7_STATUS_MAP" in words
+
+
+def test_a_status_map_must_name_appointment_statuses() -> None:
+    assert check_status_map({"Confirmed": "booked", "EMR.FAC": {"1": "arrived"}})
+    with pytest.raises(ValueError, match=r"'done' is not an Appointment\.status"):
+        check_status_map({"Complete": "done"})
+    with pytest.raises(ValueError, match="'1'"):
+        check_status_map({"EMR.FAC": {"1": "scheduled"}})
+    # FHIRSCHED_HL7_STATUS_MAP is checked when the settings are read
+    mine = Settings(hl7_status_map={"Confirmed": "booked", "EMR.FAC": {"1": "arrived"}})
+    assert mine.hl7_status_map["EMR.FAC"] == {"1": "arrived"}
+    with pytest.raises(ValidationError, match=r"not an Appointment\.status"):
+        Settings(hl7_status_map={"EMR.FAC": {"1": "scheduled"}})
 
 
 def test_siu_needs_keys_and_a_sane_time() -> None:
