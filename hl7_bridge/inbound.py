@@ -426,13 +426,18 @@ def _span(
     change: SIUChange, old: dict[str, Any] | None, visit: VisitType | None
 ) -> tuple[datetime, datetime]:
     """Start and end in UTC (SQLite compares instants as text): the message's, else those the
-    Appointment had; an end missing from both comes from the clinic's visit type."""
-    start = change.start or (
-        parse_fhir_date(old["start"]).low if old and old.get("start") else None
-    )
-    end = change.end or (parse_fhir_date(old["end"]).low if old and old.get("end") else None)
-    if start is not None and end is None and visit is not None:
-        end = start + timedelta(minutes=visit.minutes)
+    Appointment had. A start the message gives without an end lasts the clinic's visit type,
+    else as long as the Appointment did."""
+    before = (old or {}).get("start"), (old or {}).get("end")
+    old_start = parse_fhir_date(before[0]).low if before[0] else None
+    old_end = parse_fhir_date(before[1]).low if before[1] else None
+    start, end = change.start or old_start, change.end
+    if change.start is None:
+        end = old_end
+    elif end is None and visit is not None:
+        end = start + timedelta(minutes=visit.minutes) if start else None
+    elif end is None and old_start is not None and old_end is not None and start is not None:
+        end = start + (old_end - old_start)
     if start is None:
         raise Unprocessable(
             "no appointment start: SCH-11.4, TQ1-7 and the AIS-4, AIG-8, AIL-6 and AIP-6 "
@@ -548,7 +553,7 @@ def apply_change(
         appointment_id = service.new_id()
     status = "applied"
     slots: list[str] = []
-    if wanted in HOLDS_TIME and practitioner and location:
+    if wanted in HOLDS_TIME and practitioner and location and not change.all_day:
         sched = schedule_id(practitioner, location)
         covered = _claim(conn, sched, appointment_id, start, end, visit_type, now)
         if covered is None:

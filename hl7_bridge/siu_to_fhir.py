@@ -11,10 +11,8 @@ comment) and chapter 10 of v2.5.1:
   number alike never meet;
 * status: the event, refined by SCH-25 through the status tables (``status.py``); an unknown
   SCH-25 is a warning, never a refusal;
-* times: TQ1-7/TQ1-8 (2.5+), else SCH-11 (TQ, 2.3-2.4 style), else the resource segments' start
-  (AIS-4, AIP-6, AIL-6); the end is explicit or start plus a duration (TQ1-6, SCH-11.3,
-  SCH-9/SCH-10, or the resource segment's duration) with its units; offset-less times are in
-  the sender's configured zone.
+* times: the first complete source of SCH-11, TQ1 and the resource segments (``times.py``);
+  offset-less times are in the sender's configured zone.
 """
 
 from __future__ import annotations
@@ -22,11 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from typing import Any
 
 from hl7_bridge.parse import Message, ParseError, parse_date, parse_dtm
 from hl7_bridge.status import Status, describe_unknown, resolve_status
+from hl7_bridge.times import read_times
 
 __all__ = [
     "Person",
@@ -35,26 +34,6 @@ __all__ = [
     "sender_key",
 ]
 
-_UNITS = {
-    "s": 1,
-    "sec": 1,
-    "second": 1,
-    "seconds": 1,
-    "m": 60,
-    "min": 60,
-    "mins": 60,
-    "minute": 60,
-    "minutes": 60,
-    "h": 3600,
-    "hr": 3600,
-    "hrs": 3600,
-    "hour": 3600,
-    "hours": 3600,
-    "d": 86400,
-    "day": 86400,
-    "days": 86400,
-}
-_TQ_DURATION = re.compile(r"^([SMHDW])?(\d+(?:\.\d+)?)$", re.IGNORECASE)
 _GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "N": "other", "U": "unknown"}
 
 
@@ -77,13 +56,14 @@ class SIUChange:
     filler: str | None  # SCH-2.1
     status: str | None  # None: keep the Appointment's (an S14 without a usable SCH-25)
     start: datetime | None
-    end: datetime | None
+    end: datetime | None  # None with a start: the visit type's length, else the stored one
     patient: dict[str, Any] | None  # a Patient resource without id
     practitioners: list[Person] = field(default_factory=list)
     locations: list[Person] = field(default_factory=list)
     services: list[dict[str, str]] = field(default_factory=list)  # codings from AIS-3
     reason: str | None = None  # SCH-7 text
     comment: str | None = None  # NTE-3, joined
+    all_day: bool = False  # a date without a time: the whole day, claiming no time
     filler_status: Status | None = None  # SCH-25 as sent, and whether any table knew it
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, words)
 
@@ -117,62 +97,6 @@ def sender_key(application: str, facility: str) -> str:
 
 def key_system(sender: str, kind: str) -> str:
     return f"urn:fhir-sched:hl7:{sender}:{kind}"
-
-
-def _seconds(units: str) -> int:
-    unit = units.strip().lower()
-    if not unit:
-        return 60
-    if unit not in _UNITS:
-        raise ParseError(f"unknown duration unit {units!r}")
-    return _UNITS[unit]
-
-
-def _duration(amount: str, units: str) -> timedelta | None:
-    amount = amount.strip()
-    if not amount:
-        return None
-    per = _seconds(units)
-    try:
-        return timedelta(seconds=float(amount) * per)
-    except ValueError as exc:
-        raise ParseError(f"{amount!r} is not a duration") from exc
-
-
-def _tq_duration(value: str) -> timedelta | None:
-    """TQ.3: ``M30``, ``H1``, ``S900`` or a bare number (minutes)."""
-    m = _TQ_DURATION.match(value.strip())
-    if not m:
-        return None
-    unit = (m.group(1) or "M").upper()
-    per = {"S": 1, "M": 60, "H": 3600, "D": 86400, "W": 604800}[unit]
-    return timedelta(seconds=float(m.group(2)) * per)
-
-
-def _times(msg: Message, tz: tzinfo) -> tuple[datetime | None, datetime | None]:
-    sch = msg.first("SCH")
-    candidates: list[tuple[str, str, timedelta | None]] = []  # (start, end, duration)
-    tq1 = msg.first("TQ1")
-    if tq1 is not None:
-        candidates.append((tq1.get(7), tq1.get(8), _duration(tq1.get(6, 1), tq1.get(6, 2))))
-    if sch is not None:
-        candidates.append((sch.get(11, 4), sch.get(11, 5), _tq_duration(sch.get(11, 3))))
-    for name, start_at, dur_at in (("AIS", 4, 7), ("AIP", 6, 9), ("AIL", 6, 9), ("AIG", 8, 11)):
-        for seg in msg.all(name):
-            candidates.append(
-                (seg.get(start_at), "", _duration(seg.get(dur_at), seg.get(dur_at + 1)))
-            )
-    sch_duration = _duration(sch.get(9), sch.get(10)) if sch is not None else None
-    for start_raw, end_raw, duration in candidates:
-        start = parse_dtm(start_raw, tz)
-        if start is None:
-            continue
-        end = parse_dtm(end_raw, tz)
-        if end is None:
-            span = duration or sch_duration
-            end = start + span if span else None
-        return start, end
-    return None, None
 
 
 def _patient(msg: Message, sender: str, systems: dict[str, str]) -> dict[str, Any] | None:
@@ -291,9 +215,8 @@ def read_siu(
     if status.unknown:
         applied = status.value or "its current status"
         warnings.append(("status-unknown", describe_unknown(event, status, sender, applied)))
-    start, end = _times(msg, sender_tz)
-    if start is not None and end is not None and end <= start:
-        raise ParseError("the appointment ends before it starts")
+    timing = read_times(msg, sender_tz)
+    warnings += timing.warnings
     notes = [n.text(3, rep) for n in msg.all("NTE") for rep in range(len(n.repetitions(3)))]
     return SIUChange(
         event=event,
@@ -303,8 +226,9 @@ def read_siu(
         placer=placer,
         filler=filler,
         status=status.value,
-        start=start,
-        end=end,
+        start=timing.start,
+        end=timing.end,
+        all_day=timing.all_day,
         patient=_patient(msg, sender, identifier_systems or {}),
         practitioners=_people(msg, "AIP"),
         locations=_people(msg, "AIL"),

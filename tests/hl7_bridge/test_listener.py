@@ -481,6 +481,48 @@ async def test_an_unknown_status_is_applied_by_its_event_and_kept(bridge: Bridge
     assert bridge.slot_status(at(9)) == "busy"
 
 
+async def test_times_fall_back_with_warnings_rather_than_fail(bridge: Bridge) -> None:
+    """A date alone is an all-day Appointment claiming no time; a duration in units nobody
+    reads takes the visit type's length (AIS-3 follow-up: 30 minutes); a move with a start
+    alone keeps the Appointment's length."""
+    t0 = datetime.now(UTC)
+    day = at(9).astimezone(NY).strftime("%Y%m%d")
+    all_day = swap(siu("S12", "T1", at(9), key="T-1"), "TQ1").replace(
+        b"SCH|P-T-1^EMR|T-1^EMR|", f"SCH|P-T-1^EMR|T-1^EMR|||||||||^^^{day}|".encode()
+    )
+    junk = swap(
+        siu("S12", "T2", at(11), key="T-2", sent=t0, extra={9: "20", 10: "000000"}),
+        "TQ1",
+        seg("TQ1", {1: "1", 7: hl7_time(at(11))}),
+    )
+    move = swap(
+        siu("S13", "T3", at(13), key="T-2", sent=t0 + timedelta(seconds=1)),
+        "TQ1",
+        seg("TQ1", {1: "1", 7: hl7_time(at(13))}),
+    ).replace(b"follow-up^Follow-up visit", b"consult^Consultation")  # no visit type here
+    acks = await bridge.send(all_day, junk)
+    assert [msa(a) for a in acks] == [("AA", "T1"), ("AA", "T2")]
+    by_key = {
+        next(i["value"] for i in a["identifier"] if i["system"].endswith(":filler")): a
+        for a in bridge.appointments()
+    }
+    whole_day = by_key["T-1"]
+    midnight = datetime.combine(MONDAY, time(0), tzinfo=NY)
+    assert datetime.fromisoformat(whole_day["start"]) == midnight
+    assert datetime.fromisoformat(whole_day["end"]) == midnight + timedelta(days=1)
+    assert "slot" not in whole_day and bridge.slot_status(at(9)) == "free"
+    assert datetime.fromisoformat(by_key["T-2"]["end"]) == at(11, 30)
+    rows = {r.control_id: r.warnings for r in bridge.message_rows()}
+    assert rows == {"T1": "date-only", "T2": "unit-unknown"}
+
+    [ack] = await bridge.send(move)
+    assert msa(ack) == ("AA", "T3")
+    moved = next(a for a in bridge.appointments() if a["id"] == by_key["T-2"]["id"])
+    assert datetime.fromisoformat(moved["start"]) == at(13)
+    assert datetime.fromisoformat(moved["end"]) == at(13, 30)  # the length it had
+    assert bridge.slot_status(at(11)) == "free" and bridge.slot_status(at(13, 15)) == "busy"
+
+
 async def test_unsupported_messages_get_ar_and_are_kept(bridge: Bridge) -> None:
     adt = siu("S12", "U1", at(9)).replace(b"SIU^S12^SIU_S12", b"ADT^A01^ADT_A01")
     s99 = siu("S12", "U2", at(9)).replace(b"SIU^S12^SIU_S12", b"SIU^S99")

@@ -102,24 +102,173 @@ def _siu(*segments: str, event: str = "S12") -> bytes:
     return "\r".join([MSH.replace("SIU^S12", f"SIU^{event}"), *segments]).encode()
 
 
-def test_time_sources_and_units() -> None:
-    start = "20261201090000"
-    cases = {
-        "TQ1 start and end": [seg("TQ1", {7: start, 8: "20261201094500"})],
-        "TQ1 CQ duration in hours": [seg("TQ1", {6: "0.75^h", 7: start})],
-        "SCH-11 with TQ duration": [seg("SCH", {1: "A", 11: f"^^M45^{start}"})],
-        "AIS start and duration in seconds": [seg("AIS", {1: "1", 4: start, 7: "2700", 8: "s"})],
-        "AIP start with SCH-9/10": [
-            seg("SCH", {1: "A", 9: "45", 10: "min"}),
-            seg("AIP", {1: "1", 6: start}),
+D = "20261201"
+T9, T10, T945, T1045 = f"{D}090000", f"{D}100000", f"{D}094500", f"{D}104500"
+TIME_CASES: list[
+    tuple[str, list[str], tuple[int, int] | None, tuple[int, int] | None, list[str]]
+] = [
+    # (id, segments after MSH, start (h, m), end (h, m), warning codes); 1 December, New York
+    ("TQ1 start and end", [seg("TQ1", {7: T9, 8: T945})], (9, 0), (9, 45), []),
+    ("TQ1 CQ duration in hours", [seg("TQ1", {6: "0.75^h", 7: T9})], (9, 0), (9, 45), []),
+    ("TQ1 CQ in UCUM", [seg("TQ1", {6: "45^min&minutes&UCUM", 7: T9})], (9, 0), (9, 45), []),
+    (
+        "SCH-11 ^^dur^start^end",
+        [seg("SCH", {1: "A", 11: f"^^45^{T9}^{T945}"})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    ("SCH-11 TQ duration M45", [seg("SCH", {1: "A", 11: f"^^M45^{T9}"})], (9, 0), (9, 45), []),
+    (
+        "SCH-11 a bare timestamp, SCH-9/10 minutes",
+        [seg("SCH", {1: "A", 9: "45", 10: "min", 11: T9})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "SCH-11 before TQ1",
+        [seg("SCH", {1: "A", 11: f"^^^{T9}^{T945}"}), seg("TQ1", {7: T10, 8: T1045})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "SCH-11 start only, then TQ1 complete",
+        [seg("SCH", {1: "A", 11: f"^^^{T9}"}), seg("TQ1", {7: T10, 8: T1045})],
+        (10, 0),
+        (10, 45),
+        [],
+    ),
+    (
+        "SCH-10 MIN^MINUTES",
+        [seg("SCH", {1: "A", 9: "45", 10: "MIN^MINUTES", 11: f"^^^{T9}"})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "AIS units in words",
+        [seg("SCH", {1: "A"}), seg("AIS", {1: "1", 4: T9, 7: "45", 8: "minutes"})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "AIS seconds",
+        [seg("SCH", {1: "A"}), seg("AIS", {1: "1", 4: T9, 7: "2700", 8: "s"})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "AIL m^Minutes",
+        [seg("SCH", {1: "A"}), seg("AIL", {1: "1", 6: T9, 9: "45", 10: "m^Minutes"})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "AIG start and duration",
+        [seg("SCH", {1: "A"}), seg("AIG", {1: "1", 8: T9, 11: "45", 12: "MIN"})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "AIP start with SCH-9/10",
+        [seg("SCH", {1: "A", 9: "45", 10: "min"}), seg("AIP", {1: "1", 6: T9})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "junk units, explicit end: not needed",
+        [seg("SCH", {1: "A", 9: "45", 10: "000000", 11: f"^^^{T9}^{T945}"})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    (
+        "junk units, a later source is complete",
+        [
+            seg("SCH", {1: "A", 9: "30", 10: "000000", 11: f"^^^{T9}"}),
+            seg("AIP", {1: "1", 6: T9, 9: "45", 10: "MIN"}),
         ],
-    }
-    for name, segments in cases.items():
-        if not any(s.startswith("SCH") for s in segments):
-            segments = [seg("SCH", {1: "A"}), *segments]
-        change = read_siu(parse(_siu(*segments)), sender_tz=NY)
-        assert change.start == datetime(2026, 12, 1, 9, tzinfo=NY), name
-        assert change.end == datetime(2026, 12, 1, 9, 45, tzinfo=NY), name
+        (9, 0),
+        (9, 45),
+        ["unit-unknown"],
+    ),
+    (
+        "junk units and nothing else: the caller's length",
+        [seg("SCH", {1: "A", 9: "30", 10: "000000", 11: f"^^^{T9}"})],
+        (9, 0),
+        None,
+        ["unit-unknown"],
+    ),
+    (
+        "end before start, a duration instead",
+        [seg("SCH", {1: "A"}), seg("TQ1", {6: "45^min", 7: T10, 8: T9})],
+        (10, 0),
+        (10, 45),
+        ["end-before-start"],
+    ),
+    (
+        "unreadable TQ1, AIS instead",
+        [seg("SCH", {1: "A"}), seg("TQ1", {7: "tomorrow"}), seg("AIS", {1: "1", 4: T9, 7: "45"})],
+        (9, 0),
+        (9, 45),
+        ["time-unreadable"],
+    ),
+    (
+        "a date only, AIS has the time",
+        [seg("SCH", {1: "A", 11: f"^^^{D}"}), seg("AIS", {1: "1", 4: T9, 7: "45", 8: "min"})],
+        (9, 0),
+        (9, 45),
+        [],
+    ),
+    ("no time at all", [seg("SCH", {1: "A"})], None, None, []),
+]
+
+
+@pytest.mark.parametrize(
+    ("segments", "start", "end", "warnings"),
+    [c[1:] for c in TIME_CASES],
+    ids=[c[0] for c in TIME_CASES],
+)
+def test_time_sources_and_units(
+    segments: list[str],
+    start: tuple[int, int] | None,
+    end: tuple[int, int] | None,
+    warnings: list[str],
+) -> None:
+    if not any(s.startswith("SCH") for s in segments):
+        segments = [seg("SCH", {1: "A"}), *segments]
+    change = read_siu(parse(_siu(*segments)), sender_tz=NY)
+
+    def local(hm: tuple[int, int] | None) -> datetime | None:
+        return datetime(2026, 12, 1, *hm, tzinfo=NY) if hm else None
+
+    assert (change.start, change.end) == (local(start), local(end))
+    assert [code for code, _ in change.warnings] == warnings
+    assert not change.all_day
+
+
+def test_a_date_alone_is_an_all_day_appointment_and_offsets_are_kept() -> None:
+    change = read_siu(parse(_siu(seg("SCH", {1: "A", 11: f"^^^{D}"}))), sender_tz=NY)
+    assert change.all_day
+    assert (change.start, change.end) == (
+        datetime(2026, 12, 1, tzinfo=NY),
+        datetime(2026, 12, 2, tzinfo=NY),
+    )
+    [(code, words)] = change.warnings
+    assert code == "date-only" and "all-day" in words
+    pacific = seg("TQ1", {7: f"{T9}-0800", 8: f"{T945}-0800"})
+    change = read_siu(parse(_siu(seg("SCH", {1: "A"}), pacific)), sender_tz=NY)
+    assert change.start == datetime(2026, 12, 1, 9, tzinfo=timezone(timedelta(hours=-8)))
+    # without an offset, the sender's configured zone
+    bare = read_siu(parse(_siu(seg("SCH", {1: "A"}), seg("TQ1", {7: T9, 8: T945}))), sender_tz=UTC)
+    assert bare.start == datetime(2026, 12, 1, 9, tzinfo=UTC)
 
 
 MINE = {"EMR.FAC": {"1": "booked", "ARR": "arrived"}}
@@ -203,16 +352,11 @@ def test_a_status_map_must_name_appointment_statuses() -> None:
         Settings(hl7_status_map={"EMR.FAC": {"1": "scheduled"}})
 
 
-def test_siu_needs_keys_and_a_sane_time() -> None:
+def test_siu_needs_keys() -> None:
     with pytest.raises(ParseError, match="SCH segment"):
         read_siu(parse(_siu("PID|1")), sender_tz=NY)
     with pytest.raises(ParseError, match="SCH-1"):
         read_siu(parse(_siu("SCH||")), sender_tz=NY)
-    backwards = seg("TQ1", {7: "20261201100000", 8: "20261201090000"})
-    with pytest.raises(ParseError, match="ends before"):
-        read_siu(parse(_siu(seg("SCH", {1: "A"}), backwards)), sender_tz=NY)
-    with pytest.raises(ParseError, match="unit"):
-        read_siu(parse(_siu(seg("SCH", {1: "A", 9: "3", 10: "fortnights"}))), sender_tz=NY)
 
 
 def test_patient_identifiers_and_demographics() -> None:
