@@ -14,8 +14,9 @@
 * **Enhanced mode** (MSH-15 or MSH-16 present): the raw message is committed first and a
   ``CA`` goes back as MSH-15 asks (AL always, ER only on error, SU only on success, NE
   never); the application ACK follows on the same connection as MSH-16 asks.
-* A resend (same sender MSH-3/4 and MSH-10) changes nothing and gets the ACK sent the first
-  time.
+* A resend (same sender MSH-3/4, MSH-10 and content, MSH-7 and trailing separators aside)
+  changes nothing and gets the ACK sent the first time; a different message under a control id
+  used before is applied as new, with the warning ``control-id-reused``.
 * Every message leaves an AuditEvent (DICOM 110107 Import, subtype the trigger event) naming
   the sender and its network address, the Appointment and the Patient.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -114,6 +115,7 @@ class _Inbound:
         return bool(self.header.field(15) or self.header.field(16))
 
 
+Warnings = tuple[tuple[str, str], ...]  # (code, words)
 CONFLICT_TRIES = 3  # a message that lost to a concurrent writer this often is answered AE
 
 
@@ -188,11 +190,11 @@ class Listener:
         """Enhanced mode's first step: store the message and answer CA as MSH-15 asks, or a
         resend's original ACK. Returns the answers and whether the message is still to apply."""
         with self.db.write() as conn:
-            prior, first = self._prior(conn, msg, replay=False)
+            prior, first, reuse = self._prior(conn, msg, replay=False)
             if first is not None:
                 return [first], False
             if prior is None:
-                self._record(conn, None, msg, _Result(None, "received"), None)
+                self._record(conn, None, msg, _Result(None, "received", extra=reuse), None)
         ca = build_ack(msg.header, "CA", control_id=_control_id(), now=msg.now)
         return ([ca] if _wanted("CA", msg.header.field(15)) else []), True
 
@@ -202,17 +204,32 @@ class Listener:
         msg: _Inbound,
         *,
         replay: bool,
-        found: Callable[[], Any] | None = None,
-    ) -> tuple[Any, bytes | None]:
-        """The stored row for this message, if any (``found``: its query, sent already); for
-        a resend, the ACK sent the first time (nothing changes)."""
+        found: Callable[[], list[Any]] | None = None,
+    ) -> tuple[Any, bytes | None, Warnings]:
+        """The stored row of this message, if any (``found``: its query, sent already); for
+        a resend (same sender, control id and content), the ACK sent the first time (nothing
+        changes); and the warning that the control id was used before for other content (the
+        message is then new work, not a resend)."""
         if found is None:
             found = self.messages.send_find(conn, "in", msg.sender, msg.control)
-        prior = found()
+        rows = found()
+        prior = self.messages.same(rows, msg.raw) if rows else None
+        others = [r for r in rows if r is not prior]
+        reuse: Warnings = ()
+        if others:
+            log.info("hl7.control_id_reused", sender=msg.sender, control_id=msg.control)
+            reuse = (
+                (
+                    "control-id-reused",
+                    f"MSH-10 {msg.control!r} was used before by a different message from this "
+                    f"sender (stored as {others[0].id}); this one was processed as new. A "
+                    "sender should give every message its own control id.",
+                ),
+            )
         if prior is None or prior.status == "received" or replay:
-            return prior, None
+            return prior, None, reuse
         log.info("hl7.resend", sender=prior.peer, control_id=prior.control_id, status=prior.status)
-        return prior, self.messages.open(prior).ack or b""
+        return prior, self.messages.open(prior).ack or b"", reuse
 
     def replay(self, message_id: str) -> str:
         """Apply a kept (failed or received) message again; returns its new status."""
@@ -351,14 +368,14 @@ class Listener:
         msg: _Inbound,
         change: SIUChange,
         batch: Batch,
-        found: Callable[[], Any] | None,
+        found: Callable[[], list[Any]] | None,
         *,
         replay: bool,
     ) -> tuple[bytes, Applied | None]:
         """One message of ``batch`` inside the caller's transaction (``found``: the query for
         its stored row, sent already): its ACK, and what it changed (None for a resend, which
         gets its first answer and changes nothing)."""
-        prior, first = self._prior(conn, msg, replay=replay, found=found)
+        prior, first, reuse = self._prior(conn, msg, replay=replay, found=found)
         if first is not None:
             return first, None
         origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
@@ -374,7 +391,7 @@ class Listener:
         finally:
             ORIGIN.reset(origin)
         ack = build_ack(msg.header, "AA", control_id=_control_id(), now=msg.now)
-        self._record(conn, prior, msg, _Result("AA", applied.status, applied), ack)
+        self._record(conn, prior, msg, _Result("AA", applied.status, applied, extra=reuse), ack)
         return ack, applied
 
     def _applied_trail(self, msg: _Inbound, applied: Applied) -> Trail:
@@ -400,10 +417,10 @@ class Listener:
             description=result.error[1] if result.error else None,
         )
         with self.db.write() as conn:
-            prior, first = self._prior(conn, msg, replay=replay)
+            prior, first, reuse = self._prior(conn, msg, replay=replay)
             if first is not None:
                 return first
-            self._record(conn, prior, msg, result, ack)
+            self._record(conn, prior, msg, replace(result, extra=result.extra + reuse), ack)
             if self.config.audit:
                 trail.commit_in(conn, self.keys)
         log.warning(

@@ -17,7 +17,7 @@ import hl7
 import pytest
 import structlog.testing
 from hl7.mllp import open_hl7_connection
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, update
 
 from base.logging import configure_logging
 from fhir_server.demo import DEMO_CLINIC as DEMO
@@ -255,6 +255,45 @@ async def test_resend_changes_nothing_and_gets_the_first_ack(bridge: Bridge) -> 
     assert again == first * 2
     assert len(bridge.appointments()) == 1
     assert len(bridge.message_rows()) == 1
+
+
+async def test_a_resend_restamped_with_trailing_separators_is_still_a_resend(
+    bridge: Bridge,
+) -> None:
+    """Senders restamp MSH-7 and pad fields when they resend: the same content all the same."""
+    first = siu("S12", "R2", at(11), sent=datetime.now(UTC) - timedelta(minutes=5))
+    lines = siu("S12", "R2", at(11)).split(b"\r")  # a later MSH-7
+    again = b"\r\n".join([lines[0] + b"||", *[line + b"^^|" for line in lines[1:]]])
+    acks = await bridge.send(first, again)
+    assert acks[1] == acks[0]
+    assert len(bridge.message_rows()) == 1 and len(bridge.appointments()) == 1
+    # a row stored before digests were kept (migration 0014) is opened and compared
+    with bridge.db.write() as conn:
+        conn.execute(update(HM).values(digest=None))
+    assert await bridge.send(again) == acks[:1]
+    assert len(bridge.message_rows()) == 1
+
+
+async def test_a_reused_control_id_with_new_content_is_new_work(bridge: Bridge) -> None:
+    """Two different messages under one MSH-10: the second is applied (it used to be answered
+    AA as a "resend" and dropped), and the reuse is a warning; resending either still gets
+    its own first answer."""
+    t0 = datetime.now(UTC)
+    book = siu("S12", "SAME", at(9), key="Q-1", sent=t0)
+    other = siu("S12", "SAME", at(14), key="Q-2", sent=t0 + timedelta(seconds=1))
+    acks = await bridge.send(book, other, book, other)
+    assert [msa(a) for a in acks] == [("AA", "SAME")] * 4
+    assert acks[1] != acks[0] and acks[2] == acks[0] and acks[3] == acks[1]
+    keys = {i["value"] for a in bridge.appointments() for i in a["identifier"]}
+    assert {"Q-1", "Q-2"} <= keys
+    assert bridge.slot_status(at(9)) == "busy" and bridge.slot_status(at(14)) == "busy"
+    rows = bridge.message_rows()
+    assert [(r.control_id, r.status, r.warnings) for r in rows] == [
+        ("SAME", "applied", None),
+        ("SAME", "applied", "control-id-reused"),
+    ]
+    [words] = MessageStore(bridge.keys).open(rows[1]).warnings
+    assert rows[0].id in words and "processed as new" in words
 
 
 async def test_a_known_key_is_never_booked_twice(bridge: Bridge) -> None:
