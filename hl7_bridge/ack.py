@@ -47,6 +47,7 @@ SUPPORTED_VERSIONS = (
     "2.8.1",
     "2.8.2",
 )
+_V25 = SUPPORTED_VERSIONS.index("2.5")  # ERR-2..8 from here on; ERR-1 (an ELD) before
 PROCESSING_IDS = ("P", "T", "D")
 _SEGMENTS = re.compile(rb"\r\n|\r|\n")
 
@@ -131,8 +132,12 @@ def build_ack(
     control_id: str,
     now: datetime,
     error: tuple[str, str] | None = None,
+    location: str = "",
 ) -> bytes:
-    """The ACK for ``header`` with acknowledgment ``code`` (AA, AE, AR or CA)."""
+    """The ACK for ``header`` with acknowledgment ``code`` (AA, AE, AR or CA); ``error`` (HL7
+    table 0357 code, words) becomes an ERR segment, ``location`` (``SCH-2``) its field: ERR-2
+    (an ERL) from v2.5 on, ERR-1 (an ELD, with the code and words) before, where ERR has
+    nothing else (v2.5.1 §2.15.5)."""
     sep = header.separator
     comp = header.field(2)[:1] or b"^"
     event = header.component(9, 2)
@@ -154,10 +159,22 @@ def build_ack(
     )
     segments = [msh, sep.join([b"MSA", code.encode(), header.field(10)])]
     if error is not None:
-        err_code, text = error
-        hl7_error = comp.join([err_code.encode(), b"", b"HL70357"])
-        severity = b"E"
-        segments.append(
-            sep.join([b"ERR", b"", b"", hl7_error, severity, b"", b"", b"", _escape(text, header)])
-        )
+        segments.append(_err(header, error, location))
     return b"\r".join(segments)
+
+
+def _err(header: Header, error: tuple[str, str], location: str) -> bytes:
+    sep = header.separator
+    comp = header.field(2)[:1] or b"^"
+    sub = header.field(2)[3:4] or b"&"
+    err_code, text = error
+    words = _escape(text, header)
+    segment, _, field = location.partition("-")
+    where = [segment.encode(), b"1" if segment else b"", field.encode()]
+    version = header.component(12, 1).decode("latin-1")
+    if version in SUPPORTED_VERSIONS and SUPPORTED_VERSIONS.index(version) < _V25:
+        code = sub.join([err_code.encode(), words.replace(sub, b""), b"HL70357"])
+        return sep.join([b"ERR", comp.join([*where, code])])
+    hl7_error = comp.join([err_code.encode(), b"", b"HL70357"])
+    erl = comp.join(where) if segment else b""
+    return sep.join([b"ERR", b"", erl, hl7_error, b"E", b"", b"", b"", words])

@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, uni
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
-from base.errors import Unprocessable
+from hl7_bridge.parse import ParseError
 from hl7_bridge.siu_to_fhir import Person, SIUChange
 from hl7_bridge.status import FILLER_STATUS_EXTENSION
 from resources import service
@@ -439,18 +439,20 @@ def _span(
     elif end is None and old_start is not None and old_end is not None and start is not None:
         end = start + (old_end - old_start)
     if start is None:
-        raise Unprocessable(
+        raise ParseError(
             "no appointment start: SCH-11.4, TQ1-7 and the AIS-4, AIG-8, AIL-6 and AIP-6 "
             "start times are all empty or unreadable; send the start in TQ1-7 (v2.5 and "
-            "later) or SCH-11.4, with the end in TQ1-8 or SCH-11.5"
+            "later) or SCH-11.4, with the end in TQ1-8 or SCH-11.5",
+            location="SCH-11",
         )
     if end is None:
         codes = ", ".join(repr(c["code"]) for c in change.services) or "(empty)"
-        raise Unprocessable(
+        raise ParseError(
             "the appointment has a start but no end: TQ1-8, SCH-11.5 and every duration "
             "(TQ1-6, SCH-11.3, SCH-9/10, AIS-7/8) are empty or unreadable, and AIS-3 "
             f"{codes} is no visit type of the clinic file; send the end or a duration, or "
-            "add the visit type to the clinic file"
+            "add the visit type to the clinic file",
+            location="TQ1-8",
         )
     return start.astimezone(UTC), end.astimezone(UTC)
 

@@ -75,6 +75,7 @@ class _Result:
     applied: Applied | None = None
     error: tuple[str, str] | None = None  # (HL7 table 0357 code, words)
     extra: tuple[tuple[str, str], ...] = ()  # warnings found before applying (code, words)
+    location: str = ""  # the field the error is about (SCH-2), for ERR
 
     @property
     def warnings(self) -> tuple[tuple[str, str], ...]:
@@ -286,7 +287,9 @@ class Listener:
             raise
         except (ParseError, FHIRError) as exc:
             code = "101" if isinstance(exc, ParseError) else "207"
-            return self._keep(msg, _Result("AE", "failed", error=(code, _words(exc))), replay)
+            where = exc.location if isinstance(exc, ParseError) else ""
+            result = _Result("AE", "failed", error=(code, _words(exc)), location=where)
+            return self._keep(msg, result, replay)
         except Exception as exc:  # noqa: BLE001 - the one boundary: kept, and answered AE
             log.error(
                 "hl7.failed",
@@ -408,7 +411,12 @@ class Listener:
         transaction of its own (whatever the failed attempt wrote has rolled back)."""
         assert result.code is not None
         ack = build_ack(
-            msg.header, result.code, control_id=_control_id(), now=msg.now, error=result.error
+            msg.header,
+            result.code,
+            control_id=_control_id(),
+            now=msg.now,
+            error=result.error,
+            location=result.location,
         )
         trail = self._trail(msg)
         trail.note(

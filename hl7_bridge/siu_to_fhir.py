@@ -199,10 +199,20 @@ def read_siu(
     sender = sender_key(msh.get(3), msh.get(4))
     sch = msg.first("SCH")
     if sch is None:
-        raise ParseError("an SIU message needs an SCH segment")
-    placer, filler = sch.get(1) or None, sch.get(2) or None
+        raise ParseError(
+            "no SCH segment: an SIU message carries the appointment in SCH (its ids in SCH-1 "
+            "and SCH-2)",
+            location="SCH",
+        )
+    arq = msg.first("ARQ")  # SRM's request segment, which some senders copy into SIU
+    placer = sch.get(1) or (arq.get(1) if arq else "") or None
+    filler = sch.get(2) or (arq.get(2) if arq else "") or None
     if not placer and not filler:
-        raise ParseError("SCH-1 (placer appointment id) or SCH-2 (filler appointment id) is needed")
+        raise ParseError(
+            "no appointment id: SCH-1 (placer appointment id) and SCH-2 (filler appointment "
+            "id) are both empty; send the EMR's appointment number in SCH-2.1 (or SCH-1.1)",
+            location="SCH-2",
+        )
     status = resolve_status(
         event,
         code=sch.get(25, 1),
@@ -211,7 +221,14 @@ def read_siu(
         sender=sender,
         status_map=status_map,
     )
-    warnings: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = list(msg.notes)
+    try:
+        sent_at = parse_dtm(msh.get(7), sender_tz)
+    except ParseError:
+        sent_at = None
+        warnings.append(
+            ("time-unreadable", "MSH-7 is not an HL7 date/time: messages are applied in order")
+        )
     if status.unknown:
         applied = status.value or "its current status"
         warnings.append(("status-unknown", describe_unknown(event, status, sender, applied)))
@@ -222,7 +239,7 @@ def read_siu(
         event=event,
         sender=sender,
         control_id=msh.raw(10),
-        sent_at=parse_dtm(msh.get(7), sender_tz),
+        sent_at=sent_at,
         placer=placer,
         filler=filler,
         status=status.value,

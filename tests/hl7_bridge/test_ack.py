@@ -85,3 +85,21 @@ def test_error_text_is_escaped() -> None:
     ack = build_ack(header, "AE", control_id="E1", now=NOW, error=("207", "bad | field ^ here"))
     err = ack.split(b"\r")[2]
     assert b"bad \\F\\ field \\S\\ here" in err
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.5.1"])
+def test_err_names_the_field_in_the_form_the_version_knows(version: str) -> None:
+    header = read_header(_inbound(version=version))
+    words = "no appointment id: SCH-1 and SCH-2 are both empty"
+    ack = build_ack(header, "AE", control_id="E2", now=NOW, error=("101", words), location="SCH-2")
+    err = hl7.parse(ack.decode()).segment("ERR")
+    if version == "2.3":  # ERR-1, an ELD: segment^sequence^field^code&words&table
+        assert str(err[1]) == f"SCH^1^2^101&{words}&HL70357"
+        assert len(err) == 2
+    else:  # ERR-2 an ERL, ERR-3 the code, ERR-8 the words
+        assert (str(err[2]), str(err[3]), str(err[4]), str(err[8])) == (
+            "SCH^1^2",
+            "101^^HL70357",
+            "E",
+            words,
+        )

@@ -64,14 +64,20 @@ def test_charset_from_msh18_and_undeclared_fallback() -> None:
     assert parse(undeclared).all("PID")[0].get(5) == "CAFÉ"
     utf8 = (MSH + "\rPID|1||X||GARCÍA").encode()
     assert parse(utf8).charset == "utf-8"
-    with pytest.raises(ParseError, match="character set"):
-        parse((MSH + "||||||KLINGON").encode())
+    # a character set we do not know is read as an undeclared one would be, with a note
+    klingon = parse((MSH + "||||||KLINGON\rPID|1||X||GARCÍA").encode())
+    assert klingon.charset == "utf-8" and klingon.all("PID")[0].get(5) == "GARCÍA"
+    assert [code for code, _ in klingon.notes] == ["charset-unknown"]
 
 
 def test_z_segments_pass_and_unknown_segments_are_set_aside() -> None:
     msg = parse((MSH + "\rZXY|custom\rSCH|A\rQQQ|what is this\rPID|1").encode())
     assert [s.name for s in msg.segments] == ["MSH", "ZXY", "SCH", "PID"]
     assert msg.ignored == ("QQQ",)
+    # a raw line break inside a note leaves a line that starts no segment: set aside
+    broken = parse((MSH + "\rSCH|A\rNTE|1||first half\nsecond half\rPID|1").encode())
+    assert [s.name for s in broken.segments] == ["MSH", "SCH", "NTE", "PID"]
+    assert [code for code, _ in broken.notes] == ["line-ignored"]
 
 
 @pytest.mark.parametrize(
