@@ -102,18 +102,33 @@ def refusal(header: Header) -> tuple[str, str] | None:
     """Why an inbound message is rejected (AR), as (HL7 table 0357 code, text), or None."""
     kind, event = header.component(9, 1), header.component(9, 2)
     if kind != b"SIU":
-        return "200", f"unsupported message type {kind.decode('latin-1')!r}; this bridge takes SIU"
+        return "200", (
+            f"MSH-9.1 message type {kind.decode('latin-1')!r} is not taken; this bridge takes SIU"
+        )
     if event.decode("latin-1") not in SUPPORTED_EVENTS:
-        return "201", f"unsupported event {event.decode('latin-1')!r}"
+        return "201", (
+            f"MSH-9.2 event {event.decode('latin-1')!r} is not taken; this bridge applies "
+            f"SIU {', '.join(SUPPORTED_EVENTS)}"
+        )
     processing = header.component(11, 1).decode("latin-1")
     if processing not in PROCESSING_IDS:
-        return "202", f"unsupported processing id {processing!r}"
+        return "202", f"MSH-11 processing id {processing!r} is not taken; send P, T or D"
     version = header.component(12, 1).decode("latin-1")
     if version not in SUPPORTED_VERSIONS:
         return "203", (
             f"MSH-12 version {version!r} is not supported; send 2.1 to 2.8.2 (for example 2.5.1)"
         )
     return None
+
+
+def _encoding_characters(header: Header) -> bytes:
+    """The sender's MSH-2 when it declares four distinct delimiters, else the standard ones
+    (an ACK in delimiters no parser can read would reach no one)."""
+    try:
+        Encoding.from_msh("MSH" + (header.separator + header.field(2)).decode("latin-1"))
+    except ParseError:
+        return b"^~\\&"
+    return header.field(2)
 
 
 def _escape(text: str, header: Header) -> bytes:
@@ -139,12 +154,13 @@ def build_ack(
     (an ERL) from v2.5 on, ERR-1 (an ELD, with the code and words) before, where ERR has
     nothing else (v2.5.1 §2.15.5)."""
     sep = header.separator
-    comp = header.field(2)[:1] or b"^"
+    chars = _encoding_characters(header)
+    comp = chars[:1]
     event = header.component(9, 2)
     msh = sep.join(
         [
             b"MSH",
-            header.field(2),
+            chars,
             header.field(5),
             header.field(6),
             header.field(3),
@@ -165,8 +181,8 @@ def build_ack(
 
 def _err(header: Header, error: tuple[str, str], location: str) -> bytes:
     sep = header.separator
-    comp = header.field(2)[:1] or b"^"
-    sub = header.field(2)[3:4] or b"&"
+    chars = _encoding_characters(header)
+    comp, sub = chars[:1], chars[3:4]
     err_code, text = error
     words = _escape(text, header)
     segment, _, field = location.partition("-")

@@ -304,8 +304,15 @@ def _patient(
 
 
 def _practitioner(config: ClinicConfig | None, who: Person) -> str | None:
+    """The clinic's practitioner ``who`` names: by id (any case, so a user name such as
+    ``DR-SMITH`` matches), by any identifier (the NPI), else by given and family name."""
+    wanted = who.id.lower()
     for p in config.practitioners if config else []:
-        if who.id == p.id or any(i.value == who.id for i in p.identifiers):
+        if wanted and (wanted == p.id.lower() or any(i.value == who.id for i in p.identifiers)):
+            return p.id
+    for p in config.practitioners if config else []:
+        names = {f"{g} {p.family}".lower() for g in p.given} | {p.family.lower()}
+        if who.name and who.name.lower() in names and not wanted:
             return p.id
     return None
 
@@ -318,6 +325,35 @@ def _location(config: ClinicConfig | None, where: Person) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Resources:
+    """Who and where, as resolved: the practitioners and locations to list (first ones
+    resolved to the clinic's ids when they can be)."""
+
+    practitioners: list[Person]
+    locations: list[Person]
+    practitioner: str | None
+    location: str | None
+
+
+def _resources(config: ClinicConfig | None, change: SIUChange) -> _Resources:
+    """AIP first; else an AIG or an AIL that names one of the clinic's practitioners (senders
+    put the provider there). The location: the first AIL that is one, else the only location
+    where the clinic's hours put the practitioner."""
+    people = change.practitioners
+    if not any(_practitioner(config, p) for p in people):
+        named = [p for p in change.resources + change.locations if _practitioner(config, p)]
+        people = people + named if named else people
+    places = [p for p in change.locations if p not in people]
+    practitioner = next((r for r in (_practitioner(config, p) for p in people) if r), None)
+    location = next((r for r in (_location(config, p) for p in places) if r), None)
+    if location is None and practitioner and config is not None:
+        where = {h.location for h in config.hours if h.practitioner == practitioner}
+        location = where.pop() if len(where) == 1 else None
+    first_known = sorted(people, key=lambda p: _practitioner(config, p) is None)
+    return _Resources(first_known, places, practitioner, location)
+
+
 def _visit_type(config: ClinicConfig | None, change: SIUChange) -> VisitType | None:
     codes = {c["code"].lower() for c in change.services}
     return (
@@ -326,7 +362,7 @@ def _visit_type(config: ClinicConfig | None, change: SIUChange) -> VisitType | N
 
 
 def _participants(
-    change: SIUChange,
+    found: _Resources,
     status: str,
     patient_id: str | None,
     practitioner: str | None,
@@ -345,11 +381,13 @@ def _participants(
     out = [{"actor": {"reference": f"Patient/{patient_id}"}}] if patient_id else kept("Patient/")
     # the first AIP and AIL are the ones resolved; others stay as the sender named them
     for rtype, resolved, people in (
-        ("Practitioner", practitioner, change.practitioners),
-        ("Location", location, change.locations),
+        ("Practitioner", practitioner, found.practitioners),
+        ("Location", location, found.locations),
     ):
         if not people:
-            out += kept(f"{rtype}/")
+            # a location found from the clinic's hours is named; else kept as it was
+            mine = [{"actor": {"reference": f"{rtype}/{resolved}"}}] if resolved else []
+            out += kept(f"{rtype}/") or mine
         for i, person in enumerate(people):
             actor = (
                 {"reference": f"{rtype}/{resolved}"}
@@ -534,15 +572,15 @@ def apply_change(
     visit_type = visit.code if visit else None
     start, end = _span(change, old, visit)
     patient_id = batch.patient(conn, change)
-    practitioner = _practitioner(config, change.practitioners[0]) if change.practitioners else None
-    location = _location(config, change.locations[0]) if change.locations else None
-    if old is not None and not change.practitioners:
+    found = _resources(config, change)
+    practitioner, location = found.practitioner, found.location
+    if old is not None and not found.practitioners:
         practitioner = participant_id(old, "Practitioner")
-    if old is not None and not change.locations:
+    if old is not None and not found.locations and location is None:
         location = participant_id(old, "Location")
     # an S14 without a usable SCH-25 keeps the status the Appointment has
     wanted = change.status or str((old or {}).get("status") or "booked")
-    participants = _participants(change, wanted, patient_id, practitioner, location, old)
+    participants = _participants(found, wanted, patient_id, practitioner, location, old)
     resource = _body(
         change, wanted, old, (start, end), config.tz if config else UTC, visit_type, participants
     )

@@ -113,7 +113,8 @@ class _Inbound:
 
     @property
     def enhanced(self) -> bool:
-        return bool(self.header.field(15) or self.header.field(16))
+        """MSH-15 or MSH-16 valued (``""``, an explicit null, is not a value)."""
+        return any(self.header.field(n) not in (b"", b'""') for n in (15, 16))
 
 
 Warnings = tuple[tuple[str, str], ...]  # (code, words)

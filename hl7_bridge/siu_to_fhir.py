@@ -60,6 +60,7 @@ class SIUChange:
     patient: dict[str, Any] | None  # a Patient resource without id
     practitioners: list[Person] = field(default_factory=list)
     locations: list[Person] = field(default_factory=list)
+    resources: list[Person] = field(default_factory=list)  # AIG-3: rooms, devices, people
     services: list[dict[str, str]] = field(default_factory=list)  # codings from AIS-3
     reason: str | None = None  # SCH-7 text
     comment: str | None = None  # NTE-3, joined
@@ -157,18 +158,24 @@ def _patient(msg: Message, sender: str, systems: dict[str, str]) -> dict[str, An
 
 
 def _people(msg: Message, name: str) -> list[Person]:
+    """AIP-3 (XCN: id^family^given…), AIG-3 (CWE: code^text) or AIL-3 (PL: point of care ^
+    room ^ bed ^ facility … ^ description). Senders bend them: a name with no id in AIP-3, a
+    bare user name in AIG-3, a person in AIL-3 (``inbound`` tells which is which)."""
     out = []
     for seg in msg.all(name):
         ident = seg.get(3, 1)
-        if not ident:
-            continue
         if name == "AIP":
             label = " ".join(x for x in (seg.get(3, 3), seg.get(3, 2)) if x)
             authority = seg.get(3, 9)
-        else:  # AIL: PL = point of care ^ room ^ bed ^ facility … ^ description (9)
-            label = seg.get(3, 9) or seg.get(3, 1)
+        elif name == "AIG":
+            label, authority = seg.get(3, 2), seg.get(3, 3)
+        else:
+            label = seg.get(3, 9) or (
+                " ".join(x for x in (seg.get(3, 3), seg.get(3, 2)) if x) if ident else ""
+            )
             authority = seg.get(3, 4)
-        out.append(Person(ident, label, authority))
+        if ident or label:
+            out.append(Person(ident, label or ident, authority))
     return out
 
 
@@ -249,6 +256,7 @@ def read_siu(
         patient=_patient(msg, sender, identifier_systems or {}),
         practitioners=_people(msg, "AIP"),
         locations=_people(msg, "AIL"),
+        resources=_people(msg, "AIG"),
         services=_services(msg),
         reason=sch.get(7, 2) or sch.get(7, 1) or None,
         comment="\n".join(n for n in notes if n) or None,
