@@ -69,7 +69,7 @@ class Header:
         return self.fields[n - 1] if n - 1 < len(self.fields) else b""
 
     def component(self, n: int, k: int) -> bytes:
-        comp = self.field(2)[:1] or b"^"
+        comp = _encoding_characters(self)[:1]
         parts = self.field(n).split(comp)
         return parts[k - 1] if k - 1 < len(parts) else b""
 
@@ -99,7 +99,10 @@ def read_ack(message: bytes) -> tuple[str, str]:
 
 
 def refusal(header: Header) -> tuple[str, str] | None:
-    """Why an inbound message is rejected (AR), as (HL7 table 0357 code, text), or None."""
+    """Why an inbound message is rejected (AR), as (HL7 table 0357 code, text), or None.
+    A header whose MSH-2 is unusable is not judged here: reading it answers AE naming MSH-2."""
+    if _encoding_characters(header) != header.field(2):
+        return None
     kind, event = header.component(9, 1), header.component(9, 2)
     if kind != b"SIU":
         return "200", (

@@ -98,18 +98,19 @@ class _Inbound:
             self.header.component(4, 1).decode("latin-1"),
         )
 
+    # header values as logs, columns and AuditEvents hold them: no control characters (the
+    # ACK echoes the raw bytes)
     @property
     def control(self) -> str:
-        return self.header.field(10).decode("latin-1")
+        return _printable(self.header.field(10))
 
     @property
     def event(self) -> str:
-        separator = (self.header.field(2)[:1] or b"^").decode("latin-1")  # as Header.component
-        return self.header.field(9).decode("latin-1").replace(separator, "^")
+        return "^".join(_printable(self.header.component(9, k)) for k in (1, 2, 3)).rstrip("^")
 
     @property
     def trigger(self) -> str:
-        return self.header.component(9, 2).decode("latin-1") or "unknown"
+        return _printable(self.header.component(9, 2)) or "unknown"
 
     @property
     def enhanced(self) -> bool:
@@ -484,6 +485,10 @@ class Listener:
         header = read_header("|".join(fields).encode())
         msg = _Inbound(raw, peer, header, datetime.now(UTC))
         return self._keep(msg, _Result("AR", "rejected", error=("100", why)))
+
+
+def _printable(raw: bytes) -> str:
+    return "".join(c for c in raw.decode("latin-1") if c.isprintable())
 
 
 def _words(exc: Exception) -> str:

@@ -105,6 +105,12 @@ def content_key(raw: bytes) -> str:
     return "\r".join(out)
 
 
+def _plain(text: str, length: int) -> str:
+    """A header value as a plain column holds it: without control characters (PostgreSQL
+    text cannot hold NUL), cut to the column's length. The message keeps the original."""
+    return re.sub(r"[\x00-\x1f\x7f]", "", text)[:length]
+
+
 def _codes(warnings: tuple[tuple[str, str], ...]) -> str | None:
     """The warnings' codes for the plain column (no message content): unique, in order."""
     return " ".join(dict.fromkeys(code for code, _ in warnings))[:200] or None
@@ -185,9 +191,9 @@ class MessageStore:
             {
                 "id": message_id,
                 "direction": direction,
-                "peer": peer[:200],
-                "control_id": control_id[:200],
-                "event": event[:16],
+                "peer": _plain(peer, 200),
+                "control_id": _plain(control_id, 200),
+                "event": _plain(event, 16),
                 "created": now,
                 "status": status,
                 "ack_code": ack_code,
@@ -243,7 +249,11 @@ class MessageStore:
         """Send :meth:`find`'s query now (inside ``pipelined``, with others); the returned
         function reads its answer: every stored message with that control id (one, unless
         the sender reused it for different content)."""
-        wanted = {"direction": direction, "peer": peer[:200], "control_id": control_id[:200]}
+        wanted = {
+            "direction": direction,
+            "peer": _plain(peer, 200),
+            "control_id": _plain(control_id, 200),
+        }
         read = _FIND.send(conn, wanted)
         return lambda: list(read())
 

@@ -6,7 +6,8 @@ would change meaning:
 * the character set comes from MSH-18 (ASCII, ISO 8859-n, UTF-8, …); without one, UTF-8 is
   tried and Windows-1252 (a superset of Latin-1, what undeclared senders mostly use) is the
   fallback;
-* segment terminators CR, LF or CRLF all become CR, blank lines are dropped;
+* segment terminators CR, LF or CRLF all become CR, blank lines are dropped, other control
+  characters (a stray NUL) are removed;
 * delimiters are read from MSH-1 and MSH-2, never assumed;
 * segment names and the version are checked against hl7apy's definitions (2.7 and 2.7.1 as
   2.8, see ``_HL7APY_VERSION``); a segment the message's version does not define (SCH, AIS or
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 _TERMINATORS = re.compile(r"\r\n|\n\r|\r|\n")
+# C0 controls other than the terminators (and DEL): no HL7 value holds one, and PostgreSQL
+# text cannot store NUL; a sender's stray byte is dropped rather than refusing the message
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
 
 # HL7 table 0211 (MSH-18) → Python codec
@@ -101,7 +105,8 @@ class Encoding:
             raise ParseError("the message does not start with an MSH segment")
         sep = segment[3]
         chars = segment[4:].split(sep, 1)[0]
-        if len(chars) < 4 or len(set(chars + sep)) != len(chars) + 1:
+        odd = any(c.isalnum() or c.isspace() or not c.isprintable() for c in chars + sep)
+        if len(chars) not in (4, 5) or odd or len(set(chars + sep)) != len(chars) + 1:
             raise ParseError(
                 f"MSH-2 {chars!r} does not declare four distinct delimiters; send ^~\\& "
                 "(component, repetition, escape, subcomponent)",
@@ -256,7 +261,8 @@ def decode(raw: bytes) -> tuple[str, str]:
             text, codec = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             text, codec = raw.decode("cp1252", errors="replace"), "cp1252"
-    lines = [line for line in _TERMINATORS.split(text.lstrip("\ufeff")) if line.strip()]
+    text = _CONTROLS.sub("", text.lstrip("\ufeff"))
+    lines = [line for line in _TERMINATORS.split(text) if line.strip()]
     return "\r".join(lines), codec
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "sender_key",
 ]
 
+KEY_LENGTH = 200  # hl7_link.value
 _GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "N": "other", "U": "unknown"}
 
 
@@ -93,7 +94,7 @@ def sender_key(application: str, facility: str) -> str:
     """How a sender is named here: MSH-3 and MSH-4 (first components) joined by a dot, with
     only letters, digits, dots and dashes (it goes into identifier system URIs)."""
     raw = f"{application}.{facility}" if facility else application
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", raw).strip("-") or "unknown"
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", raw).strip("-")[:200] or "unknown"
 
 
 def key_system(sender: str, kind: str) -> str:
@@ -214,6 +215,13 @@ def read_siu(
     arq = msg.first("ARQ")  # SRM's request segment, which some senders copy into SIU
     placer = sch.get(1) or (arq.get(1) if arq else "") or None
     filler = sch.get(2) or (arq.get(2) if arq else "") or None
+    for n, key in ((1, placer), (2, filler)):
+        if key and len(key) > KEY_LENGTH:
+            raise ParseError(
+                f"SCH-{n}.1 is {len(key)} characters long; an appointment id of at most "
+                f"{KEY_LENGTH} is needed",
+                location=f"SCH-{n}",
+            )
     if not placer and not filler:
         raise ParseError(
             "no appointment id: SCH-1 (placer appointment id) and SCH-2 (filler appointment "

@@ -121,7 +121,7 @@ def _duration(seg: Segment, amount_at: int, units_at: int, where: str) -> _Sourc
     except ValueError:
         source.unit_problem = f"{where} duration {amount!r} is not a number"
         return source
-    if per is None or value <= 0 or timedelta(seconds=value * per) > _MAX:
+    if per is None or not 0 < value * per <= _MAX.total_seconds():
         units = seg.text(units_at) if units_at != amount_at else seg.get(amount_at, 2)
         source.unit_problem = f"{where} duration {amount!r} in units {units!r} cannot be read"
         return source
@@ -144,7 +144,8 @@ def _tq_duration(value: str) -> timedelta | None:
         return None
     unit = (m.group(1) or "M").upper()
     per = {"S": 1, "M": 60, "H": 3600, "D": 86400, "W": 604800}[unit]
-    return timedelta(seconds=float(m.group(2)) * per)
+    seconds = float(m.group(2)) * per
+    return timedelta(seconds=seconds) if 0 < seconds <= _MAX.total_seconds() else None
 
 
 def _sources(msg: Message) -> list[_Source]:
