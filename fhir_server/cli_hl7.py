@@ -89,9 +89,19 @@ def listen(host: str | None, port: int | None) -> None:
 @click.option("--status", "statuses", multiple=True, help="failed, conflict, rejected, applied…")
 @click.option("--direction", type=click.Choice(["in", "out"]), default=None)
 @click.option("--limit", type=int, default=100, show_default=True)
+@click.option(
+    "--warnings",
+    "warned",
+    is_flag=True,
+    help="Only messages applied with warnings (unknown status, unit, reused control id…), "
+    "then a count of each warning",
+)
 @audited("query", "hl7 messages")
-def messages(statuses: tuple[str, ...], direction: str | None, limit: int) -> None:
-    """List stored messages (ids, sender, control id, event, status; never their content)."""
+def messages(statuses: tuple[str, ...], direction: str | None, limit: int, warned: bool) -> None:
+    """List stored messages (ids, sender, control id, event, status, warning codes; never
+    their content; `hl7 show ID` gives a warning's words)."""
+    from collections import Counter
+
     from hl7_bridge.messages import MessageStore
 
     database, ring = open_database(keys=True)
@@ -99,16 +109,22 @@ def messages(statuses: tuple[str, ...], direction: str | None, limit: int) -> No
     try:
         with database.read() as conn:
             rows = MessageStore(ring).listing(
-                conn, direction=direction, statuses=list(statuses), limit=limit
+                conn, direction=direction, statuses=list(statuses), limit=limit, warned=warned
             )
     finally:
         database.dispose()
+    counts: Counter[str] = Counter()
     for r in rows:
+        counts.update((r.warnings or "").split())
         click.echo(
             f"{r.id}  {r.created:%Y-%m-%d %H:%M:%S}  {r.direction:3}  {r.peer:20}  "
             f"{r.control_id:20}  {r.event:12}  {r.status:10}  {r.ack_code or '':2}  "
-            f"{r.error or ''}  {r.appointment_id or ''}"
+            f"{r.error or ''}  {r.appointment_id or ''}  {r.warnings or ''}".rstrip()
         )
+    if warned:
+        click.echo(f"{len(rows)} message(s) with warnings")
+        for code, n in sorted(counts.items()):
+            click.echo(f"  {code}: {n}")
 
 
 @hl7.command("show")
@@ -142,6 +158,8 @@ def show(message_id: str) -> None:
     click.echo(f"status: {row.status}  ack: {row.ack_code}  from: {opened.address}")
     if opened.detail:
         click.echo(f"why: {opened.detail}")
+    for words in opened.warnings:
+        click.echo(f"warning: {words}")
     click.echo(opened.message.decode("utf-8", "replace").replace("\r", "\n"))
     if opened.ack:
         click.echo("--- ack ---")

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from hl7_bridge.endpoint import HL7Endpoint
+from hl7_bridge.status import check_status_map
 
 __all__ = ["Settings"]
 
@@ -154,10 +155,11 @@ class Settings(BaseSettings):
         description="IANA zone for inbound times that carry no offset (default: the clinic's "
         "zone, else UTC)",
     )
-    hl7_status_map: dict[str, str] = Field(
+    hl7_status_map: dict[str, str | dict[str, str]] = Field(
         default_factory=dict,
-        description="SCH-25 filler status → Appointment.status, added to the built-in table "
-        '(JSON, e.g. {"Confirmed": "booked"})',
+        description="SCH-25 filler status (code or text, any case) → Appointment.status, added "
+        'to the built-in table (JSON, e.g. {"Confirmed": "booked"}); a sender key maps to that '
+        'sender\'s own table ({"EPIC.MSFP": {"1": "booked"}})',
     )
     hl7_identifier_systems: dict[str, str] = Field(
         default_factory=dict,
@@ -236,6 +238,12 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @field_validator("hl7_status_map")
+    @classmethod
+    def _statuses(cls, value: dict[str, str | dict[str, str]]) -> dict[str, str | dict[str, str]]:
+        check_status_map(value)  # every target an Appointment.status, or refused at start-up
+        return value
 
     def check_bind(self) -> None:
         """Refuse a non-loopback bind unless it was asked for explicitly."""

@@ -29,7 +29,25 @@ __all__ = [
 ]
 
 SUPPORTED_EVENTS = ("S12", "S13", "S14", "S15", "S16", "S17", "S26")
-SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
+# every v2 release from 2.1 to 2.8.2: SIU is read by field position, and SCH, TQ1 and the AIx
+# segments keep their positions across them (HL7 v2.5.1 chapter 10; 2.1 and 2.2 predate the
+# chapter's segments, which are read as the newest version defines them, see parse._known)
+SUPPORTED_VERSIONS = (
+    "2.1",
+    "2.2",
+    "2.3",
+    "2.3.1",
+    "2.4",
+    "2.5",
+    "2.5.1",
+    "2.6",
+    "2.7",
+    "2.7.1",
+    "2.8",
+    "2.8.1",
+    "2.8.2",
+)
+_V25 = SUPPORTED_VERSIONS.index("2.5")  # ERR-2..8 from here on; ERR-1 (an ELD) before
 PROCESSING_IDS = ("P", "T", "D")
 _SEGMENTS = re.compile(rb"\r\n|\r|\n")
 
@@ -51,7 +69,7 @@ class Header:
         return self.fields[n - 1] if n - 1 < len(self.fields) else b""
 
     def component(self, n: int, k: int) -> bytes:
-        comp = self.field(2)[:1] or b"^"
+        comp = _encoding_characters(self)[:1]
         parts = self.field(n).split(comp)
         return parts[k - 1] if k - 1 < len(parts) else b""
 
@@ -81,19 +99,39 @@ def read_ack(message: bytes) -> tuple[str, str]:
 
 
 def refusal(header: Header) -> tuple[str, str] | None:
-    """Why an inbound message is rejected (AR), as (HL7 table 0357 code, text), or None."""
+    """Why an inbound message is rejected (AR), as (HL7 table 0357 code, text), or None.
+    A header whose MSH-2 is unusable is not judged here: reading it answers AE naming MSH-2."""
+    if _encoding_characters(header) != header.field(2):
+        return None
     kind, event = header.component(9, 1), header.component(9, 2)
     if kind != b"SIU":
-        return "200", f"unsupported message type {kind.decode('latin-1')!r}; this bridge takes SIU"
+        return "200", (
+            f"MSH-9.1 message type {kind.decode('latin-1')!r} is not taken; this bridge takes SIU"
+        )
     if event.decode("latin-1") not in SUPPORTED_EVENTS:
-        return "201", f"unsupported event {event.decode('latin-1')!r}"
+        return "201", (
+            f"MSH-9.2 event {event.decode('latin-1')!r} is not taken; this bridge applies "
+            f"SIU {', '.join(SUPPORTED_EVENTS)}"
+        )
     processing = header.component(11, 1).decode("latin-1")
     if processing not in PROCESSING_IDS:
-        return "202", f"unsupported processing id {processing!r}"
+        return "202", f"MSH-11 processing id {processing!r} is not taken; send P, T or D"
     version = header.component(12, 1).decode("latin-1")
     if version not in SUPPORTED_VERSIONS:
-        return "203", f"unsupported version {version!r}; versions 2.3 to 2.8 are accepted"
+        return "203", (
+            f"MSH-12 version {version!r} is not supported; send 2.1 to 2.8.2 (for example 2.5.1)"
+        )
     return None
+
+
+def _encoding_characters(header: Header) -> bytes:
+    """The sender's MSH-2 when it declares four distinct delimiters, else the standard ones
+    (an ACK in delimiters no parser can read would reach no one)."""
+    try:
+        Encoding.from_msh("MSH" + (header.separator + header.field(2)).decode("latin-1"))
+    except ParseError:
+        return b"^~\\&"
+    return header.field(2)
 
 
 def _escape(text: str, header: Header) -> bytes:
@@ -112,15 +150,20 @@ def build_ack(
     control_id: str,
     now: datetime,
     error: tuple[str, str] | None = None,
+    location: str = "",
 ) -> bytes:
-    """The ACK for ``header`` with acknowledgment ``code`` (AA, AE, AR or CA)."""
+    """The ACK for ``header`` with acknowledgment ``code`` (AA, AE, AR or CA); ``error`` (HL7
+    table 0357 code, words) becomes an ERR segment, ``location`` (``SCH-2``) its field: ERR-2
+    (an ERL) from v2.5 on, ERR-1 (an ELD, with the code and words) before, where ERR has
+    nothing else (v2.5.1 §2.15.5)."""
     sep = header.separator
-    comp = header.field(2)[:1] or b"^"
+    chars = _encoding_characters(header)
+    comp = chars[:1]
     event = header.component(9, 2)
     msh = sep.join(
         [
             b"MSH",
-            header.field(2),
+            chars,
             header.field(5),
             header.field(6),
             header.field(3),
@@ -135,10 +178,22 @@ def build_ack(
     )
     segments = [msh, sep.join([b"MSA", code.encode(), header.field(10)])]
     if error is not None:
-        err_code, text = error
-        hl7_error = comp.join([err_code.encode(), b"", b"HL70357"])
-        severity = b"E"
-        segments.append(
-            sep.join([b"ERR", b"", b"", hl7_error, severity, b"", b"", b"", _escape(text, header)])
-        )
+        segments.append(_err(header, error, location))
     return b"\r".join(segments)
+
+
+def _err(header: Header, error: tuple[str, str], location: str) -> bytes:
+    sep = header.separator
+    chars = _encoding_characters(header)
+    comp, sub = chars[:1], chars[3:4]
+    err_code, text = error
+    words = _escape(text, header)
+    segment, _, field = location.partition("-")
+    where = [segment.encode(), b"1" if segment else b"", field.encode()]
+    version = header.component(12, 1).decode("latin-1")
+    if version in SUPPORTED_VERSIONS and SUPPORTED_VERSIONS.index(version) < _V25:
+        code = sub.join([err_code.encode(), words.replace(sub, b""), b"HL70357"])
+        return sep.join([b"ERR", comp.join([*where, code])])
+    hl7_error = comp.join([err_code.encode(), b"", b"HL70357"])
+    erl = comp.join(where) if segment else b""
+    return sep.join([b"ERR", b"", erl, hl7_error, b"E", b"", b"", b"", words])

@@ -1,4 +1,5 @@
-"""Appointment (+ its Patient, Practitioner, Location) → an SIU message, built with hl7apy.
+"""Appointment (+ its Patient, Practitioner, Location) → an SIU message for the version the
+EMR takes (2.3 to 2.8.2), valid under hl7apy's strict tables for that version (tested).
 
 Pure: the caller reads the resources. Segments follow the SIU_S12 order (MSH, SCH, TQ1, NTE,
 PID, RGS, AIS, AIL, AIP), mapped back along the HL7 v2-to-FHIR IG's lines:
@@ -17,14 +18,12 @@ multi-line comment becomes one NTE per line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.core import Message, Segment
-
-from hl7_bridge.parse import escape
+from hl7_bridge.parse import _HL7APY_VERSION, escape
 
 __all__ = ["FILLER_STATUS", "Envelope", "build_siu"]
 
@@ -41,7 +40,6 @@ FILLER_STATUS = {
 }
 _SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 NPI = "http://hl7.org/fhir/sid/us-npi"
-_TOLERANT = VALIDATION_LEVEL.TOLERANT
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +62,14 @@ def _dtm(value: str | None) -> str:
     return t.strftime("%Y%m%d%H%M%S") + (t.strftime("%z") if t.tzinfo else "")
 
 
-def _segment(name: str, version: str, fields: dict[int, str | list[str]]) -> Segment:
-    """A segment from already-escaped values; a list is a repeating field."""
-    seg = Segment(name, version=version, validation_level=_TOLERANT)
-    for n, value in sorted(fields.items()):
-        for rep in [value] if isinstance(value, str) else value:
-            if rep:
-                seg.add_field(f"{name}_{n}").value = rep
-    return seg
+def _segment(name: str, fields: Mapping[int, str | list[str]]) -> str:
+    """A segment from already-escaped values at their standard positions; a list is a
+    repeating field. Written by position, not through hl7apy: its 2.7+ tables leave out
+    withdrawn fields (SCH-9, SCH-11) and it then writes the later ones one place early
+    (SCH-25 as SCH-23)."""
+    last = max((n for n, value in fields.items() if value), default=0)
+    values = [fields.get(n, "") for n in range(1, last + 1)]
+    return "|".join([name, *("~".join(v) if isinstance(v, list) else v for v in values)])
 
 
 def _text(concept: Any) -> str:
@@ -89,7 +87,7 @@ def _authority(system: str) -> str:
     return escape(system.rstrip("/").rsplit("/", 1)[-1])
 
 
-def _pid(patient: dict[str, Any], version: str) -> Segment:
+def _pid(patient: dict[str, Any], version: str) -> str:
     ids = []
     for ident in patient.get("identifier", []):
         code = ((ident.get("type") or {}).get("coding") or [{}])[0].get("code", "")
@@ -110,18 +108,45 @@ def _pid(patient: dict[str, Any], version: str) -> Segment:
     phone = next(
         (t.get("value") for t in patient.get("telecom", []) if t.get("system") == "phone"), ""
     )
+    # XTN-1 (the formatted number) is withdrawn from 2.7: there the number goes to XTN-12
+    # (unformatted), with its use (PRN) and type (PH). hl7apy's 2.6 tables drop XTN-1 and
+    # shift the others, so no component takes a number as text: a 2.6 receiver gets none
+    # rather than a message its validator refuses.
+    if not phone or version == "2.6":
+        xtn = ""
+    elif _before(version, "2.7"):
+        xtn = escape(str(phone))
+    else:
+        xtn = f"^PRN^PH{'^' * 9}{escape(str(phone))}"
     return _segment(
         "PID",
-        version,
         {
             1: "1",
             3: ids,
             5: xpn,
             7: str(patient.get("birthDate", "")).replace("-", ""),
             8: _SEX.get(str(patient.get("gender", "")), ""),
-            13: escape(str(phone)),
+            13: xtn,
         },
     )
+
+
+_ORDER = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
+
+
+def _before(version: str, than: str) -> bool:
+    """Whether ``version`` is older than ``than`` (an unknown version counts as newest)."""
+    return version in _ORDER and _ORDER.index(version) < _ORDER.index(than)
+
+
+_EVENT_REASON = {
+    "S12": "New appointment booking",
+    "S13": "Appointment rescheduling",
+    "S14": "Appointment modification",
+    "S15": "Appointment cancellation",
+    "S17": "Appointment deletion",
+    "S26": "Patient did not show up",
+}
 
 
 def build_siu(
@@ -136,53 +161,53 @@ def build_siu(
 ) -> bytes:
     """The SIU^``event`` message for ``appointment`` (CR-separated, ASCII-safe UTF-8)."""
     v = env.version
-    msg = Message("SIU_S12", version=v, validation_level=_TOLERANT)
-    msg.msh.msh_3 = escape(env.application)
-    msg.msh.msh_4 = escape(env.facility)
-    msg.msh.msh_5 = escape(env.receiving_application)
-    msg.msh.msh_6 = escape(env.receiving_facility)
-    msg.msh.msh_7 = env.sent.strftime("%Y%m%d%H%M%S%z")
-    msg.msh.msh_9 = f"SIU^{event}^SIU_S12"
-    msg.msh.msh_10 = env.control_id
-    msg.msh.msh_11 = "P"
-    msg.msh.msh_12 = v
-    msg.msh.msh_18 = "UNICODE UTF-8"
+    lib = _HL7APY_VERSION.get(v, v)  # the tables whose withdrawn fields are left out
+    # the message structure (MSH-9.3) exists from 2.3.1 on
+    kind = f"SIU^{event}" if _before(v, "2.3.1") else f"SIU^{event}^SIU_S12"
+    msh = {3: escape(env.application), 4: escape(env.facility)}
+    msh |= {5: escape(env.receiving_application), 6: escape(env.receiving_facility)}
+    msh |= {7: env.sent.strftime("%Y%m%d%H%M%S%z"), 9: kind, 10: escape(env.control_id)}
+    msh |= {11: "P", 12: v, 18: "UNICODE UTF-8"}
+    segments = ["MSH|^~\\&|" + _segment("MSH", msh).split("|", 3)[3]]
     start, end = _dtm(appointment.get("start")), _dtm(appointment.get("end"))
     minutes = str(appointment.get("minutesDuration", ""))
     visit = (appointment.get("serviceType") or [{}])[0]
     coding = (visit.get("coding") or [{}])[0] if isinstance(visit, dict) else {}
     status = str(appointment.get("status", ""))
-    msg.add(
-        _segment(
-            "SCH",
-            v,
-            {
-                1: f"{escape(str(appointment['id']))}^{escape(env.application)}",
-                2: f"{escape(filler_id)}" if filler_id else "",
-                6: escape(_text(appointment.get("cancelationReason"))),
-                7: "^" + escape(_text((appointment.get("reasonCode") or [None])[0])),
-                9: minutes,
-                10: "min" if minutes else "",
-                11: f"^^{minutes}^{start}^{end}" if start else "",
-                25: FILLER_STATUS.get(status, ""),
-            },
-        )
-    )
-    if start:
-        msg.add(_segment("TQ1", v, {1: "1", 7: start, 8: end}))
+    cancelled = escape(_text(appointment.get("cancelationReason")))
+    us = escape(env.application)  # the filler of our appointments, and who entered them
+    sch: dict[int, str | list[str]] = {
+        1: f"{escape(str(appointment['id']))}^{us}",
+        2: f"{escape(filler_id)}" if filler_id else "",
+        6: f"{event}^{cancelled or _EVENT_REASON.get(event, event)}",  # required
+        7: "^" + escape(_text((appointment.get("reasonCode") or [None])[0])),
+        16: us,  # filler contact person: required
+        20: us,  # entered by: required
+        25: FILLER_STATUS.get(status, ""),
+    }
+    # SCH-9 (withdrawn in 2.8) and SCH-11, the TQ (withdrawn in 2.7), for older receivers;
+    # TQ1 (from 2.5) for newer ones
+    if _before(lib, "2.8") and minutes:
+        sch |= {9: minutes, 10: "min"}
+    if _before(lib, "2.7") and start:
+        sch[11] = f"^^{minutes}^{start}^{end}"
+    segments.append(_segment("SCH", sch))
+    if start and not _before(v, "2.5"):
+        segments.append(_segment("TQ1", {1: "1", 7: start, 8: end}))
     lines = str(appointment.get("comment") or "").splitlines()
     for n, line in enumerate(line for line in lines if line.strip()):  # one NTE per line
-        msg.add(_segment("NTE", v, {1: str(n + 1), 3: escape(line)}))
+        segments.append(_segment("NTE", {1: str(n + 1), 3: escape(line)}))
     if patient is not None:
-        msg.add(_pid(patient, v))
-    msg.add(_segment("RGS", v, {1: "1", 2: "A"}))
+        segments.append(_pid(patient, lib))
+    segments.append(_segment("RGS", {1: "1", 2: "A"}))
     if coding.get("code"):
         ce = f"{escape(str(coding['code']))}^{escape(str(coding.get('display', '')))}"
-        msg.add(_segment("AIS", v, {1: "1", 2: "A", 3: ce.rstrip("^"), 4: start}))
+        segments.append(_segment("AIS", {1: "1", 2: "A", 3: ce.rstrip("^"), 4: start}))
     if location is not None:
         pl = f"{escape(str(location['id']))}^^^{escape(env.facility)}^^^^^"
         pl += escape(str(location.get("name", "")))
-        msg.add(_segment("AIL", v, {1: "1", 2: "A", 3: pl, 6: start}))
+        what = "C^Clinic^HL70305"  # AIL-4, required in 2.3.1 and 2.4
+        segments.append(_segment("AIL", {1: "1", 2: "A", 3: pl, 4: what, 6: start}))
     if practitioner is not None:
         npi = next(
             (i["value"] for i in practitioner.get("identifier", []) if i.get("system") == NPI),
@@ -198,6 +223,6 @@ def build_siu(
         )
         if npi:
             xcn += "^^^^^^NPI"
-        msg.add(_segment("AIP", v, {1: "1", 2: "A", 3: xcn, 6: start}))
-    er7: str = msg.to_er7()
-    return er7.encode("utf-8")
+        role = "ATND^Attending"  # AIP-4, required up to 2.4
+        segments.append(_segment("AIP", {1: "1", 2: "A", 3: xcn, 4: role, 6: start}))
+    return "\r".join(segments).encode("utf-8")

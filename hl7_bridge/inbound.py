@@ -29,8 +29,9 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, uni
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
-from base.errors import Unprocessable
+from hl7_bridge.parse import ParseError
 from hl7_bridge.siu_to_fhir import Person, SIUChange
+from hl7_bridge.status import FILLER_STATUS_EXTENSION
 from resources import service
 from resources.fhirdate import as_utc, parse_fhir_date
 from resources.sql.direct import Direct, pipelined
@@ -104,6 +105,7 @@ class Applied:
     status: str  # applied | conflict | superseded
     patient_id: str | None = None
     note: str | None = None
+    warnings: tuple[tuple[str, str], ...] = ()  # (code, words): applied, with a caveat
 
 
 def _link_keys(change: SIUChange) -> list[tuple[str, str, str]]:
@@ -302,8 +304,15 @@ def _patient(
 
 
 def _practitioner(config: ClinicConfig | None, who: Person) -> str | None:
+    """The clinic's practitioner ``who`` names: by id (any case, so a user name such as
+    ``DR-SMITH`` matches), by any identifier (the NPI), else by given and family name."""
+    wanted = who.id.lower()
     for p in config.practitioners if config else []:
-        if who.id == p.id or any(i.value == who.id for i in p.identifiers):
+        if wanted and (wanted == p.id.lower() or any(i.value == who.id for i in p.identifiers)):
+            return p.id
+    for p in config.practitioners if config else []:
+        names = {f"{g} {p.family}".lower() for g in p.given} | {p.family.lower()}
+        if who.name and who.name.lower() in names and not wanted:
             return p.id
     return None
 
@@ -316,6 +325,35 @@ def _location(config: ClinicConfig | None, where: Person) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Resources:
+    """Who and where, as resolved: the practitioners and locations to list (first ones
+    resolved to the clinic's ids when they can be)."""
+
+    practitioners: list[Person]
+    locations: list[Person]
+    practitioner: str | None
+    location: str | None
+
+
+def _resources(config: ClinicConfig | None, change: SIUChange) -> _Resources:
+    """AIP first; else an AIG or an AIL that names one of the clinic's practitioners (senders
+    put the provider there). The location: the first AIL that is one, else the only location
+    where the clinic's hours put the practitioner."""
+    people = change.practitioners
+    if not any(_practitioner(config, p) for p in people):
+        named = [p for p in change.resources + change.locations if _practitioner(config, p)]
+        people = people + named if named else people
+    places = [p for p in change.locations if p not in people]
+    practitioner = next((r for r in (_practitioner(config, p) for p in people) if r), None)
+    location = next((r for r in (_location(config, p) for p in places) if r), None)
+    if location is None and practitioner and config is not None:
+        where = {h.location for h in config.hours if h.practitioner == practitioner}
+        location = where.pop() if len(where) == 1 else None
+    first_known = sorted(people, key=lambda p: _practitioner(config, p) is None)
+    return _Resources(first_known, places, practitioner, location)
+
+
 def _visit_type(config: ClinicConfig | None, change: SIUChange) -> VisitType | None:
     codes = {c["code"].lower() for c in change.services}
     return (
@@ -324,7 +362,8 @@ def _visit_type(config: ClinicConfig | None, change: SIUChange) -> VisitType | N
 
 
 def _participants(
-    change: SIUChange,
+    found: _Resources,
+    status: str,
     patient_id: str | None,
     practitioner: str | None,
     location: str | None,
@@ -342,11 +381,13 @@ def _participants(
     out = [{"actor": {"reference": f"Patient/{patient_id}"}}] if patient_id else kept("Patient/")
     # the first AIP and AIL are the ones resolved; others stay as the sender named them
     for rtype, resolved, people in (
-        ("Practitioner", practitioner, change.practitioners),
-        ("Location", location, change.locations),
+        ("Practitioner", practitioner, found.practitioners),
+        ("Location", location, found.locations),
     ):
         if not people:
-            out += kept(f"{rtype}/")
+            # a location found from the clinic's hours is named; else kept as it was
+            mine = [{"actor": {"reference": f"{rtype}/{resolved}"}}] if resolved else []
+            out += kept(f"{rtype}/") or mine
         for i, person in enumerate(people):
             actor = (
                 {"reference": f"{rtype}/{resolved}"}
@@ -354,7 +395,7 @@ def _participants(
                 else {"display": person.name or person.id}
             )
             out.append({"actor": actor})
-    state = "declined" if change.status == "cancelled" else "accepted"
+    state = "declined" if status == "cancelled" else "accepted"
     return [{**p, "status": state} for p in out]
 
 
@@ -423,23 +464,40 @@ def _span(
     change: SIUChange, old: dict[str, Any] | None, visit: VisitType | None
 ) -> tuple[datetime, datetime]:
     """Start and end in UTC (SQLite compares instants as text): the message's, else those the
-    Appointment had; an end missing from both comes from the clinic's visit type."""
-    start = change.start or (
-        parse_fhir_date(old["start"]).low if old and old.get("start") else None
-    )
-    end = change.end or (parse_fhir_date(old["end"]).low if old and old.get("end") else None)
-    if start is not None and end is None and visit is not None:
-        end = start + timedelta(minutes=visit.minutes)
-    if start is None or end is None:
-        raise Unprocessable(
-            "the message gives no appointment time: send TQ1-7/8, SCH-11 or AIS-4 with a "
-            "duration (TQ1-6, SCH-9/10 or AIS-7/8)"
+    Appointment had. A start the message gives without an end lasts the clinic's visit type,
+    else as long as the Appointment did."""
+    before = (old or {}).get("start"), (old or {}).get("end")
+    old_start = parse_fhir_date(before[0]).low if before[0] else None
+    old_end = parse_fhir_date(before[1]).low if before[1] else None
+    start, end = change.start or old_start, change.end
+    if change.start is None:
+        end = old_end
+    elif end is None and visit is not None:
+        end = start + timedelta(minutes=visit.minutes) if start else None
+    elif end is None and old_start is not None and old_end is not None and start is not None:
+        end = start + (old_end - old_start)
+    if start is None:
+        raise ParseError(
+            "no appointment start: SCH-11.4, TQ1-7 and the AIS-4, AIG-8, AIL-6 and AIP-6 "
+            "start times are all empty or unreadable; send the start in TQ1-7 (v2.5 and "
+            "later) or SCH-11.4, with the end in TQ1-8 or SCH-11.5",
+            location="SCH-11",
+        )
+    if end is None:
+        codes = ", ".join(repr(c["code"]) for c in change.services) or "(empty)"
+        raise ParseError(
+            "the appointment has a start but no end: TQ1-8, SCH-11.5 and every duration "
+            "(TQ1-6, SCH-11.3, SCH-9/10, AIS-7/8) are empty or unreadable, and AIS-3 "
+            f"{codes} is no visit type of the clinic file; send the end or a duration, or "
+            "add the visit type to the clinic file",
+            location="TQ1-8",
         )
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
 def _body(
     change: SIUChange,
+    status: str,
     old: dict[str, Any] | None,
     span: tuple[datetime, datetime],
     shown: tzinfo,
@@ -451,7 +509,7 @@ def _body(
     resource: dict[str, Any] = {
         "resourceType": "Appointment",
         "identifier": _merge_identifiers(old, change.identifiers()),
-        "status": change.status,
+        "status": status,
         "start": start.astimezone(shown).isoformat(),
         "end": end.astimezone(shown).isoformat(),
         "minutesDuration": max(1, round((end - start).total_seconds() / 60)),
@@ -469,9 +527,22 @@ def _body(
     comment = change.comment or (old or {}).get("comment")
     if comment:
         resource["comment"] = comment
-    if change.status == "cancelled":
+    extensions = _extensions(change, old)
+    if extensions:
+        resource["extension"] = extensions
+    if status == "cancelled":
         resource["cancelationReason"] = {"text": f"cancelled in the EMR ({change.event})"}
     return resource
+
+
+def _extensions(change: SIUChange, old: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The Appointment's extensions: SCH-25 as this message sent it (else as an earlier one
+    did), beside any others it had."""
+    before = list((old or {}).get("extension", []))
+    sent = change.filler_status.extension() if change.filler_status else None
+    if sent is None:
+        return before
+    return [e for e in before if e.get("url") != FILLER_STATUS_EXTENSION] + [sent]
 
 
 def apply_change(
@@ -489,22 +560,29 @@ def apply_change(
     old: dict[str, Any] | None = None
     if link is not None:
         if change.sent_at and link.last_sent_at and change.sent_at < as_utc(link.last_sent_at):
-            return Applied(link.appointment_id, "superseded", note="older than what was applied")
+            return Applied(
+                link.appointment_id,
+                "superseded",
+                note="older than what was applied",
+                warnings=tuple(change.warnings),
+            )
         stored = store.read(conn, "Appointment", link.appointment_id)
         old = stored.resource() if stored is not None and not stored.deleted else None
     visit = _visit_type(config, change)
     visit_type = visit.code if visit else None
     start, end = _span(change, old, visit)
     patient_id = batch.patient(conn, change)
-    practitioner = _practitioner(config, change.practitioners[0]) if change.practitioners else None
-    location = _location(config, change.locations[0]) if change.locations else None
-    if old is not None and not change.practitioners:
+    found = _resources(config, change)
+    practitioner, location = found.practitioner, found.location
+    if old is not None and not found.practitioners:
         practitioner = participant_id(old, "Practitioner")
-    if old is not None and not change.locations:
+    if old is not None and not found.locations and location is None:
         location = participant_id(old, "Location")
-    participants = _participants(change, patient_id, practitioner, location, old)
+    # an S14 without a usable SCH-25 keeps the status the Appointment has
+    wanted = change.status or str((old or {}).get("status") or "booked")
+    participants = _participants(found, wanted, patient_id, practitioner, location, old)
     resource = _body(
-        change, old, (start, end), config.tz if config else UTC, visit_type, participants
+        change, wanted, old, (start, end), config.tz if config else UTC, visit_type, participants
     )
 
     # give up the old time, then claim the new one (the guard decides)
@@ -515,7 +593,7 @@ def apply_change(
         appointment_id = service.new_id()
     status = "applied"
     slots: list[str] = []
-    if change.status in HOLDS_TIME and practitioner and location:
+    if wanted in HOLDS_TIME and practitioner and location and not change.all_day:
         sched = schedule_id(practitioner, location)
         covered = _claim(conn, sched, appointment_id, start, end, visit_type, now)
         if covered is None:
@@ -550,7 +628,7 @@ def apply_change(
     batch.mark(slots, "busy")
     _link(conn, batch, change, appointment_id, new=link is None)
     note = "overlaps a booking made here" if status == "conflict" else None
-    return Applied(appointment_id, status, patient_id, note)
+    return Applied(appointment_id, status, patient_id, note, tuple(change.warnings))
 
 
 def _merge_identifiers(

@@ -14,8 +14,9 @@
 * **Enhanced mode** (MSH-15 or MSH-16 present): the raw message is committed first and a
   ``CA`` goes back as MSH-15 asks (AL always, ER only on error, SU only on success, NE
   never); the application ACK follows on the same connection as MSH-16 asks.
-* A resend (same sender MSH-3/4 and MSH-10) changes nothing and gets the ACK sent the first
-  time.
+* A resend (same sender MSH-3/4, MSH-10 and content, MSH-7 and trailing separators aside)
+  changes nothing and gets the ACK sent the first time; a different message under a control id
+  used before is applied as new, with the warning ``control-id-reused``.
 * Every message leaves an AuditEvent (DICOM 110107 Import, subtype the trigger event) naming
   the sender and its network address, the Appointment and the Patient.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -61,7 +62,7 @@ class BridgeConfig:
     """How this server reads its senders (from Settings; see README "HL7 v2 bridge")."""
 
     sender_tz: tzinfo = UTC
-    status_map: dict[str, str] = field(default_factory=dict)
+    status_map: dict[str, Any] = field(default_factory=dict)  # see status.check_status_map
     identifier_systems: dict[str, str] = field(default_factory=dict)
     server: str = "fhir-sched"  # this server, as AuditEvents name it
     audit: bool = True
@@ -73,6 +74,12 @@ class _Result:
     status: str  # message status
     applied: Applied | None = None
     error: tuple[str, str] | None = None  # (HL7 table 0357 code, words)
+    extra: tuple[tuple[str, str], ...] = ()  # warnings found before applying (code, words)
+    location: str = ""  # the field the error is about (SCH-2), for ERR
+
+    @property
+    def warnings(self) -> tuple[tuple[str, str], ...]:
+        return self.extra + (self.applied.warnings if self.applied else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,24 +98,27 @@ class _Inbound:
             self.header.component(4, 1).decode("latin-1"),
         )
 
+    # header values as logs, columns and AuditEvents hold them: no control characters (the
+    # ACK echoes the raw bytes)
     @property
     def control(self) -> str:
-        return self.header.field(10).decode("latin-1")
+        return _printable(self.header.field(10))
 
     @property
     def event(self) -> str:
-        separator = (self.header.field(2)[:1] or b"^").decode("latin-1")  # as Header.component
-        return self.header.field(9).decode("latin-1").replace(separator, "^")
+        return "^".join(_printable(self.header.component(9, k)) for k in (1, 2, 3)).rstrip("^")
 
     @property
     def trigger(self) -> str:
-        return self.header.component(9, 2).decode("latin-1") or "unknown"
+        return _printable(self.header.component(9, 2)) or "unknown"
 
     @property
     def enhanced(self) -> bool:
-        return bool(self.header.field(15) or self.header.field(16))
+        """MSH-15 or MSH-16 valued (``""``, an explicit null, is not a value)."""
+        return any(self.header.field(n) not in (b"", b'""') for n in (15, 16))
 
 
+Warnings = tuple[tuple[str, str], ...]  # (code, words)
 CONFLICT_TRIES = 3  # a message that lost to a concurrent writer this often is answered AE
 
 
@@ -183,11 +193,11 @@ class Listener:
         """Enhanced mode's first step: store the message and answer CA as MSH-15 asks, or a
         resend's original ACK. Returns the answers and whether the message is still to apply."""
         with self.db.write() as conn:
-            prior, first = self._prior(conn, msg, replay=False)
+            prior, first, reuse = self._prior(conn, msg, replay=False)
             if first is not None:
                 return [first], False
             if prior is None:
-                self._record(conn, None, msg, _Result(None, "received"), None)
+                self._record(conn, None, msg, _Result(None, "received", extra=reuse), None)
         ca = build_ack(msg.header, "CA", control_id=_control_id(), now=msg.now)
         return ([ca] if _wanted("CA", msg.header.field(15)) else []), True
 
@@ -197,17 +207,32 @@ class Listener:
         msg: _Inbound,
         *,
         replay: bool,
-        found: Callable[[], Any] | None = None,
-    ) -> tuple[Any, bytes | None]:
-        """The stored row for this message, if any (``found``: its query, sent already); for
-        a resend, the ACK sent the first time (nothing changes)."""
+        found: Callable[[], list[Any]] | None = None,
+    ) -> tuple[Any, bytes | None, Warnings]:
+        """The stored row of this message, if any (``found``: its query, sent already); for
+        a resend (same sender, control id and content), the ACK sent the first time (nothing
+        changes); and the warning that the control id was used before for other content (the
+        message is then new work, not a resend)."""
         if found is None:
             found = self.messages.send_find(conn, "in", msg.sender, msg.control)
-        prior = found()
+        rows = found()
+        prior = self.messages.same(rows, msg.raw) if rows else None
+        others = [r for r in rows if r is not prior]
+        reuse: Warnings = ()
+        if others:
+            log.info("hl7.control_id_reused", sender=msg.sender, control_id=msg.control)
+            reuse = (
+                (
+                    "control-id-reused",
+                    f"MSH-10 {msg.control!r} was used before by a different message from this "
+                    f"sender (stored as {others[0].id}); this one was processed as new. A "
+                    "sender should give every message its own control id.",
+                ),
+            )
         if prior is None or prior.status == "received" or replay:
-            return prior, None
+            return prior, None, reuse
         log.info("hl7.resend", sender=prior.peer, control_id=prior.control_id, status=prior.status)
-        return prior, self.messages.open(prior).ack or b""
+        return prior, self.messages.open(prior).ack or b"", reuse
 
     def replay(self, message_id: str) -> str:
         """Apply a kept (failed or received) message again; returns its new status."""
@@ -264,7 +289,9 @@ class Listener:
             raise
         except (ParseError, FHIRError) as exc:
             code = "101" if isinstance(exc, ParseError) else "207"
-            return self._keep(msg, _Result("AE", "failed", error=(code, _words(exc))), replay)
+            where = exc.location if isinstance(exc, ParseError) else ""
+            result = _Result("AE", "failed", error=(code, _words(exc)), location=where)
+            return self._keep(msg, result, replay)
         except Exception as exc:  # noqa: BLE001 - the one boundary: kept, and answered AE
             log.error(
                 "hl7.failed",
@@ -346,14 +373,14 @@ class Listener:
         msg: _Inbound,
         change: SIUChange,
         batch: Batch,
-        found: Callable[[], Any] | None,
+        found: Callable[[], list[Any]] | None,
         *,
         replay: bool,
     ) -> tuple[bytes, Applied | None]:
         """One message of ``batch`` inside the caller's transaction (``found``: the query for
         its stored row, sent already): its ACK, and what it changed (None for a resend, which
         gets its first answer and changes nothing)."""
-        prior, first = self._prior(conn, msg, replay=replay, found=found)
+        prior, first, reuse = self._prior(conn, msg, replay=replay, found=found)
         if first is not None:
             return first, None
         origin = ORIGIN.set(change.sender)  # the outbox does not echo it back to its EMR
@@ -369,7 +396,7 @@ class Listener:
         finally:
             ORIGIN.reset(origin)
         ack = build_ack(msg.header, "AA", control_id=_control_id(), now=msg.now)
-        self._record(conn, prior, msg, _Result("AA", applied.status, applied), ack)
+        self._record(conn, prior, msg, _Result("AA", applied.status, applied, extra=reuse), ack)
         return ack, applied
 
     def _applied_trail(self, msg: _Inbound, applied: Applied) -> Trail:
@@ -386,7 +413,12 @@ class Listener:
         transaction of its own (whatever the failed attempt wrote has rolled back)."""
         assert result.code is not None
         ack = build_ack(
-            msg.header, result.code, control_id=_control_id(), now=msg.now, error=result.error
+            msg.header,
+            result.code,
+            control_id=_control_id(),
+            now=msg.now,
+            error=result.error,
+            location=result.location,
         )
         trail = self._trail(msg)
         trail.note(
@@ -395,10 +427,10 @@ class Listener:
             description=result.error[1] if result.error else None,
         )
         with self.db.write() as conn:
-            prior, first = self._prior(conn, msg, replay=replay)
+            prior, first, reuse = self._prior(conn, msg, replay=replay)
             if first is not None:
                 return first
-            self._record(conn, prior, msg, result, ack)
+            self._record(conn, prior, msg, replace(result, extra=result.extra + reuse), ack)
             if self.config.audit:
                 trail.commit_in(conn, self.keys)
         log.warning(
@@ -426,6 +458,7 @@ class Listener:
                 ack_code=result.code,
                 appointment_id=appointment,
                 error=result.error,
+                warnings=result.warnings,
             )
             return
         self.messages.add(
@@ -442,6 +475,7 @@ class Listener:
             ack_code=result.code,
             appointment_id=appointment,
             error=result.error,
+            warnings=result.warnings,
         )
 
     def _unreadable(self, raw: bytes, peer: str, why: str) -> bytes:
@@ -451,6 +485,10 @@ class Listener:
         header = read_header("|".join(fields).encode())
         msg = _Inbound(raw, peer, header, datetime.now(UTC))
         return self._keep(msg, _Result("AR", "rejected", error=("100", why)))
+
+
+def _printable(raw: bytes) -> str:
+    return "".join(c for c in raw.decode("latin-1") if c.isprintable())
 
 
 def _words(exc: Exception) -> str:

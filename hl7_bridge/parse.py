@@ -6,12 +6,15 @@ would change meaning:
 * the character set comes from MSH-18 (ASCII, ISO 8859-n, UTF-8, …); without one, UTF-8 is
   tried and Windows-1252 (a superset of Latin-1, what undeclared senders mostly use) is the
   fallback;
-* segment terminators CR, LF or CRLF all become CR, blank lines are dropped;
+* segment terminators CR, LF or CRLF all become CR, blank lines are dropped, other control
+  characters (a stray NUL) are removed;
 * delimiters are read from MSH-1 and MSH-2, never assumed;
 * segment names and the version are checked against hl7apy's definitions (2.7 and 2.7.1 as
-  2.8, see ``_HL7APY_VERSION``); Z-segments pass, a segment no version defines is set aside
-  (named in :attr:`Message.ignored`) rather than refusing the whole message; segment order is
-  not enforced;
+  2.8, see ``_HL7APY_VERSION``); a segment the message's version does not define (SCH, AIS or
+  AIP in a 2.1 or 2.2 message, TQ1 in a 2.3 one) falls back to the newest version's generic
+  definition, since fields are read by position anyway; Z-segments pass, a segment no version
+  defines is set aside (named in :attr:`Message.ignored`) rather than refusing the whole
+  message; segment order is not enforced;
 * values are read from the normalised text with the message's own delimiters and unescaped
   here (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, ``\\Xhh\\`` in the message's charset, ``\\.br\\``):
   hl7apy re-escapes sequences it does not know when it writes a field back, so its field
@@ -43,6 +46,9 @@ __all__ = [
 ]
 
 _TERMINATORS = re.compile(r"\r\n|\n\r|\r|\n")
+# C0 controls other than the terminators (and DEL): no HL7 value holds one, and PostgreSQL
+# text cannot store NUL; a sender's stray byte is dropped rather than refusing the message
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
 
 # HL7 table 0211 (MSH-18) → Python codec
@@ -76,7 +82,12 @@ _NEWEST = "2.8.2"
 
 
 class ParseError(ValueError):
-    """The bytes are not an HL7 v2 message this bridge can read."""
+    """The bytes are not an HL7 v2 message this bridge can read, or the message leaves
+    nothing to apply; ``location`` names the field (``SCH-1``) for the ERR segment."""
+
+    def __init__(self, message: str, *, location: str = "") -> None:
+        super().__init__(message)
+        self.location = location
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +105,13 @@ class Encoding:
             raise ParseError("the message does not start with an MSH segment")
         sep = segment[3]
         chars = segment[4:].split(sep, 1)[0]
-        if len(chars) < 4 or len(set(chars + sep)) != len(chars) + 1:
-            raise ParseError(f"MSH-2 {chars!r} does not declare four distinct delimiters")
+        odd = any(c.isalnum() or c.isspace() or not c.isprintable() for c in chars + sep)
+        if len(chars) not in (4, 5) or odd or len(set(chars + sep)) != len(chars) + 1:
+            raise ParseError(
+                f"MSH-2 {chars!r} does not declare four distinct delimiters; send ^~\\& "
+                "(component, repetition, escape, subcomponent)",
+                location="MSH-2",
+            )
         extra = chars[4] if len(chars) > 4 else None
         return cls(sep, chars[0], chars[1], chars[2], chars[3], extra)
 
@@ -206,6 +222,7 @@ class Message:
     segments: tuple[Segment, ...]
     version: str
     ignored: tuple[str, ...] = field(default_factory=tuple)  # segment names set aside
+    notes: tuple[tuple[str, str], ...] = ()  # what was read with a caveat: (code, words)
 
     @property
     def msh(self) -> Segment:
@@ -227,14 +244,16 @@ def _charset_of(raw: bytes) -> str | None:
     declared = parts[17].split(first[4:5] or "^")[0].strip().upper() if len(parts) > 17 else ""
     if not declared:
         return None
-    if declared not in CHARSETS:
-        raise ParseError(f"unsupported character set {declared!r} in MSH-18")
-    return CHARSETS[declared]
+    return CHARSETS.get(declared, "?")  # "?": declared but unknown, read as undeclared
 
 
 def decode(raw: bytes) -> tuple[str, str]:
-    """The message as text (terminators normalised to CR) and the codec used."""
+    """The message as text (terminators normalised to CR) and the codec used (``?utf-8``
+    or ``?cp1252`` when MSH-18 names a character set we do not know)."""
     codec = _charset_of(raw)
+    if codec == "?":
+        text, used = decode(_without_charset(raw))
+        return text, "?" + used
     if codec:
         text = raw.decode(codec, errors="replace")
     else:
@@ -242,22 +261,49 @@ def decode(raw: bytes) -> tuple[str, str]:
             text, codec = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             text, codec = raw.decode("cp1252", errors="replace"), "cp1252"
-    lines = [line for line in _TERMINATORS.split(text.lstrip("\ufeff")) if line.strip()]
+    text = _CONTROLS.sub("", text.lstrip("\ufeff"))
+    lines = [line for line in _TERMINATORS.split(text) if line.strip()]
     return "\r".join(lines), codec
+
+
+def _without_charset(raw: bytes) -> bytes:
+    """``raw`` with MSH-18 emptied, read as an undeclared message would be."""
+    head, sep, rest = raw.partition(b"\r")
+    parts = head.split(head[3:4])
+    if len(parts) > 17:
+        parts[17] = b""
+    return head[3:4].join(parts) + sep + rest
 
 
 def parse(raw: bytes) -> Message:
     """Read and check one inbound message; :class:`ParseError` says what is wrong."""
     text, charset = decode(raw)
+    notes: list[tuple[str, str]] = []
+    if charset.startswith("?"):
+        charset = charset[1:]
+        notes.append(
+            (
+                "charset-unknown",
+                f"MSH-18 names a character set this bridge does not know; read as {charset}",
+            )
+        )
     lines = text.split("\r")
     enc = Encoding.from_msh(lines[0])
     head = lines[0].split(enc.field)
     version = head[11].split(enc.component)[0] if len(head) > 11 else ""
-    ignored = _check(lines, enc, version)
+    ignored, strays = _check(lines, enc, version)
+    if strays:
+        notes.append(
+            (
+                "line-ignored",
+                f"{strays} line(s) that start no segment were set aside (a line break inside a "
+                "field? send it as \\.br\\)",
+            )
+        )
     segments = []
     for line in lines:
         name = line[:3]
-        if name in ignored:
+        if name in ignored or not _starts_segment(line, enc):
             continue
         if name == "MSH":
             # MSH-1 is the separator itself: number the rest so that fields[n] is MSH-n
@@ -265,11 +311,19 @@ def parse(raw: bytes) -> Message:
         else:
             fields = tuple(line.split(enc.field))
         segments.append(Segment(name, fields, enc, charset))
-    return Message(text, enc, charset, tuple(segments), version, tuple(sorted(ignored)))
+    return Message(
+        text, enc, charset, tuple(segments), version, tuple(sorted(ignored)), tuple(notes)
+    )
 
 
-def _check(lines: list[str], enc: Encoding, version: str) -> list[str]:
-    """Segment names checked against hl7apy's definitions; returns those set aside.
+def _starts_segment(line: str, enc: Encoding) -> bool:
+    name = line[:3]
+    return bool(_SEGMENT_NAME.fullmatch(name)) and (len(line) == 3 or line[3] == enc.field)
+
+
+def _check(lines: list[str], enc: Encoding, version: str) -> tuple[list[str], int]:
+    """Segment names checked against hl7apy's definitions; returns those set aside, and how
+    many lines start no segment at all (a sender's raw line break inside a field).
 
     A Z-segment is local by definition and passes; a segment defined by the message's version,
     or by a later one (a TQ1 in a 2.3 message), is read; anything else is set aside. hl7apy's
@@ -281,15 +335,17 @@ def _check(lines: list[str], enc: Encoding, version: str) -> list[str]:
         check_version(checked)
     except UnsupportedVersion as exc:
         raise ParseError(f"unsupported HL7 version {version!r}") from exc
-    unknown = []
+    unknown: list[str] = []
+    strays = 0
     for line in lines[1:]:
         name = line[:3]
-        if not _SEGMENT_NAME.fullmatch(name) or (len(line) > 3 and line[3] != enc.field):
-            raise ParseError(f"{line[:10]!r} does not start a segment")
+        if not _starts_segment(line, enc):
+            strays += 1
+            continue
         if name[0] == "Z" or name in unknown or _known(name, checked):
             continue
         unknown.append(name)
-    return unknown
+    return unknown, strays
 
 
 @lru_cache(maxsize=512)

@@ -9,70 +9,32 @@ comment) and chapter 10 of v2.5.1:
 * keys: SCH-1 (placer appointment id) and SCH-2 (filler appointment id) become Appointment
   identifiers (types PLAC and FILL) in a system named after the sender, so two EMRs that
   number alike never meet;
-* status: S15/S16 cancel, S17 deletes (``entered-in-error``), S26 is a no-show; otherwise
-  SCH-25 through a configurable table (HL7 table 0278 → Appointment.status), ``booked`` when
-  absent;
-* times: TQ1-7/TQ1-8 (2.5+), else SCH-11 (TQ, 2.3-2.4 style), else the resource segments' start
-  (AIS-4, AIP-6, AIL-6); the end is explicit or start plus a duration (TQ1-6, SCH-11.3,
-  SCH-9/SCH-10, or the resource segment's duration) with its units; offset-less times are in
-  the sender's configured zone.
+* status: the event, refined by SCH-25 through the status tables (``status.py``); an unknown
+  SCH-25 is a warning, never a refusal;
+* times: the first complete source of SCH-11, TQ1 and the resource segments (``times.py``);
+  offset-less times are in the sender's configured zone.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from typing import Any
 
 from hl7_bridge.parse import Message, ParseError, parse_date, parse_dtm
+from hl7_bridge.status import Status, describe_unknown, resolve_status
+from hl7_bridge.times import read_times
 
 __all__ = [
-    "DEFAULT_STATUS_MAP",
-    "EVENT_STATUS",
     "Person",
     "SIUChange",
     "read_siu",
     "sender_key",
 ]
 
-# HL7 table 0278 (filler status codes) → FHIR Appointment.status; override per deployment
-DEFAULT_STATUS_MAP = {
-    "booked": "booked",
-    "overbook": "booked",
-    "blocked": "booked",
-    "pending": "pending",
-    "waitlist": "waitlist",
-    "started": "arrived",
-    "complete": "fulfilled",
-    "cancelled": "cancelled",
-    "canceled": "cancelled",
-    "dc": "cancelled",
-    "deleted": "entered-in-error",
-    "noshow": "noshow",
-}
-EVENT_STATUS = {"S15": "cancelled", "S16": "cancelled", "S17": "entered-in-error", "S26": "noshow"}
-
-_UNITS = {
-    "s": 1,
-    "sec": 1,
-    "second": 1,
-    "seconds": 1,
-    "m": 60,
-    "min": 60,
-    "mins": 60,
-    "minute": 60,
-    "minutes": 60,
-    "h": 3600,
-    "hr": 3600,
-    "hrs": 3600,
-    "hour": 3600,
-    "hours": 3600,
-    "d": 86400,
-    "day": 86400,
-    "days": 86400,
-}
-_TQ_DURATION = re.compile(r"^([SMHDW])?(\d+(?:\.\d+)?)$", re.IGNORECASE)
+KEY_LENGTH = 200  # hl7_link.value
 _GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "N": "other", "U": "unknown"}
 
 
@@ -93,15 +55,19 @@ class SIUChange:
     sent_at: datetime | None  # MSH-7: orders messages about the same appointment
     placer: str | None  # SCH-1.1
     filler: str | None  # SCH-2.1
-    status: str
+    status: str | None  # None: keep the Appointment's (an S14 without a usable SCH-25)
     start: datetime | None
-    end: datetime | None
+    end: datetime | None  # None with a start: the visit type's length, else the stored one
     patient: dict[str, Any] | None  # a Patient resource without id
     practitioners: list[Person] = field(default_factory=list)
     locations: list[Person] = field(default_factory=list)
+    resources: list[Person] = field(default_factory=list)  # AIG-3: rooms, devices, people
     services: list[dict[str, str]] = field(default_factory=list)  # codings from AIS-3
     reason: str | None = None  # SCH-7 text
     comment: str | None = None  # NTE-3, joined
+    all_day: bool = False  # a date without a time: the whole day, claiming no time
+    filler_status: Status | None = None  # SCH-25 as sent, and whether any table knew it
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, words)
 
     def identifiers(self) -> list[dict[str, Any]]:
         out = []
@@ -128,67 +94,11 @@ def sender_key(application: str, facility: str) -> str:
     """How a sender is named here: MSH-3 and MSH-4 (first components) joined by a dot, with
     only letters, digits, dots and dashes (it goes into identifier system URIs)."""
     raw = f"{application}.{facility}" if facility else application
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", raw).strip("-") or "unknown"
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", raw).strip("-")[:200] or "unknown"
 
 
 def key_system(sender: str, kind: str) -> str:
     return f"urn:fhir-sched:hl7:{sender}:{kind}"
-
-
-def _seconds(units: str) -> int:
-    unit = units.strip().lower()
-    if not unit:
-        return 60
-    if unit not in _UNITS:
-        raise ParseError(f"unknown duration unit {units!r}")
-    return _UNITS[unit]
-
-
-def _duration(amount: str, units: str) -> timedelta | None:
-    amount = amount.strip()
-    if not amount:
-        return None
-    per = _seconds(units)
-    try:
-        return timedelta(seconds=float(amount) * per)
-    except ValueError as exc:
-        raise ParseError(f"{amount!r} is not a duration") from exc
-
-
-def _tq_duration(value: str) -> timedelta | None:
-    """TQ.3: ``M30``, ``H1``, ``S900`` or a bare number (minutes)."""
-    m = _TQ_DURATION.match(value.strip())
-    if not m:
-        return None
-    unit = (m.group(1) or "M").upper()
-    per = {"S": 1, "M": 60, "H": 3600, "D": 86400, "W": 604800}[unit]
-    return timedelta(seconds=float(m.group(2)) * per)
-
-
-def _times(msg: Message, tz: tzinfo) -> tuple[datetime | None, datetime | None]:
-    sch = msg.first("SCH")
-    candidates: list[tuple[str, str, timedelta | None]] = []  # (start, end, duration)
-    tq1 = msg.first("TQ1")
-    if tq1 is not None:
-        candidates.append((tq1.get(7), tq1.get(8), _duration(tq1.get(6, 1), tq1.get(6, 2))))
-    if sch is not None:
-        candidates.append((sch.get(11, 4), sch.get(11, 5), _tq_duration(sch.get(11, 3))))
-    for name, start_at, dur_at in (("AIS", 4, 7), ("AIP", 6, 9), ("AIL", 6, 9), ("AIG", 8, 11)):
-        for seg in msg.all(name):
-            candidates.append(
-                (seg.get(start_at), "", _duration(seg.get(dur_at), seg.get(dur_at + 1)))
-            )
-    sch_duration = _duration(sch.get(9), sch.get(10)) if sch is not None else None
-    for start_raw, end_raw, duration in candidates:
-        start = parse_dtm(start_raw, tz)
-        if start is None:
-            continue
-        end = parse_dtm(end_raw, tz)
-        if end is None:
-            span = duration or sch_duration
-            end = start + span if span else None
-        return start, end
-    return None, None
 
 
 def _patient(msg: Message, sender: str, systems: dict[str, str]) -> dict[str, Any] | None:
@@ -249,18 +159,24 @@ def _patient(msg: Message, sender: str, systems: dict[str, str]) -> dict[str, An
 
 
 def _people(msg: Message, name: str) -> list[Person]:
+    """AIP-3 (XCN: id^family^given…), AIG-3 (CWE: code^text) or AIL-3 (PL: point of care ^
+    room ^ bed ^ facility … ^ description). Senders bend them: a name with no id in AIP-3, a
+    bare user name in AIG-3, a person in AIL-3 (``inbound`` tells which is which)."""
     out = []
     for seg in msg.all(name):
         ident = seg.get(3, 1)
-        if not ident:
-            continue
         if name == "AIP":
             label = " ".join(x for x in (seg.get(3, 3), seg.get(3, 2)) if x)
             authority = seg.get(3, 9)
-        else:  # AIL: PL = point of care ^ room ^ bed ^ facility … ^ description (9)
-            label = seg.get(3, 9) or seg.get(3, 1)
+        elif name == "AIG":
+            label, authority = seg.get(3, 2), seg.get(3, 3)
+        else:
+            label = seg.get(3, 9) or (
+                " ".join(x for x in (seg.get(3, 3), seg.get(3, 2)) if x) if ident else ""
+            )
             authority = seg.get(3, 4)
-        out.append(Person(ident, label, authority))
+        if ident or label:
+            out.append(Person(ident, label or ident, authority))
     return out
 
 
@@ -282,7 +198,7 @@ def read_siu(
     msg: Message,
     *,
     sender_tz: tzinfo,
-    status_map: dict[str, str] | None = None,
+    status_map: Mapping[str, Any] | None = None,
     identifier_systems: dict[str, str] | None = None,
 ) -> SIUChange:
     """What ``msg`` asks for. :class:`ParseError` when it cannot be understood."""
@@ -291,36 +207,67 @@ def read_siu(
     sender = sender_key(msh.get(3), msh.get(4))
     sch = msg.first("SCH")
     if sch is None:
-        raise ParseError("an SIU message needs an SCH segment")
-    placer, filler = sch.get(1) or None, sch.get(2) or None
+        raise ParseError(
+            "no SCH segment: an SIU message carries the appointment in SCH (its ids in SCH-1 "
+            "and SCH-2)",
+            location="SCH",
+        )
+    arq = msg.first("ARQ")  # SRM's request segment, which some senders copy into SIU
+    placer = sch.get(1) or (arq.get(1) if arq else "") or None
+    filler = sch.get(2) or (arq.get(2) if arq else "") or None
+    for n, key in ((1, placer), (2, filler)):
+        if key and len(key) > KEY_LENGTH:
+            raise ParseError(
+                f"SCH-{n}.1 is {len(key)} characters long; an appointment id of at most "
+                f"{KEY_LENGTH} is needed",
+                location=f"SCH-{n}",
+            )
     if not placer and not filler:
-        raise ParseError("SCH-1 (placer appointment id) or SCH-2 (filler appointment id) is needed")
-    if event in EVENT_STATUS:
-        status = EVENT_STATUS[event]
-    else:
-        table = {**DEFAULT_STATUS_MAP, **{k.lower(): v for k, v in (status_map or {}).items()}}
-        raw = (sch.get(25, 1) or sch.get(25, 2)).strip().lower()
-        if raw and raw not in table:
-            raise ParseError(f"SCH-25 filler status {raw!r} is not in the status table")
-        status = table.get(raw, "booked") if raw else "booked"
-    start, end = _times(msg, sender_tz)
-    if start is not None and end is not None and end <= start:
-        raise ParseError("the appointment ends before it starts")
+        raise ParseError(
+            "no appointment id: SCH-1 (placer appointment id) and SCH-2 (filler appointment "
+            "id) are both empty; send the EMR's appointment number in SCH-2.1 (or SCH-1.1)",
+            location="SCH-2",
+        )
+    status = resolve_status(
+        event,
+        code=sch.get(25, 1),
+        text=sch.get(25, 2),
+        system=sch.get(25, 3),
+        sender=sender,
+        status_map=status_map,
+    )
+    warnings: list[tuple[str, str]] = list(msg.notes)
+    try:
+        sent_at = parse_dtm(msh.get(7), sender_tz)
+    except ParseError:
+        sent_at = None
+        warnings.append(
+            ("time-unreadable", "MSH-7 is not an HL7 date/time: messages are applied in order")
+        )
+    if status.unknown:
+        applied = status.value or "its current status"
+        warnings.append(("status-unknown", describe_unknown(event, status, sender, applied)))
+    timing = read_times(msg, sender_tz)
+    warnings += timing.warnings
     notes = [n.text(3, rep) for n in msg.all("NTE") for rep in range(len(n.repetitions(3)))]
     return SIUChange(
         event=event,
         sender=sender,
         control_id=msh.raw(10),
-        sent_at=parse_dtm(msh.get(7), sender_tz),
+        sent_at=sent_at,
         placer=placer,
         filler=filler,
-        status=status,
-        start=start,
-        end=end,
+        status=status.value,
+        start=timing.start,
+        end=timing.end,
+        all_day=timing.all_day,
         patient=_patient(msg, sender, identifier_systems or {}),
         practitioners=_people(msg, "AIP"),
         locations=_people(msg, "AIL"),
+        resources=_people(msg, "AIG"),
         services=_services(msg),
         reason=sch.get(7, 2) or sch.get(7, 1) or None,
         comment="\n".join(n for n in notes if n) or None,
+        filler_status=status,
+        warnings=warnings,
     )

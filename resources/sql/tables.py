@@ -430,6 +430,8 @@ class HL7Message(Base):
     ack_code: Mapped[str | None] = mapped_column(String(2))
     appointment_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)  # why it failed (no message content)
+    warnings: Mapped[str | None] = mapped_column(String(200))  # codes: applied with a caveat
+    digest: Mapped[bytes | None] = mapped_column(LargeBinary(16))  # content, for resends
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     kek_id: Mapped[str] = mapped_column(String(64))
@@ -437,7 +439,10 @@ class HL7Message(Base):
     nonce: Mapped[bytes] = mapped_column(LargeBinary)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)  # {"message", "ack", "address"}
     __table_args__ = (
-        UniqueConstraint("direction", "peer", "control_id", name="uq_hl7_message_control"),
+        # a resend is the same control id *and* content (messages.content_key)
+        UniqueConstraint(
+            "direction", "peer", "control_id", "digest", name="uq_hl7_message_content"
+        ),
         Index("ix_hl7_message_status", "direction", "status", "next_attempt"),
     )
 

@@ -60,10 +60,11 @@ def test_other_delimiters_are_kept() -> None:
     [
         ("ADT^A01", "2.5.1", "200"),
         ("SIU^S99", "2.5.1", "201"),
-        ("SIU^S12", "2.2", "203"),
+        ("SIU^S12", "2.0", "203"),
+        ("SIU^S12", "2.9", "203"),
         ("SIU^S12", "3.0", "203"),
     ],
-    ids=["message type", "event", "too old", "too new"],
+    ids=["message type", "event", "too old", "not yet", "too new"],
 )
 def test_unsupported_is_rejected_with_err(kind: str, version: str, code: str) -> None:
     header = read_header(_inbound(kind=kind, version=version))
@@ -75,7 +76,7 @@ def test_unsupported_is_rejected_with_err(kind: str, version: str, code: str) ->
 
 
 def test_supported_versions_pass() -> None:
-    for version in ("2.3", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8"):
+    for version in ("2.1", "2.2", "2.3", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.2"):
         assert refusal(read_header(_inbound(version=version))) is None
 
 
@@ -84,3 +85,21 @@ def test_error_text_is_escaped() -> None:
     ack = build_ack(header, "AE", control_id="E1", now=NOW, error=("207", "bad | field ^ here"))
     err = ack.split(b"\r")[2]
     assert b"bad \\F\\ field \\S\\ here" in err
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.5.1"])
+def test_err_names_the_field_in_the_form_the_version_knows(version: str) -> None:
+    header = read_header(_inbound(version=version))
+    words = "no appointment id: SCH-1 and SCH-2 are both empty"
+    ack = build_ack(header, "AE", control_id="E2", now=NOW, error=("101", words), location="SCH-2")
+    err = hl7.parse(ack.decode()).segment("ERR")
+    if version == "2.3":  # ERR-1, an ELD: segment^sequence^field^code&words&table
+        assert str(err[1]) == f"SCH^1^2^101&{words}&HL70357"
+        assert len(err) == 2
+    else:  # ERR-2 an ERL, ERR-3 the code, ERR-8 the words
+        assert (str(err[2]), str(err[3]), str(err[4]), str(err[8])) == (
+            "SCH^1^2",
+            "101^^HL70357",
+            "E",
+            words,
+        )

@@ -17,7 +17,7 @@ import hl7
 import pytest
 import structlog.testing
 from hl7.mllp import open_hl7_connection
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, update
 
 from base.logging import configure_logging
 from fhir_server.demo import DEMO_CLINIC as DEMO
@@ -25,6 +25,7 @@ from hl7_bridge.inbound import CONFLICT_TAG
 from hl7_bridge.listener import BridgeConfig, Listener
 from hl7_bridge.messages import HM, MessageStore
 from hl7_bridge.mllp import MLLPServer
+from hl7_bridge.status import FILLER_STATUS_EXTENSION
 from resources import service
 from resources.fhirdate import as_utc
 from resources.sql.engine import Database
@@ -32,7 +33,7 @@ from resources.sql.tables import AuditLog, BusyTime
 from resources.store import Store
 from scheduling import booking
 from scheduling.clinic import VISIT_TYPE_SYSTEM, load_clinic
-from scheduling.config import ClinicConfig, load_clinic_config
+from scheduling.config import ClinicConfig, VisitType, load_clinic_config
 from security.audit import open_event
 from security.crypto import KeyRing
 from tests.conftest import someone_waits_for_a_lock
@@ -256,6 +257,45 @@ async def test_resend_changes_nothing_and_gets_the_first_ack(bridge: Bridge) -> 
     assert len(bridge.message_rows()) == 1
 
 
+async def test_a_resend_restamped_with_trailing_separators_is_still_a_resend(
+    bridge: Bridge,
+) -> None:
+    """Senders restamp MSH-7 and pad fields when they resend: the same content all the same."""
+    first = siu("S12", "R2", at(11), sent=datetime.now(UTC) - timedelta(minutes=5))
+    lines = siu("S12", "R2", at(11)).split(b"\r")  # a later MSH-7
+    again = b"\r\n".join([lines[0] + b"||", *[line + b"^^|" for line in lines[1:]]])
+    acks = await bridge.send(first, again)
+    assert acks[1] == acks[0]
+    assert len(bridge.message_rows()) == 1 and len(bridge.appointments()) == 1
+    # a row stored before digests were kept (migration 0014) is opened and compared
+    with bridge.db.write() as conn:
+        conn.execute(update(HM).values(digest=None))
+    assert await bridge.send(again) == acks[:1]
+    assert len(bridge.message_rows()) == 1
+
+
+async def test_a_reused_control_id_with_new_content_is_new_work(bridge: Bridge) -> None:
+    """Two different messages under one MSH-10: the second is applied (it used to be answered
+    AA as a "resend" and dropped), and the reuse is a warning; resending either still gets
+    its own first answer."""
+    t0 = datetime.now(UTC)
+    book = siu("S12", "SAME", at(9), key="Q-1", sent=t0)
+    other = siu("S12", "SAME", at(14), key="Q-2", sent=t0 + timedelta(seconds=1))
+    acks = await bridge.send(book, other, book, other)
+    assert [msa(a) for a in acks] == [("AA", "SAME")] * 4
+    assert acks[1] != acks[0] and acks[2] == acks[0] and acks[3] == acks[1]
+    keys = {i["value"] for a in bridge.appointments() for i in a["identifier"]}
+    assert {"Q-1", "Q-2"} <= keys
+    assert bridge.slot_status(at(9)) == "busy" and bridge.slot_status(at(14)) == "busy"
+    rows = bridge.message_rows()
+    assert [(r.control_id, r.status, r.warnings) for r in rows] == [
+        ("SAME", "applied", None),
+        ("SAME", "applied", "control-id-reused"),
+    ]
+    [words] = MessageStore(bridge.keys).open(rows[1]).warnings
+    assert rows[0].id in words and "processed as new" in words
+
+
 async def test_a_known_key_is_never_booked_twice(bridge: Bridge) -> None:
     # a second S12 for the same filler id (new control id) updates the same Appointment
     await bridge.send(siu("S12", "K1", at(9)), siu("S12", "K2", at(9, 30)))
@@ -396,49 +436,156 @@ async def test_a_booking_over_time_taken_here_is_kept_as_a_conflict(
     assert bridge.slot_status(at(10, day=1)) == "busy"  # ours, untouched
 
 
+def swap(raw: bytes, name: str, *lines: str) -> bytes:
+    """``raw`` with its ``name`` segments replaced by ``lines`` (none: dropped)."""
+    out: list[bytes] = []
+    for line in raw.split(b"\r"):
+        if line.startswith(name.encode() + b"|"):
+            out += [x.encode() for x in lines]
+            lines = ()
+        else:
+            out.append(line)
+    return b"\r".join(out)
+
+
+def no_time(control: str, key: str) -> bytes:
+    """An S12 with no time anywhere (AE: nothing can be applied)."""
+    return swap(siu("S12", control, at(16), key=key), "TQ1")
+
+
 async def test_failures_get_ae_are_kept_and_replay_after_the_fix(
     bridge: Bridge, clinic: ClinicConfig
 ) -> None:
-    unknown_status = siu("S12", "F1", at(16), status="Confirmed")
-    lines = siu("S12", "F2", at(16), key="F-2").split(b"\r")
-    no_time = b"\r".join(line for line in lines if not line.startswith(b"TQ1"))
-    acks = await bridge.send(unknown_status, no_time)
+    # a start, but no end, no duration and a visit type the clinic file does not know
+    start_only = swap(
+        siu("S12", "F1", at(16)),
+        "TQ1",
+        seg("TQ1", {1: "1", 7: hl7_time(at(16))}),
+    ).replace(b"follow-up^Follow-up visit", b"consult^Consultation")
+    acks = await bridge.send(start_only, no_time("F2", "F-2"))
     assert [msa(a) for a in acks] == [("AE", "F1"), ("AE", "F2")]
     err = hl7.parse(acks[0].decode()).segment("ERR")
-    assert "'confirmed' is not in the status table" in str(err[8])
+    assert "AIS-3 'consult' is no visit type of the clinic file" in str(err[8])
     assert bridge.appointments() == []
     rows = bridge.message_rows()
     assert [(r.status, r.ack_code) for r in rows] == [("failed", "AE"), ("failed", "AE")]
     failures = [e for e in bridge.audit_events() if e["type"]["code"] == "110107"]
     assert [e["outcome"] for e in failures] == ["8", "8"]
 
-    # the cause is fixed (the sender's status is added to the table) and the message replayed
+    # the cause is fixed (the visit type is added to the clinic file) and the message replayed
+    consult = VisitType(code="consult", display="Consultation", minutes=45)
     fixed = Listener(
         bridge.db,
         bridge.keys,
         bridge.store,
-        clinic=clinic,
-        config=replace(bridge.listener.config, status_map={"confirmed": "booked"}),
+        clinic=clinic.model_copy(update={"visit_types": [*clinic.visit_types, consult]}),
+        config=bridge.listener.config,
     )
     assert fixed.replay(rows[0].id) == "applied"
     [appt] = bridge.appointments()
     assert appt["status"] == "booked"
+    assert datetime.fromisoformat(appt["end"]) == at(16, 45)
     # a resend still gets the first answer (the sender was told AE; replay is staff's tool)
-    [ack] = await bridge.send(unknown_status)
+    [ack] = await bridge.send(start_only)
     assert msa(ack)[0] == "AA"
+
+
+async def test_an_unknown_status_is_applied_by_its_event_and_kept(bridge: Bridge) -> None:
+    """SCH-25 in a local code no table knows: the S12 books, the S14 keeps the status the
+    Appointment has, and each keeps the sender's value and a warning."""
+    t0 = datetime.now(UTC)
+    acks = await bridge.send(
+        siu("S12", "W1", at(9), key="W-1", sent=t0, status="1^SCH"),
+        siu("S14", "W2", at(9), key="W-1", sent=t0 + timedelta(seconds=1), status="Arrived"),
+        siu("S14", "W3", at(9), key="W-1", sent=t0 + timedelta(seconds=2), status="ZZ^Odd^LOCAL"),
+    )
+    assert [msa(a) for a in acks] == [("AA", "W1"), ("AA", "W2"), ("AA", "W3")]
+    [appt] = bridge.appointments()
+    assert appt["status"] == "arrived"  # the W2 status, kept by W3
+    assert appt["extension"] == [
+        {
+            "url": FILLER_STATUS_EXTENSION,
+            "valueCoding": {"code": "ZZ", "display": "Odd", "system": "LOCAL"},
+        }
+    ]
+    rows = {r.control_id: r for r in bridge.message_rows()}
+    assert {c: (r.status, r.warnings) for c, r in rows.items()} == {
+        "W1": ("applied", "status-unknown"),
+        "W2": ("applied", None),
+        "W3": ("applied", "status-unknown"),
+    }
+    opened = MessageStore(bridge.keys).open(rows["W1"])
+    [words] = opened.warnings
+    assert "'1^SCH'" in words and "applied as 'booked'" in words
+    assert bridge.slot_status(at(9)) == "busy"
+
+
+async def test_times_fall_back_with_warnings_rather_than_fail(bridge: Bridge) -> None:
+    """A date alone is an all-day Appointment claiming no time; a duration in units nobody
+    reads takes the visit type's length (AIS-3 follow-up: 30 minutes); a move with a start
+    alone keeps the Appointment's length."""
+    t0 = datetime.now(UTC)
+    day = at(9).astimezone(NY).strftime("%Y%m%d")
+    all_day = swap(siu("S12", "T1", at(9), key="T-1"), "TQ1").replace(
+        b"SCH|P-T-1^EMR|T-1^EMR|", f"SCH|P-T-1^EMR|T-1^EMR|||||||||^^^{day}|".encode()
+    )
+    junk = swap(
+        siu("S12", "T2", at(11), key="T-2", sent=t0, extra={9: "20", 10: "000000"}),
+        "TQ1",
+        seg("TQ1", {1: "1", 7: hl7_time(at(11))}),
+    )
+    move = swap(
+        siu("S13", "T3", at(13), key="T-2", sent=t0 + timedelta(seconds=1)),
+        "TQ1",
+        seg("TQ1", {1: "1", 7: hl7_time(at(13))}),
+    ).replace(b"follow-up^Follow-up visit", b"consult^Consultation")  # no visit type here
+    acks = await bridge.send(all_day, junk)
+    assert [msa(a) for a in acks] == [("AA", "T1"), ("AA", "T2")]
+    by_key = {
+        next(i["value"] for i in a["identifier"] if i["system"].endswith(":filler")): a
+        for a in bridge.appointments()
+    }
+    whole_day = by_key["T-1"]
+    midnight = datetime.combine(MONDAY, time(0), tzinfo=NY)
+    assert datetime.fromisoformat(whole_day["start"]) == midnight
+    assert datetime.fromisoformat(whole_day["end"]) == midnight + timedelta(days=1)
+    assert "slot" not in whole_day and bridge.slot_status(at(9)) == "free"
+    assert datetime.fromisoformat(by_key["T-2"]["end"]) == at(11, 30)
+    rows = {r.control_id: r.warnings for r in bridge.message_rows()}
+    assert rows == {"T1": "date-only", "T2": "unit-unknown"}
+
+    [ack] = await bridge.send(move)
+    assert msa(ack) == ("AA", "T3")
+    moved = next(a for a in bridge.appointments() if a["id"] == by_key["T-2"]["id"])
+    assert datetime.fromisoformat(moved["start"]) == at(13)
+    assert datetime.fromisoformat(moved["end"]) == at(13, 30)  # the length it had
+    assert bridge.slot_status(at(11)) == "free" and bridge.slot_status(at(13, 15)) == "busy"
 
 
 async def test_unsupported_messages_get_ar_and_are_kept(bridge: Bridge) -> None:
     adt = siu("S12", "U1", at(9)).replace(b"SIU^S12^SIU_S12", b"ADT^A01^ADT_A01")
     s99 = siu("S12", "U2", at(9)).replace(b"SIU^S12^SIU_S12", b"SIU^S99")
-    old = siu("S12", "U3", at(9)).replace(b"|2.5.1", b"|2.1", 1)
-    acks = await bridge.send(adt, s99, old, b"this is not HL7")
+    unknown_version = siu("S12", "U3", at(9)).replace(b"|2.5.1", b"|2.9", 1)
+    acks = await bridge.send(adt, s99, unknown_version, b"this is not HL7")
     codes = [hl7.parse(a.decode()).segment("MSA") for a in acks]
     assert [str(m[1]) for m in codes] == ["AR", "AR", "AR", "AR"]
     errs = [str(hl7.parse(a.decode()).segment("ERR")[3][0][0]) for a in acks]
     assert errs == ["200", "201", "203", "100"]
     assert bridge.appointments() == []
     assert [r.status for r in bridge.message_rows()] == ["rejected"] * 4
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2", "2.8.1", "2.8.2"])
+async def test_versions_beyond_2_3_to_2_8_are_applied(bridge: Bridge, version: str) -> None:
+    """2.1 and 2.2 predate SCH and the AIx segments in hl7apy's tables, 2.8.1 and 2.8.2 came
+    later: all are read by position and applied."""
+    raw = siu("S12", "V1", at(10)).replace(b"|2.5.1", f"|{version}".encode(), 1)
+    [ack] = await bridge.send(raw)
+    assert msa(ack) == ("AA", "V1")
+    assert hl7.parse(ack.decode()).segment("MSH")[12][0] == version
+    [appt] = bridge.appointments()
+    assert datetime.fromisoformat(appt["start"]) == at(10)
+    assert bridge.slot_status(at(10)) == "busy"
 
 
 async def test_enhanced_mode_commit_accept_then_application_ack(bridge: Bridge) -> None:
@@ -533,7 +680,7 @@ async def test_messages_arriving_together_commit_together_and_a_bad_one_alone(
 
     sent = {
         "a": siu("S12", "G1", at(9), key="G-1"),
-        "bad": siu("S12", "G2", at(10), key="G-2", status="Confirmed"),  # not in the table
+        "bad": no_time("G2", "G-2"),
         "b": siu("S12", "G3", at(11), key="G-3"),
     }
     # three connections' messages ready in the same turn of the event loop
@@ -680,7 +827,7 @@ async def test_groups_written_on_the_event_loop_are_answered_and_kept_alike(
 
     try:
         acks = await asyncio.gather(*(sender(n) for n in range(4)))
-        [bad] = await inline.send(siu("S12", "L-bad", at(15), key="L-B", status="Confirmed"))
+        [bad] = await inline.send(no_time("L-bad", "L-B"))
     finally:
         await server.close()
     assert [msa(a)[0] for group in acks for a in group] == ["AA"] * 12

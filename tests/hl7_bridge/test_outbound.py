@@ -270,3 +270,85 @@ async def test_a_booking_through_the_fhir_api_reaches_the_emr(
     assert str(message.segment("MSH")[9][0][1]) == "S12"
     assert str(message.segment("SCH")[1][0][0]) == booked.json()["id"]
     assert str(message.segment("SCH")[25]) == "Booked"
+
+
+TABLE_0278 = {"Pending", "Waitlist", "Booked", "Started", "Complete", "Cancelled", "Dc"}
+TABLE_0278 |= {"Deleted", "Blocked", "Overbook", "Noshow"}
+OUT_VERSIONS = ["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"]
+OUT_VERSIONS += ["2.8.1", "2.8.2"]
+OUT_EVENTS = [
+    ("S12", "booked"),
+    ("S13", "booked"),
+    ("S14", "arrived"),
+    ("S15", "cancelled"),
+    ("S17", "entered-in-error"),
+    ("S26", "noshow"),
+]
+
+
+@pytest.mark.parametrize("version", OUT_VERSIONS)
+@pytest.mark.parametrize(("event", "status"), OUT_EVENTS, ids=[e for e, _ in OUT_EVENTS])
+def test_every_outbound_siu_reparses_and_validates_strictly(
+    version: str, event: str, status: str
+) -> None:
+    """python-hl7 reads it, hl7apy validates it strictly against the version it declares,
+    SCH-25 is a table 0278 code, and our own reader gets the same time back. hl7apy cannot
+    check two versions as they stand: 2.3's MSH-9 has no message structure, so an S13 names
+    none and is checked as the SIU_S12 structure every SIU event shares; 2.7's tables cannot
+    read TQ1, so 2.7 and 2.7.1 are checked against 2.8's (as inbound messages are)."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    from hl7_bridge.fhir_to_siu import Envelope, build_siu
+    from hl7_bridge.parse import parse
+    from hl7_bridge.siu_to_fhir import read_siu
+
+    appointment = {
+        "resourceType": "Appointment",
+        "id": "appt-1",
+        "status": status,
+        "start": "2031-01-14T09:00:00-05:00",
+        "end": "2031-01-14T09:30:00-05:00",
+        "minutesDuration": 30,
+        "serviceType": [{"coding": [{"code": "follow-up", "display": "Follow-up visit"}]}],
+        "reasonCode": [{"text": "Knee | pain"}],
+        "comment": "first line\nsecond ^ line",
+        "cancelationReason": {"text": "patient called"} if status == "cancelled" else None,
+    }
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": "urn:oid:1.2.3", "value": "M1", "type": {"coding": [{"code": "MR"}]}}
+        ],
+        "name": [{"family": "MÜLLER", "given": ["ZOË", "A"]}],
+        "birthDate": "1980-01-01",
+        "gender": "female",
+        "telecom": [{"system": "phone", "value": "413-555-0101"}],
+    }
+    practitioner = {
+        "id": "dr-smith",
+        "name": [{"family": "Smith", "given": ["Alice"]}],
+        "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}],
+    }
+    sent = datetime(2031, 1, 13, 12, tzinfo=UTC)
+    raw = build_siu(
+        event,
+        appointment,
+        Envelope("OUT-1", sent, version=version),
+        patient=patient,
+        practitioner=practitioner,
+        location={"id": "loc-main", "name": "Main Street Clinic"},
+        filler_id="F-1",
+    )
+    text = raw.decode("utf-8")
+    independent = hl7.parse(text)
+    assert str(independent.segment("MSH")[12]) == version
+    assert str(independent.segment("SCH")[25]) in TABLE_0278
+    checked = text.replace(f"SIU^{event}", "SIU^S12", 1) if version == "2.3" else text
+    if version in ("2.7", "2.7.1"):
+        checked = checked.replace(f"|{version}|", "|2.8|", 1)
+    parse_message(checked, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
+    change = read_siu(parse(raw), sender_tz=UTC)
+    assert change.start == datetime(2031, 1, 14, 14, tzinfo=UTC)
+    assert change.end == datetime(2031, 1, 14, 14, 30, tzinfo=UTC)
+    assert change.warnings == []

@@ -21,7 +21,7 @@ from tests.integration.test_demo_command import free_port
 EXE = Path(sys.executable).with_name("fhir-sched")
 
 
-def _message(control: str, status: str, hour: int) -> bytes:
+def _message(control: str, status: str, hour: int, *, minutes: str = "30") -> bytes:
     day = datetime.now(NY).date() + timedelta(days=8)
     while day.weekday() != 1:  # a Tuesday
         day += timedelta(days=1)
@@ -33,9 +33,13 @@ def _message(control: str, status: str, hour: int) -> bytes:
                 {3: "EMR", 4: "MSFP", 7: hl7_time(start), 9: "SIU^S12", 10: control}
                 | {11: "P", 12: "2.5.1"},
             ),
-            seg("SCH", {1: f"P{control}", 2: f"F{control}", 9: "30", 10: "min", 25: status}),
+            seg(
+                "SCH",
+                {1: f"P{control}", 2: f"F{control}", 9: minutes, 10: "min", 25: status},
+            ),
             seg("TQ1", {1: "1", 7: hl7_time(start)}),
             seg("PID", {1: "1", 3: "MRN77^^^MSFP^MR", 5: "STONE^EMMA", 7: "19900101"}),
+            seg("AIS", {1: "1", 3: "consult^Consultation"}),
             seg("AIP", {1: "1", 3: "1234567893^SMITH^ALICE"}),
             seg("AIL", {1: "1", 3: "loc-main"}),
         ]
@@ -80,11 +84,16 @@ def test_listen_review_and_replay(tmp_path: Path) -> None:
         while time.monotonic() < deadline and not acks:
             try:
                 acks = asyncio.run(
-                    _send(port, _message("1", "Booked", 9), _message("2", "Confirmed", 10))
+                    _send(
+                        port,
+                        _message("1", "Booked", 9),
+                        _message("2", "Confirmed", 10, minutes=""),  # no length: AE
+                        _message("3", "1^SCH", 11),  # a local status: applied, with a warning
+                    )
                 )
             except OSError:
                 time.sleep(0.2)
-        assert acks == [("AA", "1"), ("AE", "2")]
+        assert acks == [("AA", "1"), ("AE", "2"), ("AA", "3")]
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
@@ -98,11 +107,27 @@ def test_listen_review_and_replay(tmp_path: Path) -> None:
     assert "EMR.MSFP" in line and "AE" in line and "STONE" not in line
 
     shown = _run(env, "hl7", "show", message_id)
-    assert "SCH|P2|F2" in shown.stdout and "'confirmed' is not in the status table" in shown.stdout
+    assert "SCH|P2|F2" in shown.stdout
+    assert "AIS-3 'consult' is no visit type of the clinic file" in shown.stdout
+
+    warned = _run(env, "hl7", "messages", "--warnings")
+    assert warned.returncode == 0
+    [row, total, count] = warned.stdout.splitlines()
+    assert row.split()[-1] == "status-unknown" and "  3  " in row
+    assert (total, count.strip()) == ("1 message(s) with warnings", "status-unknown: 1")
+    why = _run(env, "hl7", "show", row.split()[0]).stdout
+    assert "warning: SCH-25 filler status '1^SCH' is in no status table" in why
 
     assert _run(env, "hl7", "replay", "--all-failed").returncode == 1  # still failing
-    env["FHIRSCHED_HL7_STATUS_MAP"] = '{"Confirmed": "booked"}'
+    clinic = tmp_path / "clinic.yaml"
+    clinic.write_text(
+        DEMO.read_text().replace(
+            "visit_types:\n",
+            "visit_types:\n  - {code: consult, display: Consultation, minutes: 45}\n",
+        )
+    )
+    env["FHIRSCHED_CLINIC_FILE"] = str(clinic)
     fixed = _run(env, "hl7", "replay", "--all-failed")
     assert fixed.returncode == 0 and f"{message_id}: applied" in fixed.stdout
     applied = _run(env, "hl7", "messages", "--status", "applied")
-    assert len(applied.stdout.splitlines()) == 2
+    assert len(applied.stdout.splitlines()) == 3
