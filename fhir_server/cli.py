@@ -28,6 +28,7 @@ from fhir_server.cli_agent import agent
 from fhir_server.cli_audit import audit
 from fhir_server.cli_auth import client, launch, user
 from fhir_server.cli_backup import backup, restore
+from fhir_server.cli_errors import config_error, shows_tracebacks
 from fhir_server.cli_hl7 import hl7
 from fhir_server.console_trail import audited
 from fhir_server.settings import Settings
@@ -51,7 +52,20 @@ def _keys(settings: Settings, database: Any) -> Any:
         raise click.ClickException(str(exc)) from exc
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command's configuration mistakes answered in one line (see cli_errors)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # translated, or re-raised as it was
+            message = config_error(exc)
+            if message is None or shows_tracebacks():
+                raise
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """fhir-sched: a FHIR R4 scheduling server for clinics."""
 
@@ -72,12 +86,15 @@ def _serve(settings: Settings) -> None:
     from base.logging import configure_logging
     from fhir_server.protocol import DeadlineProtocol, use_settings
     from fhir_server.worker import hand_over, serving_app
+    from scheduling.config import load_clinic_config
 
     try:
         settings.check_bind()
         settings.check_workers()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    if settings.clinic_file is not None:  # a bad file is refused before anything is served
+        load_clinic_config(settings.clinic_file)
     from resources.sql.engine import Database, migrate
 
     database = Database(settings.database_url)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from hl7_bridge.endpoint import HL7Endpoint
 from hl7_bridge.status import check_status_map
@@ -19,6 +20,7 @@ from hl7_bridge.status import check_status_map
 __all__ = ["Settings"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_DATABASES = "use sqlite:///path or postgresql+psycopg://user@host:port/db"
 
 
 class Settings(BaseSettings):
@@ -137,7 +139,7 @@ class Settings(BaseSettings):
         ge=0,
         description="Extend the clinic's Slot horizon this often while serving (0: never)",
     )
-    clinic_file: Path | None = Field(
+    clinic_file: FilePath | None = Field(
         default=None,
         description="Clinic file whose rules $find applies (see docs/clinic-config.md)",
     )
@@ -244,6 +246,28 @@ class Settings(BaseSettings):
     def _statuses(cls, value: dict[str, str | dict[str, str]]) -> dict[str, str | dict[str, str]]:
         check_status_map(value)  # every target an Appointment.status, or refused at start-up
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        """SQLite and PostgreSQL through psycopg 3 are the databases the server is built and
+        tested on; refused here, another URL fails later as a missing driver module. The
+        messages never repeat the URL: it may hold a password."""
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL; {_DATABASES}") from None
+        backend, driver = url.get_backend_name(), url.get_driver_name()
+        if backend == "sqlite" and driver == "pysqlite":
+            return value
+        if backend == "postgresql" and driver == "psycopg":
+            return value
+        if backend == "postgresql":
+            raise ValueError(
+                f"{url.drivername} is not supported: PostgreSQL is reached through psycopg 3; "
+                f"{_DATABASES}"
+            )
+        raise ValueError(f"{url.drivername} is not supported; {_DATABASES}")
 
     def check_bind(self) -> None:
         """Refuse a non-loopback bind unless it was asked for explicitly."""

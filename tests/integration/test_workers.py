@@ -84,6 +84,7 @@ def test_the_workers_get_the_settings_the_command_was_given(
     monkeypatch.setenv("FHIRSCHED_DATABASE_URL", "postgresql+psycopg://x@127.0.0.1/db")
     for name in ("PORT", "WORKERS", "CLINIC_FILE", "CORS_ORIGINS"):
         monkeypatch.delenv(f"FHIRSCHED_{name}", raising=False)
+    (tmp_path / "clinic.yaml").touch()  # Settings refuses a clinic file that is not there
     given = Settings(  # as `serve --port 9123 --workers 3`, and a clinic `demo` fills in
         port=9123,
         workers=3,
