@@ -8,12 +8,20 @@ See https://profiles.ihe.net/ITI/Scheduling/ and https://hl7.org/fhir/R4/operati
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from base.errors import BadRequest
 
-__all__ = ["OPERATIONS", "OpParam", "OperationDecl", "operation_definition", "parse_operation"]
+__all__ = [
+    "OPERATIONS",
+    "OpParam",
+    "OperationDecl",
+    "operation_definition",
+    "parse_operation",
+    "require_parameters",
+]
 
 BASE = "urn:fhir-sched:OperationDefinition/"
 IHE = "https://profiles.ihe.net/ITI/Scheduling/OperationDefinition/"
@@ -146,6 +154,7 @@ OPERATIONS: dict[str, OperationDecl] = {op.id: op for op in (_FIND, _HOLD, _BOOK
 # scheduling.find.parameters_pairs takes from a Parameters resource (a Reference's reference,
 # a Coding's code).  A type named with a capital and not listed here is a resource.
 _TEXT_DATATYPES = frozenset({"Coding", "CodeableConcept", "Reference"})
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}")
 
 
 def _fits(param: OpParam, value: Any) -> bool:
@@ -155,6 +164,32 @@ def _fits(param: OpParam, value: Any) -> bool:
     if param.type == "integer" and isinstance(value, int) and not isinstance(value, bool):
         return True
     return isinstance(value, str)
+
+
+def require_parameters(op: OperationDecl, body: Any) -> dict[str, Any]:
+    """``body`` if it is a Parameters resource; otherwise a 400 that names what was sent and,
+    when it is a resource one of ``op``'s parameters takes (an Appointment for $book), how to
+    wrap it. Only the body's resourceType is repeated, never its content.
+    See https://hl7.org/fhir/R4/operations.html#request."""
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        return body
+    takes = f"POST ${op.code} takes a Parameters resource"
+    sent = body.get("resourceType") if isinstance(body, dict) else None
+    if not isinstance(sent, str) or not _TYPE_NAME.fullmatch(sent):  # repeated only if a name
+        raise BadRequest(f"{takes}; this body is not one", expression=["resourceType"])
+    holding = next((p for p in op.parameters if p.type == sent), None)
+    article = "an" if sent[:1] in "AEIOU" else "a"
+    if holding is None:
+        raise BadRequest(f"{takes}; this body is {article} {sent}", expression=["resourceType"])
+    wrapped = (
+        '{"resourceType": "Parameters", "parameter": [{"name": "'
+        + holding.name
+        + '", "resource": {...}}]}'
+    )
+    raise BadRequest(
+        f"{takes} holding {holding.name}; this body is {article} {sent}: wrap it as {wrapped}",
+        expression=["resourceType"],
+    )
 
 
 def parse_operation(op: OperationDecl, pairs: list[tuple[str, Any]]) -> dict[str, list[Any]]:

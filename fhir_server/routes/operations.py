@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from base.errors import Conflict
+from conformance.operations import OPERATIONS, require_parameters
 from fhir_server import handlers, scheduling_handlers
 from fhir_server.http import (
     ContextDep,
@@ -23,6 +24,12 @@ from scheduling.booking import KeyInFlight
 from scheduling.find import parameters_pairs
 
 router = APIRouter()
+
+
+def _pairs(operation: str, body: Any) -> list[tuple[str, Any]]:
+    """An operation's POSTed input as (name, value) pairs; a body that is not Parameters is
+    answered with what the operation takes."""
+    return parameters_pairs(require_parameters(OPERATIONS[operation], body))
 
 
 @router.get(
@@ -43,7 +50,7 @@ async def find_get(request: Request, services: ServicesDep, ctx: ContextDep) -> 
     openapi_extra=operation_body("appointment-find"),
 )
 async def find_post(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
-    params = parameters_pairs(await json_body(request))
+    params = _pairs("appointment-find", await json_body(request))
     return await _find(services, ctx, params)
 
 
@@ -77,7 +84,7 @@ async def _find(
     openapi_extra=operation_body("appointment-hold"),
 )
 async def hold(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
-    pairs = parameters_pairs(await json_body(request))
+    pairs = _pairs("appointment-hold", await json_body(request))
 
     def run() -> handlers.FHIRResponse:
         with services.db.write() as conn:
@@ -96,7 +103,7 @@ async def hold(request: Request, services: ServicesDep, ctx: ContextDep) -> Resp
     | parameters("header", {"Idempotency-Key": "a retry with the same key gets the first answer"}),
 )
 async def book(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
-    pairs = parameters_pairs(await json_body(request))
+    pairs = _pairs("appointment-book", await json_body(request))
     key = request.headers.get("idempotency-key")
 
     def run() -> handlers.FHIRResponse:

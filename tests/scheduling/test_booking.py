@@ -285,3 +285,50 @@ def test_appointment_identifier_is_an_idempotency_key(
     again = op(app_client, "book", appointment_resource=proposed)
     assert (first.status_code, again.status_code) == (201, 201)
     assert first.json()["id"] == again.json()["id"]
+
+
+@pytest.mark.parametrize("name", ["hold", "book"])
+def test_a_bare_appointment_is_answered_with_how_to_wrap_it(
+    app_client: TestClient, cfg: ClinicConfig, name: str
+) -> None:
+    proposed = first_option(app_client, cfg, existing_patient(app_client))
+    r = app_client.post(f"/fhir/Appointment/${name}", json=proposed, headers=FHIR_JSON)
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert issue["diagnostics"] == (
+        f"POST ${name} takes a Parameters resource holding appointment-resource; this body is "
+        'an Appointment: wrap it as {"resourceType": "Parameters", "parameter": '
+        '[{"name": "appointment-resource", "resource": {...}}]}'
+    )
+    assert issue["expression"] == ["resourceType"]
+    assert count_appointments(app_client, "booked") == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "said"),
+    [
+        (
+            "find",
+            {"resourceType": "Slot"},
+            "POST $find takes a Parameters resource; this body is a Slot",
+        ),
+        (
+            "book",
+            {"resourceType": "Patient"},
+            "POST $book takes a Parameters resource; this body is a Patient",
+        ),
+        ("book", [1, 2], "POST $book takes a Parameters resource; this body is not one"),
+        (
+            "hold",
+            {"resourceType": "<b>x</b>"},
+            "POST $hold takes a Parameters resource; this body is not one",
+        ),
+    ],
+    ids=["find-slot", "book-patient", "book-list", "hold-odd-type"],
+)
+def test_a_body_that_is_not_parameters_names_what_was_sent(
+    app_client: TestClient, name: str, body: Any, said: str
+) -> None:
+    r = app_client.post(f"/fhir/Appointment/${name}", json=body, headers=FHIR_JSON)
+    assert r.status_code == 400, r.text
+    assert r.json()["issue"][0]["diagnostics"] == said
