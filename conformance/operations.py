@@ -96,7 +96,8 @@ _APPOINTMENT_IN = (
         "appointment-resource",
         "Appointment",
         aliases=("appt-resource",),
-        doc="a proposed Appointment from $find (for $book its contained Patient is matched "
+        doc="a proposed Appointment from $find, which $book books only if a participant is "
+        "the patient (Patient/<id>, or a contained Patient: it is matched "
         "again, else created with the booking; several matches are 422), or, for $book, one "
         "with status cancelled: named by its id, or by its patient (a Patient reference or a "
         "contained Patient) and start, which must name exactly one booked Appointment (else "

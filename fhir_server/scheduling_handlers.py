@@ -241,6 +241,8 @@ def book(
     _note_operation(ctx, "$book", resource, old)
     config = _clinic(config)
     action = _book_action(ctx, conn, resource, old, old_named)
+    if action != "cancel":
+        _require_patient(ctx, conn, resource, reference)
     key = retry_key(ctx, idempotency_key, resource, action, values)
     if key is not None:
         prior = booking.claim_key(conn, key=key, now=now)
@@ -381,6 +383,30 @@ def _book_action(ctx: Context, conn: Connection, resource: Any, old: Any, old_na
         if stored and not stored.deleted and stored.resource().get("status") == "booked":
             return "modify"
     return "book"
+
+
+def _require_patient(ctx: Context, conn: Connection, resource: Any, reference: Any) -> None:
+    """A booking is for a patient: the Appointment given (or the held one named) must have a
+    participant that is a Patient, by reference or contained (matched or created with the
+    booking). Checked here, for $book alone: an EMR's bookings arriving over HL7 are its own."""
+    appointment = resource
+    if appointment is None and reference is not None:
+        target = str(reference.get("reference") if isinstance(reference, dict) else reference)
+        held = ctx.store.read(conn, "Appointment", target.split("/")[-1])
+        if held is None or held.deleted:
+            return  # booking it answers 404
+        appointment = held.resource()
+    if not isinstance(appointment, dict):
+        return
+    if authz.patients_in(appointment) or patients.contained_patient(appointment) is not None:
+        return
+    raise Unprocessable(
+        "Appointment.participant names no patient, and a booking needs one: ask $find with "
+        "patient-reference (or patient-resource) so its proposals name the patient, or add a "
+        'participant whose actor is the patient ({"actor": {"reference": "Patient/<id>"}}, '
+        "or a contained Patient)",
+        expression=["Appointment.participant"],
+    )
 
 
 def _idempotency_key(header: str | None, resource: Any, action: str) -> str | None:

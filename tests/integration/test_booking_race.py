@@ -57,14 +57,22 @@ def clinic_server(
 
 
 def find_options(server: Server, days: int, count: int) -> list[dict[str, Any]]:
-    """$find for the next Monday onwards (visit type ``visit``)."""
+    """$find for the next Monday onwards (visit type ``visit``), for a Patient created here
+    ($book needs one)."""
     monday = _monday()
+    patient = httpx.post(
+        f"{server.base}/Patient",
+        json={"resourceType": "Patient", "name": [{"family": "Race"}]},
+        headers=server.headers,
+        timeout=60,
+    ).json()
     found = httpx.get(
         f"{server.base}/Appointment/$find",
         params={
             "start": monday.isoformat(),
             "end": (monday + timedelta(days=days)).isoformat(),
             "visit-type": "visit",
+            "patient-reference": f"Patient/{patient['id']}",
             "_count": str(count),
         },
         headers=server.headers,

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, func, insert, select
 from resources.sql.engine import Database
 from resources.sql.tables import BusyTime
 from scheduling.config import ClinicConfig
-from tests.builders import FHIR_JSON
+from tests.builders import FHIR_JSON, create, make_patient
 from tests.conftest import someone_waits_for_a_lock
 from tests.scheduling.test_find import MONDAY, existing_patient, find
 
@@ -181,8 +181,9 @@ def test_time_taken_after_the_check_is_refused_by_the_guard(
 
 def test_rules_are_checked_again_at_booking(app_client: TestClient, cfg: ClinicConfig) -> None:
     proposed = first_option(app_client, cfg, existing_patient(app_client))
-    stranger = {**proposed, "participant": proposed["participant"][:2]}  # a new patient now
-    r = op(app_client, "book", appointment_resource=stranger)
+    newcomer = {"actor": {"reference": f"Patient/{create(app_client, make_patient('New'))['id']}"}}
+    stranger = {**proposed, "participant": [*proposed["participant"][:2], newcomer]}
+    r = op(app_client, "book", appointment_resource=stranger)  # follow-up: not for a new patient
     assert r.status_code == 409
     assert count_appointments(app_client, "booked") == 0
 
@@ -197,7 +198,7 @@ def test_bad_book_requests(app_client: TestClient) -> None:
         appointment_resource={
             "resourceType": "Appointment",
             "status": "proposed",
-            "participant": [],
+            "participant": [{"actor": {"reference": "Patient/p1"}}],
         },
     )
     assert r.status_code == 400
@@ -332,3 +333,45 @@ def test_a_body_that_is_not_parameters_names_what_was_sent(
     r = app_client.post(f"/fhir/Appointment/${name}", json=body, headers=FHIR_JSON)
     assert r.status_code == 400, r.text
     assert r.json()["issue"][0]["diagnostics"] == said
+
+
+def test_a_booking_without_a_patient_is_422(app_client: TestClient, cfg: ClinicConfig) -> None:
+    proposed = first_option(app_client, cfg, existing_patient(app_client))
+    nobody = {**proposed, "participant": proposed["participant"][:2]}  # clinician, location
+    r = op(app_client, "book", appointment_resource=nobody)
+    assert r.status_code == 422, r.text
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["Appointment.participant"]
+    assert "patient-reference" in issue["diagnostics"]
+    assert "Patient/<id>" in issue["diagnostics"]
+    assert count_appointments(app_client, "booked") == 0
+    booked = op(app_client, "book", appointment_resource=proposed).json()
+    moved = {**booked, "participant": booked["participant"][:2], "comment": "no patient"}
+    r = op(app_client, "book", appointment_resource=moved)  # a modification keeps its patient
+    assert r.status_code == 422, r.text
+    kept = app_client.get(f"/fhir/Appointment/{booked['id']}").json()
+    assert kept["participant"] == booked["participant"]
+
+
+def test_a_hold_without_a_patient_is_booked_once_one_is_named(
+    app_client: TestClient, cfg: ClinicConfig
+) -> None:
+    bundle = find(app_client, cfg, MONDAY, "new-patient", _count="1").json()
+    proposed = bundle["entry"][0]["resource"]
+    assert not any("Patient/" in p["actor"]["reference"] for p in proposed["participant"])
+    held = op(app_client, "hold", appointment_resource=proposed)
+    assert held.status_code == 200, held.text
+    by_reference = op(app_client, "book", appointment_reference=f"Appointment/{held.json()['id']}")
+    assert by_reference.status_code == 422, by_reference.text
+    assert by_reference.json()["issue"][0]["expression"] == ["Appointment.participant"]
+    newcomer = create(app_client, make_patient("New"))
+    named = {
+        **held.json(),
+        "participant": [
+            *held.json()["participant"],
+            {"actor": {"reference": f"Patient/{newcomer['id']}"}, "status": "needs-action"},
+        ],
+    }
+    booked = op(app_client, "book", appointment_resource=named)
+    assert booked.status_code == 201, booked.text
+    assert booked.json()["id"] == held.json()["id"]
