@@ -162,7 +162,7 @@ def demo(host: str | None, port: int | None, weeks: int) -> None:
     click.echo(
         "get a token (demo backend client, see README for users and the SMART app):\n"
         f"  curl -u demo-backend:demo-backend-secret -d grant_type=client_credentials "
-        f"-d scope=system/*.rs {root}/auth/token",
+        f"-d 'scope=system/*.cruds' {root}/auth/token",
         err=True,
     )
     model = f"Claude ({settings.agent_model})" if settings.anthropic_api_key else "offline rules"

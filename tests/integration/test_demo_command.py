@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+README = Path(__file__).parents[2] / "README.md"
 
 
 def free_port() -> int:
@@ -64,3 +67,8 @@ def test_demo_command_serves_and_prints_base_url(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert f"FHIR base URL: {base}" in err
+    hint = next(line.strip() for line in err.splitlines() if "curl -u demo-backend" in line)
+    # as the README's: a scope that can book, quoted so no shell expands its glob
+    assert "-d 'scope=system/*.cruds' " in hint
+    assert "-d 'scope=system/*.cruds' http://127.0.0.1:8080/auth/token" in README.read_text()
+    assert "scope=system/*.cruds" in shlex.split(hint)
