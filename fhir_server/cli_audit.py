@@ -92,7 +92,7 @@ def audit_verify(checkpoint_file: Path | None) -> None:
 @audit.command("checkpoint")
 def audit_checkpoint() -> None:
     """Sign the chain's head into the checkpoint file (and syslog, if configured) and print
-    the line: ``audit verify`` then finds any record up to it deleted."""
+    the line: `audit verify` then finds any record up to it deleted."""
     from security.audit_checkpoint import Checkpoint, read_head
 
     checkpoints = _checkpoints()

@@ -222,8 +222,15 @@ def user_unblock(login: str) -> None:
 @click.option("--patient", help="The Patient id the app is launched for")
 @audited("security", "launch", about=lambda kw: {"patient": kw.get("patient")})
 def launch(patient: str | None) -> None:
-    """Mint an EHR launch value (one authorization, within five minutes) to pass to an app as
-    ``launch``."""
+    """Mint an EHR launch value and print it.
+
+    Pass it to the app as its launch parameter (SMART EHR launch). It is good for one
+    authorization, within five minutes; with --patient, the app is launched for that Patient.
+
+    \b
+    Example:
+      fhir-sched launch --patient pat-1
+    """
     from security.smart.tokens import mint_launch
 
     with _unit() as (conn, _):
