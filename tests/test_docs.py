@@ -1,12 +1,14 @@
 """The documentation's promises and shell examples stay true: no GNU-only `date -d` (the
 quick start runs on Linux and macOS), no promise of work an issue number stands for, and the
-README's date line gives next Monday."""
+README's date line gives next Monday; a LICENSE and a CHANGELOG in the forms their
+tools read."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import tomllib
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -39,3 +41,21 @@ def test_the_readme_date_line_gives_next_monday() -> None:
     monday = date.fromisoformat(out)
     assert monday.weekday() == 0
     assert timedelta(days=1) <= monday - date.today() <= timedelta(days=7)
+
+
+def test_the_license_is_apache_2_and_said_so_everywhere() -> None:
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "Copyright 2026 the fhir-sched authors" in text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+
+
+def test_the_changelog_keeps_a_changelog() -> None:
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("# Changelog\n")
+    assert "https://keepachangelog.com/en/1.1.0/" in text
+    assert re.findall(r"^## (.+)$", text, re.MULTILINE)[0] == "[Unreleased]"
+    kinds = set(re.findall(r"^### (.+)$", text, re.MULTILINE))
+    assert kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, kinds
