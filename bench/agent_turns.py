@@ -31,14 +31,15 @@ average to answer (default 0: every conversation is always mid-turn, the harshes
 (``FHIRSCHED_AGENT_THREADS``, 16 by default); the wait for a place is reported apart.
 
 Every turn's ``agent_ms`` is kept, with the wall time of ``Agent.receive`` (which also stores
-the patient's message first, and waits for the model). Seams handed to ``build_agent``, not
-patches, split the agent's time: the HTTP client's transport times each request (``$find``,
-``$book``, the token) and tags it with an ``X-Request-Id`` under which the server (logging at
-info) records its own time, so each call splits into the server's app and what lies outside
-it; the ``Database`` times each unit of work on the agent's tables; the model is wrapped to
-time its replies (wall, and this thread's CPU). Around each round: the CPU of this process, of
-the server and (PostgreSQL) of this run's backends, and what those backends were doing
-(``pg_stat_activity`` every 20 ms, the server's and the agent's apart).
+the patient's message first, and waits for the model) and its thread's CPU less the model's.
+Seams handed to ``build_agent``, not patches, split the agent's time: the HTTP client's
+transport times each request (``$find``, ``$book``, the token) and tags it with an
+``X-Request-Id`` under which the server (logging at info) records its own time, so each call
+splits into the server's app and what lies outside it; the ``Database`` times each unit of work
+on the agent's tables; the model is wrapped to time its replies (wall, and this thread's CPU).
+Around each round: the CPU of this process, of the server and (PostgreSQL) of this run's
+backends, and what those backends were doing (``pg_stat_activity`` every 20 ms, the server's
+and the agent's apart).
 
 What differs from the agent inside the server: here it runs in a process of its own, so the
 server's event loop does not share its interpreter lock (in the server it does), while the
@@ -269,6 +270,7 @@ class TurnRecord:
     queued_ms: float  # waiting for a place among --agent-threads
     model_ms: float
     model_cpu_ms: float
+    cpu_ms: float  # this thread's CPU in Agent.receive, less the model's (the agent's own)
     http: list[tuple[str, int, float, str]]
     store_ms: float  # the agent's tables, inside agent_ms
     before_ms: float  # the patient's message stored and the conversation read, before it
@@ -277,7 +279,7 @@ class TurnRecord:
 @dataclass
 class Outcome:
     done: str | None = None  # booked | cancelled | moved, when the flow got there
-    why: str = ""  # otherwise: handed over, no open times, out of messages, unexpected reply
+    why: str = ""  # otherwise: refused, handed over, no open times, out of messages, ...
     bookings: int = 0
     collisions: int = 0  # a booking refused as taken (409), new options offered
     asked_again: int = 0  # the agent asked again for the visit or the patient's details
@@ -335,6 +337,9 @@ def respond(patient: Patient, reply: str, out: Outcome) -> tuple[str, str] | Non
         if out.turns and out.turns[-1].said != "opening":
             out.asked_again += 1
         return patient.identity, "identity"
+    if "couldn't cancel it" in reply and "notice" in reply:
+        out.why = "cancel refused: less than the clinic's notice"
+        return None
     if "first read back the option" in reply:
         # the model's yes named another option than the one read back (two at the same time)
         out.why = "booking refused: read-back of another option"
@@ -365,10 +370,11 @@ def converse(
         message, said = next_message
         queued = time.perf_counter()
         with slots or contextlib.nullcontext():
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             PROBE.reset()
             turn = agent.receive(cid, message)
             wall = (time.perf_counter() - started) * 1000
+            cpu = (time.thread_time() - cpu) * 1000
         store = [took for _, took in PROBE.store]
         out.turns.append(
             TurnRecord(
@@ -381,6 +387,7 @@ def converse(
                 (started - queued) * 1000,
                 sum(m for m, _ in PROBE.model),
                 sum(c for _, c in PROBE.model),
+                cpu - sum(c for _, c in PROBE.model),
                 list(PROBE.http),
                 sum(store[BEFORE_THE_TURN:]),
                 sum(store[:BEFORE_THE_TURN]),
@@ -638,6 +645,9 @@ def summarise(
         "queued_ms": ms([t.queued_ms for t in turns]),
         "model_ms": ms([t.model_ms for t in turns]),
         "model_cpu_ms": ms([t.model_cpu_ms for t in turns]),
+        "model_cpu_ms_mean": round(sum(t.model_cpu_ms for t in turns) / len(turns), 2),
+        "agent_cpu_ms": ms([t.cpu_ms for t in turns]),
+        "agent_cpu_ms_mean": round(sum(t.cpu_ms for t in turns) / len(turns), 2),
         "model_share_of_wall": round(total_model / total_wall, 3) if total_wall else 0,
         "http_ms": {op: ms(v) for op, v in sorted(http.items())},
         "http_in_server_app_ms": {op: ms(v) for op, v in sorted(app.items())},
@@ -734,6 +744,12 @@ def report(s: dict[str, Any], db: str, bare: float | None) -> None:
         f"    its tables (save): p50 {st['p50']:.1f}  p95 {st['p95']:.1f}  max {st['max']:.1f} ms"
     )
     print(f"    answers: {s['http_statuses']}")
+    c = s["agent_cpu_ms"]
+    print(
+        f"  the agent's CPU per turn (its thread, in Agent.receive, less the model's): mean "
+        f"{s['agent_cpu_ms_mean']:.1f}  p50 {c['p50']:.1f}  p95 {c['p95']:.1f} ms; the model's "
+        f"mean {s['model_cpu_ms_mean']:.1f} ms"
+    )
     w = s["wall_ms"]
     print(
         f"  wall time per turn (Agent.receive): p50 {w['p50']:.1f}  p95 {w['p95']:.1f}  "
