@@ -90,4 +90,8 @@ def shown_time(at: datetime) -> str:
 def contains_read_back(text: str, shown: dict[str, Any]) -> bool:
     """Whether ``text`` reads back the calendar date, local time, clinician and location."""
     low = text.lower()
-    return all(str(shown[k]).lower() in low for k in ("date", "time", "clinician", "location"))
+    return all(
+        # whole words only: "2:00 PM" is not read back by "12:00 PM"
+        re.search(rf"(?<![\w:]){re.escape(str(shown[k]).lower())}(?![\w:])", low)
+        for k in ("date", "time", "clinician", "location")
+    )

@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent.offline import OfflineModel
+from agent.text import contains_read_back
 from fhir_server.agent_runtime import directory_of
 from tests.agent.harness import clinic_config
 
@@ -150,3 +151,15 @@ def test_a_move_waiting_on_a_code_is_read_back_again_once_verified() -> None:
 
     assert said["type"] == "text"
     assert _read_back(NOON[0], move=True).removesuffix(". (yes/no)") in said["text"]
+
+
+def test_a_read_back_names_the_time_whole() -> None:
+    shown = {
+        "date": "Monday, December 14, 2026",
+        "time": "2:00 PM",
+        "clinician": "Dr. Alice Smith",
+        "location": "Main Street Clinic",
+    }
+    noon = "Monday, December 14, 2026 at 12:00 PM with Dr. Alice Smith at Main Street Clinic"
+    assert not contains_read_back(noon, shown)
+    assert contains_read_back(noon.replace("12:00 PM", "2:00 PM"), shown)
