@@ -280,6 +280,33 @@ def run_conversation(evaluator: Evaluator, conv: Conversation) -> Result:
     return Result(conv, run, grade(run, evaluator.world.cfg))
 
 
+def standin_claude(
+    api: StandIn, offline: OfflineModel, *, timeout: float = 10.0, retries: int = 0
+) -> ClaudeModel:
+    """The real ``anthropic`` client (:class:`ClaudeModel`) against the stand-in ``api``,
+    whose brain answers each request with ``offline``'s rules."""
+
+    def brain(request: dict[str, Any]) -> dict[str, Any]:
+        reply = offline.reply(
+            system=request["system"], messages=request["messages"], tools=request["tools"]
+        )
+        return {"content": reply.content, "stop_reason": reply.stop_reason}
+
+    api.brain = brain
+    config = AgentConfig(
+        fhir_base="http://unused/fhir",
+        token_url="http://unused/auth/token",
+        client_id="unused",
+        key_file=Path("unused"),
+        directory=offline.directory,
+        api_key="test",
+        base_url=api.url,
+        model_timeout=timeout,
+        model_retries=retries,
+    )
+    return ClaudeModel(config)
+
+
 @contextlib.contextmanager
 def model_path(path: str) -> Iterator[ModelFactory | None]:
     """What answers for ``path``: None for the offline model as the harness builds it, or a
@@ -292,25 +319,7 @@ def model_path(path: str) -> Iterator[ModelFactory | None]:
     with StandIn() as api:
 
         def build(offline: OfflineModel) -> Model:
-            def brain(request: dict[str, Any]) -> dict[str, Any]:
-                reply = offline.reply(
-                    system=request["system"], messages=request["messages"], tools=request["tools"]
-                )
-                return {"content": reply.content, "stop_reason": reply.stop_reason}
-
-            api.brain = brain
-            config = AgentConfig(
-                fhir_base="http://unused/fhir",
-                token_url="http://unused/auth/token",
-                client_id="unused",
-                key_file=Path("unused"),
-                directory=offline.directory,
-                api_key="test",
-                base_url=api.url,
-                model_timeout=10.0,
-                model_retries=0,
-            )
-            return ClaudeModel(config)
+            return standin_claude(api, offline)
 
         yield build
         if api.errors:

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig
 from agent.model import ClaudeModel
 from agent.offline import OfflineModel
 from resources.sql.engine import Database
 from resources.store import Store
 from security.crypto import KeyRing
+from tests.agent.evaluation import standin_claude
 from tests.agent.harness import World, agent_world, existing_patient
 from tests.agent.standin import StandIn
 from tests.smart import backend_token
@@ -34,23 +34,7 @@ def api() -> Iterator[StandIn]:
 
 def _claude(api: StandIn, *, timeout: float = 5.0, retries: int = 2) -> Any:
     def make(offline: OfflineModel) -> ClaudeModel:
-        api.brain = lambda req: {
-            "content": offline.reply(
-                system=req["system"], messages=req["messages"], tools=req["tools"]
-            ).content
-        }
-        config = AgentConfig(
-            fhir_base="",
-            token_url="",
-            client_id="",
-            key_file=Path("/nonexistent"),
-            directory=offline.directory,
-            api_key="test-key",
-            base_url=api.url,
-            model_timeout=timeout,
-            model_retries=retries,
-        )
-        return ClaudeModel(config)
+        return standin_claude(api, offline, timeout=timeout, retries=retries)
 
     return make
 
