@@ -27,7 +27,7 @@ from scheduling import booking
 from scheduling.clinic import load_clinic
 from scheduling.config import ClinicConfig
 from security.crypto import KeyRing
-from tests.builders import FHIR_JSON
+from tests.builders import FHIR_JSON, create, make_patient
 from tests.fakes.emr import StandInEMR
 from tests.hl7_bridge.samples import NY
 from tests.hl7_bridge.test_listener import DEMO, MONDAY, Bridge, at, book_here, msa, siu
@@ -248,6 +248,7 @@ async def test_a_booking_through_the_fhir_api_reaches_the_emr(
     )
     with TestClient(create_app(settings, keys=keys, db=db)) as client:
         client.headers["Authorization"] = f"Bearer {backend_token(client, db)}"
+        patient = create(client, make_patient("Outbound", ["Olive"]))
         day = at(0)
         found = client.get(
             "/fhir/Appointment/$find",
@@ -255,6 +256,7 @@ async def test_a_booking_through_the_fhir_api_reaches_the_emr(
                 "start": day.astimezone(NY).isoformat(),
                 "end": (day + timedelta(days=1)).astimezone(NY).isoformat(),
                 "visit-type": "new-patient",
+                "patient-reference": f"Patient/{patient['id']}",
                 "_count": "1",
             },
         )
