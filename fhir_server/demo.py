@@ -1,5 +1,6 @@
 """The demo clinic: ``fhir_server/demo_clinic.yaml`` plus four demo patients, the demo's
-clients and users, and the booking agent's client (its key made beside the key file).
+clients and users (the front desk's record, ``PractitionerRole/front-desk``, with them), and
+the booking agent's client (its key made beside the key file).
 
 Three practitioners (two GPs, one physical therapist), two locations, a HealthcareService per
 visit type, a Schedule per practitioner and location, and 15-minute Slots over the next weeks.
@@ -22,7 +23,14 @@ from resources.store import Store
 from scheduling.clinic import LoadReport, load_clinic
 from scheduling.config import ClinicConfig, load_clinic_config
 
-__all__ = ["DEMO_CLIENTS", "DEMO_CLINIC", "DEMO_USERS", "demo_patients", "load_demo"]
+__all__ = [
+    "DEMO_CLIENTS",
+    "DEMO_CLINIC",
+    "DEMO_USERS",
+    "FRONT_DESK",
+    "demo_patients",
+    "load_demo",
+]
 
 DEMO_CLINIC = Path(__file__).parent / "demo_clinic.yaml"
 MRN = "urn:oid:2.16.840.1.113883.19.5.99999.1"
@@ -58,9 +66,18 @@ DEMO_CLIENTS: list[dict[str, Any]] = [
         "redirect_uris": ["http://localhost:9000/callback", "http://127.0.0.1:9000/callback"],
     },
 ]
+# The front desk signs in as a desk, not as a person, so its fhirUser is the position it holds:
+# a PractitionerRole with no practitioner (R4 makes PractitionerRole.practitioner optional).
+FRONT_DESK: dict[str, Any] = {
+    "resourceType": "PractitionerRole",
+    "id": "front-desk",
+    "active": True,
+    "code": [{"text": "Front desk"}],
+    "location": [{"reference": "Location/loc-main"}, {"reference": "Location/loc-rehab"}],
+}
 # (login, password, role, fhirUser, patients acted for)
 DEMO_USERS = [
-    ("frontdesk", "frontdesk-demo", "front-desk", None, []),
+    ("frontdesk", "frontdesk-demo", "front-desk", "PractitionerRole/front-desk", []),
     ("drsmith", "drsmith-demo", "clinician", "Practitioner/dr-smith", []),
     ("compliance", "compliance-demo", "compliance", None, []),
     ("peter", "peter-demo-1", "patient", "Patient/pat-1", []),
@@ -70,7 +87,13 @@ DEMO_USERS = [
 
 def _load_identities(conn: Any, keys: Any) -> int:
     """Register the demo clients and users that are not registered yet."""
-    from security.smart.registry import RegistryError, add_client, add_user, get_client
+    from security.smart.registry import (
+        RegistryError,
+        add_client,
+        add_user,
+        get_client,
+        set_fhir_user,
+    )
 
     added = 0
     for spec in DEMO_CLIENTS:
@@ -89,8 +112,9 @@ def _load_identities(conn: Any, keys: Any) -> int:
                 patients=patients,
             )
             added += 1
-        except RegistryError:
-            pass  # already there (the login is taken)
+        except RegistryError:  # already there (the login is taken)
+            if fhir_user and role != "patient":  # a demo loaded before it had one
+                added += set_fhir_user(conn, keys, login=login, fhir_user=fhir_user)
     return added
 
 
@@ -119,7 +143,8 @@ def load_demo(
 ) -> tuple[LoadReport, Counter[str]]:
     """Write the demo clinic and patients into the configured database.
 
-    Returns the clinic load report and the number of demo patients written.
+    Returns the clinic load report and what else was written, by kind (``Patient``,
+    ``PractitionerRole``, ``identities``).
     """
     config = clinic or load_clinic_config(DEMO_CLINIC)
     db = Database(settings.database_url)
@@ -131,16 +156,17 @@ def load_demo(
     try:
         with db.write() as conn:
             report = load_clinic(conn, store=store, config=config, today=today, weeks=weeks)
-            for patient in demo_patients():
-                if store.current(conn, "Patient", patient["id"]) is None:
+            for resource in [*demo_patients(), FRONT_DESK]:
+                rtype = resource["resourceType"]
+                if store.current(conn, rtype, resource["id"]) is None:
                     service.update(
                         conn,
                         store=store,
-                        resource_type="Patient",
-                        resource_id=patient["id"],
-                        resource=patient,
+                        resource_type=rtype,
+                        resource_id=resource["id"],
+                        resource=resource,
                     )
-                    patients["Patient"] += 1
+                    patients[rtype] += 1
             patients["identities"] += _load_identities(conn, keys)
             patients["identities"] += int(register_agent(conn, settings))
     finally:

@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from joserfc import jwt
+from joserfc.jwk import KeySet
 from sqlalchemy import func, select
 
+from fhir_server.app import create_app
 from fhir_server.cli import main
 from fhir_server.demo import DEMO_CLINIC, load_demo
+from fhir_server.keyring import open_keys
 from fhir_server.settings import Settings
-from resources.sql.engine import Database
+from resources.sql.engine import Database, migrate
 from resources.store import V
 from scheduling.config import load_clinic_config
+from security.smart.registry import add_user, find_user
+from tests.smart import authorize_params, pkce, sign_in_and_allow
 
 MONDAY = date(2026, 11, 30)
 
@@ -48,6 +56,7 @@ def test_demo_clinic_exercises_every_rule() -> None:
 def test_demo_contents(tmp_path: Path) -> None:
     report, patients = load_demo(_settings(tmp_path), weeks=2, start_day=MONDAY)
     assert patients["Patient"] == 4
+    assert patients["PractitionerRole"] == 1  # the front desk's record
     # 2 locations, 5 services, 3 practitioners, 3 roles, 3 schedules
     assert report.created == 16
     # two weeks: smith 10 days x 32, evans 8 x 32 + 2 x 16, nguyen 6 x 32, minus the staff
@@ -67,6 +76,59 @@ def test_demo_load_is_idempotent(tmp_path: Path) -> None:
         0,
     )
     assert _versions(settings) == before
+
+
+DEMO_APP_REDIRECT = "http://127.0.0.1:9000/callback"
+
+
+def test_the_front_desk_id_token_names_its_record(tmp_path: Path) -> None:
+    settings = _settings(tmp_path).model_copy(update={"base_url": "http://testserver/fhir"})
+    load_demo(settings, weeks=1, start_day=MONDAY)
+    with TestClient(create_app(settings), follow_redirects=False) as c:
+        verifier, challenge = pkce()
+        params = authorize_params(
+            "demo-app", challenge, redirect_uri=DEMO_APP_REDIRECT, scope="openid fhirUser user/*.rs"
+        )
+        done = sign_in_and_allow(c, params, login="frontdesk", password="frontdesk-demo")
+        assert done.headers["location"].startswith(DEMO_APP_REDIRECT), done.text
+        code = dict(parse_qsl(urlsplit(done.headers["location"]).query))["code"]
+        token = c.post(
+            "/auth/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": DEMO_APP_REDIRECT,
+                "client_id": "demo-app",
+                "code_verifier": verifier,
+            },
+        ).json()
+        keys = KeySet.import_key_set(c.get("/auth/jwks").json())
+        claims = jwt.decode(token["id_token"], keys, algorithms=["RS256"]).claims
+        assert claims["fhirUser"] == "http://testserver/fhir/PractitionerRole/front-desk"
+        record = c.get(
+            "/fhir/PractitionerRole/front-desk",
+            headers={"Authorization": f"Bearer {token['access_token']}"},
+        )
+        assert record.status_code == 200
+        assert record.json()["code"] == [{"text": "Front desk"}]
+
+
+def test_a_demo_loaded_before_gives_the_front_desk_its_record(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    db = Database(settings.database_url)
+    try:
+        migrate(db)
+        keys = open_keys(settings, db)
+        with db.write() as conn:  # as a demo loaded before the front desk had a record
+            add_user(conn, keys, login="frontdesk", password="frontdesk-demo", role="front-desk")
+        load_demo(settings, weeks=1, start_day=MONDAY)
+        with db.read() as conn:
+            user = find_user(conn, keys, login="frontdesk", password="frontdesk-demo")
+            drsmith = find_user(conn, keys, login="drsmith", password="drsmith-demo")
+    finally:
+        db.dispose()
+    assert user is not None and user.fhir_user == "PractitionerRole/front-desk"
+    assert drsmith is not None and drsmith.fhir_user == "Practitioner/dr-smith"
 
 
 def test_key_file_is_private(tmp_path: Path) -> None:

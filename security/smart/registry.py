@@ -44,6 +44,7 @@ __all__ = [
     "list_clients",
     "list_users",
     "revoke_client",
+    "set_fhir_user",
     "set_user_disabled",
 ]
 
@@ -279,11 +280,7 @@ def add_user(
     if len(password) < 10:
         raise RegistryError("the password must be at least 10 characters long")
     if fhir_user is not None:
-        rtype, _, rid = fhir_user.partition("/")
-        if rtype not in ("Patient", "Practitioner", "PractitionerRole", "RelatedPerson") or not rid:
-            raise RegistryError(
-                "fhirUser must be a relative reference such as Practitioner/123 or Patient/abc"
-            )
+        _check_fhir_user(fhir_user)
     ids = list(patients or [])
     if fhir_user and fhir_user.startswith("Patient/") and fhir_user[8:] not in ids:
         ids.insert(0, fhir_user[8:])
@@ -308,6 +305,29 @@ def add_user(
     user = get_user(conn, user_id)
     assert user is not None
     return user
+
+
+def _check_fhir_user(fhir_user: str) -> None:
+    rtype, _, rid = fhir_user.partition("/")
+    if rtype not in ("Patient", "Practitioner", "PractitionerRole", "RelatedPerson") or not rid:
+        raise RegistryError(
+            "fhirUser must be a relative reference such as Practitioner/123 or Patient/abc"
+        )
+
+
+def set_fhir_user(conn: Connection, keys: KeyRing, *, login: str, fhir_user: str) -> bool:
+    """Link a staff user to their record (the id_token's ``fhirUser``); True if it changed.
+    A patient user's record is set when they are added, with the patients they act for."""
+    _check_fhir_user(fhir_user)
+    if fhir_user.startswith("Patient/"):
+        raise RegistryError("a patient user's fhirUser is set when the user is added")
+    done = conn.execute(
+        update(OAuthUser)
+        .filter_by(login_digest=_login_digest(keys, login))
+        .filter(OAuthUser.role != "patient", OAuthUser.fhir_user.is_distinct_from(fhir_user))
+        .values(fhir_user=fhir_user)
+    ).rowcount
+    return bool(done)
 
 
 def _user(row: Any) -> User:

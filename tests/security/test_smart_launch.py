@@ -369,6 +369,27 @@ def test_disabled_user_cannot_sign_in_and_loses_tokens(
     assert again.status_code == 401
 
 
+def test_a_staff_user_is_linked_to_their_record_later(
+    db: Database, keys: KeyRing, clinic: dict[str, str]
+) -> None:
+    from security.smart.registry import RegistryError, find_user, set_fhir_user
+
+    with db.write() as conn:
+        assert set_fhir_user(conn, keys, login="desk", fhir_user="PractitionerRole/desk")
+        assert not set_fhir_user(conn, keys, login="desk", fhir_user="PractitionerRole/desk")
+        assert not set_fhir_user(conn, keys, login="nobody", fhir_user="PractitionerRole/desk")
+        # a patient's record comes with the patients they act for, set when they are added
+        assert not set_fhir_user(conn, keys, login="maria", fhir_user="Practitioner/x")
+        with pytest.raises(RegistryError, match="when the user is added"):
+            set_fhir_user(conn, keys, login="desk", fhir_user=f"Patient/{clinic['A']}")
+        with pytest.raises(RegistryError, match="relative reference"):
+            set_fhir_user(conn, keys, login="desk", fhir_user="Person/desk")
+        desk = find_user(conn, keys, login="desk", password="desk-password-1")
+        maria = find_user(conn, keys, login="maria", password="maria-password-1")
+    assert desk is not None and desk.fhir_user == "PractitionerRole/desk"
+    assert maria is not None and maria.fhir_user == f"Patient/{clinic['A']}"
+
+
 def test_cors_on_discovery_token_and_fhir(anonymous: TestClient) -> None:
     origin = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     for path in ("/auth/token", "/fhir/Patient", "/fhir/.well-known/smart-configuration"):
