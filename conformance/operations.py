@@ -70,7 +70,15 @@ _FIND = OperationDecl(
         OpParam("organization", "Reference", doc="accepted; this server serves one clinic"),
         OpParam("location-reference", "Reference", 0, "*", aliases=("location",)),
         OpParam("location-string", "string", doc="part of a location's name"),
-        OpParam("patient-reference", "Reference", aliases=("patient-id",)),
+        OpParam(
+            "patient-reference",
+            "Reference",
+            aliases=("patient-id",),
+            doc="the patient, new or existing as the clinic file's existing_patient says (by "
+            "default: a visit here that began before now, booked, arrived, checked-in or "
+            "fulfilled, or the Patient tag urn:fhir-sched:patient-status|existing); without a "
+            "patient, times are found for a new one",
+        ),
         OpParam(
             "patient-resource",
             "Patient",
