@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from fhir_server.app import create_app
 from fhir_server.cli import main
 from fhir_server.demo import DEMO_CLINIC, load_demo
 from fhir_server.settings import Settings
@@ -43,16 +47,74 @@ def test_demo_clinic_exercises_every_rule() -> None:
     assert rules.daily_caps
     assert cfg.exceptions
     assert {v.patients for v in cfg.visit_types} == {"new", "existing", "any"}
+    assert cfg.existing_patient.within_years
 
 
 def test_demo_contents(tmp_path: Path) -> None:
     report, patients = load_demo(_settings(tmp_path), weeks=2, start_day=MONDAY)
     assert patients["Patient"] == 4
+    assert patients["Appointment"] == 2  # Peter Chalmers and Maria Rivera, seen last year
     # 2 locations, 5 services, 3 practitioners, 3 roles, 3 schedules
     assert report.created == 16
     # two weeks: smith 10 days x 32, evans 8 x 32 + 2 x 16, nguyen 6 x 32, minus the staff
     # meeting on Wed 2 Dec (one hour: 4 slots for smith and for evans; nguyen 4)
     assert report.slots_created == 320 + 288 + 192 - 12
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path) -> Iterator[TestClient]:
+    """``./dev demo`` in-process: the demo loaded from today, served, with the README's token
+    (the demo backend client, client credentials)."""
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/demo.db",
+        key_file=tmp_path / "keys.json",
+        clinic_file=DEMO_CLINIC,
+        base_url="http://testserver/fhir",
+    )
+    load_demo(settings, weeks=2)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        token = c.post(
+            "/auth/token",
+            auth=("demo-backend", "demo-backend-secret"),
+            data={"grant_type": "client_credentials", "scope": "system/*.cruds"},
+        ).json()["access_token"]
+        c.headers["Authorization"] = f"Bearer {token}"
+        yield c
+
+
+def next_monday_window() -> dict[str, str]:
+    """The README's window: next Monday, 00:00 to 23:59 in the clinic's zone."""
+    tz = load_clinic_config(DEMO_CLINIC).tz
+    today = datetime.now(tz).date()
+    monday = today + timedelta(days=7 - today.weekday())
+    return {
+        "start": datetime.combine(monday, time(0), tzinfo=tz).isoformat(),
+        "end": datetime.combine(monday, time(23, 59), tzinfo=tz).isoformat(),
+    }
+
+
+def _find(client: TestClient, **params: str) -> dict[str, Any]:
+    r = client.get("/fhir/Appointment/$find", params={**next_monday_window(), **params})
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()
+    return found
+
+
+def test_demo_patients_seen_last_year_are_offered_follow_ups(demo_server: TestClient) -> None:
+    """The README's follow-up example: Peter Chalmers and Maria Rivera were seen last year;
+    Chidi Okafor and Sara Lindqvist are new patients here."""
+    for seen in ("pat-1", "pat-2"):
+        found = _find(demo_server, **{"visit-type": "follow-up", "patient-reference": seen})
+        assert found["total"] > 0, seen
+    for new in ("pat-3", "pat-4"):
+        assert (
+            _find(demo_server, **{"visit-type": "follow-up", "patient-reference": new})["total"]
+            == 0
+        ), new
+        assert (
+            _find(demo_server, **{"visit-type": "new-patient", "patient-reference": new})["total"]
+            > 0
+        ), new
 
 
 def test_demo_load_is_idempotent(tmp_path: Path) -> None:
