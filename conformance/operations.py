@@ -89,7 +89,17 @@ _FIND = OperationDecl(
         OpParam("reason", "CodeableConcept", 0, "*", doc="accepted, not used for matching"),
         OpParam("_count", "integer", doc="most options to return"),
     ),
-    out=(OpParam("return", "Bundle", 1, doc="searchset of proposed Appointments"),),
+    out=(
+        OpParam(
+            "return",
+            "Bundle",
+            1,
+            doc="searchset of proposed Appointments; an empty one holds an OperationOutcome "
+            "entry (search.mode outcome) with an information issue per clinic rule that "
+            "removed times (details.text in words, details.coding urn:fhir-sched:find-reason "
+            "the rule); other patients' bookings are never named",
+        ),
+    ),
 )
 _APPOINTMENT_IN = (
     OpParam(

@@ -74,7 +74,13 @@ def find(
     request = _confine_find(access, parsed or parse_find(params, max_count=ctx.paging.max_count))
     _note_find(ctx, params, request)
     found = find_options(
-        conn, store=ctx.store, config=config, request=request, now=now, limit=request.count
+        conn,
+        store=ctx.store,
+        config=config,
+        request=request,
+        now=now,
+        limit=request.count,
+        explain=True,
     )
     return _find_bundle(config, request, found)
 
@@ -113,7 +119,9 @@ async def find_async(
     calendar = await read_calendar_async(reader, plan, request, now)
 
     def compute() -> Found:
-        return compute_options(config, plan, request, calendar, now=now, limit=request.count)
+        return compute_options(
+            config, plan, request, calendar, now=now, limit=request.count, explain=True
+        )
 
     if plan.schedule_days(request) <= SMALL_FIND_SCHEDULE_DAYS:
         found = compute()
@@ -143,10 +151,36 @@ def _find_bundle(config: ClinicConfig, request: FindRequest, found: Found) -> FH
         }
         for o in found.options
     ]
+    if found.reasons:
+        entries.append({"resource": _why_nothing(found), "search": {"mode": "outcome"}})
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": found.total}
     if entries:
         bundle["entry"] = entries
     return FHIRResponse(200, bundle)
+
+
+def _why_nothing(found: Found) -> dict[str, Any]:
+    """An empty answer's reasons: one information issue per clinic rule that left nothing,
+    its words in ``details.text`` and ``diagnostics``, its rule in ``details.coding``
+    (``urn:fhir-sched:find-reason``), and the message id FS-0605."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "information",
+                "code": "informational",
+                "details": {
+                    "coding": [
+                        {"system": "urn:fhir-sched:find-reason", "code": r.rule},
+                        {"system": "urn:fhir-sched:message-id", "code": "FS-0605"},
+                    ],
+                    "text": r.text,
+                },
+                "diagnostics": r.text,
+            }
+            for r in found.reasons
+        ],
+    }
 
 
 # A $find over at most this many schedule-days (a whole 50-practitioner clinic for two days:

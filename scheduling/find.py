@@ -28,6 +28,7 @@ from scheduling.availability import schedule_id
 from scheduling.calendar_reads import Calendar, FreeSlots, epoch, read_calendar
 from scheduling.clinic import VISIT_TYPE_SYSTEM
 from scheduling.config import ClinicConfig, VisitType
+from scheduling.explain import Reason, explain_empty
 from scheduling.patients import contained_proposal
 from scheduling.plan import FindPlan, FindRequest, plan_find
 from scheduling.rules import Booked, DayPolicy, day_policy
@@ -78,10 +79,12 @@ def _local_days(timezone: str, first: date, count: int) -> tuple[list[date], lis
 
 @dataclass(frozen=True)
 class Found:
-    """``$find``'s answer: how many options there are, and the first ``limit`` of them."""
+    """``$find``'s answer: how many options there are, and the first ``limit`` of them; when
+    there are none and reasons were asked for, the rules that left nothing."""
 
     total: int
     options: list[Option]
+    reasons: tuple[Reason, ...] = ()
 
 
 def find_options(
@@ -93,12 +96,20 @@ def find_options(
     now: datetime,
     ignore_hold: str | None = None,
     limit: int | None = None,
+    explain: bool = False,
 ) -> Found:
     """Bookable options in the window, ordered by start (then practitioner)."""
     plan = plan_find(config, request)
     calendar = read_calendar(conn, store, plan, request, now)
     return compute_options(
-        config, plan, request, calendar, now=now, ignore_hold=ignore_hold, limit=limit
+        config,
+        plan,
+        request,
+        calendar,
+        now=now,
+        ignore_hold=ignore_hold,
+        limit=limit,
+        explain=explain,
     )
 
 
@@ -111,12 +122,15 @@ def compute_options(
     now: datetime,
     ignore_hold: str | None = None,
     limit: int | None = None,
+    explain: bool = False,
 ) -> Found:
     """The options (no database: all it needs is in ``calendar``).
 
     Every option is counted (``total``); only the first ``limit`` are built.  Times are epoch
     seconds inside the loop, and rules are compiled once per practitioner and day
-    (:func:`~scheduling.rules.day_policy`), so a whole clinic's day is cheap.
+    (:func:`~scheduling.rules.day_policy`), so a whole clinic's day is cheap. With
+    ``explain``, an empty answer carries the rules that left nothing
+    (:func:`~scheduling.explain.explain_empty`, which runs only then).
     """
     visit, pairs, owner = plan.visit, plan.pairs, plan.owner
     new_patient = calendar.new_patient
@@ -199,6 +213,9 @@ def compute_options(
         )
         for start, practitioner, location, i, ids in islice(merged, limit)
     ]
+    if total == 0 and explain:
+        reasons = explain_empty(config, plan, request, calendar, now=now)
+        return Found(0, [], tuple(reasons))
     return Found(total, options)
 
 

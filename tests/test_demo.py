@@ -19,6 +19,7 @@ from fhir_server.demo import DEMO_CLINIC, load_demo
 from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from resources.store import V
+from scheduling.availability import time_off_on
 from scheduling.config import load_clinic_config
 
 MONDAY = date(2026, 11, 30)
@@ -82,19 +83,23 @@ def demo_server(tmp_path: Path) -> Iterator[TestClient]:
         yield c
 
 
-def next_monday_window() -> dict[str, str]:
-    """The README's window: next Monday, 00:00 to 23:59 in the clinic's zone."""
+def next_monday() -> date:
+    today = datetime.now(load_clinic_config(DEMO_CLINIC).tz).date()
+    return today + timedelta(days=7 - today.weekday())
+
+
+def monday_window(monday: date) -> dict[str, str]:
+    """The README's window: a Monday, 00:00 to 23:59 in the clinic's zone."""
     tz = load_clinic_config(DEMO_CLINIC).tz
-    today = datetime.now(tz).date()
-    monday = today + timedelta(days=7 - today.weekday())
     return {
         "start": datetime.combine(monday, time(0), tzinfo=tz).isoformat(),
         "end": datetime.combine(monday, time(23, 59), tzinfo=tz).isoformat(),
     }
 
 
-def _find(client: TestClient, **params: str) -> dict[str, Any]:
-    r = client.get("/fhir/Appointment/$find", params={**next_monday_window(), **params})
+def _find(client: TestClient, monday: date | None = None, **params: str) -> dict[str, Any]:
+    window = monday_window(monday or next_monday())
+    r = client.get("/fhir/Appointment/$find", params={**window, **params})
     assert r.status_code == 200, r.text
     found: dict[str, Any] = r.json()
     return found
@@ -115,6 +120,28 @@ def test_demo_patients_seen_last_year_are_offered_follow_ups(demo_server: TestCl
             _find(demo_server, **{"visit-type": "new-patient", "patient-reference": new})["total"]
             > 0
         ), new
+
+
+def test_an_empty_demo_find_says_why(demo_server: TestClient) -> None:
+    """The issue's two empty answers: a follow-up for a new patient, and a procedure for a new
+    patient on a Monday (Dr. Smith sees new patients only on Tuesday mornings)."""
+
+    def reasons(found: dict[str, Any]) -> list[str]:
+        assert found["total"] == 0
+        (outcome,) = [e["resource"] for e in found["entry"] if e["search"]["mode"] == "outcome"]
+        return [issue["details"]["text"] for issue in outcome["issue"]]
+
+    cfg = load_clinic_config(DEMO_CLINIC)
+    monday = next_monday()
+    while time_off_on(cfg, "dr-smith", monday):  # the demo's leave: a Monday she works
+        monday += timedelta(weeks=1)
+    new = {"patient-reference": "Patient/pat-3"}
+    assert reasons(_find(demo_server, monday, **{"visit-type": "follow-up"}, **new)) == [
+        "a follow-up visit needs an earlier visit here"
+    ]
+    assert reasons(_find(demo_server, monday, **{"visit-type": "procedure"}, **new)) == [
+        "Dr. Alice Smith sees new patients only on Tuesday mornings (08:00 to 12:00)"
+    ]
 
 
 def test_demo_load_is_idempotent(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def find_for(
     }
     r = c.post("/fhir/Appointment/$find", json=body, headers={**auth, **FHIR_JSON})
     assert r.status_code == 200, r.text
-    return [e["resource"] for e in r.json().get("entry", [])]
+    return [e["resource"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match"]
 
 
 def book(
