@@ -76,20 +76,43 @@ def explain_empty(
         return [_nobody(config, visit, request)]
     booked = _booked(config, plan, calendar)
     found: dict[str, Reason] = {}
+    closed: dict[tuple[str, str], list[str]] = {}  # weekdays without hours, per schedule
+    outside: dict[tuple[str, str], Reason] = {}  # hours the window did not meet
+    met: set[tuple[str, str]] = set()  # schedules with some time inside the window
     for day in _days(config, request):
-        for practitioner, location in plan.pairs:
-            for reason in _day_reasons(
+        worked: dict[tuple[str, str], list[tuple[datetime, datetime]]] = {}
+        for p, loc, begin, end in working_windows(config, day):
+            worked.setdefault((p, loc), []).append((begin, end))
+        for pair in plan.pairs:
+            day_reasons = _day_reasons(
                 config,
                 visit,
                 request,
-                practitioner,
-                location,
+                pair,
                 day,
+                worked.get(pair, []),
                 new_patient=calendar.new_patient,
-                booked=booked.get((practitioner, day), []),
+                booked=booked.get((pair[0], day), []),
                 now=now,
-            ):
+            )
+            if day_reasons is None:
+                closed.setdefault(pair, []).append(WEEKDAYS[day.weekday()])
+                continue
+            reasons, hours = day_reasons
+            if hours is None:
+                met.add(pair)
+            else:
+                outside.setdefault(pair, hours)
+            for reason in reasons:
                 found.setdefault(reason.text, reason)
+    for (practitioner, location), weekdays in closed.items():
+        who = config.practitioner_names[practitioner]
+        where = config.location_names[location]
+        text = f"{who} does not see patients at {where} on {_days_of(weekdays)}"
+        found.setdefault(text, Reason("no-hours", text))
+    for pair, reason in outside.items():
+        if pair not in met:  # the window asked never meets their hours
+            found.setdefault(reason.text, reason)
     if not found:
         return [Reason("no-free-time", "no free time for this visit in the window asked")]
     return sorted(found.values(), key=lambda r: ORDER.index(r.rule))
@@ -142,23 +165,23 @@ def _day_reasons(
     config: ClinicConfig,
     visit: VisitType,
     request: FindRequest,
-    practitioner: str,
-    location: str,
+    pair: tuple[str, str],
     day: date,
+    worked: list[tuple[datetime, datetime]],
     *,
     new_patient: bool,
     booked: list[Booked],
     now: datetime,
-) -> list[Reason]:
-    """Why this practitioner has nothing at this location on this day, as far as rules say."""
-    who = config.practitioner_names[practitioner]
-    where = config.location_names[location]
-    weekday = WEEKDAYS[day.weekday()]
+) -> tuple[list[Reason], Reason | None] | None:
+    """Why this practitioner has nothing at this location on this day, as far as rules say
+    (``worked``: the local times they work there that day, less time off): None when they
+    have no hours that day; else the reasons, and their hours that day when none of them is
+    inside the window asked."""
+    practitioner, location = pair
     hours = hours_on(config, practitioner, location, day)
     if not hours:
-        return [
-            Reason("no-hours", f"{who} does not see patients at {where} on {_days_of([weekday])}")
-        ]
+        return None
+    who = config.practitioner_names[practitioner]
     tz = config.tz
     lo, hi = request.start.astimezone(UTC), request.end.astimezone(UTC)
     out = [
@@ -166,32 +189,27 @@ def _day_reasons(
         for exc in time_off_on(config, practitioner, day)
         if any(_overlaps(day, tz, off_hours(exc), (h.start, h.end), lo, hi) for h in hours)
     ]
-    length = timedelta(minutes=visit.minutes)
-    step = timedelta(minutes=config.slot_minutes)
-    starts = []
-    for p, loc, begin, end in working_windows(config, day):
-        if (p, loc) != (practitioner, location):
-            continue
-        t = begin
-        while t + length <= end:
-            if lo <= t and t + length <= hi:
-                starts.append(t.astimezone(UTC))
-            t += step
-    if not starts:
-        if not out:
-            spans = ", ".join(f"{h.start:%H:%M}-{h.end:%H:%M}" for h in hours)
-            out.append(
-                Reason("hours", f"{who} sees patients at {where} {spans} on {_days_of([weekday])}")
-            )
-        return out
+    # epoch seconds, as the rules take them
+    length, step = 60 * visit.minutes, 60 * config.slot_minutes
+    first, last = epoch(lo), epoch(hi) - length
+    starts: list[int] = []
+    within = False  # some working time inside the window (if not, say when they work)
+    for begin, end in worked:
+        b, e = epoch(begin), epoch(end)
+        within = within or (b < last + length and first < e)
+        starts += (t for t in range(b, e - length + 1, step) if first <= t <= last)
+    if not within and not out:
+        where = config.location_names[location]
+        spans = ", ".join(f"{h.start:%H:%M}-{h.end:%H:%M}" for h in hours)
+        weekday = _days_of([WEEKDAYS[day.weekday()]])
+        return out, Reason("hours", f"{who} sees patients at {where} {spans} on {weekday}")
     policy = day_policy(config, practitioner, visit, new_patient, day, now=now, booked=booked)
     refused: dict[str, Refusal] = {}
     for start in starts:
-        refusal = policy.check(epoch(start), epoch(start + length))
+        refusal = policy.check(start, start + length)
         if refusal is not None and refusal.rule != "buffer":  # a buffer is taken time
             refused.setdefault(refusal.rule, refusal)
-    out += [_words(config, visit, practitioner, r) for r in refused.values()]
-    return out
+    return out + [_words(config, visit, practitioner, r) for r in refused.values()], None
 
 
 def _overlaps(

@@ -140,6 +140,30 @@ CASES: list[tuple[str, date, str, str | None, dict[str, Any], list[tuple[str, st
         ],
     ),
     (
+        "weekend-to-monday-9",
+        SATURDAY,
+        "follow-up",
+        "seen",
+        {"hours": (0, 57)},
+        [
+            ("no-hours", "Smith does not see patients at Main on weekends"),
+            ("no-hours", "Evans does not see patients at Main on weekends"),
+            ("hours", "Smith sees patients at Main 09:00-12:00 on Mondays"),
+            ("hours", "Evans sees patients at Main 09:00-12:00 on Mondays"),
+        ],
+    ),
+    (
+        "friday-to-monday-9",  # Monday's hours go unnamed: the window met Friday's
+        FRIDAY,
+        "procedure",
+        "new",
+        {"hours": (0, 81)},
+        [
+            ("no-hours", "Smith does not see patients at Main on weekends"),
+            ("new-patient-window", SMITH_WINDOW),
+        ],
+    ),
+    (
         "holiday",
         WEDNESDAY,
         "follow-up",
