@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from itertools import islice, repeat
+from itertools import dropwhile, islice, repeat
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -38,6 +39,8 @@ __all__ = [
     "Option",
     "compute_options",
     "find_options",
+    "page_cursor",
+    "parse_cursor",
     "proposed_appointment",
 ]
 
@@ -85,6 +88,8 @@ class Found:
     total: int
     options: list[Option]
     reasons: tuple[Reason, ...] = ()
+    # where the next page starts (a FindRequest's ``after``), when there are more options
+    next: tuple[int, str, str] | None = None
 
 
 def find_options(
@@ -201,7 +206,13 @@ def compute_options(
                 strict=False,  # the repeats are endless
             )
         )
-    merged = heapq.merge(*streams, key=lambda o: o[:4])
+    merged: Iterator[tuple[Any, ...]] = heapq.merge(*streams, key=lambda o: o[:4])
+    if request.after is not None:  # a later page: the options after the last one shown
+        after = request.after
+        merged = dropwhile(lambda o: o[:3] <= after, merged)
+    page = list(islice(merged, None if limit is None else limit + 1))
+    more = limit is not None and len(page) > limit
+    page = page[:limit]
     options = [
         Option(
             practitioner,
@@ -211,12 +222,12 @@ def compute_options(
             _from_epoch(start + length),
             tuple(ids[i : i + need]),
         )
-        for start, practitioner, location, i, ids in islice(merged, limit)
+        for start, practitioner, location, i, ids in page
     ]
     if total == 0 and explain:
         reasons = explain_empty(config, plan, request, calendar, now=now)
         return Found(0, [], tuple(reasons))
-    return Found(total, options)
+    return Found(total, options, next=tuple(page[-1][:3]) if more else None)
 
 
 def _untaken(free: FreeSlots | None, taken: list[tuple[int, int]]) -> FreeSlots:
@@ -326,6 +337,7 @@ def parse_find(params: list[tuple[str, Any]], *, max_count: int = 200) -> FindRe
     resource = values.get("patient-resource", [None])[0]
     if resource is not None and not isinstance(resource, dict):
         raise BadRequest("patient-resource must be a Patient resource")
+    cursor = values.get("_cursor", [None])[0]
     return FindRequest(
         start=_instant("start", values["start"][0]),
         end=_instant("end", values["end"][0]),
@@ -337,7 +349,25 @@ def parse_find(params: list[tuple[str, Any]], *, max_count: int = 200) -> FindRe
         patient_id=next((_ref_id(v, "Patient") for v in values.get("patient-reference", [])), None),
         patient_resource=resource,
         count=count,
+        after=None if cursor is None else parse_cursor(str(cursor)),
     )
+
+
+def page_cursor(after: tuple[int, str, str]) -> str:
+    """A ``$find`` page's ``_cursor``: the last option shown, as its start (epoch seconds),
+    practitioner and location (ids hold no ``~``)."""
+    return "~".join(map(str, after))
+
+
+def parse_cursor(raw: str) -> tuple[int, str, str]:
+    """:func:`page_cursor` read back; 400 for anything this server did not give."""
+    parts = raw.split("~")
+    if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit() and len(parts[0]) < 16):
+        raise BadRequest(
+            "_cursor is not one this server gave; follow the next link as given",
+            expression=["_cursor"],
+        )
+    return int(parts[0]), parts[1], parts[2]
 
 
 def parameters_pairs(body: Any) -> list[tuple[str, Any]]:

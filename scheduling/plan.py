@@ -31,6 +31,8 @@ class FindRequest:
     count: int = 50
     # the Appointment being moved: it does not make its patient an existing one
     moving: str | None = None
+    # a page's place: the options after this (start epoch, practitioner, location)
+    after: tuple[int, str, str] | None = None
 
 
 def _check_window(config: ClinicConfig, req: FindRequest) -> None:
