@@ -171,6 +171,15 @@ def _patient() -> ResourceDecl:
                 targets=("Practitioner", "PractitionerRole", "Organization"),
             ),
             _sp(t, "organization", "reference", "managingOrganization", targets=("Organization",)),
+            _sp(
+                t,
+                "_tag",
+                "token",
+                "meta.tag",
+                url=f"{R4_SP}Resource-tag",
+                doc="Tags, e.g. urn:fhir-sched:patient-status|existing (an existing patient "
+                "whatever their visits here; see the clinic file's existing_patient)",
+            ),
         ),
     )
 

@@ -78,7 +78,15 @@ _FIND = OperationDecl(
         OpParam("organization", "Reference", doc="accepted; this server serves one clinic"),
         OpParam("location-reference", "Reference", 0, "*", aliases=("location",)),
         OpParam("location-string", "string", doc="part of a location's name"),
-        OpParam("patient-reference", "Reference", aliases=("patient-id",)),
+        OpParam(
+            "patient-reference",
+            "Reference",
+            aliases=("patient-id",),
+            doc="the patient, new or existing as the clinic file's existing_patient says (by "
+            "default: a visit here that began before now, booked, arrived, checked-in or "
+            "fulfilled, or the Patient tag urn:fhir-sched:patient-status|existing); without a "
+            "patient, times are found for a new one",
+        ),
         OpParam(
             "patient-resource",
             "Patient",
@@ -87,9 +95,29 @@ _FIND = OperationDecl(
             "for $book to match again or create",
         ),
         OpParam("reason", "CodeableConcept", 0, "*", doc="accepted, not used for matching"),
-        OpParam("_count", "integer", doc="most options to return"),
+        OpParam("_count", "integer", doc="most options to return on a page"),
+        OpParam(
+            "_cursor",
+            "string",
+            doc="where a page starts, as the next link gives it (opaque); Bundle.total "
+            "still counts every option in the window",
+        ),
     ),
-    out=(OpParam("return", "Bundle", 1, doc="searchset of proposed Appointments"),),
+    out=(
+        OpParam(
+            "return",
+            "Bundle",
+            1,
+            doc="searchset of proposed Appointments, a page of _count of them: total counts "
+            "every option in the window, and self and next links (GET URLs) lead on. A "
+            "patient-resource fits in no URL: such an answer has no links and, while more "
+            "options follow, an OperationOutcome entry (FS-0606) gives the _cursor to send "
+            "again with the same Parameters. An empty searchset holds an OperationOutcome "
+            "entry (search.mode outcome, FS-0605) with an information issue per clinic rule "
+            "that removed times (details.text in words, details.coding "
+            "urn:fhir-sched:find-reason the rule); other patients' bookings are never named",
+        ),
+    ),
 )
 _APPOINTMENT_IN = (
     OpParam(

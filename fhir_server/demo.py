@@ -1,6 +1,7 @@
-"""The demo clinic: ``fhir_server/demo_clinic.yaml`` plus four demo patients, the demo's
-clients and users (the front desk's record, ``PractitionerRole/front-desk``, with them), and
-the booking agent's client (its key made beside the key file).
+"""The demo clinic: ``fhir_server/demo_clinic.yaml`` plus four demo patients (two of them seen
+here last year, so they are existing patients), the demo's clients and users (the front desk's
+record, ``PractitionerRole/front-desk``, with them), and the booking agent's client (its key
+made beside the key file).
 
 Three practitioners (two GPs, one physical therapist), two locations, a HealthcareService per
 visit type, a Schedule per practitioner and location, and 15-minute Slots over the next weeks.
@@ -10,7 +11,7 @@ Loading is idempotent: running ``fhir-sched demo`` twice changes nothing.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from fhir_server.settings import Settings
 from resources import service
 from resources.sql.engine import Database, migrate
 from resources.store import Store
-from scheduling.clinic import LoadReport, load_clinic
+from scheduling.clinic import VISIT_TYPE_SYSTEM, LoadReport, load_clinic
 from scheduling.config import ClinicConfig, load_clinic_config
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "DEMO_CLINIC",
     "DEMO_USERS",
     "FRONT_DESK",
+    "demo_history",
     "demo_patients",
     "load_demo",
 ]
@@ -41,6 +43,10 @@ PATIENTS = [
     ("pat-3", "Okafor", ["Chidi"], "1961-07-30", "male", "555-0103", "MRN-1003"),
     ("pat-4", "Lindqvist", ["Sara"], "2001-11-02", "female", "555-0104", "MRN-1004"),
 ]
+
+# Peter Chalmers and Maria Rivera were seen here last year (a fulfilled visit with Dr. Smith),
+# so they are existing patients and follow-up times are offered to them; the other two are new.
+SEEN_LAST_YEAR = ("pat-1", "pat-2")
 
 
 # Demo identities with published credentials: the demo serves on loopback only.
@@ -134,6 +140,42 @@ def demo_patients() -> list[dict[str, Any]]:
     ]
 
 
+def demo_history(config: ClinicConfig, today: date) -> list[dict[str, Any]]:
+    """A fulfilled new-patient visit a year before ``today`` (the same weekday, 10:00 and
+    10:30 local) for each patient in ``SEEN_LAST_YEAR``."""
+    day = today - timedelta(weeks=52)
+    visits = []
+    for k, pid in enumerate(SEEN_LAST_YEAR):
+        start = datetime.combine(day, time(10, 30 * k), tzinfo=config.tz)
+        visits.append(
+            {
+                "resourceType": "Appointment",
+                "id": f"visit-{pid}-last-year",
+                "status": "fulfilled",
+                "serviceType": [
+                    {
+                        "coding": [
+                            {
+                                "system": VISIT_TYPE_SYSTEM,
+                                "code": "new-patient",
+                                "display": "New patient visit",
+                            }
+                        ]
+                    }
+                ],
+                "start": start.isoformat(),
+                "end": (start + timedelta(minutes=45)).isoformat(),
+                "minutesDuration": 45,
+                "participant": [
+                    {"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"},
+                    {"actor": {"reference": "Practitioner/dr-smith"}, "status": "accepted"},
+                    {"actor": {"reference": "Location/loc-main"}, "status": "accepted"},
+                ],
+            }
+        )
+    return visits
+
+
 def load_demo(
     settings: Settings,
     *,
@@ -144,7 +186,7 @@ def load_demo(
     """Write the demo clinic and patients into the configured database.
 
     Returns the clinic load report and what else was written, by kind (``Patient``,
-    ``PractitionerRole``, ``identities``).
+    ``PractitionerRole``, ``Appointment``: the past visits, ``identities``).
     """
     config = clinic or load_clinic_config(DEMO_CLINIC)
     db = Database(settings.database_url)
@@ -156,7 +198,7 @@ def load_demo(
     try:
         with db.write() as conn:
             report = load_clinic(conn, store=store, config=config, today=today, weeks=weeks)
-            for resource in [*demo_patients(), FRONT_DESK]:
+            for resource in [*demo_patients(), FRONT_DESK, *demo_history(config, today)]:
                 rtype = resource["resourceType"]
                 if store.current(conn, rtype, resource["id"]) is None:
                     service.update(

@@ -33,6 +33,7 @@ from scheduling.find import (
     Found,
     compute_options,
     find_options,
+    page_cursor,
     parse_find,
     proposed_appointment,
 )
@@ -74,9 +75,15 @@ def find(
     request = _confine_find(access, parsed or parse_find(params, max_count=ctx.paging.max_count))
     _note_find(ctx, params, request)
     found = find_options(
-        conn, store=ctx.store, config=config, request=request, now=now, limit=request.count
+        conn,
+        store=ctx.store,
+        config=config,
+        request=request,
+        now=now,
+        limit=request.count,
+        explain=True,
     )
-    return _find_bundle(config, request, found)
+    return _find_bundle(ctx, config, request, params, found)
 
 
 def _note_find(ctx: Context, params: list[tuple[str, Any]], request: FindRequest) -> None:
@@ -113,13 +120,15 @@ async def find_async(
     calendar = await read_calendar_async(reader, plan, request, now)
 
     def compute() -> Found:
-        return compute_options(config, plan, request, calendar, now=now, limit=request.count)
+        return compute_options(
+            config, plan, request, calendar, now=now, limit=request.count, explain=True
+        )
 
     if plan.schedule_days(request) <= SMALL_FIND_SCHEDULE_DAYS:
         found = compute()
     else:
         found = await to_thread.run_sync(compute)
-    return _find_bundle(config, request, found)
+    return _find_bundle(ctx, config, request, params, found)
 
 
 def _confine_find(access: Access, request: FindRequest) -> FindRequest:
@@ -133,7 +142,18 @@ def _confine_find(access: Access, request: FindRequest) -> FindRequest:
     return replace(request, patient_id=access.patient)
 
 
-def _find_bundle(config: ClinicConfig, request: FindRequest, found: Found) -> FHIRResponse:
+def _find_bundle(
+    ctx: Context,
+    config: ClinicConfig,
+    request: FindRequest,
+    params: list[tuple[str, Any]],
+    found: Found,
+) -> FHIRResponse:
+    """The searchset: a page of proposals, ``total`` counting every option in the window, the
+    request as a GET ``self`` link and a ``next`` link while more options follow; an empty
+    answer's reasons. A ``patient-resource`` fits in no URL: such an answer has no links, and
+    while more options follow, an outcome gives the ``_cursor`` to send with the same
+    Parameters for the next page."""
     entries = [
         {
             "resource": proposed_appointment(
@@ -143,10 +163,72 @@ def _find_bundle(config: ClinicConfig, request: FindRequest, found: Found) -> FH
         }
         for o in found.options
     ]
+    if found.reasons:
+        entries.append({"resource": _why_nothing(found), "search": {"mode": "outcome"}})
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": found.total}
+    cursor = page_cursor(found.next) if found.next else None
+    if all(isinstance(v, str | int) for _, v in params):
+        url = f"{ctx.base_url}/Appointment/$find"
+        bundle["link"] = [{"relation": "self", "url": f"{url}?{urlencode(params)}"}]
+        if cursor is not None:
+            later = [*((k, v) for k, v in params if k != "_cursor"), ("_cursor", cursor)]
+            bundle["link"].append({"relation": "next", "url": f"{url}?{urlencode(later)}"})
+    elif cursor is not None:
+        entries.append({"resource": _next_by_post(cursor), "search": {"mode": "outcome"}})
     if entries:
         bundle["entry"] = entries
     return FHIRResponse(200, bundle)
+
+
+def _next_by_post(cursor: str) -> dict[str, Any]:
+    """More options follow a page found for a ``patient-resource``, which no next link can
+    carry (it would put the patient in a URL): how to ask for them."""
+    text = (
+        "more options follow; a next link cannot carry a patient-resource: send the same "
+        f"Parameters again with _cursor {cursor} for the next page, or ask for a narrower window"
+    )
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "information",
+                "code": "informational",
+                "details": {
+                    "coding": [
+                        {"system": "urn:fhir-sched:find-cursor", "code": cursor},
+                        {"system": "urn:fhir-sched:message-id", "code": "FS-0606"},
+                    ],
+                    "text": text,
+                },
+                "diagnostics": text,
+                "expression": ["_cursor"],
+            }
+        ],
+    }
+
+
+def _why_nothing(found: Found) -> dict[str, Any]:
+    """An empty answer's reasons: one information issue per clinic rule that left nothing,
+    its words in ``details.text`` and ``diagnostics``, its rule in ``details.coding``
+    (``urn:fhir-sched:find-reason``), and the message id FS-0605."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "information",
+                "code": "informational",
+                "details": {
+                    "coding": [
+                        {"system": "urn:fhir-sched:find-reason", "code": r.rule},
+                        {"system": "urn:fhir-sched:message-id", "code": "FS-0605"},
+                    ],
+                    "text": r.text,
+                },
+                "diagnostics": r.text,
+            }
+            for r in found.reasons
+        ],
+    }
 
 
 # A $find over at most this many schedule-days (a whole 50-practitioner clinic for two days:

@@ -10,9 +10,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from scheduling.config import WEEKDAYS, ClinicConfig, Hours
+from scheduling.config import WEEKDAYS, ClinicConfig, Hours, TimeOff
 
-__all__ = ["SlotSpec", "local_instant", "schedule_id", "slot_id", "slot_specs", "working_windows"]
+__all__ = [
+    "SlotSpec",
+    "hours_on",
+    "local_instant",
+    "off_hours",
+    "schedule_id",
+    "slot_id",
+    "slot_specs",
+    "time_off_on",
+    "working_windows",
+]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -52,20 +62,38 @@ def _applies(hours: Hours, day: date) -> bool:
     return hours.valid_until is None or day <= hours.valid_until
 
 
-def _off(config: ClinicConfig, practitioner: str, day: date) -> list[tuple[time, time]]:
-    """Wall-clock intervals this practitioner is away on ``day`` (whole day: 00:00-24:00)."""
-    out: list[tuple[time, time]] = []
+def hours_on(config: ClinicConfig, practitioner: str, location: str, day: date) -> list[Hours]:
+    """The weekly hours this practitioner keeps at this location on ``day``, before time off."""
+    return [
+        h
+        for h in config.hours
+        if h.practitioner == practitioner and h.location == location and _applies(h, day)
+    ]
+
+
+def time_off_on(config: ClinicConfig, practitioner: str, day: date) -> list[TimeOff]:
+    """The exceptions (holidays, leave) that take this practitioner away on ``day``."""
+    out = []
     for exc in config.exceptions:
         last = exc.end_date or exc.start_date
         if not exc.start_date <= day <= last:
             continue
         if exc.practitioners is not None and practitioner not in exc.practitioners:
             continue
-        if exc.start is None or exc.end is None:
-            out.append((time(0, 0), time.max))
-        else:
-            out.append((exc.start, exc.end))
+        out.append(exc)
     return out
+
+
+def off_hours(exc: TimeOff) -> tuple[time, time]:
+    """An exception's wall-clock interval on each of its days (whole day: 00:00-24:00)."""
+    if exc.start is None or exc.end is None:
+        return time(0, 0), time.max
+    return exc.start, exc.end
+
+
+def _off(config: ClinicConfig, practitioner: str, day: date) -> list[tuple[time, time]]:
+    """Wall-clock intervals this practitioner is away on ``day`` (whole day: 00:00-24:00)."""
+    return [off_hours(exc) for exc in time_off_on(config, practitioner, day)]
 
 
 def working_windows(

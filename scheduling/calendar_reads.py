@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import Connection
@@ -18,9 +19,10 @@ from resources.fhirdate import as_utc
 from resources.search.lookup import send_blind_match
 from resources.sql.async_reads import AsyncReader
 from resources.sql.direct import pipelined
-from resources.sql.tables import BusyTime
+from resources.sql.tables import BusyTime, IdxDate
 from resources.store import Store
-from scheduling.patients import match_patients
+from scheduling.config import ExistingPatient
+from scheduling.patients import EXISTING_TAG, match_patients
 from scheduling.plan import FindPlan, FindRequest
 from scheduling.spans import BUSY_OVERLAPPING_SQL, lower
 
@@ -59,7 +61,7 @@ def read_calendar(
     start, end = _busy_window(request)
     # all three sent before any is read: one round trip in a caller's pipeline ($book's,
     # which sends its Slot locks first)
-    existing = _is_existing_patient(conn, store, request)
+    existing = _is_existing_patient(conn, store, plan, request, now)
     busy = _busy(conn, list(plan.owner), start, end, now)
     free = _free_slots(conn, plan.schedules, epoch(request.start), epoch(request.end))
     return Calendar(new_patient=not existing(), busy=cast(Any, busy()), free=free())
@@ -84,35 +86,93 @@ async def read_calendar_async(
             (plan.schedules, epoch(request.start), epoch(request.end)),
         ),
     ]
-    if request.patient_id is not None:
-        queries.append((_dialect_sql(_ACTIVE_VISITS, "postgresql", 0), (request.patient_id,)))
+    existing = _existing_sql(plan.existing)
+    if request.patient_id is not None and existing is not None:
+        params = _existing_params(plan.existing, request.patient_id, request, now, _as_is)
+        queries.append((_dialect_sql(existing, "postgresql", 0), params))
     busy_rows, free_rows, *visits = await reader.fetch_all(queries)
-    new_patient = not visits or not any(res_id != request.moving for (res_id,) in visits[0])
+    new_patient = not (visits and visits[0])
     return Calendar(new_patient, cast(Any, busy_rows), _free_by_schedule(free_rows))
 
 
-def _is_existing_patient(conn: Connection, store: Store, req: FindRequest) -> Callable[[], bool]:
-    """New or existing, from our own records: an existing patient has had a visit here.
+def _is_existing_patient(
+    conn: Connection, store: Store, plan: FindPlan, req: FindRequest, now: datetime
+) -> Callable[[], bool]:
+    """New or existing, from our own records (the clinic file's ``existing_patient``): an
+    earlier visit here, or the Patient's tag.
 
-    Read straight from the search index (Appointment ``patient`` reference and ``status``
-    token), as the Appointment search would, without building a Bundle. The query is sent
-    now; the returned function reads the answer.
+    Read straight from the search index (Appointment ``patient`` reference, ``status`` token
+    and ``date``; Patient ``_tag``), as the searches would, without building a Bundle. The
+    query is sent now; the returned function reads the answer.
     """
     patient_id = req.patient_id or match_patients(conn, store, req.patient_resource).id
-    if patient_id is None:
+    sql = _existing_sql(plan.existing)
+    if patient_id is None or sql is None:
         return lambda: False
-    rows = _sent(conn, _ACTIVE_VISITS, None, (patient_id,))
-    return lambda: any(res_id != req.moving for (res_id,) in rows())
+    date_type = IdxDate.__table__.c.low.type.dialect_impl(conn.dialect)
+    put: Callable[[Any], Any] = date_type.bind_processor(conn.dialect) or _as_is
+    rows = _sent(conn, sql, None, _existing_params(plan.existing, patient_id, req, now, put))
+    return lambda: bool(rows())
 
 
-# At most two: one may be the Appointment being moved.
-_ACTIVE_VISITS = (
+def _existing_params(
+    existing: ExistingPatient,
+    patient_id: str,
+    req: FindRequest,
+    now: datetime,
+    put: Callable[[Any], Any],
+) -> tuple[Any, ...]:
+    """The parameters of :func:`_existing_sql`'s query, in its order."""
+    params: tuple[Any, ...] = ()
+    if existing.visits:
+        params = (patient_id, req.moving or "", *existing.visits, put(now))
+        if existing.within_years is not None:
+            params += (put(_years_before(now, existing.within_years)),)
+    if existing.flag:
+        params += (patient_id, *EXISTING_TAG)
+    return params
+
+
+def _years_before(now: datetime, years: int) -> datetime:
+    try:
+        return now.replace(year=now.year - years)
+    except ValueError:  # 29 February
+        return now.replace(year=now.year - years, day=28)
+
+
+# A visit of the patient's with a counted status that began before now (and not before
+# ``within_years`` ago), other than the Appointment being moved; an Appointment without a start
+# counts by its status.
+_EARLIER_VISIT = (
     "SELECT r.res_id FROM idx_reference ir JOIN resource r ON r.seq = ir.seq "
     "JOIN idx_token it ON it.seq = ir.seq AND it.res_type = 'Appointment' "
     "AND it.param = 'status' "
+    "LEFT JOIN idx_date d ON d.seq = ir.seq AND d.res_type = 'Appointment' AND d.param = 'date' "
     "WHERE ir.res_type = 'Appointment' AND ir.param = 'patient' AND ir.target_id = {p} "
-    "AND it.code IN ('booked', 'arrived', 'fulfilled', 'checked-in') LIMIT 2"
+    "AND r.res_id <> {p} AND it.code IN ({statuses}) "
+    "AND (d.low IS NULL OR (d.low < {p}{since}))"
 )
+_SINCE = " AND d.low >= {p}"
+# The Patient's tag (scheduling.patients.EXISTING_TAG).
+_TAGGED = (
+    "SELECT r.res_id FROM resource r JOIN idx_token t ON t.seq = r.seq "
+    "AND t.res_type = 'Patient' AND t.param = '_tag' "
+    "WHERE r.res_type = 'Patient' AND r.res_id = {p} AND t.system = {p} AND t.code = {p}"
+)
+
+
+@lru_cache(maxsize=16)
+def _existing_sql(existing: ExistingPatient) -> str | None:
+    """A row if the patient is an existing one as the clinic file says (parameters from
+    :func:`_existing_params`); None when nothing can make anyone an existing patient."""
+    parts = []
+    if existing.visits:
+        statuses = ", ".join(["{p}"] * len(existing.visits))
+        since = _SINCE if existing.within_years is not None else ""
+        parts.append(_EARLIER_VISIT.format(statuses=statuses, since=since, p="{p}"))
+    if existing.flag:
+        parts.append(_TAGGED)
+    return " UNION ALL ".join(parts) + " LIMIT 1" if parts else None
 
 
 def match_patient(conn: Connection, store: Store, patient: dict[str, Any] | None) -> str | None:

@@ -31,6 +31,7 @@ __all__ = [
     "ClinicConfigError",
     "DailyCap",
     "Exclusion",
+    "ExistingPatient",
     "Hours",
     "Location",
     "NewPatientWindow",
@@ -199,6 +200,27 @@ class Rules(_Model):
     max_find_window_days: int = Field(default=31, ge=1, le=366)
 
 
+VisitStatus = Literal["booked", "arrived", "checked-in", "fulfilled", "noshow"]
+
+
+class ExistingPatient(_Model):
+    """Who is an existing patient here, for the visit types and rules that tell new from
+    existing: someone seen here before (an earlier visit), or marked so on their Patient.
+
+    A visit counts when its Appointment names the patient, has one of ``visits``' statuses
+    and began before the time of the request (a booked visit still to come does not make
+    anyone an existing patient: they have not been seen yet); an Appointment with no start
+    counts by its status alone. ``within_years`` keeps only visits that began so recently (3
+    is the US CPT rule for new and established patients). With ``flag``, a Patient tagged
+    ``urn:fhir-sched:patient-status|existing`` (by staff, or an interface that knows the
+    patient's history) is an existing patient whatever their visits here.
+    """
+
+    visits: tuple[VisitStatus, ...] = ("booked", "arrived", "checked-in", "fulfilled")
+    within_years: int | None = Field(default=None, ge=1, le=100)
+    flag: bool = True
+
+
 class ClinicConfig(_Model):
     """The whole clinic file."""
 
@@ -213,6 +235,7 @@ class ClinicConfig(_Model):
     hours: list[Hours] = Field(default_factory=list)
     exceptions: list[TimeOff] = Field(default_factory=list)
     rules: Rules = Field(default_factory=Rules)
+    existing_patient: ExistingPatient = Field(default_factory=ExistingPatient)
 
     @field_validator("timezone")
     @classmethod

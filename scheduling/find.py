@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from itertools import islice, repeat
+from itertools import dropwhile, islice, repeat
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,6 +29,7 @@ from scheduling.availability import schedule_id
 from scheduling.calendar_reads import Calendar, FreeSlots, epoch, read_calendar
 from scheduling.clinic import VISIT_TYPE_SYSTEM
 from scheduling.config import ClinicConfig, VisitType
+from scheduling.explain import Reason, explain_empty
 from scheduling.patients import contained_proposal
 from scheduling.plan import FindPlan, FindRequest, plan_find
 from scheduling.rules import Booked, DayPolicy, day_policy
@@ -37,6 +39,8 @@ __all__ = [
     "Option",
     "compute_options",
     "find_options",
+    "page_cursor",
+    "parse_cursor",
     "proposed_appointment",
 ]
 
@@ -78,10 +82,14 @@ def _local_days(timezone: str, first: date, count: int) -> tuple[list[date], lis
 
 @dataclass(frozen=True)
 class Found:
-    """``$find``'s answer: how many options there are, and the first ``limit`` of them."""
+    """``$find``'s answer: how many options there are, and the first ``limit`` of them; when
+    there are none and reasons were asked for, the rules that left nothing."""
 
     total: int
     options: list[Option]
+    reasons: tuple[Reason, ...] = ()
+    # where the next page starts (a FindRequest's ``after``), when there are more options
+    next: tuple[int, str, str] | None = None
 
 
 def find_options(
@@ -93,12 +101,20 @@ def find_options(
     now: datetime,
     ignore_hold: str | None = None,
     limit: int | None = None,
+    explain: bool = False,
 ) -> Found:
     """Bookable options in the window, ordered by start (then practitioner)."""
     plan = plan_find(config, request)
     calendar = read_calendar(conn, store, plan, request, now)
     return compute_options(
-        config, plan, request, calendar, now=now, ignore_hold=ignore_hold, limit=limit
+        config,
+        plan,
+        request,
+        calendar,
+        now=now,
+        ignore_hold=ignore_hold,
+        limit=limit,
+        explain=explain,
     )
 
 
@@ -111,12 +127,15 @@ def compute_options(
     now: datetime,
     ignore_hold: str | None = None,
     limit: int | None = None,
+    explain: bool = False,
 ) -> Found:
     """The options (no database: all it needs is in ``calendar``).
 
     Every option is counted (``total``); only the first ``limit`` are built.  Times are epoch
     seconds inside the loop, and rules are compiled once per practitioner and day
-    (:func:`~scheduling.rules.day_policy`), so a whole clinic's day is cheap.
+    (:func:`~scheduling.rules.day_policy`), so a whole clinic's day is cheap. With
+    ``explain``, an empty answer carries the rules that left nothing
+    (:func:`~scheduling.explain.explain_empty`, which runs only then).
     """
     visit, pairs, owner = plan.visit, plan.pairs, plan.owner
     new_patient = calendar.new_patient
@@ -187,7 +206,13 @@ def compute_options(
                 strict=False,  # the repeats are endless
             )
         )
-    merged = heapq.merge(*streams, key=lambda o: o[:4])
+    merged: Iterator[tuple[Any, ...]] = heapq.merge(*streams, key=lambda o: o[:4])
+    if request.after is not None:  # a later page: the options after the last one shown
+        after = request.after
+        merged = dropwhile(lambda o: o[:3] <= after, merged)
+    page = list(islice(merged, None if limit is None else limit + 1))
+    more = limit is not None and len(page) > limit
+    page = page[:limit]
     options = [
         Option(
             practitioner,
@@ -197,9 +222,12 @@ def compute_options(
             _from_epoch(start + length),
             tuple(ids[i : i + need]),
         )
-        for start, practitioner, location, i, ids in islice(merged, limit)
+        for start, practitioner, location, i, ids in page
     ]
-    return Found(total, options)
+    if total == 0 and explain:
+        reasons = explain_empty(config, plan, request, calendar, now=now)
+        return Found(0, [], tuple(reasons))
+    return Found(total, options, next=tuple(page[-1][:3]) if more else None)
 
 
 def _untaken(free: FreeSlots | None, taken: list[tuple[int, int]]) -> FreeSlots:
@@ -309,6 +337,7 @@ def parse_find(params: list[tuple[str, Any]], *, max_count: int = 200) -> FindRe
     resource = values.get("patient-resource", [None])[0]
     if resource is not None and not isinstance(resource, dict):
         raise BadRequest("patient-resource must be a Patient resource")
+    cursor = values.get("_cursor", [None])[0]
     return FindRequest(
         start=_instant("start", values["start"][0]),
         end=_instant("end", values["end"][0]),
@@ -320,7 +349,25 @@ def parse_find(params: list[tuple[str, Any]], *, max_count: int = 200) -> FindRe
         patient_id=next((_ref_id(v, "Patient") for v in values.get("patient-reference", [])), None),
         patient_resource=resource,
         count=count,
+        after=None if cursor is None else parse_cursor(str(cursor)),
     )
+
+
+def page_cursor(after: tuple[int, str, str]) -> str:
+    """A ``$find`` page's ``_cursor``: the last option shown, as its start (epoch seconds),
+    practitioner and location (ids hold no ``~``)."""
+    return "~".join(map(str, after))
+
+
+def parse_cursor(raw: str) -> tuple[int, str, str]:
+    """:func:`page_cursor` read back; 400 for anything this server did not give."""
+    parts = raw.split("~")
+    if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit() and len(parts[0]) < 16):
+        raise BadRequest(
+            "_cursor is not one this server gave; follow the next link as given",
+            expression=["_cursor"],
+        )
+    return int(parts[0]), parts[1], parts[2]
 
 
 def parameters_pairs(body: Any) -> list[tuple[str, Any]]:

@@ -32,6 +32,7 @@ from resources.sql.direct import pipelined
 from resources.store import Store, StoredVersion
 
 __all__ = [
+    "EXISTING_TAG",
     "NoSingleAppointment",
     "PatientAmbiguous",
     "PatientMatch",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 LOCAL_ID = "patient"  # the contained Patient's id in a proposal ("#patient")
+# Patient.meta.tag marking an existing patient (clinic file: existing_patient.flag)
+EXISTING_TAG = ("urn:fhir-sched:patient-status", "existing")
 
 
 class PatientAmbiguous(Unprocessable):

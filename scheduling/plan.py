@@ -12,7 +12,7 @@ from typing import Any
 
 from base.errors import BadRequest
 from scheduling.availability import schedule_id
-from scheduling.config import ClinicConfig, VisitType
+from scheduling.config import ClinicConfig, ExistingPatient, VisitType
 
 __all__ = ["FindPlan", "FindRequest", "plan_find", "schedule_days"]
 
@@ -31,6 +31,8 @@ class FindRequest:
     count: int = 50
     # the Appointment being moved: it does not make its patient an existing one
     moving: str | None = None
+    # a page's place: the options after this (start epoch, practitioner, location)
+    after: tuple[int, str, str] | None = None
 
 
 def _check_window(config: ClinicConfig, req: FindRequest) -> None:
@@ -85,6 +87,7 @@ class FindPlan:
     visit: VisitType
     pairs: list[tuple[str, str]]  # (practitioner, location) to offer
     owner: dict[str, str]  # schedule id -> practitioner, for busy time
+    existing: ExistingPatient  # who counts as an existing patient
 
     @property
     def schedules(self) -> list[str]:
@@ -111,4 +114,4 @@ def plan_find(config: ClinicConfig, request: FindRequest) -> FindPlan:
         for h in config.hours
         if h.practitioner in asked
     }
-    return FindPlan(visit, pairs, owner)
+    return FindPlan(visit, pairs, owner, config.existing_patient)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
-from scheduling.config import WEEKDAYS, ClinicConfig, VisitType
+from scheduling.config import WEEKDAYS, ClinicConfig, DailyCap, Exclusion, VisitType
 
 __all__ = [
     "Booked",
@@ -50,6 +50,7 @@ class Candidate:
 class Refusal:
     rule: str
     reason: str
+    cause: Exclusion | DailyCap | None = None  # the clinic file's entry that refused, if one
 
 
 def _applies(practitioners: list[str] | None, practitioner: str) -> bool:
@@ -177,7 +178,9 @@ def day_policy(
             continue
         if x.patients == "existing" and new_patient:
             continue
-        exclusion = Refusal("exclusion", f"{practitioner} does not see these visits on {weekday}")
+        exclusion = Refusal(
+            "exclusion", f"{practitioner} does not see these visits on {weekday}", x
+        )
         break
     windows: list[tuple[int, int]] | None = None
     if new_patient:
@@ -204,7 +207,7 @@ def day_policy(
             if b.visit_type == c.visit_type and b.start.astimezone(tz).date() == day
         ]
         if len(same_day) >= c.max:
-            cap = Refusal("daily-cap", f"at most {c.max} {c.visit_type} visits a day")
+            cap = Refusal("daily-cap", f"at most {c.max} {c.visit_type} visits a day", c)
             break
     guarded = [
         (_epoch(b.start), _epoch(b.end) + _buffer_seconds(config, practitioner, b.visit_type))

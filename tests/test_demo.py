@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -21,6 +23,7 @@ from fhir_server.keyring import open_keys
 from fhir_server.settings import Settings
 from resources.sql.engine import Database, migrate
 from resources.store import V
+from scheduling.availability import time_off_on
 from scheduling.config import load_clinic_config
 from security.smart.registry import add_user, find_user
 from tests.smart import authorize_params, pkce, sign_in_and_allow
@@ -51,17 +54,101 @@ def test_demo_clinic_exercises_every_rule() -> None:
     assert rules.daily_caps
     assert cfg.exceptions
     assert {v.patients for v in cfg.visit_types} == {"new", "existing", "any"}
+    assert cfg.existing_patient.within_years
 
 
 def test_demo_contents(tmp_path: Path) -> None:
     report, patients = load_demo(_settings(tmp_path), weeks=2, start_day=MONDAY)
     assert patients["Patient"] == 4
     assert patients["PractitionerRole"] == 1  # the front desk's record
+    assert patients["Appointment"] == 2  # Peter Chalmers and Maria Rivera, seen last year
     # 2 locations, 5 services, 3 practitioners, 3 roles, 3 schedules
     assert report.created == 16
     # two weeks: smith 10 days x 32, evans 8 x 32 + 2 x 16, nguyen 6 x 32, minus the staff
     # meeting on Wed 2 Dec (one hour: 4 slots for smith and for evans; nguyen 4)
     assert report.slots_created == 320 + 288 + 192 - 12
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path) -> Iterator[TestClient]:
+    """``./dev demo`` in-process: the demo loaded from today, served, with the README's token
+    (the demo backend client, client credentials)."""
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/demo.db",
+        key_file=tmp_path / "keys.json",
+        clinic_file=DEMO_CLINIC,
+        base_url="http://testserver/fhir",
+    )
+    load_demo(settings, weeks=2)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        token = c.post(
+            "/auth/token",
+            auth=("demo-backend", "demo-backend-secret"),
+            data={"grant_type": "client_credentials", "scope": "system/*.cruds"},
+        ).json()["access_token"]
+        c.headers["Authorization"] = f"Bearer {token}"
+        yield c
+
+
+def next_monday() -> date:
+    today = datetime.now(load_clinic_config(DEMO_CLINIC).tz).date()
+    return today + timedelta(days=7 - today.weekday())
+
+
+def monday_window(monday: date) -> dict[str, str]:
+    """The README's window: a Monday, 00:00 to 23:59 in the clinic's zone."""
+    tz = load_clinic_config(DEMO_CLINIC).tz
+    return {
+        "start": datetime.combine(monday, time(0), tzinfo=tz).isoformat(),
+        "end": datetime.combine(monday, time(23, 59), tzinfo=tz).isoformat(),
+    }
+
+
+def _find(client: TestClient, monday: date | None = None, **params: str) -> dict[str, Any]:
+    window = monday_window(monday or next_monday())
+    r = client.get("/fhir/Appointment/$find", params={**window, **params})
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()
+    return found
+
+
+def test_demo_patients_seen_last_year_are_offered_follow_ups(demo_server: TestClient) -> None:
+    """The README's follow-up example: Peter Chalmers and Maria Rivera were seen last year;
+    Chidi Okafor and Sara Lindqvist are new patients here."""
+    for seen in ("pat-1", "pat-2"):
+        found = _find(demo_server, **{"visit-type": "follow-up", "patient-reference": seen})
+        assert found["total"] > 0, seen
+    for new in ("pat-3", "pat-4"):
+        assert (
+            _find(demo_server, **{"visit-type": "follow-up", "patient-reference": new})["total"]
+            == 0
+        ), new
+        assert (
+            _find(demo_server, **{"visit-type": "new-patient", "patient-reference": new})["total"]
+            > 0
+        ), new
+
+
+def test_an_empty_demo_find_says_why(demo_server: TestClient) -> None:
+    """The issue's two empty answers: a follow-up for a new patient, and a procedure for a new
+    patient on a Monday (Dr. Smith sees new patients only on Tuesday mornings)."""
+
+    def reasons(found: dict[str, Any]) -> list[str]:
+        assert found["total"] == 0
+        (outcome,) = [e["resource"] for e in found["entry"] if e["search"]["mode"] == "outcome"]
+        return [issue["details"]["text"] for issue in outcome["issue"]]
+
+    cfg = load_clinic_config(DEMO_CLINIC)
+    monday = next_monday()
+    while time_off_on(cfg, "dr-smith", monday):  # the demo's leave: a Monday she works
+        monday += timedelta(weeks=1)
+    new = {"patient-reference": "Patient/pat-3"}
+    assert reasons(_find(demo_server, monday, **{"visit-type": "follow-up"}, **new)) == [
+        "a follow-up visit needs an earlier visit here"
+    ]
+    assert reasons(_find(demo_server, monday, **{"visit-type": "procedure"}, **new)) == [
+        "Dr. Alice Smith sees new patients only on Tuesday mornings (08:00 to 12:00)"
+    ]
 
 
 def test_demo_load_is_idempotent(tmp_path: Path) -> None:

@@ -171,14 +171,16 @@ def agent_world(
 
 
 def existing_patient(world: World, patient_id: str) -> None:
-    """Make ``patient_id`` an existing patient here: a past visit, fulfilled."""
+    """Make ``patient_id`` an existing patient here: a visit last year, fulfilled (the demo
+    clinic counts visits within three years)."""
+    last_year = datetime.now(UTC).replace(microsecond=0) - timedelta(days=365)
     r = world.client.post(
         "/fhir/Appointment",
         json={
             "resourceType": "Appointment",
             "status": "fulfilled",
-            "start": "2025-01-06T15:00:00+00:00",
-            "end": "2025-01-06T15:30:00+00:00",
+            "start": last_year.isoformat(),
+            "end": (last_year + timedelta(minutes=30)).isoformat(),
             "participant": [
                 {"actor": {"reference": f"Patient/{patient_id}"}, "status": "accepted"}
             ],

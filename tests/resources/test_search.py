@@ -54,7 +54,9 @@ def people(client: TestClient) -> TestClient:
         make_patient("Smithers", ["Jane"], birth="1980-11-30", mrn="A2", gender="female"),
         "p2",
     )
-    put(client, make_patient("Jones", ["Ann"], birth="1975", mrn="A3", gender="female"), "p3")
+    p3 = make_patient("Jones", ["Ann"], birth="1975", mrn="A3", gender="female")
+    p3["meta"] = {"tag": [{"system": "urn:fhir-sched:patient-status", "code": "existing"}]}
+    put(client, p3, "p3")
     p4 = make_patient("Müller", ["Zoë"], birth=None, gender="other")
     p4["telecom"] = [{"system": "email", "value": "Zoe@Example.org"}]
     put(client, p4, "p4")
@@ -94,6 +96,7 @@ PATIENT_CASES = [
     ({"_id": "p1,p3"}, ["p1", "p3"]),
     ({"name": "smith", "gender": "male"}, ["p1"]),
     ({"family": "smi", "family:exact": "Smithers"}, ["p2"]),
+    ({"_tag": "urn:fhir-sched:patient-status|existing"}, ["p3"]),
 ]
 
 

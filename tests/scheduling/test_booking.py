@@ -17,7 +17,7 @@ from resources.sql.tables import BusyTime
 from scheduling.config import ClinicConfig
 from tests.builders import FHIR_JSON, create, make_patient
 from tests.conftest import someone_waits_for_a_lock
-from tests.scheduling.test_find import MONDAY, existing_patient, find
+from tests.scheduling.test_find import MONDAY, existing_patient, find, local
 
 BT = BusyTime.__table__
 
@@ -260,6 +260,35 @@ def test_reschedule_is_one_transaction(app_client: TestClient, cfg: ClinicConfig
     assert refused.status_code == 409
     assert app_client.get(f"/fhir/Appointment/{other['id']}").json()["status"] == "booked"
     assert count_appointments(app_client, "booked") == 2
+
+
+def test_a_reschedule_books_what_find_offered(app_client: TestClient, cfg: ClinicConfig) -> None:
+    """A new patient's first visit (a procedure, for any patient, in Dr. Smith's new-patient
+    window on Tuesday) is rescheduled to what $find then offers that patient. The booking not
+    yet begun never made them an existing patient, so $find offers only times a new patient
+    may have, and the reschedule books them (it once answered 409 "no longer available" for a
+    Monday time that $find had offered and a plain $book accepted)."""
+    pid = create(app_client, make_patient("Newcomer", mrn="N-7"))["id"]
+    smith = {"patient-reference": f"Patient/{pid}", "practitioner": "Practitioner/smith"}
+    tuesday = find(app_client, cfg, MONDAY + timedelta(days=1), "procedure", **smith).json()
+    first = op(app_client, "book", appointment_resource=tuesday["entry"][0]["resource"])
+    assert first.status_code == 201, first.text
+    window = {
+        "start": local(cfg, MONDAY, 0).isoformat(),
+        "end": local(cfg, MONDAY + timedelta(days=2), 0).isoformat(),
+        "visit-type": "procedure",
+        **smith,
+    }
+    offered = app_client.get("/fhir/Appointment/$find", params=window).json()
+    assert offered["total"] > 0
+    days = {e["resource"]["start"][:10] for e in offered["entry"]}
+    assert days == {str(MONDAY + timedelta(days=1))}  # Monday: new patients not seen then
+    body = params(appointment_resource=offered["entry"][0]["resource"])
+    body["parameter"].append({"name": "cancelled-appointment-id", "valueId": first.json()["id"]})
+    moved = app_client.post("/fhir/Appointment/$book", json=body, headers=FHIR_JSON)
+    assert moved.status_code == 201, moved.text
+    old = app_client.get(f"/fhir/Appointment/{first.json()['id']}").json()
+    assert old["status"] == "cancelled"
 
 
 def test_retry_with_idempotency_key_books_once(app_client: TestClient, cfg: ClinicConfig) -> None:

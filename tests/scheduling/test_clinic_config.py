@@ -87,13 +87,33 @@ BAD = [
     ),
     ({"locations": []}, "locations", "at least 1"),
     ({"surprise": 1}, "surprise", "Extra inputs"),
+    (
+        {"existing_patient": {"visits": ["fulfilled", "cancelled"]}},
+        "existing_patient.visits[1]",
+        "'booked', 'arrived', 'checked-in', 'fulfilled' or 'noshow'",
+    ),
+    (
+        {"existing_patient": {"within_years": 0}},
+        "existing_patient.within_years",
+        "greater than or equal to 1",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("override", "path", "why"),
     BAD,
-    ids=["tz", "unknown-ref", "hours-order", "granularity", "type", "empty", "extra"],
+    ids=[
+        "tz",
+        "unknown-ref",
+        "hours-order",
+        "granularity",
+        "type",
+        "empty",
+        "extra",
+        "existing-status",
+        "existing-years",
+    ],
 )
 def test_bad_config_names_the_field(override: dict[str, Any], path: str, why: str) -> None:
     with pytest.raises(ClinicConfigError) as info:

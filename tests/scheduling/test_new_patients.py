@@ -52,7 +52,7 @@ def find_for(
     }
     r = c.post("/fhir/Appointment/$find", json=body, headers={**auth, **FHIR_JSON})
     assert r.status_code == 200, r.text
-    return [e["resource"] for e in r.json().get("entry", [])]
+    return [e["resource"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match"]
 
 
 def book(
@@ -104,8 +104,11 @@ def test_book_creates_the_described_patient_once(
     pid = patient_of(booked)
     stored = app_client.get(f"/fhir/Patient/{pid}").json()
     assert {k: v for k, v in stored.items() if k not in ("id", "meta")} == NEWCOMER
-    # now they are a patient here: offered follow-ups, and booked as the same Patient
-    later = find_for(app_client, auth, cfg, NEWCOMER, "follow-up")[-1]
+    # a visit still to come does not make them an existing patient (they have not been seen)
+    assert not find_for(app_client, auth, cfg, NEWCOMER, "follow-up")
+    # but they are a Patient here now: booked again as the same one
+    tuesday = MONDAY + timedelta(days=1)
+    later = find_for(app_client, auth, cfg, NEWCOMER, "procedure", tuesday)[-1]
     again = book(app_client, auth, later)
     assert again.status_code == 201, again.text
     assert patient_of(again.json()) == pid
