@@ -20,6 +20,7 @@ Examples::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,21 @@ def keys() -> None:
     """Encryption keys."""
 
 
+def _writable_key_file(settings: Settings, command: str) -> None:
+    """Rotation and retirement rewrite the key file beside itself (a lock file, a temporary
+    file renamed over it): refused in one line where that cannot be done, as on a secret
+    mounted read-only, before anything changes."""
+    path = settings.key_file
+    if settings.keys is not None or not path.exists():
+        return  # _key_store says what to do about FHIRSCHED_KEYS; a missing file is made
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise click.ClickException(
+            f"the key file {path} cannot be rewritten here (is it mounted read-only?): run "
+            f"`fhir-sched keys {command}` with FHIRSCHED_KEY_FILE naming the writable file it "
+            'is mounted from (docs/deploy.md, "Rotating keys")'
+        )
+
+
 def _key_store(settings: Settings) -> tuple[object, object]:
     from resources.sql.engine import Database, migrate
     from resources.store import Store
@@ -221,6 +237,7 @@ def keys_rotate(batch: int) -> None:
     from resources.store import Store
 
     settings = _settings()
+    _writable_key_file(settings, "rotate")
     database, store = _key_store(settings)
     assert isinstance(database, Database) and isinstance(store, Store)
     try:
@@ -246,6 +263,7 @@ def keys_retire(key_id: str) -> None:
     from security.crypto import retire_key
 
     settings = _settings()
+    _writable_key_file(settings, "retire")
     database, store = _key_store(settings)
     assert isinstance(database, Database) and isinstance(store, Store)
     if key_id == store.keys.active:

@@ -5,6 +5,7 @@ no database; the server then only reads them (docs/deploy.md)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,25 @@ def test_the_server_only_reads_them(
     finally:
         database.dispose()
     load_signer(path=settings.signing_key_path, key_json=None)
+
+
+@pytest.mark.parametrize("command", [["rotate"], ["retire", "k-old"]], ids=["rotate", "retire"])
+def test_rewriting_a_read_only_key_file_is_refused_in_one_line(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    assert _init(env).exit_code == 0
+    key_file = Path(env["FHIRSCHED_KEY_FILE"])
+    before = key_file.read_bytes()
+    access = os.access
+    monkeypatch.setattr(  # root writes through mode bits: a read-only mount, as access sees it
+        "fhir_server.cli.os.access",
+        lambda path, mode: access(path, mode) and Path(path) not in (key_file, key_file.parent),
+    )
+    result = CliRunner().invoke(main, ["keys", *command], env=env)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: the key file {key_file} cannot be rewritten here (is it mounted read-only?): "
+        f"run `fhir-sched keys {command[0]}` with FHIRSCHED_KEY_FILE naming the writable file "
+        'it is mounted from (docs/deploy.md, "Rotating keys")\n'
+    )
+    assert key_file.read_bytes() == before
