@@ -6,13 +6,17 @@ code; the checks are shown failing on made-up names at the end."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import click
 import pytest
+import yaml
+from sqlalchemy.engine import make_url
 
 from fhir_server.cli import main
 from fhir_server.cli_backup import PASSPHRASE_ENV
@@ -20,12 +24,15 @@ from fhir_server.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+COMPOSE_TEXT = (ROOT / "compose.yaml").read_text()
+COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
+DEPLOY = (ROOT / "docs" / "deploy.md").read_text()
+DOT_ENV = {"PUBLIC_HOST": "sched.example.org"}  # the .env docs/deploy.md asks for
 
 # FHIRSCHED_ followed by a name, or by a prefix and `*` (`FHIRSCHED_HL7_*` in prose)
 VARIABLE = re.compile(r"(?<![A-Za-z0-9_])(FHIRSCHED_[A-Z0-9_]*[A-Z0-9])(_\*)?")
 COMMAND = re.compile(r"(?<![\w./:-])fhir-sched(?=\s|$)(.*)$", re.MULTILINE)
 SHELL_COMMENT = re.compile(r"(?:^|(?<=\s))#.*$", re.MULTILINE)
-SHELL_END = re.compile(r"\s(?:&&|\|\||[|;>)#])|[`;)]")
 EXEC_FORM = re.compile(r"^(?:HEALTHCHECK\b.*?)?(?:CMD|ENTRYPOINT)\s+(\[.*\])\s*$", re.MULTILINE)
 ELLIPSIS = {"…", "..."}
 
@@ -79,11 +86,18 @@ def cli_problem(argv: list[str]) -> str | None:
 
 
 def _words(line: str) -> list[str]:
-    line = SHELL_END.split(line, maxsplit=1)[0]
+    """The words of one command, up to the shell's next operator (`&&`, `|`, `;`, `)`, `>`)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words: list[str] = []
     try:
-        return shlex.split(line)
-    except ValueError:  # a quote closed on a later line
-        return line.split()
+        for word in lexer:
+            if set(word) <= set("();<>|&"):
+                break
+            words.append(word)
+    except ValueError:  # a quote closed on a later line: the words before it
+        pass
+    return words
 
 
 def commands_in_text(text: str) -> list[list[str]]:
@@ -95,9 +109,9 @@ def commands_in_text(text: str) -> list[list[str]]:
 
 def commands_in_markdown(text: str) -> list[list[str]]:
     """The commands in a Markdown file's code: fenced blocks and inline code spans."""
-    fenced = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+    fenced = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
     blocks = [m.group(1) for m in fenced.finditer(text)]
-    spans = re.findall(r"`([^`\n]+)`", fenced.sub("", text))
+    spans = [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", fenced.sub("", text))]
     return [argv for code in (*blocks, *spans) for argv in commands_in_text(code)]
 
 
@@ -109,6 +123,18 @@ def commands_in_dockerfile(text: str) -> list[list[str]]:
         argv = json.loads(line)
         if argv and argv[0] == "fhir-sched":
             found.append(argv[1:])
+    return found
+
+
+def commands_in_compose(compose: dict[str, Any]) -> list[list[str]]:
+    """The services' commands and entrypoints that run fhir-sched."""
+    found = []
+    for service in compose.get("services", {}).values():
+        for key in ("entrypoint", "command"):
+            value = service.get(key) or []
+            argv = shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+            if argv and argv[0] == "fhir-sched":
+                found.append(argv[1:])
     return found
 
 
@@ -148,6 +174,118 @@ def test_the_build_context_holds_every_package_the_install_needs() -> None:
     needed = {p.rstrip("*") for p in packages} | {"pyproject.toml", "constraints.txt"}
     needed |= {project["project"]["readme"], *project["project"]["license-files"]}
     assert sorted(needed - allowed) == []
+
+
+# -- compose.yaml -------------------------------------------------------------------------
+
+
+def test_compose_names_only_what_the_code_has() -> None:
+    commands = commands_in_compose(COMPOSE)
+    assert problems(commands, COMPOSE_TEXT) == []
+    assert sorted(commands) == [["db", "upgrade"], ["hl7", "listen"], ["serve"]]
+
+
+def interpolate(value: object) -> str:
+    """A value as compose interpolates it with DOT_ENV: ${X}, ${X:-default}, ${X:?error}."""
+
+    def one(found: re.Match[str]) -> str:
+        name, op, arg = found.groups()
+        if name in DOT_ENV:
+            return DOT_ENV[name]
+        assert op == "-", f"{name} must be set"
+        return str(arg)
+
+    return re.sub(r"\$\{(\w+)(?::?([-?])([^}]*))?\}", one, str(value))
+
+
+def image_environment() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.*)$", DOCKERFILE.replace("\\\n", " "), re.MULTILINE):
+        for word in shlex.split(line):
+            key, _, value = word.partition("=")
+            env[key] = value
+    return env
+
+
+def service(name: str) -> dict[str, Any]:
+    found: dict[str, Any] = COMPOSE["services"][name]
+    return found
+
+
+def settings_of(name: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a service's server starts with: the image's ENV, then the service's
+    environment. The clinic file is left out: it exists only once compose mounts it."""
+    env = image_environment() | {
+        k: interpolate(v) for k, v in service(name).get("environment", {}).items()
+    }
+    for key in os.environ:
+        if key.startswith("FHIRSCHED_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("FHIRSCHED_") and key != "FHIRSCHED_CLINIC_FILE":
+            monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_the_api_runs_several_workers_on_postgresql_without_the_bridge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_of("api", monkeypatch)
+    settings.check_bind()  # what `serve` refuses, it would refuse here
+    settings.check_workers()
+    assert settings.workers > 1
+    assert not settings.hl7_listen
+    assert make_url(settings.database_url).drivername == "postgresql+psycopg"
+    assert settings.fhir_base == "https://sched.example.org/fhir"
+    assert "ports" not in service("api")  # the proxy alone reaches it (FORWARDED_ALLOW_IPS)
+
+
+def test_the_hl7_listener_runs_apart_on_the_same_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    api_database = settings_of("api", monkeypatch).database_url
+    settings = settings_of("hl7", monkeypatch)
+    settings.check_hl7_bind()
+    assert settings.database_url == api_database
+
+
+def test_migrations_run_once_before_the_servers() -> None:
+    assert service("migrate")["command"] == ["fhir-sched", "db", "upgrade"]
+    for name in ("api", "hl7"):
+        needs = service(name)["depends_on"]
+        assert needs["migrate"]["condition"] == "service_completed_successfully", name
+    assert service("migrate")["depends_on"]["db"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", ["migrate", "api", "hl7"])
+def test_keys_are_read_only_secrets_and_what_is_written_is_in_a_volume(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_of(name, monkeypatch)
+    secrets = {f"/run/secrets/{s}" for s in service(name)["secrets"]}
+    assert str(settings.key_file) == "/run/secrets/fhirsched_keys"
+    needed = [settings.key_file]
+    if name != "hl7":  # the listener signs no id_token and runs no agent
+        needed += [settings.signing_key_path, settings.agent_key_path]
+    assert sorted(str(p) for p in needed if str(p) not in secrets) == []
+    volumes = {PurePosixPath(v.split(":")[1]) for v in service(name)["volumes"]}
+    assert PurePosixPath(settings.audit_checkpoint_path).parent in volumes
+    assert set(COMPOSE["secrets"]) >= set(service(name)["secrets"])
+
+
+def test_the_image_dumps_the_database_version_compose_runs() -> None:
+    """`fhir-sched backup` needs pg_dump of the server's major version or newer."""
+    server = re.fullmatch(r"postgres:(\d+)\.\d+-\w+", service("db")["image"])
+    client = re.search(r"postgresql-client-(\d+)", DOCKERFILE)
+    assert server and client and server.group(1) == client.group(1)
+
+
+# -- docs/deploy.md -----------------------------------------------------------------------
+
+
+def test_deploy_md_names_only_what_the_code_has() -> None:
+    commands = commands_in_markdown(DEPLOY)
+    assert problems(commands, DEPLOY) == []
+    for needed in (["db", "upgrade"], ["keys", "rotate"], ["backup"], ["hl7", "listen"]):
+        assert any(argv[: len(needed)] == needed for argv in commands), needed
 
 
 # -- the checks themselves ------------------------------------------------------------------
@@ -192,6 +330,14 @@ def test_commands_are_found_where_they_are_used() -> None:
     assert problems(commands_in_markdown(markdown), markdown) == [
         "fhir-sched backup has no option --passphrase",
         "fhir-sched keys has no command 'rotat'",
+    ]
+    compose_text = (
+        "services:\n  hl7:\n    command: fhir-sched hl7 listne\n"
+        "    environment:\n      FHIRSCHED_WROKERS: ${FHIRSCHED_WROKERS:-2}\n"
+    )
+    assert problems(commands_in_compose(yaml.safe_load(compose_text)), compose_text) == [
+        "fhir-sched hl7 has no command 'listne'",
+        "no setting FHIRSCHED_WROKERS",
     ]
     dockerfile = 'ENV FHIRSCHED_PORTS=1\nCMD ["fhir-sched", "serv"]\n'
     assert problems(commands_in_dockerfile(dockerfile), dockerfile) == [
