@@ -6,6 +6,7 @@ Examples::
     fhir-sched serve --port 8080         # serve what is in the configured database
     fhir-sched serve --workers 4         # four server processes (PostgreSQL)
     fhir-sched db upgrade                # apply migrations
+    fhir-sched keys init                 # make the key files (for secrets mounted read-only)
     fhir-sched keys rotate               # add a KEK and rewrap every row (server may run)
     fhir-sched keys retire KEY_ID        # drop an old KEK once no row uses it
     fhir-sched client add|list|revoke    # SMART clients (see fhir_server/cli_auth.py)
@@ -19,6 +20,8 @@ Examples::
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +195,21 @@ def keys() -> None:
     """Encryption keys."""
 
 
+def _writable_key_file(settings: Settings, command: str) -> None:
+    """Rotation and retirement rewrite the key file beside itself (a lock file, a temporary
+    file renamed over it): refused in one line where that cannot be done, as on a secret
+    mounted read-only, before anything changes."""
+    path = settings.key_file
+    if settings.keys is not None or not path.exists():
+        return  # _key_store says what to do about FHIRSCHED_KEYS; a missing file is made
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise click.ClickException(
+            f"the key file {path} cannot be rewritten here (is it mounted read-only?): run "
+            f"`fhir-sched keys {command}` with FHIRSCHED_KEY_FILE naming the writable file it "
+            'is mounted from (docs/deploy.md, "Rotating keys")'
+        )
+
+
 def _key_store(settings: Settings) -> tuple[object, object]:
     from resources.sql.engine import Database, migrate
     from resources.store import Store
@@ -219,6 +237,7 @@ def keys_rotate(batch: int) -> None:
     from resources.store import Store
 
     settings = _settings()
+    _writable_key_file(settings, "rotate")
     database, store = _key_store(settings)
     assert isinstance(database, Database) and isinstance(store, Store)
     try:
@@ -244,6 +263,7 @@ def keys_retire(key_id: str) -> None:
     from security.crypto import retire_key
 
     settings = _settings()
+    _writable_key_file(settings, "retire")
     database, store = _key_store(settings)
     assert isinstance(database, Database) and isinstance(store, Store)
     if key_id == store.keys.active:
@@ -267,6 +287,43 @@ def keys_retire(key_id: str) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"retired {key_id}")
+
+
+@keys.command("init")
+def keys_init() -> None:
+    """Make the key file, the id_token signing key and the booking agent's key where the
+    configuration puts them (each 0600), keeping any that is already there.
+
+    The server makes the first two on its first run; a container whose keys are mounted
+    read-only cannot, so they are made once beforehand (docs/deploy.md). It touches no
+    database: a database that already holds data needs its own key file (from its old server
+    or a backup), never a new one.
+    """
+    from agent.fhir import generate_agent_key
+    from security.crypto import load_keyring
+    from security.smart.signing import load_signer
+
+    settings = _settings()
+    makers: list[tuple[str, Path | None, Callable[[Path], object]]] = [
+        (
+            "key file",
+            None if settings.keys else settings.key_file,
+            lambda path: load_keyring(key_file=path, keys_json=None),
+        ),
+        (
+            "signing key",
+            None if settings.signing_key else settings.signing_key_path,
+            lambda path: load_signer(path=path, key_json=None),
+        ),
+        ("agent key", settings.agent_key_path, generate_agent_key),
+    ]
+    for what, path, make in makers:
+        if path is None:
+            click.echo(f"{what}: given through the environment")
+            continue
+        state = "kept" if path.exists() else "created"
+        make(path)
+        click.echo(f"{what}: {state} {path}")
 
 
 @keys.command("status")
