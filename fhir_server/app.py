@@ -344,7 +344,7 @@ def create_app(
             fhir.router, prefix="/fhir", responses=ERRORS, default_response_class=Response
         )
     _install_error_handlers(app)
-    install_openapi(app)
+    install_openapi(app, smart=auth.smart_configuration(app.state.services.oauth))
     app.add_middleware(
         CORSMiddleware,  # bearer tokens, not cookies: any origin may call with a token
         allow_origins=settings.cors_origins,

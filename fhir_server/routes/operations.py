@@ -19,7 +19,8 @@ from fhir_server.http import (
     run_lookup,
     run_sync,
 )
-from fhir_server.openapi import answers, operation_body, operation_query, parameters
+from fhir_server.openapi import answers, parameters
+from fhir_server.openapi_operations import operation_body, operation_query
 from scheduling.booking import KeyInFlight
 from scheduling.find import parameters_pairs
 
