@@ -40,7 +40,7 @@ from fhir_server.keyring import open_keys
 from fhir_server.openapi import ERRORS
 from fhir_server.openapi import install as install_openapi
 from fhir_server.routes import agent as agent_routes
-from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
+from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
 from fhir_server.settings import Settings
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
@@ -300,7 +300,8 @@ def create_app(
         title="fhir-sched",
         version="0.1.0",
         description="FHIR R4 scheduling server",
-        docs_url="/docs",
+        docs_url=None,  # served by routes/docs.py from packaged files, not from a CDN
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.services = Services(
@@ -338,6 +339,7 @@ def create_app(
     app.include_router(agent_routes.router)
     app.include_router(auth.router)
     app.include_router(authorize.router)
+    app.include_router(docs.router)
     for fhir in (metadata, operations, audit, resources):
         # Response: the routes build their own, so FastAPI documents no JSON body of its own
         app.include_router(
