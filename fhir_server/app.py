@@ -37,10 +37,12 @@ from fhir_server.handlers import Context
 from fhir_server.hl7_runtime import install_outbox, start_bridge
 from fhir_server.http import PrincipalCache, Services, error_response
 from fhir_server.keyring import open_keys
+from fhir_server.metrics import Metrics, MetricsMiddleware
 from fhir_server.openapi import ERRORS
 from fhir_server.openapi import install as install_openapi
 from fhir_server.routes import agent as agent_routes
-from fhir_server.routes import audit, auth, authorize, metadata, operations, resources
+from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
+from fhir_server.routes import metrics as metrics_routes
 from fhir_server.settings import Settings
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
@@ -242,6 +244,7 @@ def create_app(
         paging=Paging(settings.default_page_size, settings.max_page_size),
     )
     reader = AsyncReader(db.url) if db.dialect == "postgresql" else None
+    metrics = Metrics.from_environment()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -300,7 +303,8 @@ def create_app(
         title="fhir-sched",
         version="0.1.0",
         description="FHIR R4 scheduling server",
-        docs_url="/docs",
+        docs_url=None,  # served by routes/docs.py from packaged files, not from a CDN
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.services = Services(
@@ -322,6 +326,7 @@ def create_app(
         principals=PrincipalCache(settings.token_cache_seconds),
         reader=reader,
         clinic=load_clinic_config(settings.clinic_file) if settings.clinic_file else None,
+        metrics=metrics,
     )
     clinic_config = app.state.services.clinic
     app.state.agent = (
@@ -332,19 +337,24 @@ def create_app(
     agent_pool = ThreadPoolExecutor(settings.agent_threads, thread_name_prefix="agent")
     app.state.agent_pool = agent_pool
     app.state.agent_tasks = set()
-    audit_writer = AuditWriter(db, keys, enabled=settings.audit_enabled, reader=reader)
+    audit_writer = AuditWriter(
+        db, keys, enabled=settings.audit_enabled, reader=reader, metrics=metrics
+    )
     app.state.audit_writer = audit_writer
     app.include_router(metadata.health)
     app.include_router(agent_routes.router)
     app.include_router(auth.router)
     app.include_router(authorize.router)
+    app.include_router(docs.router)
+    if settings.metrics_token is not None:
+        app.include_router(metrics_routes.router)
     for fhir in (metadata, operations, audit, resources):
         # Response: the routes build their own, so FastAPI documents no JSON body of its own
         app.include_router(
             fhir.router, prefix="/fhir", responses=ERRORS, default_response_class=Response
         )
     _install_error_handlers(app)
-    install_openapi(app)
+    install_openapi(app, smart=auth.smart_configuration(app.state.services.oauth))
     app.add_middleware(
         CORSMiddleware,  # bearer tokens, not cookies: any origin may call with a token
         allow_origins=settings.cors_origins,
@@ -370,4 +380,6 @@ def create_app(
     )
     app.add_middleware(AuditMiddleware, writer=audit_writer, server=settings.fhir_base)
     app.add_middleware(RequestContextMiddleware)
+    if settings.metrics_token is not None:  # outermost: counts and times every answer
+        app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

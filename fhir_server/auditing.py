@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from base.errors import BadRequest, ServiceUnavailable
 from base.logging import get_logger
 from fhir_server.http import CONVERSATION_HEADER, conversation_id, error_response
+from fhir_server.metrics import Metrics
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.sql.group_commit import GroupCommit
@@ -44,8 +45,10 @@ class AuditWriter:
         *,
         enabled: bool = True,
         reader: AsyncReader | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics
         self.keys = keys
         self.enabled = enabled
         self.reader = reader  # PostgreSQL: async connections, so a batch blocks no thread
@@ -69,6 +72,8 @@ class AuditWriter:
             await self._append(events)
         except Exception as exc:  # every failure means "not recorded"
             log.error("audit.write_failed", error_type=type(exc).__name__, events=len(events))
+            if self.metrics is not None:
+                self.metrics.audit_failures.inc()
             raise AuditUnavailable("the audit log refused the records") from exc
         return [None] * len(requests)
 

@@ -88,7 +88,7 @@ def _serve(settings: Settings) -> None:
 
     from base.logging import configure_logging
     from fhir_server.protocol import DeadlineProtocol, use_settings
-    from fhir_server.worker import hand_over, serving_app
+    from fhir_server.worker import hand_over, serving_app, shared_metrics
     from scheduling.config import load_clinic_config
 
     try:
@@ -121,7 +121,10 @@ def _serve(settings: Settings) -> None:
     click.echo(f"FHIR base URL: {settings.fhir_base}", err=True)
     if settings.workers > 1:
         hand_over(settings)
-        uvicorn.run("fhir_server.worker:create", factory=True, workers=settings.workers, **served)
+        with shared_metrics(settings):
+            uvicorn.run(
+                "fhir_server.worker:create", factory=True, workers=settings.workers, **served
+            )
         return
     uvicorn.run(serving_app(settings), **served)
 

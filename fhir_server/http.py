@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
@@ -20,6 +20,7 @@ from base.errors import (
     UnsupportedMediaType,
 )
 from fhir_server.handlers import FHIR_JSON, Context, FHIRResponse
+from fhir_server.metrics import Metrics
 from fhir_server.settings import Settings
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
@@ -67,6 +68,7 @@ class Services:
     principals: PrincipalCache
     reader: AsyncReader | None = None  # PostgreSQL only: async read-by-id
     clinic: ClinicConfig | None = None  # the rules $find applies
+    metrics: Metrics = field(default_factory=Metrics)  # counted always, served if configured
 
 
 async def get_services(request: Request) -> Services:

@@ -3,17 +3,21 @@ FHIR route cannot say through its signature (it reads its own body and query, so
 neither).
 
 Routes declare their bodies, parameters and answers with the helpers here (``openapi_extra=``,
-``responses=``); :func:`install` adds the shared schemas, the bearer security scheme on every
+``responses=``); :func:`install` adds the shared schemas, the security schemes (SMART's OAuth 2
+flows, with this server's endpoints and scopes, or a bearer token got elsewhere) on every
 route that takes a token (found from its dependencies, never listed by hand) and replaces
 FastAPI's 422 ``HTTPValidationError``, which this server never sends: every FHIR error is an
 OperationOutcome (``base/errors.py``), documented as each FHIR route's ``default`` answer.
-The scheduling operations' parameters are derived from ``conformance/operations.py``.
+The scheduling operations' parameters, and the Parameters resource each one's POST takes (a
+component per operation, ``AppointmentFindParameters``, …), are derived from
+``conformance/operations.py``.
 
 See https://spec.openapis.org/oas/v3.1.0 and https://hl7.org/fhir/R4/http.html.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path
@@ -22,34 +26,36 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from conformance.declaration import RESOURCE_TYPES
-from conformance.operations import OPERATIONS, OpParam
+from security.smart.consent import describe
 
 __all__ = [
+    "CODING",
     "ERRORS",
+    "FHIR_JSON",
+    "ID_SCHEMA",
+    "REFERENCE",
     "RESOURCE_ID",
     "RESOURCE_TYPE",
     "VERSION_ID",
     "answers",
     "body",
     "install",
-    "operation_body",
-    "operation_query",
     "parameters",
 ]
 
 FHIR_JSON = "application/fhir+json"
-_ID = {"type": "string", "pattern": r"^[A-Za-z0-9\-.]{1,64}$"}
+ID_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9\-.]{1,64}$"}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_CODING = {
+CODING = {
     "type": "object",
     "properties": {"system": {"type": "string"}, "code": {"type": "string"}},
 }
-_REFERENCE = {"type": "object", "properties": {"reference": {"type": "string"}}}
+REFERENCE = {"type": "object", "properties": {"reference": {"type": "string"}}}
 SCHEMAS: dict[str, Any] = {
     "OperationOutcome": {
         "type": "object",
@@ -76,7 +82,11 @@ SCHEMAS: dict[str, Any] = {
     "Resource": {
         "type": "object",
         "required": ["resourceType"],
-        "properties": {"resourceType": {"type": "string"}, "id": _ID, "meta": {"type": "object"}},
+        "properties": {
+            "resourceType": {"type": "string"},
+            "id": ID_SCHEMA,
+            "meta": {"type": "object"},
+        },
     },
     "Bundle": {
         "type": "object",
@@ -105,7 +115,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["resourceType"],
         "properties": {
             "resourceType": {"enum": sorted(RESOURCE_TYPES)},
-            "id": _ID,
+            "id": ID_SCHEMA,
             "meta": {"type": "object"},
         },
     },
@@ -160,7 +170,7 @@ RESOURCE_TYPE = Annotated[
         json_schema_extra={"enum": sorted(RESOURCE_TYPES)},
     ),
 ]
-RESOURCE_ID = Annotated[str, Path(description="a FHIR id", json_schema_extra=_ID)]
+RESOURCE_ID = Annotated[str, Path(description="a FHIR id", json_schema_extra=ID_SCHEMA)]
 VERSION_ID = Annotated[
     str, Path(description="a version number", json_schema_extra={"pattern": "^[0-9]+$"})
 ]
@@ -218,84 +228,6 @@ def parameters(location: str, names: dict[str, dict[str, Any] | str]) -> dict[st
     }
 
 
-_VALUE_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "dateTime": ("valueDateTime", {"type": "string", "format": "date-time"}),
-    "string": ("valueString", {"type": "string"}),
-    "integer": ("valueInteger", {"type": "integer"}),
-    "id": ("valueId", _ID),
-    "Coding": ("valueCoding", _CODING),
-    "CodeableConcept": (
-        "valueCodeableConcept",
-        {
-            "type": "object",
-            "properties": {
-                "coding": {"type": "array", "items": _CODING},
-                "text": {"type": "string"},
-            },
-        },
-    ),
-    "Reference": ("valueReference", _REFERENCE),
-}
-
-
-def _parameter(p: OpParam) -> dict[str, Any]:
-    key, schema = _VALUE_TYPES.get(p.type) or (
-        "resource",
-        {
-            "type": "object",
-            "required": ["resourceType"],
-            "properties": {"resourceType": {"const": p.type}},
-        },
-    )
-    return {
-        "type": "object",
-        "required": ["name", key],
-        "properties": {"name": {"enum": [p.name, *p.aliases]}, key: schema},
-        "description": p.doc,
-    }
-
-
-def operation_body(op_id: str) -> dict[str, Any]:
-    """``openapi_extra=`` for POST of ``OPERATIONS[op_id]``: a Parameters resource whose
-    parameters are those the operation declares (by name or alias)."""
-    op = OPERATIONS[op_id]
-    return body(
-        {
-            "type": "object",
-            "required": ["resourceType"],
-            "properties": {
-                "resourceType": {"const": "Parameters"},
-                "parameter": {
-                    "type": "array",
-                    "items": {"anyOf": [_parameter(p) for p in op.parameters]},
-                },
-            },
-        }
-    )
-
-
-def operation_query(op_id: str) -> dict[str, Any]:
-    """``openapi_extra=`` for GET of ``OPERATIONS[op_id]``: its declared parameters (other
-    than resources) in the query string. The aliases are accepted too."""
-    schemas = {
-        "integer": {"type": "integer"},
-        "dateTime": {"type": "string", "format": "date-time"},
-    }
-    return {
-        "parameters": [
-            {
-                "name": p.name,
-                "in": "query",
-                "required": p.min > 0,
-                "schema": schemas.get(p.type, {"type": "string"}),
-                "description": p.doc or p.type,
-            }
-            for p in OPERATIONS[op_id].parameters
-            if p.type in _VALUE_TYPES
-        ]
-    }
-
-
 def _search_by_type(paths: dict[str, Any]) -> None:
     """Search, one path per served type with the parameters it declares
     (``conformance/declaration.py``), in place of ``GET /fhir/{rtype}``, whose parameters
@@ -328,8 +260,59 @@ def _takes_token(dependant: Dependant) -> bool:
     return any(d.call is get_principal or _takes_token(d) for d in dependant.dependencies)
 
 
-def install(app: FastAPI) -> None:
-    """Make ``app.openapi()`` the document described above (built once, on first use)."""
+# Scopes "Try it out" offers beside those the SMART configuration lists (read and search): the
+# wildcard with every permission, for each context.
+_WRITE_SCOPES = ("patient/*.cruds", "user/*.cruds", "system/*.cruds")
+
+
+def security_schemes(smart: dict[str, Any]) -> dict[str, Any]:
+    """The two ways to send a token: ``smart``, the OAuth 2 flows of this server's SMART
+    authorization server (``smart`` is its ``/.well-known/smart-configuration``), so a client
+    generated from the document, or Swagger UI, can get one; and ``bearer``, a token got
+    elsewhere (``fhir-sched`` prints how). See
+    https://hl7.org/fhir/smart-app-launch/app-launch.html and
+    https://spec.openapis.org/oas/v3.1.0#oauth-flows-object."""
+    scopes = list(dict.fromkeys([*smart["scopes_supported"], *_WRITE_SCOPES]))
+    token = smart["token_endpoint"]
+    return {
+        "smart": {
+            "type": "oauth2",
+            "description": "SMART on FHIR. Apps and users: the authorization code flow with "
+            "PKCE (S256 only; `code_challenge` is required) and `aud` set to the FHIR base "
+            f"URL, {smart['issuer']}. Backend services: client credentials, with "
+            "client_secret_basic or a private_key_jwt assertion (SMART Backend Services). "
+            "The scopes needed are SMART's: `<patient|user|system>/<Type>.<cruds>`, and "
+            "`<context>/Appointment.$find`, `.$hold`, `.$book` for the scheduling operations.",
+            "flows": {
+                "authorizationCode": {
+                    "authorizationUrl": smart["authorization_endpoint"],
+                    "tokenUrl": token,
+                    "refreshUrl": token,
+                    "scopes": {s: describe(s) for s in scopes if not s.startswith("system/")},
+                },
+                "clientCredentials": {
+                    "tokenUrl": token,
+                    "scopes": {s: describe(s) for s in scopes if s.startswith("system/")},
+                },
+            },
+        },
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A SMART on FHIR access token from /auth/token "
+            "(see /.well-known/smart-configuration)",
+        },
+    }
+
+
+# Each protected operation takes a token by either scheme (one requirement or the other).
+SECURITY: list[dict[str, list[str]]] = [{"smart": []}, {"bearer": []}]
+
+
+def install(app: FastAPI, *, smart: dict[str, Any]) -> None:
+    """Make ``app.openapi()`` the document described above (built once, on first use);
+    ``smart`` is the server's SMART configuration, whose endpoints and scopes the OAuth 2
+    scheme names."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -345,14 +328,7 @@ def install(app: FastAPI) -> None:
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         schemas.update(SCHEMAS)
-        components["securitySchemes"] = {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "A SMART on FHIR access token from /auth/token "
-                "(see /.well-known/smart-configuration)",
-            }
-        }
+        components["securitySchemes"] = security_schemes(smart)
         secured = {
             (route.path, method.lower())
             for route in app.routes
@@ -364,8 +340,12 @@ def install(app: FastAPI) -> None:
                 if "HTTPValidationError" in str(operation["responses"].get("422")):
                     del operation["responses"]["422"]  # answered as 400 (app.py)
                 if (path, method) in secured:
-                    operation["security"] = [{"bearer": []}]
+                    operation["security"] = [dict(r) for r in SECURITY]
         _search_by_type(doc["paths"])
+        # imported here: the operations' module builds on this one's helpers
+        from fhir_server.openapi_operations import add_operation_inputs
+
+        add_operation_inputs(doc, datetime.now(UTC).date() + timedelta(days=1))
         app.openapi_schema = doc
         return doc
 

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     default_page_size: int = Field(default=20, ge=1, le=1000)
     max_page_size: int = Field(default=500, ge=1, le=10000)
     log_level: str = "info"
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Serve Prometheus metrics at /metrics to a scraper sending this as "
+        "`Authorization: Bearer <token>` (at least 16 characters, e.g. `openssl rand -hex "
+        "32`); unset, /metrics is not served",
+    )
     audit_enabled: bool = Field(
         default=True,
         description="Write the audit log (false only to measure what auditing costs)",
@@ -240,6 +246,15 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError(
+                "must be at least 16 characters, e.g. the output of openssl rand -hex 32"
+            )
+        return value
 
     @field_validator("hl7_status_map")
     @classmethod

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import FastAPI
 from pydantic import SecretStr
 
 from fhir_server.settings import Settings
 
-__all__ = ["create", "hand_over", "serving_app", "worker_env"]
+__all__ = ["create", "hand_over", "serving_app", "shared_metrics", "worker_env"]
 
 
 def worker_env(settings: Settings) -> dict[str, str | None]:
@@ -47,6 +51,30 @@ def hand_over(settings: Settings) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = text
+
+
+@contextmanager
+def shared_metrics(settings: Settings) -> Iterator[None]:
+    """While the workers run, a fresh directory where each writes its metrics and from which a
+    scrape of any of them adds up all of them (prometheus_client's multiprocess mode, told by
+    ``PROMETHEUS_MULTIPROC_DIR``, which the workers inherit); removed when they stop, so a
+    restart starts from zero as a single process does. Nothing when metrics are off."""
+    from fhir_server.metrics import MULTIPROCESS_DIR
+
+    if settings.metrics_token is None:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="fhir-sched-metrics-")
+    before = os.environ.get(MULTIPROCESS_DIR)
+    os.environ[MULTIPROCESS_DIR] = directory
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROCESS_DIR, None)
+        else:
+            os.environ[MULTIPROCESS_DIR] = before
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def serving_app(settings: Settings) -> FastAPI:

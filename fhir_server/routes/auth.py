@@ -158,6 +158,8 @@ async def _endpoint(services: Services, request: Request, name: str) -> Response
             kind = {"token": "token", "introspection": "introspect"}.get(name, "revoke")
             user = oreq.user if isinstance(oreq.user, User) else None
             server.audit(kind, oreq, status=status, client_id=client, user=user, description=error)
+            if name == "token":
+                services.metrics.token(oreq.form.get("grant_type"), status, error)
             return result
 
     status, body, headers = await run_sync(run)

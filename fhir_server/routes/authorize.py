@@ -199,6 +199,7 @@ def _decide(services: Services, oreq: OAuthRequest) -> Response:
                 client_id=client_id,
                 description=f"too many failed sign-ins: refused for {wait} s more",
             )
+            services.metrics.signin("throttled")
             message = f"too many failed sign-ins; try again in {_duration(wait)}"
             page = auth_pages.signin_page(oreq.payload.data, _client_name(server, grant), message)
             response = _html(page, 429)
@@ -209,6 +210,7 @@ def _decide(services: Services, oreq: OAuthRequest) -> Response:
         )
         if user is None:
             failures = throttle.failed()
+            services.metrics.signin("failed")
             server.audit(
                 "login",
                 oreq,
@@ -222,6 +224,7 @@ def _decide(services: Services, oreq: OAuthRequest) -> Response:
             return _html(page, 401)
         throttle.succeeded()
         server.audit("login", oreq, status=200, client_id=client_id, user=user)
+        services.metrics.signin("succeeded")
         return _after_signin(services, oreq, grant, user, launch_patient)
     user = _ticket_user(server, oreq)  # also proves the launch is the one signed in with
     # checked on every page, not only at sign-in: the ticket keeps the launch the same, but

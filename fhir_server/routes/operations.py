@@ -19,7 +19,8 @@ from fhir_server.http import (
     run_lookup,
     run_sync,
 )
-from fhir_server.openapi import answers, operation_body, operation_query, parameters
+from fhir_server.openapi import answers, parameters
+from fhir_server.openapi_operations import operation_body, operation_query
 from scheduling.booking import KeyInFlight
 from scheduling.find import parameters_pairs
 
@@ -120,4 +121,17 @@ async def book(request: Request, services: ServicesDep, ctx: ContextDep) -> Resp
                 raise Conflict("a request with this idempotency key is still in progress") from None
             return replayed
 
-    return fhir_response(await run_sync(run))
+    try:
+        answer: handlers.FHIRResponse = await run_sync(run)
+    except Exception as exc:
+        services.metrics.book_failed(exc)
+        raise
+    services.metrics.booked(answer.status, _cancelled(answer))
+    return fhir_response(answer)
+
+
+def _cancelled(answer: handlers.FHIRResponse) -> bool:
+    """Whether a 200 from $book cancelled (else it modified); a 201 booked."""
+    if answer.status != 200 or answer.stored is None or answer.stored.body is None:
+        return False
+    return answer.stored.resource().get("status") == "cancelled"

@@ -1,7 +1,8 @@
 """`fhir-sched serve --workers N`: several server processes on one PostgreSQL.
 
 They share nothing but the database, so what must hold across processes is shown across them:
-one booking of a contested time, and one unbroken audit chain written by both."""
+one booking of a contested time, one unbroken audit chain written by both, and metrics that
+count both whichever of them is scraped."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fhir_server.settings import Settings
 from fhir_server.worker import worker_env
+from tests.fhir_server.test_metrics import samples, value
 from tests.integration.server import EXE
-from tests.integration.test_booking_race import CLINIC, clinic_server, race_for_one_time
+from tests.integration.test_booking_race import CALLERS, CLINIC, clinic_server, race_for_one_time
+
+METRICS_TOKEN = "workers-scrape-token-0123456789"
 
 
 def _workers(pid: int) -> list[int]:
@@ -29,12 +34,18 @@ def _workers(pid: int) -> list[int]:
     return out
 
 
-def test_two_workers_book_a_contested_time_once_and_keep_one_audit_chain(
+def test_two_workers_book_a_contested_time_once_keep_one_audit_chain_and_count_both(
     tmp_path: Path, database_url: str
 ) -> None:
     if not database_url.startswith("postgresql"):
         pytest.skip("several workers need PostgreSQL (SQLite is refused: the next test)")
-    with clinic_server(tmp_path, database_url, CLINIC, FHIRSCHED_WORKERS="2") as server:
+    with clinic_server(
+        tmp_path,
+        database_url,
+        CLINIC,
+        FHIRSCHED_WORKERS="2",
+        FHIRSCHED_METRICS_TOKEN=METRICS_TOKEN,
+    ) as server:
         assert len(_workers(server.pid)) == 2
         race_for_one_time(server)
         verified = server.cli("audit", "verify")
@@ -42,6 +53,18 @@ def test_two_workers_book_a_contested_time_once_and_keep_one_audit_chain(
         report = json.loads(verified.stdout)
         # the race alone: 50 $book and their reads, from two processes into one chain
         assert report["intact"] is True and report["records"] >= 50
+        # each scrape lands on either worker and counts the race's $book of both
+        for _ in range(4):
+            scraped = httpx.get(
+                f"{server.root}/metrics",
+                headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+                timeout=30,
+            )
+            assert scraped.status_code == 200, scraped.text
+            counted = samples(scraped.text)
+            book = "fhirsched_book_outcomes_total"
+            assert value(counted, book, outcome="booked") == 1
+            assert value(counted, book, outcome="conflict") == CALLERS - 1
 
 
 def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
