@@ -70,7 +70,7 @@ class AgentConfig:
     """Everything the agent needs, from the server's settings."""
 
     fhir_base: str  # e.g. http://127.0.0.1:8080/fhir (the agent calls it over HTTP)
-    token_url: str
+    token_url: str  # where the agent asks for its token
     client_id: str
     key_file: Path  # the agent's private signing key (a JWK, ES384), mode 0600
     directory: Directory
@@ -83,4 +83,5 @@ class AgentConfig:
     max_tool_calls: int = 5
     otp_seconds: int = 600
     sms_from: str | None = None
+    token_audience: str | None = None  # the assertion's aud: the server's public token URL
     extra: dict[str, str] = field(default_factory=dict)

@@ -114,7 +114,7 @@ class FhirClient:
         claims = {
             "iss": self.config.client_id,
             "sub": self.config.client_id,
-            "aud": self.config.token_url,
+            "aud": self.config.token_audience or self.config.token_url,
             "exp": now + 240,
             "jti": uuid.uuid4().hex,
         }

@@ -57,9 +57,13 @@ def directory_of(clinic: ClinicConfig) -> Directory:
 
 def agent_config(settings: Settings, clinic: ClinicConfig) -> AgentConfig:
     key = settings.anthropic_api_key
+    fhir_base = (settings.agent_fhir_url or settings.fhir_base).rstrip("/")
+    audience = f"{settings.public_root}/auth/token"  # what the server checks the assertion for
     return AgentConfig(
-        fhir_base=(settings.agent_fhir_url or settings.fhir_base).rstrip("/"),
-        token_url=f"{settings.public_root}/auth/token",
+        fhir_base=fhir_base,
+        # asked where the agent reaches the server, which may not be the public address
+        token_url=f"{fhir_base.removesuffix('/fhir')}/auth/token",
+        token_audience=audience,
         client_id=settings.agent_client_id,
         key_file=settings.agent_key_path,
         directory=directory_of(clinic),

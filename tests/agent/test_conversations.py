@@ -14,9 +14,12 @@ from sqlalchemy import text
 from agent.fhir import FhirClient
 from agent.model import ModelReply
 from agent.text import shown_date, shown_time
-from fhir_server.agent_runtime import build_agent
+from fhir_server.agent_runtime import agent_config, build_agent
+from fhir_server.demo import DEMO_CLINIC
+from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from resources.store import Store
+from scheduling.config import load_clinic_config
 from security.crypto import KeyRing
 from tests.agent.harness import agent_world, existing_patient, staff_book
 
@@ -149,3 +152,21 @@ def test_messages_stored_but_never_answered_are_answered_at_start(
         assert [x.sender for x in lines] == ["agent", "patient", "patient", "agent"]
         assert "automated assistant" in lines[-1].text
         assert w.agent.answer_waiting() == 0
+
+
+def test_the_agent_asks_for_its_token_where_it_reaches_the_server(tmp_path: Path) -> None:
+    """Behind a proxy the public URL may not be reachable from the server itself: the agent
+    calls FHIRSCHED_AGENT_FHIR_URL, token endpoint included, and signs its assertion for the
+    public token URL the server checks."""
+    clinic = tmp_path / "clinic.yaml"
+    clinic.write_text(DEMO_CLINIC.read_text())
+    settings = Settings(
+        key_file=tmp_path / "keys.json",
+        base_url="https://clinic.example/fhir",
+        agent_fhir_url="http://127.0.0.1:8080/fhir",
+        clinic_file=clinic,
+    )
+    config = agent_config(settings, load_clinic_config(clinic))
+    assert config.fhir_base == "http://127.0.0.1:8080/fhir"
+    assert config.token_url == "http://127.0.0.1:8080/auth/token"
+    assert config.token_audience == "https://clinic.example/auth/token"
