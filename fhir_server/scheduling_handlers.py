@@ -180,6 +180,25 @@ def _find_bundle(
     return FHIRResponse(200, bundle)
 
 
+def _information(system: str, code: str, message_id: str, text: str, **more: Any) -> dict[str, Any]:
+    """One information issue of a ``$find`` outcome entry: its rule or cursor in
+    ``details.coding`` beside its message id, its words in ``details.text`` and
+    ``diagnostics``."""
+    return {
+        "severity": "information",
+        "code": "informational",
+        "details": {
+            "coding": [
+                {"system": system, "code": code},
+                {"system": "urn:fhir-sched:message-id", "code": message_id},
+            ],
+            "text": text,
+        },
+        "diagnostics": text,
+        **more,
+    }
+
+
 def _next_by_post(cursor: str) -> dict[str, Any]:
     """More options follow a page found for a ``patient-resource``, which no next link can
     carry (it would put the patient in a URL): how to ask for them."""
@@ -187,45 +206,19 @@ def _next_by_post(cursor: str) -> dict[str, Any]:
         "more options follow; a next link cannot carry a patient-resource: send the same "
         f"Parameters again with _cursor {cursor} for the next page, or ask for a narrower window"
     )
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [
-            {
-                "severity": "information",
-                "code": "informational",
-                "details": {
-                    "coding": [
-                        {"system": "urn:fhir-sched:find-cursor", "code": cursor},
-                        {"system": "urn:fhir-sched:message-id", "code": "FS-0606"},
-                    ],
-                    "text": text,
-                },
-                "diagnostics": text,
-                "expression": ["_cursor"],
-            }
-        ],
-    }
+    issue = _information(
+        "urn:fhir-sched:find-cursor", cursor, "FS-0606", text, expression=["_cursor"]
+    )
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 def _why_nothing(found: Found) -> dict[str, Any]:
-    """An empty answer's reasons: one information issue per clinic rule that left nothing,
-    its words in ``details.text`` and ``diagnostics``, its rule in ``details.coding``
-    (``urn:fhir-sched:find-reason``), and the message id FS-0605."""
+    """An empty answer's reasons: one information issue per clinic rule that left nothing
+    (``urn:fhir-sched:find-reason``), with the message id FS-0605."""
     return {
         "resourceType": "OperationOutcome",
         "issue": [
-            {
-                "severity": "information",
-                "code": "informational",
-                "details": {
-                    "coding": [
-                        {"system": "urn:fhir-sched:find-reason", "code": r.rule},
-                        {"system": "urn:fhir-sched:message-id", "code": "FS-0605"},
-                    ],
-                    "text": r.text,
-                },
-                "diagnostics": r.text,
-            }
+            _information("urn:fhir-sched:find-reason", r.rule, "FS-0605", r.text)
             for r in found.reasons
         ],
     }
