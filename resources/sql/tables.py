@@ -457,3 +457,79 @@ class HL7Link(Base):
     value: Mapped[str] = mapped_column(String(200), primary_key=True)
     appointment_id: Mapped[str] = mapped_column(String(64))  # read with its key, never looked up
     last_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OutreachMessage(Base):
+    """One automated text to a patient (a reminder, a waitlist offer, a notice), claimed before
+    it is sent: ``dedupe`` is unique, so two workers, or a restart, never send it twice."""
+
+    __tablename__ = "outreach_message"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # AAD of the sealed body
+    kind: Mapped[str] = mapped_column(String(12))  # reminder | offer | notice
+    dedupe: Mapped[str] = mapped_column(String(200), unique=True)
+    appointment_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    to_digest: Mapped[bytes] = mapped_column(LargeBinary(16), index=True)
+    state: Mapped[str] = mapped_column(String(10))  # sending | sent | failed | unknown | skipped
+    provider: Mapped[str | None] = mapped_column(String(16))
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    communication_id: Mapped[str | None] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    answer: Mapped[str | None] = mapped_column(String(12))  # yes | cancel | other
+    answered: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)  # {"to", "body"}
+    __table_args__ = (Index("ix_outreach_message_to_sent", "to_digest", "sent"),)
+
+
+class OutreachOptOut(Base):
+    """A number that texted STOP (or START again): automated messages skip it."""
+
+    __tablename__ = "outreach_optout"
+    to_digest: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    opted_out: Mapped[bool] = mapped_column(Boolean)
+    changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WaitlistFreed(Base):
+    """Time a cancellation freed, queued in the cancelling transaction for the waitlist job."""
+
+    __tablename__ = "waitlist_freed"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    appointment_id: Mapped[str] = mapped_column(String(64))  # the cancelled Appointment
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    done: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class WaitlistOffer(Base):
+    """Freed time offered to waitlisted patients, held (``hold_id``, a pending Appointment)
+    while the offer stands; the first YES takes it."""
+
+    __tablename__ = "waitlist_offer"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    freed_id: Mapped[str] = mapped_column(String(36), index=True)
+    hold_id: Mapped[str | None] = mapped_column(String(64))
+    practitioner: Mapped[str] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(String(64))
+    visit_type: Mapped[str] = mapped_column(String(64))
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(10))  # open | taken | expired | withdrawn
+    expires: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    taken_by: Mapped[str | None] = mapped_column(String(64))  # the waitlist Appointment
+    __table_args__ = (Index("ix_waitlist_offer_state", "state", "expires"),)
+
+
+class WaitlistOffered(Base):
+    """Who an offer went to; (waitlist entry, time) is unique: nobody gets one offer twice."""
+
+    __tablename__ = "waitlist_offered"
+    offer_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    waitlist_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot_key: Mapped[str] = mapped_column(String(200))  # practitioner|location|start (UTC)
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    answer: Mapped[str | None] = mapped_column(String(12))  # yes | no | late
+    __table_args__ = (UniqueConstraint("waitlist_id", "slot_key", name="uq_waitlist_offered_time"),)
