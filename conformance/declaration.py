@@ -336,6 +336,38 @@ def _appointment() -> ResourceDecl:
     )
 
 
+COMMUNICATION_ABOUT = SearchParam(
+    "about",
+    "reference",
+    ("about",),
+    targets=("Appointment", "Patient"),
+    url=f"{CUSTOM_SP_BASE}Communication-about",
+    description="Communication.about: what the message is about, e.g. the Appointment a "
+    "reminder names (custom; R4 defines no search on about)",
+)
+
+
+def _communication() -> ResourceDecl:
+    """The texts the clinic sends patients (reminders, waitlist offers) and their replies."""
+    t = "Communication"
+    return ResourceDecl(
+        t,
+        _params(
+            _sp(t, "identifier", "token", "identifier"),
+            _sp(t, "subject", "reference", "subject", targets=("Patient",)),
+            _sp(t, "patient", "reference", "subject", targets=("Patient",)),
+            _sp(t, "recipient", "reference", "recipient", targets=_ANY_REF),
+            _sp(t, "sender", "reference", "sender", targets=_ANY_REF),
+            _sp(t, "status", "token", "status"),
+            _sp(t, "category", "token", "category"),
+            _sp(t, "medium", "token", "medium"),
+            _sp(t, "sent", "date", "sent", point=True),
+            _sp(t, "received", "date", "received", point=True),
+            COMMUNICATION_ABOUT,
+        ),
+    )
+
+
 RESOURCE_TYPES: dict[str, ResourceDecl] = {
     d.type: d
     for d in (
@@ -347,11 +379,15 @@ RESOURCE_TYPES: dict[str, ResourceDecl] = {
         _schedule(),
         _slot(),
         _appointment(),
+        _communication(),
     )
 }
 
 # Custom SearchParameter definitions served at /SearchParameter/{id} and cited by /metadata.
-CUSTOM_SEARCH_PARAMETERS: dict[str, tuple[str, SearchParam]] = {"Slot-end": ("Slot", SLOT_END)}
+CUSTOM_SEARCH_PARAMETERS: dict[str, tuple[str, SearchParam]] = {
+    "Slot-end": ("Slot", SLOT_END),
+    "Communication-about": ("Communication", COMMUNICATION_ABOUT),
+}
 
 
 def resource_decl(resource_type: str) -> ResourceDecl | None:

@@ -89,6 +89,15 @@ AGENT = {
     "staff": ("110110", "Patient Record", "U"),  # staff took, answered or handed back
 }
 
+# automated texts to patients and their replies (``outreach/``): "outreach-<what>:<kind>", e.g.
+# outreach-sent:reminder; the kind is the subtype (urn:fhir-sched:outreach). No text is recorded.
+OUTREACH = {
+    "sent": ("110106", "Export", "R"),  # a reminder, waitlist offer or notice left for a patient
+    "failed": ("110106", "Export", "R"),  # the provider refused it (outcome says so)
+    "received": ("110107", "Import", "C"),  # a patient's reply to one
+    "acted": ("110100", "Application Activity", "U"),  # what a reply did (confirm, cancel, take)
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Actor:
@@ -175,8 +184,8 @@ def balp_event(
     """One AuditEvent. ``kind`` is a RESTful interaction (``read``, ``search-type``…), an
     operation (``$find``…), a security event (``login``, ``token``, ``alert``…), an HL7
     message (``hl7-in:S12``, ``hl7-out:S15``), a console command (``console-export:hl7
-    show``, see :data:`CONSOLE`) or a booking-agent door (``agent-message:sms``, see
-    :data:`AGENT`)."""
+    show``, see :data:`CONSOLE`), a booking-agent door (``agent-message:sms``, see
+    :data:`AGENT`) or an automated text (``outreach-sent:reminder``, see :data:`OUTREACH`)."""
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if kind in OPERATIONS:
         code, display = OPERATIONS[kind]
@@ -203,6 +212,12 @@ def balp_event(
         type_code, type_display, verb = AGENT[family]
         event["type"] = _coding(DCM, type_code, type_display)
         event["subtype"] = [_coding("urn:fhir-sched:agent", action or family)]
+        event["action"] = verb
+    elif kind.startswith("outreach-"):
+        family, _, what = kind.removeprefix("outreach-").partition(":")
+        type_code, type_display, verb = OUTREACH[family]
+        event["type"] = _coding(DCM, type_code, type_display)
+        event["subtype"] = [_coding("urn:fhir-sched:outreach", what or family)]
         event["action"] = verb
     elif kind in SECURITY:
         type_code, type_display, sub_code, sub_display = SECURITY[kind]
