@@ -30,9 +30,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, Table, and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from base.logging import get_logger
@@ -53,8 +53,8 @@ ADDRESS = "agent.address"  # the blind-index purpose for phone numbers (as agent
 CATEGORY = "urn:fhir-sched:communication-category"  # reminder | offer | notice | reply
 MEDIUM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode"
 PROVIDER_ID = "urn:fhir-sched:sms-provider-id"  # Communication.identifier: the provider's id
-T = OutreachMessage.__table__
-OPT = OutreachOptOut.__table__
+T = cast(Table, OutreachMessage.__table__)
+OPT = cast(Table, OutreachOptOut.__table__)
 
 
 class Sender(Protocol):
