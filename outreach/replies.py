@@ -19,7 +19,10 @@ acts on it:
 * A second answer to the same message changes nothing and gets a friendly word.
 * **Anything else** (and YES or CANCEL with no reminder or offer in the last 14 days) goes to
   the booking agent, whose conversation with the number already holds the reminder
-  (``Conversations.note``), so "can we make it later that day?" needs no more context.
+  (``Conversations.note``), so "can we make it later that day?" needs no more context. The
+  message is then answered ``other``: from there on the conversation is the agent's, and a
+  "yes" confirms what the agent read back, not the reminder. The next reminder is answered
+  anew.
 
 Every reply handled here is audited (``outreach-received:<class>``, no text); each answer is a
 ``notice`` sent once per inbound message (its Twilio ``MessageSid``), so a webhook delivered
@@ -267,12 +270,17 @@ class Replies:
             return self._start(number, sid, quiet=handled_by_twilio is not None)
         if word == "help":
             return self._help(number, sid, quiet=handled_by_twilio is not None)
-        if word in ("yes", "cancel"):
-            message = self.outreach.last_sent_to(number)
-            if message is not None and message.kind == "offer" and self.waitlist is not None:
+        message = self.outreach.last_sent_to(number)
+        if message is not None and message.answer != "other" and word in ("yes", "cancel"):
+            if message.kind == "offer" and self.waitlist is not None:
                 return self._offer(number, body, sid, message, word == "yes")
-            if message is not None and message.kind == "reminder" and message.appointment_id:
+            if message.kind == "reminder" and message.appointment_id:
                 return self._reminder(number, body, sid, message, word == "yes")
+        if message is not None and message.answer is None:
+            # the patient went on to talk with the agent: a later "yes" is the agent's
+            # (confirming a time it read back), not an answer to this message
+            with self.db.write() as conn:
+                self._first_answer(conn, message.id, "other")
         self.conversations.hand_to_agent(number, body)
         log.info("outreach.reply_to_agent", word=word)
         return Handled("agent")

@@ -35,7 +35,7 @@ from base.logging import get_logger
 from fhir_server import replies_runtime
 from fhir_server.auditing import AuditWriter
 from fhir_server.http import Services, actor_of, get_principal, json_body
-from outreach.replies import Replies, classify
+from outreach.replies import Replies
 from security.balp import CONVERSATION, Actor, balp_event
 from security.principal import Principal
 
@@ -207,10 +207,10 @@ async def sms_webhook(request: Request) -> Response:
     try:
         message = inbound(params)
         normalize_phone(message.from_number)
-        opt_out = params.get("OptOutType", "")
-        if replies is not None and (opt_out or classify(message.body) is not None):
-            # an answer to an automated text (YES, CANCEL, STOP...): outreach's, after the
-            # acknowledgement; what it does not take goes on to the agent from there
+        if replies is not None:
+            # outreach's first (YES, CANCEL, STOP... to an automated text), after the
+            # acknowledgement, on the agent's threads; what it does not take, the agent's
+            opt_out = params.get("OptOutType", "")
             _background(request, _outreach_reply(request, replies, message, opt_out, actor))
             return Response(EMPTY_TWIML, media_type="text/xml")
         agent = _agent(request)
