@@ -460,14 +460,15 @@ class Agent:
     ) -> str:
         """As :meth:`clinic_message`, for a text the clinic already sent to ``number`` (an
         automated reminder): recorded in the number's SMS conversation (a new one, not
-        greeted, if there is none), not sent again. Returns the conversation's id."""
+        greeted, if there is none), not sent again, and the patient it named is the
+        conversation's patient unless one is known. Returns the conversation's id."""
         phone = normalize_phone(number)
         row = self.store.by_address("sms", phone)
         if row is None:
             facts: dict[str, Any] = {"model": [], "masks": {}, "unable": 0, "failures": 0}
             facts["address"] = facts["verified_phone"] = phone  # its texts prove the number
             row = self.store.create("sms", facts, address=phone)
-        self._clinic_note(row.id, text, patient, start, shown, visit_type)
+        self._clinic_note(row.id, text, patient, start, shown, visit_type, identify=True)
         return row.id
 
     def _clinic_note(
@@ -478,12 +479,19 @@ class Agent:
         start: str,
         shown: dict[str, str],
         visit_type: str | None,
+        *,
+        identify: bool = False,
     ) -> tuple[ConversationRow, str]:
+        """``identify``: the text went to the conversation's own number, so whoever answers
+        from it is taken to be the patient it named (unless one is known already), as the
+        agent takes a patient who gave their name and birth date."""
         with self._lock(cid):
             row = self.store.get(cid)
             if row is None:
                 raise KeyError(cid)
             facts = copy.deepcopy(row.facts)
+            if identify and patient.get("birthDate") and not facts.get("patient"):
+                facts["patient"] = patient
             visits = facts.setdefault("visits", {})
             same = [r for r, v in visits.items() if v.get("start") == start and v["shown"] == shown]
             known = same[0] if same else None

@@ -205,6 +205,7 @@ def appointment_facts(
         stored = store.read(conn, "Patient", patient_id)
         if stored is not None and not stored.deleted:
             patient = stored.resource()
+    name = (patient.get("name") or [{}])[0]
     at = parse_fhir_date(str(appt["start"])).low.astimezone(config.tz)
     location = booking.participant_id(appt, "Location")
     visit = next(
@@ -221,7 +222,7 @@ def appointment_facts(
         appointment_id=appointment_id,
         patient={
             "resourceType": "Patient",
-            "name": patient.get("name", [])[:1],
+            "name": [{"family": name.get("family", ""), "given": name.get("given", [])[:1]}],
             "birthDate": str(patient.get("birthDate", "")),
         },
         start=str(appt["start"]),
