@@ -444,13 +444,58 @@ class Agent:
         how the appointment is named to ``$book`` (name and birth date), ``shown`` its date,
         time, clinician, location and visit as the patient reads them. Returns its
         reference (V1, V2…)."""
+        saved, ref = self._clinic_note(cid, text, patient, start, shown, visit_type)
+        self._deliver(saved, [text])
+        return ref
+
+    def note_sms(
+        self,
+        number: str,
+        text: str,
+        *,
+        patient: dict[str, Any],
+        start: str,
+        shown: dict[str, str],
+        visit_type: str | None = None,
+    ) -> str:
+        """As :meth:`clinic_message`, for a text the clinic already sent to ``number`` (an
+        automated reminder): recorded in the number's SMS conversation (a new one, not
+        greeted, if there is none), not sent again, and the patient it named is the
+        conversation's patient unless one is known. Returns the conversation's id."""
+        phone = normalize_phone(number)
+        row = self.store.by_address("sms", phone)
+        if row is None:
+            facts: dict[str, Any] = {"model": [], "masks": {}, "unable": 0, "failures": 0}
+            facts["address"] = facts["verified_phone"] = phone  # its texts prove the number
+            row = self.store.create("sms", facts, address=phone)
+        self._clinic_note(row.id, text, patient, start, shown, visit_type, identify=True)
+        return row.id
+
+    def _clinic_note(
+        self,
+        cid: str,
+        text: str,
+        patient: dict[str, Any],
+        start: str,
+        shown: dict[str, str],
+        visit_type: str | None,
+        *,
+        identify: bool = False,
+    ) -> tuple[ConversationRow, str]:
+        """``identify``: the text went to the conversation's own number, so whoever answers
+        from it is taken to be the patient it named (unless one is known already), as the
+        agent takes a patient who gave their name and birth date."""
         with self._lock(cid):
             row = self.store.get(cid)
             if row is None:
                 raise KeyError(cid)
             facts = copy.deepcopy(row.facts)
+            if identify and patient.get("birthDate") and not facts.get("patient"):
+                facts["patient"] = patient
             visits = facts.setdefault("visits", {})
-            ref = f"V{len(visits) + 1}"
+            same = [r for r, v in visits.items() if v.get("start") == start and v["shown"] == shown]
+            known = same[0] if same else None
+            ref = known or f"V{len(visits) + 1}"
             visits[ref] = {
                 "start": start,
                 "patient": patient,
@@ -469,8 +514,34 @@ class Agent:
                 }
             )
             saved = self.store.save(row, facts=facts, lines=[("clinic", text)])
-        self._deliver(saved, [text])
-        return ref
+        return saved, ref
+
+    def escalate(self, number: str | None, *, reason: str, summary: str) -> str:
+        """Put the number's SMS conversation (a new one if there is none, or a ``clinic`` one
+        with no channel to the patient when there is no number) in the staff queue, with why.
+        A conversation staff already hold stays theirs, with the new reason. Returns its id."""
+        row = None
+        if number:
+            phone = normalize_phone(number)
+            row = self.store.by_address("sms", phone)
+            if row is None:
+                facts: dict[str, Any] = {"model": [], "masks": {}, "unable": 0, "failures": 0}
+                facts["address"] = facts["verified_phone"] = phone
+                row = self.store.create("sms", facts, address=phone)
+        if row is None:
+            row = self.store.create("clinic", {"model": [], "masks": {}})
+        with self._lock(row.id):
+            current = self.store.get(row.id) or row
+            facts = copy.deepcopy(current.facts)
+            facts["handover"] = {"reason": reason, "summary": summary[:500], "at": self._now()}
+            self.store.save(
+                current,
+                facts=facts,
+                state="staff" if current.state == "staff" else "queued",
+                lines=[("system", f"for staff: {reason}")],
+            )
+        log.info("agent.escalated", reason=reason, conversation=row.id)
+        return row.id
 
 
 def _moving(text: str) -> bool:

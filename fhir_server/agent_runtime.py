@@ -21,13 +21,21 @@ from agent.model import Model, make_model
 from agent.offline import OfflineModel
 from agent.sms import OutboxSms, SmsProvider, TwilioSms
 from agent.store import AgentStore
+from fhir_server.agent_conversations import OptOutAware, opted_out_check
 from fhir_server.settings import Settings
 from resources.sql.engine import Database
 from scheduling.config import ClinicConfig
 from security.crypto import KeyRing
 from security.smart.registry import add_client, get_client
 
-__all__ = ["agent_config", "build_agent", "directory_of", "register_agent", "sms_provider"]
+__all__ = [
+    "agent_config",
+    "agent_store",
+    "build_agent",
+    "directory_of",
+    "register_agent",
+    "sms_provider",
+]
 
 
 def directory_of(clinic: ClinicConfig) -> Directory:
@@ -145,6 +153,7 @@ def build_agent(
         store=store,
         fhir=fhir,
         model=model or make_model(config, offline),
-        sms=sms_provider(settings, store),
+        # no text to a number that opted out of automated texts (STOP)
+        sms=OptOutAware(sms_provider(settings, store), opted_out_check(db, keys)),
         **extra,
     )

@@ -31,6 +31,7 @@ from base.errors import (
     NotFound,
 )
 from base.logging import get_logger
+from fhir_server import replies_runtime
 from fhir_server.agent_runtime import build_agent
 from fhir_server.auditing import AuditMiddleware, AuditWriter, unavailable
 from fhir_server.handlers import Context
@@ -274,6 +275,9 @@ def create_app(
             )
             app.state.agent_tasks.add(waiting)
             waiting.add_done_callback(app.state.agent_tasks.discard)
+        late = None
+        if clinic is not None:  # late cancellations to the staff queue
+            late = asyncio.create_task(replies_runtime.escalations(app))
         bridge = None
         if settings.hl7_listen:
             bridge = await start_bridge(settings, db=db, store=store, clinic=clinic)
@@ -283,6 +287,9 @@ def create_app(
         finally:
             if bridge is not None:
                 await bridge.close()
+            if late is not None:
+                late.cancel()
+                await asyncio.gather(late, return_exceptions=True)
             if job is not None:
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)
@@ -329,6 +336,7 @@ def create_app(
         metrics=metrics,
     )
     clinic_config = app.state.services.clinic
+    replies_runtime.install(app)
     app.state.agent = (
         build_agent(settings, db=db, keys=keys, clinic=clinic_config)
         if clinic_config is not None

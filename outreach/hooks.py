@@ -5,7 +5,7 @@ or :class:`NoConversations` when the agent does not run here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from base.logging import get_logger
 
@@ -21,7 +21,7 @@ class AppointmentFacts:
     (``shown``: date, time, clinician, location, visit)."""
 
     appointment_id: str
-    patient: dict[str, str]
+    patient: dict[str, Any]  # a Patient: name (family, given) and birthDate
     start: str
     shown: dict[str, str] = field(default_factory=dict)
     visit_type: str | None = None

@@ -45,7 +45,7 @@ from security.balp import Actor
 from security.crypto import KeyRing, Sealed
 from security.trail import Trail
 
-__all__ = ["ADDRESS", "Message", "Outreach", "Sender", "Sent"]
+__all__ = ["ADDRESS", "Message", "Outreach", "Sender", "Sent", "number_opted_out"]
 
 log = get_logger("outreach.sending")
 
@@ -96,6 +96,13 @@ class Message:
     body: str
 
 
+def number_opted_out(conn: Connection, keys: KeyRing, number: str) -> bool:
+    """Whether ``number`` texted STOP (and not START since): for senders outside outreach, such
+    as the booking agent's SMS, which must not text it either."""
+    digest = keys.blind(ADDRESS, normalize_phone(number))
+    return bool(conn.execute(select(OPT.c.opted_out).where(OPT.c.to_digest == digest)).scalar())
+
+
 def _aad(mid: str) -> bytes:
     return f"outreach_message|{mid}".encode()
 
@@ -128,10 +135,7 @@ class Outreach:
         if conn is None:
             with self.db.read() as c:
                 return self.opted_out(number, c)
-        row = conn.execute(
-            select(OPT.c.opted_out).where(OPT.c.to_digest == self.digest(number))
-        ).scalar()
-        return bool(row)
+        return number_opted_out(conn, self.keys, number)
 
     def set_opt_out(self, number: str, out: bool, conn: Connection | None = None) -> None:
         """STOP (``out``) or START for ``number``."""

@@ -29,11 +29,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from agent.engine import Agent, Turn
-from agent.sms import EMPTY_TWIML, inbound, signature_valid
+from agent.sms import EMPTY_TWIML, InboundSms, inbound, normalize_phone, signature_valid
 from base.errors import BadRequest, FHIRError, Forbidden, NotFound
 from base.logging import get_logger
+from fhir_server import replies_runtime
 from fhir_server.auditing import AuditWriter
 from fhir_server.http import Services, actor_of, get_principal, json_body
+from outreach.replies import Replies
 from security.balp import CONVERSATION, Actor, balp_event
 from security.principal import Principal
 
@@ -190,7 +192,9 @@ async def replies(cid: str, request: Request, after: int = 0) -> Response:
 
 @router.post("/sms", summary="Twilio's incoming-message webhook")
 async def sms_webhook(request: Request) -> Response:
-    agent = _agent(request)
+    replies = replies_runtime.replies_for(request.app)
+    if replies is None:
+        _agent(request)  # neither outreach nor the agent here: 404
     settings = _services(request).settings
     actor = _patient_actor(request, "sms")
     form = await request.form()
@@ -202,6 +206,14 @@ async def sms_webhook(request: Request) -> Response:
         raise Forbidden("the X-Twilio-Signature does not match this request")
     try:
         message = inbound(params)
+        normalize_phone(message.from_number)
+        if replies is not None:
+            # outreach's first (YES, CANCEL, STOP... to an automated text), after the
+            # acknowledgement, on the agent's threads; what it does not take, the agent's
+            opt_out = params.get("OptOutType", "")
+            _background(request, _outreach_reply(request, replies, message, opt_out, actor))
+            return Response(EMPTY_TWIML, media_type="text/xml")
+        agent = _agent(request)
         row = await _in_pool(request, agent.accept_sms, message.from_number, message.body)
     except ValueError as exc:  # no From or Body, or a From that is not a phone number
         await _record(request, "agent-message:sms", actor, None, 400, "malformed")
@@ -210,9 +222,45 @@ async def sms_webhook(request: Request) -> Response:
     task = asyncio.get_running_loop().run_in_executor(
         request.app.state.agent_pool, agent.answer, row.id, message.body
     )
+    _background(request, task)
+    return Response(EMPTY_TWIML, media_type="text/xml")
+
+
+def _background(request: Request, work: Awaitable[Any]) -> None:
+    """Run ``work`` after the answer; the app waits for it at shutdown."""
+    task = asyncio.ensure_future(work)
     request.app.state.agent_tasks.add(task)
     task.add_done_callback(request.app.state.agent_tasks.discard)
-    return Response(EMPTY_TWIML, media_type="text/xml")
+
+
+async def _outreach_reply(
+    request: Request, replies: Replies, message: InboundSms, opt_out: str, actor: Actor
+) -> None:
+    """Hand the text to outreach on the agent's threads (a reply it does not take becomes an
+    agent turn there), then record the message, naming the conversation if the agent got it.
+    Outreach audits what it did itself (``outreach-received:<class>``), in its transaction."""
+    try:
+        handled = await _in_pool(
+            request,
+            lambda: replies.handle(
+                message.from_number,
+                message.body,
+                message_sid=message.message_sid,
+                opt_out_type=opt_out,
+            ),
+        )
+    except Exception as exc:  # noqa: BLE001 - after the acknowledgement: logged and audited
+        log.error("outreach.reply_failed", error_type=type(exc).__name__)
+        await _record(request, "agent-message:sms", actor, None, 500, "reply failed")
+        return
+    cid = None
+    agent: Agent | None = getattr(request.app.state, "agent", None)
+    if handled.by_agent and agent is not None:
+        row = await _in_pool(
+            request, agent.store.by_address, "sms", normalize_phone(message.from_number)
+        )
+        cid = row.id if row is not None else None
+    await _record(request, "agent-message:sms", actor, cid, 200, f"HTTP 200; {handled.kind}")
 
 
 # -- the staff's side ---------------------------------------------------------------------

@@ -493,6 +493,19 @@ class OutreachOptOut(Base):
     changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class OutreachEscalation(Base):
+    """An appointment for the staff queue (a cancellation inside the clinic's notice window),
+    recorded in the transaction that made it and handed to the queue once by a job."""
+
+    __tablename__ = "outreach_escalation"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    dedupe: Mapped[str] = mapped_column(String(200), unique=True)  # late-cancel:<appointment>
+    reason: Mapped[str] = mapped_column(String(32))
+    appointment_id: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    done: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class WaitlistFreed(Base):
     """Time a cancellation freed, queued in the cancelling transaction for the waitlist job."""
 

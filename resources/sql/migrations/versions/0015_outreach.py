@@ -1,10 +1,12 @@
 """Reminders, replies and the waitlist: outreach_message, outreach_optout, waitlist_freed,
-waitlist_offer, waitlist_offered
+waitlist_offer, waitlist_offered, outreach_escalation
 
 * ``outreach_message``: every automated text, claimed (unique ``dedupe``) before it is sent,
   then marked sent with the provider's message id; its number and body sealed, the number also
   as a keyed digest so a reply can be matched to it.
 * ``outreach_optout``: numbers that texted STOP, by digest.
+* ``outreach_escalation``: appointments for the staff queue (cancelled inside the notice
+  window), queued with the change and handed over once.
 * ``waitlist_*``: time freed by cancellations, the offers made of it and to whom.
 
 Revision ID: 0015
@@ -64,6 +66,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("to_digest", name=op.f("pk_outreach_optout")),
     )
     op.create_table(
+        "outreach_escalation",
+        sa.Column("id", sa.String(36), nullable=False),
+        sa.Column("dedupe", sa.String(200), nullable=False),
+        sa.Column("reason", sa.String(32), nullable=False),
+        sa.Column("appointment_id", sa.String(64), nullable=False),
+        sa.Column("created", TZ, nullable=False),
+        sa.Column("done", TZ, nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outreach_escalation")),
+        sa.UniqueConstraint("dedupe", name=op.f("uq_outreach_escalation_dedupe")),
+    )
+    op.create_index(op.f("ix_outreach_escalation_done"), "outreach_escalation", ["done"])
+    op.create_table(
         "waitlist_freed",
         sa.Column("id", sa.String(36), nullable=False),
         sa.Column("appointment_id", sa.String(64), nullable=False),
@@ -107,6 +121,7 @@ def downgrade() -> None:
         "waitlist_offered",
         "waitlist_offer",
         "waitlist_freed",
+        "outreach_escalation",
         "outreach_optout",
         "outreach_message",
     ):

@@ -1,0 +1,114 @@
+"""Wiring of outreach's replies into the server: the late-cancellation watcher and its job, and
+the :class:`outreach.replies.Replies` the SMS webhook hands each text to first.
+
+The replies act through ``app.state.outreach`` (the reminders' :class:`Outreach`, built by
+``fhir_server/outreach_runtime.py``); where that is not set, one is built here on the same SMS
+provider as the agent's. A :class:`Replies` is built for each text (a few references): it
+talks to the agent the app holds at that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI
+
+from base.logging import get_logger
+from fhir_server.agent_conversations import AgentConversations
+from fhir_server.agent_runtime import agent_store, sms_provider
+from fhir_server.http import Services
+from outreach.escalations import LateCancellations, escalate_late_cancellations
+from outreach.hooks import Conversations, NoConversations
+from outreach.replies import Replies
+from outreach.sending import Outreach
+
+__all__ = [
+    "ESCALATE_EVERY",
+    "conversations_of",
+    "escalations",
+    "install",
+    "outreach_of",
+    "replies_for",
+]
+
+log = get_logger("fhir_server.replies")
+
+ESCALATE_EVERY = 60.0  # seconds between passes of the late-cancellation job
+
+
+def install(app: FastAPI) -> None:
+    """Watch Appointment writes for late cancellations (with a clinic file only: the notice
+    window is the clinic's)."""
+    services: Services = app.state.services
+    if services.clinic is not None:
+        late = LateCancellations(services.store, services.clinic)
+        services.store.watch("Appointment", late.on_change)
+
+
+def outreach_of(app: FastAPI) -> Outreach | None:
+    """``app.state.outreach``, or one built here on the agent's SMS provider."""
+    found: Outreach | None = getattr(app.state, "outreach", None)
+    if found is not None:
+        return found
+    services: Services = app.state.services
+    settings, db, keys = services.settings, services.db, services.store.keys
+    try:
+        sender = sms_provider(settings, agent_store(db, keys))
+    except ValueError:
+        log.warning("outreach.no_sms_provider")
+        return None
+    built = Outreach(
+        db=db,
+        store=services.store,
+        keys=keys,
+        sender=sender,
+        server=settings.fhir_base,
+        audit=settings.audit_enabled,
+    )
+    app.state.outreach = built
+    return built
+
+
+def conversations_of(app: FastAPI) -> Conversations:
+    agent = getattr(app.state, "agent", None)
+    return AgentConversations(agent) if agent is not None else NoConversations()
+
+
+def replies_for(app: FastAPI) -> Replies | None:
+    """What answers an inbound text first; None without a clinic file or an SMS provider."""
+    services: Services = app.state.services
+    outreach = outreach_of(app)
+    if services.clinic is None or outreach is None:
+        return None
+    return Replies(
+        outreach=outreach,
+        db=services.db,
+        store=services.store,
+        clinic=services.clinic,
+        conversations=conversations_of(app),
+        waitlist=getattr(app.state, "waitlist", None),
+    )
+
+
+def _pass(app: FastAPI) -> int:
+    services: Services = app.state.services
+    if services.clinic is None:
+        return 0
+    return escalate_late_cancellations(
+        db=services.db,
+        store=services.store,
+        clinic=services.clinic,
+        conversations=conversations_of(app),
+        outreach=outreach_of(app),
+    )
+
+
+async def escalations(app: FastAPI, every: float = ESCALATE_EVERY) -> Any:
+    """The job: late cancellations to the staff queue, every ``every`` seconds."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(_pass, app)
+        except Exception as exc:  # noqa: BLE001 - logged, and the rows wait for the next pass
+            log.error("outreach.escalations_failed", error_type=type(exc).__name__)
