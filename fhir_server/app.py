@@ -44,6 +44,7 @@ from fhir_server.routes import agent as agent_routes
 from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
 from fhir_server.routes import metrics as metrics_routes
 from fhir_server.settings import Settings
+from fhir_server.waitlist_runtime import install_waitlist_watch, run_waitlist, start_waitlist
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database, migrate
@@ -274,6 +275,11 @@ def create_app(
             )
             app.state.agent_tasks.add(waiting)
             waiting.add_done_callback(app.state.agent_tasks.discard)
+        waitlisting = None
+        if app.state.waitlist is not None and settings.waitlist_seconds:
+            waitlisting = asyncio.create_task(
+                run_waitlist(app.state.waitlist, settings.waitlist_seconds)
+            )
         bridge = None
         if settings.hl7_listen:
             bridge = await start_bridge(settings, db=db, store=store, clinic=clinic)
@@ -283,9 +289,10 @@ def create_app(
         finally:
             if bridge is not None:
                 await bridge.close()
-            if job is not None:
-                job.cancel()
-                await asyncio.gather(job, return_exceptions=True)
+            for task in (job, waitlisting):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if checkpoints is not None and checkpointing is not None:
                 checkpointing.cancel()
                 await asyncio.gather(checkpointing, return_exceptions=True)
@@ -329,6 +336,8 @@ def create_app(
         metrics=metrics,
     )
     clinic_config = app.state.services.clinic
+    install_waitlist_watch(store, clinic_config)
+    start_waitlist(app, settings, db=db, store=store, keys=keys, clinic=clinic_config)
     app.state.agent = (
         build_agent(settings, db=db, keys=keys, clinic=clinic_config)
         if clinic_config is not None
