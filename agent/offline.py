@@ -227,7 +227,7 @@ class OfflineModel:
         start = 0
         for i, it in enumerate(history):
             if it.kind == "result" and any(
-                k in it.result for k in ("booked", "cancelled", "moved")
+                k in it.result for k in ("booked", "cancelled", "moved", "waitlisted")
             ):
                 start = i + 1
         return history[start:]
@@ -446,7 +446,13 @@ class OfflineModel:
         if phone and pending is not None and pending.result.get("error") == "verify_phone":
             return self._call("send_code", phone=phone.group(0))
 
-        if _WAITLIST.search(text) or (WAITLIST_OFFER in last_said and affirmative(text)):
+        said_yes_to_waitlist = (
+            WAITLIST_OFFER in last_said
+            and affirmative(text)
+            and not _BOOKISH.search(text)
+            and self._when([text]) is None
+        )
+        if said_yes_to_waitlist or any(_WAITLIST.search(t) for t in texts):
             return self._waitlist(history, segment, texts, all_texts)
         options = self._options(history)
         moving = self._moving(segment, text)

@@ -177,10 +177,14 @@ class Waitlist:
             queued = conn.execute(
                 select(F.c.id).where(F.c.done.is_(None)).order_by(F.c.created, F.c.id)
             ).all()
+        waiting: list[tuple[datetime, Entry]] | None = None  # read once a pass, when needed
         for row in queued:
             report.freed += 1
+            if waiting is None:
+                with self.db.read() as conn:
+                    waiting = self.entries(conn)
             try:
-                offer_id = self._advance(row.id, now, report)
+                offer_id = self._advance(row.id, now, report, waiting)
             except FHIRError as exc:  # a hold refused (taken meanwhile): tried next pass
                 log.info("waitlist.advance_refused", freed=row.id, message_id=exc.message_id)
                 continue
@@ -190,7 +194,9 @@ class Waitlist:
             report.sent += self._send_unsent()
         return report
 
-    def _advance(self, freed_id: str, now: datetime, report: Report) -> str | None:
+    def _advance(
+        self, freed_id: str, now: datetime, report: Report, waiting: list[tuple[datetime, Entry]]
+    ) -> str | None:
         """One queued time, in one transaction: close its offer if it expired (releasing the
         hold), then offer it to the next batch under a new hold. The new offer's id, if any."""
         with self.db.write() as conn:
@@ -208,7 +214,9 @@ class Waitlist:
                 self._expire(conn, offer, now)
                 report.expired += 1
             freed = self._freed(conn, row.appointment_id)
-            fits = [] if freed is None or freed.start <= now else self._fits(conn, freed, now)
+            fits = []
+            if freed is not None and freed.start > now:
+                fits = self._fits(conn, freed, waiting, now)
             if freed is None or not fits:
                 conn.execute(update(F).where(F.c.id == freed_id).values(done=now))
                 report.done += 1
@@ -285,14 +293,21 @@ class Waitlist:
             first = self.store.vread(conn, "Appointment", stored.res_id, 1) or stored
         return as_utc(first.last_updated)
 
-    def _fits(self, conn: Connection, freed: _Freed, now: datetime) -> list[_Fit]:
+    def _fits(
+        self,
+        conn: Connection,
+        freed: _Freed,
+        waiting: list[tuple[datetime, Entry]],
+        now: datetime,
+    ) -> list[_Fit]:
         """The first ``offer_batch`` entries, oldest first, that ``$find`` would offer the
-        freed start to, all for one visit type, and not offered this time before."""
+        freed start to, all for one visit type, and not offered this time before (an entry
+        read at the start of the pass: one ended since is turned away when it answers)."""
         offered = set(
             conn.execute(select(OD.c.waitlist_id).where(OD.c.slot_key == freed.key)).scalars()
         )
         fits: list[_Fit] = []
-        for _, entry in self.entries(conn):
+        for _, entry in waiting:
             if entry.id in offered or entry.patient is None:
                 continue
             if entry.practitioner not in (None, freed.practitioner):
