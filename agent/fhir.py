@@ -216,6 +216,14 @@ class FhirClient:
         result: dict[str, Any] = self._post("$book", parameters, conversation)
         return result
 
+    def join_waitlist(self, entry: dict[str, Any], *, conversation: str) -> dict[str, Any]:
+        """Put a patient on the waitlist: ``$book`` of an Appointment with status
+        ``waitlist`` (requestedPeriod, visit type, the patient contained)."""
+        result: dict[str, Any] = self._post(
+            "$book", [{"name": "appointment-resource", "resource": entry}], conversation
+        )
+        return result
+
     def cancel(self, named: dict[str, Any], *, conversation: str) -> dict[str, Any]:
         """Cancel the booked Appointment ``named`` by its patient and start."""
         body = {**named, "status": "cancelled"}

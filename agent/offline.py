@@ -71,6 +71,9 @@ _ABSURD = re.compile(
     re.IGNORECASE,
 )
 _CANCEL = re.compile(r"\bcancel", re.IGNORECASE)
+_WAITLIST = re.compile(r"\bwait(?:ing)?[ -]?list\b", re.IGNORECASE)
+_SOONER = re.compile(r"\b(sooner|earlier)\b", re.IGNORECASE)
+WAITLIST_OFFER = "shall I put you on the waitlist"
 _MOVE = re.compile(
     r"\b(move|reschedul\w*|change (?:my|the|it)|push (?:it|my)|later that day|"
     r"earlier that day|different time)\b",
@@ -224,7 +227,7 @@ class OfflineModel:
         start = 0
         for i, it in enumerate(history):
             if it.kind == "result" and any(
-                k in it.result for k in ("booked", "cancelled", "moved")
+                k in it.result for k in ("booked", "cancelled", "moved", "waitlisted")
             ):
                 start = i + 1
         return history[start:]
@@ -443,6 +446,14 @@ class OfflineModel:
         if phone and pending is not None and pending.result.get("error") == "verify_phone":
             return self._call("send_code", phone=phone.group(0))
 
+        said_yes_to_waitlist = (
+            WAITLIST_OFFER in last_said
+            and affirmative(text)
+            and not _BOOKISH.search(text)
+            and self._when([text]) is None
+        )
+        if said_yes_to_waitlist or any(_WAITLIST.search(t) for t in texts):
+            return self._waitlist(history, segment, texts, all_texts)
         options = self._options(history)
         moving = self._moving(segment, text)
         # a read-back waiting for a yes
@@ -566,6 +577,32 @@ class OfflineModel:
         if clinician:
             args["clinician"] = clinician
         return self._call("find_options", **args)
+
+    def _waitlist(
+        self, history: list[_Item], segment: list[_Item], texts: list[str], all_texts: list[str]
+    ) -> list[dict[str, Any]]:
+        """Join the waitlist for what was last looked up (or what the patient asks now)."""
+        find = self._last(segment, "call", "find_options") or self._last(
+            history, "call", "find_options"
+        )
+        asked = dict(find.input) if find is not None and isinstance(find.input, dict) else {}
+        clinician = asked.get("clinician") or self._clinician(texts)
+        visit = asked.get("visit_type") or self._visit(texts, clinician)
+        identity = self._known_identity(history, all_texts)
+        if visit is None:
+            kinds = ", ".join(v.display.lower() for v in self.directory.visits)
+            return [_text(f"Which kind of visit is the waitlist for: {kinds}?")]
+        if identity is None:
+            return self._ask_identity()
+        args: dict[str, Any] = {"visit_type": visit, **identity}
+        if clinician:
+            args["clinician"] = clinician
+        visits = self._visits(history)
+        if visits and any(_SOONER.search(t) for t in texts):
+            args["sooner_than"] = visits[-1]["ref"]
+        elif asked.get("when"):
+            args["when"] = asked["when"]
+        return self._call("join_waitlist", **args)
 
     def _cancel(
         self, history: list[_Item], texts: list[str], all_texts: list[str], text: str
@@ -703,7 +740,8 @@ class OfflineModel:
                 return [
                     _text(
                         f"{prefix}I couldn't find any open times from "
-                        f"{result.get('searched', 'then')}. Would another day or week work?"
+                        f"{result.get('searched', 'then')}. Would another day or week work, "
+                        f"or {WAITLIST_OFFER} and text you if a time frees up?"
                     )
                 ]
             moving = self._moving(self._segment(items), "")
@@ -734,6 +772,23 @@ class OfflineModel:
             if error == "identity":
                 return [_text(IDENTITY)]
             return [_text(f"Sorry, I couldn't do that: {result.get('message', error)}.")]
+        if last.name == "join_waitlist":
+            waiting = result.get("waitlisted")
+            if waiting:
+                return [
+                    _text(
+                        f"Done: you're on the waitlist for a {waiting['visit'].lower()} with "
+                        f"{waiting['clinician']}, {waiting['from']} to {waiting['to']}. If a time "
+                        "frees up we'll text you; reply YES to that text to take it."
+                    )
+                ]
+            if error == "need_identity":
+                return self._ask_identity()
+            if error == "identity":
+                return [_text(IDENTITY)]
+            return [
+                _text(f"Sorry, I couldn't add you to the waitlist: {result.get('message', error)}.")
+            ]
         if last.name == "cancel":
             if "cancelled" in result:
                 c = result["cancelled"]

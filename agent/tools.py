@@ -30,6 +30,8 @@ from agent.fhir import FhirClient, FhirRefused, FhirUnavailable, named_appointme
 from agent.sms import mask_phone, normalize_phone
 from agent.text import affirmative, shown_date, shown_time, unmask
 
+VISIT_TYPE_SYSTEM = "urn:fhir-sched:visit-type"  # how $find's proposals code the visit type
+
 __all__ = ["STALE_AFTER", "TOOLS", "Sender", "Toolbox", "TurnContext"]
 
 STALE_AFTER = timedelta(minutes=10)
@@ -117,6 +119,29 @@ def tool_definitions(directory: Directory) -> list[dict[str, Any]]:
                 "type": "object",
                 "properties": {"option": {"type": "string"}, **existing},
                 "required": ["option"],
+            },
+        },
+        {
+            "name": "join_waitlist",
+            "description": "Put the patient on the clinic's waitlist for a visit type, after "
+            "they said yes to it: when no suitable time is open, or they want something "
+            "sooner. The clinic texts them if a time frees up. Give 'when' (the days they "
+            "could come, in their words) or 'sooner_than' (their booked appointment: from now "
+            "until it).",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "visit_type": {"type": "string", "enum": visits},
+                    "clinician": {"type": "string", "enum": clinicians},
+                    "when": {"type": "string"},
+                    "sooner_than": {
+                        "type": "string",
+                        "description": "a booking (V1...) or its date and time in the patient's "
+                        "words",
+                    },
+                    **identity,
+                },
+                "required": ["visit_type", "given_name", "family_name", "birth_date"],
             },
         },
         {
@@ -437,6 +462,82 @@ class Toolbox:
         except FhirRefused as exc:
             return self._refused(exc, ctx)
         return {"booked": self._booked(booked, patient, visit, ctx)}
+
+    def _waitlist_window(
+        self, args: dict[str, Any], ctx: TurnContext
+    ) -> tuple[datetime, datetime] | dict[str, Any]:
+        """From now until the appointment ``sooner_than`` names, or the ``when`` asked for
+        (the next four weeks when neither is given)."""
+        tz = self.directory.tz
+        sooner = str(args.get("sooner_than") or "").strip()
+        if sooner:
+            visit = ctx.facts.get("visits", {}).get(sooner.upper())
+            until = (
+                datetime.fromisoformat(visit["start"])
+                if visit
+                else parse_start(sooner, tz, ctx.now)
+            )
+            if until is None:
+                return _error("need_time", "ask for the booked appointment's date and time")
+            if until <= ctx.now:
+                return _error("past", "that appointment has already started or passed")
+            return ctx.now, until
+        when = str(args.get("when") or "").strip()
+        window = find_window(when, tz, ctx.now) if when else None
+        if window is None:
+            return ctx.now, ctx.now + timedelta(days=28)
+        if window.past:
+            return _error("past", "that time has already passed")
+        return max(window.start, ctx.now), window.end
+
+    def _join_waitlist(self, args: dict[str, Any], ctx: TurnContext) -> dict[str, Any]:
+        visit = self.directory.visit(str(args.get("visit_type", "")))
+        if visit is None:
+            return _error("bad_input", "unknown visit type")
+        clinician = args.get("clinician") or None
+        known = self.directory.clinician(str(clinician)) if clinician else None
+        if clinician and known is None:
+            return _error("bad_input", "unknown clinician")
+        patient = self._patient(args, ctx)
+        if patient is None:
+            return _error("need_identity", "ask for the patient's full name and birth date")
+        window = self._waitlist_window(args, ctx)
+        if isinstance(window, dict):
+            return window
+        start, end = window
+        participants: list[dict[str, Any]] = [
+            {"actor": {"reference": "#patient"}, "status": "needs-action"}
+        ]
+        if clinician:
+            participants.append(
+                {"actor": {"reference": f"Practitioner/{clinician}"}, "status": "needs-action"}
+            )
+        entry = {
+            "resourceType": "Appointment",
+            "status": "waitlist",
+            "serviceType": [
+                {
+                    "coding": [{"system": VISIT_TYPE_SYSTEM, "code": visit.code}],
+                    "text": visit.display,
+                }
+            ],
+            "requestedPeriod": [{"start": start.isoformat(), "end": end.isoformat()}],
+            "contained": [{**self._with_phone(patient, ctx), "id": "patient"}],
+            "participant": participants,
+        }
+        try:
+            self.fhir.join_waitlist(entry, conversation=ctx.conversation)
+        except FhirRefused as exc:
+            return self._refused(exc, ctx)
+        ctx.progress = True
+        return {
+            "waitlisted": {
+                "visit": visit.display,
+                "from": shown_date(start),
+                "to": shown_date(end - timedelta(seconds=1)),
+                "clinician": known.name if known else "any clinician",
+            }
+        }
 
     def _existing(self, args: dict[str, Any], ctx: TurnContext) -> dict[str, Any]:
         """The booked appointment a cancel or move names, as an Appointment naming it by

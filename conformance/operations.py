@@ -154,7 +154,9 @@ _BOOK = OperationDecl(
     description="Book a proposed or held Appointment (creating its contained Patient if nobody "
     "matches), cancel one (status cancelled; by id, or by patient and start), or reschedule "
     "(cancelled-appointment-id, or cancelled-appointment by patient and start) in one "
-    "transaction.",
+    "transaction. An appointment-resource with status waitlist (requestedPeriod, the visit type "
+    "in serviceType, the patient, optionally the clinician; no slot) joins the clinic's "
+    "waitlist instead: it claims no time, and freed time that fits is offered by text.",
     affects_state=True,
     parameters=(
         *_APPOINTMENT_IN,

@@ -45,6 +45,7 @@ from fhir_server.routes import agent as agent_routes
 from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
 from fhir_server.routes import metrics as metrics_routes
 from fhir_server.settings import Settings
+from fhir_server.waitlist_runtime import install_waitlist_watch, run_waitlist, start_waitlist
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database, migrate
@@ -278,6 +279,11 @@ def create_app(
         late = None
         if clinic is not None:  # late cancellations to the staff queue
             late = asyncio.create_task(replies_runtime.escalations(app))
+        waitlisting = None
+        if app.state.waitlist is not None and settings.waitlist_seconds:
+            waitlisting = asyncio.create_task(
+                run_waitlist(app.state.waitlist, settings.waitlist_seconds)
+            )
         bridge = None
         if settings.hl7_listen:
             bridge = await start_bridge(settings, db=db, store=store, clinic=clinic)
@@ -287,12 +293,10 @@ def create_app(
         finally:
             if bridge is not None:
                 await bridge.close()
-            if late is not None:
-                late.cancel()
-                await asyncio.gather(late, return_exceptions=True)
-            if job is not None:
-                job.cancel()
-                await asyncio.gather(job, return_exceptions=True)
+            for task in (job, late, waitlisting):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if checkpoints is not None and checkpointing is not None:
                 checkpointing.cancel()
                 await asyncio.gather(checkpointing, return_exceptions=True)
@@ -337,6 +341,8 @@ def create_app(
     )
     clinic_config = app.state.services.clinic
     replies_runtime.install(app)
+    install_waitlist_watch(store, clinic_config)
+    start_waitlist(app, settings, db=db, store=store, keys=keys, clinic=clinic_config)
     app.state.agent = (
         build_agent(settings, db=db, keys=keys, clinic=clinic_config)
         if clinic_config is not None

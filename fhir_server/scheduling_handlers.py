@@ -26,7 +26,7 @@ from fhir_server.handlers import Context, FHIRResponse, version_headers
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database
 from resources.store import StoredVersion
-from scheduling import booking, patients
+from scheduling import booking, patients, waitlist
 from scheduling.calendar_reads import read_calendar_async
 from scheduling.config import ClinicConfig
 from scheduling.find import (
@@ -298,11 +298,12 @@ def book(
     now: datetime,
     idempotency_key: str | None = None,
 ) -> FHIRResponse:
-    """Appointment/$book (ITI-117): book (201), modify a booked one (200), cancel (status
-    cancelled, 200), or reschedule (``cancelled-appointment-id``, or ``cancelled-appointment``
-    naming it by patient and start: the old one is cancelled only if the new one is booked;
-    201). A cancellation without an id names the Appointment by its patient and start. A
-    proposal's contained Patient is matched again, or created with the booking."""
+    """Appointment/$book (ITI-117): book (201), join the waitlist (status waitlist, 201),
+    modify a booked one (200), cancel (status cancelled, 200), or reschedule
+    (``cancelled-appointment-id``, or ``cancelled-appointment`` naming it by patient and
+    start: the old one is cancelled only if the new one is booked; 201). A cancellation
+    without an id names the Appointment by its patient and start. A proposal's contained
+    Patient is matched again, or created with the booking."""
     access = authz.require(ctx.principal, "Appointment", "$book")
     resource, reference, values = _operation_appointment("appointment-book", params)
     old = values.get("cancelled-appointment-id", [None])[0]
@@ -328,7 +329,10 @@ def book(
             _operation_done(ctx, conn, first)
             return FHIRResponse(int(prior.status), first.body, version_headers(first), first)
     status = 200
-    if action == "cancel":
+    if action == "waitlist":
+        stored = _join_waitlist(ctx, conn, config, resource, now)
+        status = 201
+    elif action == "cancel":
         stored = booking.cancel(
             conn,
             store=ctx.store,
@@ -371,6 +375,20 @@ def book(
         location = f"{ctx.base_url}/Appointment/{stored.res_id}/_history/{stored.version}"
         headers["Location"] = location
     return FHIRResponse(status, stored.body, headers, stored)
+
+
+def _join_waitlist(
+    ctx: Context, conn: Connection, config: ClinicConfig, resource: Any, now: datetime
+) -> StoredVersion:
+    """``$book`` of an Appointment with status ``waitlist``: the patient matched as for a
+    booking (or created), the entry checked and stored; it claims no time."""
+    if not config.waitlist.enabled:
+        raise Unprocessable("this clinic keeps no waitlist (clinic file: waitlist.enabled)")
+    resource, created = patients.booking_patient(conn, store=ctx.store, appointment=resource)
+    stored = waitlist.join(conn, store=ctx.store, config=config, appointment=resource, now=now)
+    if created is not None:
+        handlers.note(ctx, "create", "Patient", created.res_id, created)
+    return stored
 
 
 def _located(ctx: Context, conn: Connection, named: dict[str, Any]) -> str:
@@ -442,7 +460,14 @@ def _confine_book(
 
 
 def _book_action(ctx: Context, conn: Connection, resource: Any, old: Any, old_named: Any) -> str:
-    """What a ``$book`` asks for: ``cancel``, ``modify``, ``reschedule`` or ``book``."""
+    """What a ``$book`` asks for: ``cancel``, ``modify``, ``reschedule``, ``book`` or
+    ``waitlist`` (a new waitlist entry)."""
+    if isinstance(resource, dict) and resource.get("status") == "waitlist":
+        if old or old_named is not None or resource.get("id"):
+            raise BadRequest(
+                "a waitlist entry is new: give no id and no cancelled-appointment with it"
+            )
+        return "waitlist"
     if isinstance(resource, dict) and resource.get("status") == "cancelled":
         if not (resource.get("id") or resource.get("start")):
             raise BadRequest(

@@ -319,14 +319,22 @@ def _claim(
 
 
 def hold(
-    conn: Connection, *, store: Store, config: ClinicConfig, appointment: Any, now: datetime
+    conn: Connection,
+    *,
+    store: Store,
+    config: ClinicConfig,
+    appointment: Any,
+    now: datetime,
+    seconds: int | None = None,
 ) -> tuple[StoredVersion, datetime]:
-    """Hold a proposed Appointment: a pending Appointment plus a held claim that expires."""
+    """Hold a proposed Appointment: a pending Appointment plus a held claim that expires
+    after ``seconds`` (the clinic's ``hold_seconds`` unless given: the waitlist holds freed
+    time for as long as its offer stands)."""
     w = _wanted(appointment)
     option = _still_offered(conn, store, config, w, now)
     if option is None:
         raise HoldFailed("that time is no longer available; run $find again")
-    expires = now + timedelta(seconds=config.hold_seconds)
+    expires = now + timedelta(seconds=config.hold_seconds if seconds is None else seconds)
     held = {**appointment, "status": "pending", "slot": _slot_refs(option)}
     held.pop("id", None)
     held.pop("meta", None)

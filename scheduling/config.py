@@ -39,6 +39,7 @@ __all__ = [
     "Rules",
     "TimeOff",
     "VisitType",
+    "WaitlistPolicy",
     "load_clinic_config",
     "parse_clinic_config",
 ]
@@ -221,6 +222,15 @@ class ExistingPatient(_Model):
     flag: bool = True
 
 
+class WaitlistPolicy(_Model):
+    """Freed time offered to waitlisted patients: ``offer_batch`` at a time, the time held
+    for them for ``offer_minutes``; the first YES books it."""
+
+    enabled: bool = False
+    offer_batch: int = Field(default=3, ge=1, le=20)
+    offer_minutes: int = Field(default=30, ge=1, le=24 * 60)
+
+
 class ClinicConfig(_Model):
     """The whole clinic file."""
 
@@ -236,6 +246,7 @@ class ClinicConfig(_Model):
     exceptions: list[TimeOff] = Field(default_factory=list)
     rules: Rules = Field(default_factory=Rules)
     existing_patient: ExistingPatient = Field(default_factory=ExistingPatient)
+    waitlist: WaitlistPolicy = Field(default_factory=WaitlistPolicy)
 
     @field_validator("timezone")
     @classmethod

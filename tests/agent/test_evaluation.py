@@ -28,7 +28,7 @@ SQLITE = pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 
 THEMES = {
     "happy", "dates", "dst", "availability", "races", "cancel", "reschedule", "refusals",
-    "escalation", "decline",
+    "escalation", "decline", "waitlist",
 }  # fmt: skip
 
 
