@@ -40,10 +40,12 @@ from fhir_server.keyring import open_keys
 from fhir_server.metrics import Metrics, MetricsMiddleware
 from fhir_server.openapi import ERRORS
 from fhir_server.openapi import install as install_openapi
+from fhir_server.outreach_runtime import build_outreach, reminder_job, reminders_on
 from fhir_server.routes import agent as agent_routes
 from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
 from fhir_server.routes import metrics as metrics_routes
 from fhir_server.settings import Settings
+from outreach.hooks import NoConversations
 from resources.service import Paging
 from resources.sql.async_reads import AsyncReader
 from resources.sql.engine import Database, migrate
@@ -256,6 +258,16 @@ def create_app(
             job = asyncio.create_task(
                 _extend_horizon(db, store, clinic, settings.clinic_refresh_seconds)
             )
+        reminding = None
+        if reminders_on(settings, clinic):
+            reminding = asyncio.create_task(
+                reminder_job(
+                    app.state.outreach,
+                    clinic=clinic,
+                    conversations=app.state.conversations,
+                    every=settings.reminder_seconds,
+                )
+            )
         checkpoints, checkpointing = None, None
         if settings.audit_enabled and settings.audit_checkpoint_seconds:
             checkpoints = AuditCheckpoints(
@@ -283,9 +295,10 @@ def create_app(
         finally:
             if bridge is not None:
                 await bridge.close()
-            if job is not None:
-                job.cancel()
-                await asyncio.gather(job, return_exceptions=True)
+            for task in (job, reminding):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if checkpoints is not None and checkpointing is not None:
                 checkpointing.cancel()
                 await asyncio.gather(checkpointing, return_exceptions=True)
@@ -334,6 +347,9 @@ def create_app(
         if clinic_config is not None
         else None
     )
+    # automated texts (outreach/): the reminder job's, and other jobs' through app.state
+    app.state.outreach = build_outreach(settings, db=db, store=store, keys=keys)
+    app.state.conversations = NoConversations()  # the agent's conversations plug in here
     agent_pool = ThreadPoolExecutor(settings.agent_threads, thread_name_prefix="agent")
     app.state.agent_pool = agent_pool
     app.state.agent_tasks = set()

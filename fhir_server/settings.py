@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Extend the clinic's Slot horizon this often while serving (0: never)",
     )
+    reminder_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="Run the reminder job this often while serving, when the clinic file "
+        "turns reminders on (0: never)",
+    )
     clinic_file: FilePath | None = Field(
         default=None,
         description="Clinic file whose rules $find applies (see docs/clinic-config.md)",
