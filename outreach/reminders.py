@@ -37,8 +37,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -147,6 +148,7 @@ def quiet_at(when: datetime, quiet: QuietHours | None, tz: ZoneInfo) -> datetime
     return datetime.combine(day, quiet.start, tzinfo=tz) if inside else None
 
 
+@lru_cache(maxsize=16384)  # appointments start on the clinic's slot grid: starts repeat
 def planned(start: datetime, hours: int, quiet: QuietHours | None, tz: ZoneInfo) -> datetime:
     """When the reminder ``hours`` before ``start`` is sent: a minute before quiet hours
     begin if its time falls in them."""
@@ -324,6 +326,7 @@ def run_reminders(
 ) -> Report:
     """One pass of the reminder job (see the module). Safe to run in several workers at once."""
     rem = config.reminders
+    now = as_utc(now).astimezone(UTC)  # SQLite compares the stored UTC text as it is
     report = Report(settled=outreach.settle())
     if not rem.enabled:
         return report

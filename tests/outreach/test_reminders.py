@@ -157,7 +157,7 @@ class World:
             store=self.store,
             config=self.config,
             conversations=self.conversations,
-            now=self.now,
+            now=at or self.now,  # as given: a clinic's local time works as well as UTC
         )
 
     def keys_sent(self) -> list[str]:
