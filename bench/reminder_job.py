@@ -5,8 +5,8 @@
 
 Seeds ``--appointments`` booked Appointments (the demo clinic's visit types, a patient with a
 mobile number each, three in ten with a no-show risk score above the threshold) starting
-between one and 80 hours after a virtual noon (a Tuesday in New York), all inside the job's window, so every one
-is read by each pass. Then, at that noon:
+between one and 80 hours after a virtual noon (a Tuesday in New York), all inside the job's
+window, so every one is read by each pass. Then, at that noon:
 
 * **sending pass**: the first pass, which sends each appointment's due reminder through the
   local outbox provider (claim, seal, the agent's outbox row, the Communication, the
