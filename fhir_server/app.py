@@ -41,6 +41,7 @@ from fhir_server.keyring import open_keys
 from fhir_server.metrics import Metrics, MetricsMiddleware
 from fhir_server.openapi import ERRORS
 from fhir_server.openapi import install as install_openapi
+from fhir_server.outreach_runtime import build_outreach, reminder_job, reminders_on
 from fhir_server.routes import agent as agent_routes
 from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
 from fhir_server.routes import metrics as metrics_routes
@@ -258,6 +259,16 @@ def create_app(
             job = asyncio.create_task(
                 _extend_horizon(db, store, clinic, settings.clinic_refresh_seconds)
             )
+        reminding = None
+        if reminders_on(settings, clinic):
+            reminding = asyncio.create_task(
+                reminder_job(
+                    app.state.outreach,
+                    clinic=clinic,
+                    conversations=app.state.conversations,
+                    every=settings.reminder_seconds,
+                )
+            )
         checkpoints, checkpointing = None, None
         if settings.audit_enabled and settings.audit_checkpoint_seconds:
             checkpoints = AuditCheckpoints(
@@ -293,7 +304,7 @@ def create_app(
         finally:
             if bridge is not None:
                 await bridge.close()
-            for task in (job, late, waitlisting):
+            for task in (job, late, waitlisting, reminding):
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -340,6 +351,8 @@ def create_app(
         metrics=metrics,
     )
     clinic_config = app.state.services.clinic
+    # automated texts (outreach/): reminders, replies and waitlist offers share one Outreach
+    app.state.outreach = build_outreach(settings, db=db, store=store, keys=keys)
     replies_runtime.install(app)
     install_waitlist_watch(store, clinic_config)
     start_waitlist(app, settings, db=db, store=store, keys=keys, clinic=clinic_config)
@@ -348,6 +361,8 @@ def create_app(
         if clinic_config is not None
         else None
     )
+    # the agent's conversations as outreach sees them (whichever agent the app holds)
+    app.state.conversations = replies_runtime.LiveConversations(app)
     agent_pool = ThreadPoolExecutor(settings.agent_threads, thread_name_prefix="agent")
     app.state.agent_pool = agent_pool
     app.state.agent_tasks = set()

@@ -3,8 +3,9 @@ makes before it touches data, and the patient compartment a ``patient/`` token i
 
 A permission is one of SMART's ``c r u d s`` or an operation (``$find``, ``$hold``, ``$book``).
 ``system/`` and ``user/`` scopes act on everything their type and filters allow; a
-``patient/`` scope acts only inside the launch patient's compartment: the Patient itself and
-the Appointments that have it as a participant. Types outside any patient compartment (Slot,
+``patient/`` scope acts only inside the launch patient's compartment: the Patient itself, the
+Appointments that have it as a participant and the Communications (texts from the clinic and
+replies) that have it as subject, recipient or sender. Types outside any patient compartment (Slot,
 Schedule, Practitioner, Location…) are readable under ``patient/`` scopes as they are: they say
 nothing about any patient.
 
@@ -23,7 +24,8 @@ from security.scopes import VERBS
 __all__ = ["Access", "in_compartment", "require"]
 
 # how a search is confined to one Patient's compartment, per type
-COMPARTMENT_SEARCH = {"Patient": "_id", "Appointment": "patient"}
+# (a Communication's search is confined by its subject, which the clinic's texts always name)
+COMPARTMENT_SEARCH = {"Patient": "_id", "Appointment": "patient", "Communication": "subject"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ def require(principal: Principal | None, rtype: str, permission: str) -> Access:
 
 
 def _refs(resource: dict[str, Any]) -> list[str]:
+    if resource.get("resourceType") == "Communication":
+        return _communication_refs(resource)
     out = []
     for participant in resource.get("participant") or []:
         if isinstance(participant, dict):
@@ -99,19 +103,30 @@ def _refs(resource: dict[str, Any]) -> list[str]:
     return out
 
 
+def _communication_refs(resource: dict[str, Any]) -> list[str]:
+    """A Communication's subject, recipients and sender (R4's patient compartment)."""
+    found: list[Any] = [resource.get("subject"), resource.get("sender")]
+    found += resource.get("recipient") or []
+    return [
+        r["reference"] for r in found if isinstance(r, dict) and isinstance(r.get("reference"), str)
+    ]
+
+
 def in_compartment(rtype: str, resource: dict[str, Any], patient: str) -> bool:
     """Whether ``resource`` belongs to Patient ``patient``'s compartment (types without one:
-    yes). An Appointment belongs to every patient among its participants."""
+    yes). An Appointment belongs to every patient among its participants, a Communication to
+    its subject's, recipients' and sender's."""
     if rtype == "Patient":
         return resource.get("id") == patient
-    if rtype == "Appointment":
+    if rtype in ("Appointment", "Communication"):
         target = f"Patient/{patient}"
         return any(ref == target or ref.endswith(f"/{target}") for ref in _refs(resource))
     return True
 
 
 def patients_in(resource: dict[str, Any]) -> set[str]:
-    """The Patient ids an Appointment's participants name."""
+    """The Patient ids an Appointment's participants (or a Communication's subject,
+    recipients and sender) name."""
     out = set()
     for ref in _refs(resource):
         parts = ref.split("/")

@@ -15,6 +15,7 @@ Examples::
     fhir-sched audit verify|export       # the audit log (see fhir_server/cli_audit.py)
     fhir-sched backup DIR                # online copy, keys sealed (see fhir_server/cli_backup.py)
     fhir-sched restore DIR [--force]     # into the configured database and key file
+    fhir-sched outbox [--to N]           # the automated texts (see fhir_server/cli_outreach.py)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fhir_server.cli_auth import client, launch, user
 from fhir_server.cli_backup import backup, restore
 from fhir_server.cli_errors import config_error, shows_tracebacks
 from fhir_server.cli_hl7 import hl7
+from fhir_server.cli_outreach import outbox
 from fhir_server.console_trail import audited
 from fhir_server.settings import Settings
 
@@ -81,6 +83,7 @@ main.add_command(hl7)
 main.add_command(agent)
 main.add_command(backup)
 main.add_command(restore)
+main.add_command(outbox)
 
 
 def _serve(settings: Settings) -> None:

@@ -206,10 +206,11 @@ def searchset(
 # -- interactions ------------------------------------------------------------------------------
 # -- audit notes (security/trail.py) ------------------------------------------------------------
 def patients_of(rtype: str, rid: str, stored: StoredVersion | None) -> set[str]:
-    """The Patients whose data a resource is: the Patient itself, an Appointment's patients."""
+    """The Patients whose data a resource is: the Patient itself, an Appointment's or a
+    Communication's patients."""
     if rtype == "Patient":
         return {rid}
-    if rtype == "Appointment" and stored is not None and stored.body is not None:
+    if rtype in ("Appointment", "Communication") and stored is not None and stored.body is not None:
         return authz.patients_in(stored.resource())
     return set()
 
@@ -362,7 +363,7 @@ def confined_write(access: Access, body: Any) -> None:
         return
     if access.rtype == "Patient" and isinstance(body, dict) and body.get("id") != access.patient:
         raise Forbidden("a patient's token cannot create or change another Patient")
-    if access.rtype == "Appointment":
+    if access.rtype in ("Appointment", "Communication"):
         named = authz.patients_in(body) if isinstance(body, dict) else set()
         if named != {access.patient}:
             raise Forbidden("a patient's token books only for that patient (and no one else)")

@@ -19,12 +19,13 @@ from fhir_server.agent_conversations import AgentConversations
 from fhir_server.agent_runtime import agent_store, sms_provider
 from fhir_server.http import Services
 from outreach.escalations import LateCancellations, escalate_late_cancellations
-from outreach.hooks import Conversations, NoConversations
+from outreach.hooks import AppointmentFacts, Conversations, NoConversations
 from outreach.replies import Replies
 from outreach.sending import Outreach
 
 __all__ = [
     "ESCALATE_EVERY",
+    "LiveConversations",
     "conversations_of",
     "escalations",
     "install",
@@ -73,6 +74,23 @@ def outreach_of(app: FastAPI) -> Outreach | None:
 def conversations_of(app: FastAPI) -> Conversations:
     agent = getattr(app.state, "agent", None)
     return AgentConversations(agent) if agent is not None else NoConversations()
+
+
+class LiveConversations:
+    """:class:`Conversations` over whichever agent ``app.state.agent`` holds at each call (the
+    jobs start before a test harness or ``agent register`` may set it)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def note(self, number: str, text: str, appointment: AppointmentFacts) -> None:
+        conversations_of(self.app).note(number, text, appointment)
+
+    def escalate(self, number: str | None, *, reason: str, summary: str) -> None:
+        conversations_of(self.app).escalate(number, reason=reason, summary=summary)
+
+    def hand_to_agent(self, number: str, body: str) -> None:
+        conversations_of(self.app).hand_to_agent(number, body)
 
 
 def replies_for(app: FastAPI) -> Replies | None:

@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         description="Run the waitlist job (offer freed time) this often, when the clinic file "
         "enables the waitlist (0: never)",
     )
+    reminder_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="Run the reminder job this often while serving, when the clinic file "
+        "turns reminders on (0: never)",
+    )
     clinic_file: FilePath | None = Field(
         default=None,
         description="Clinic file whose rules $find applies (see docs/clinic-config.md)",

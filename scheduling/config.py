@@ -36,6 +36,8 @@ __all__ = [
     "Location",
     "NewPatientWindow",
     "Practitioner",
+    "QuietHours",
+    "Reminders",
     "Rules",
     "TimeOff",
     "VisitType",
@@ -231,6 +233,55 @@ class WaitlistPolicy(_Model):
     offer_minutes: int = Field(default=30, ge=1, le=24 * 60)
 
 
+REMINDER_TEMPLATE = (
+    "Reminder: {clinician}, {date}, {time} at {location}. Reply YES to confirm or CANCEL to cancel."
+)
+REMINDER_FIELDS = ("clinician", "date", "time", "location", "visit")
+
+
+class QuietHours(_Model):
+    """Local times between which no reminder is sent (``start`` after ``end``: overnight)."""
+
+    start: TimeOfDay = time(21, 0)
+    end: TimeOfDay = time(8, 0)
+
+
+class Reminders(_Model):
+    """Reminder texts before booked appointments (``outreach/reminders.py``)."""
+
+    enabled: bool = False
+    offsets_hours: list[int] = Field(
+        default_factory=lambda: [48, 24, 2], min_length=1, max_length=8
+    )
+    quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
+    visit_types: list[Id] | None = Field(default=None, description="omitted: every visit type")
+    unanswered_to_staff: int = Field(default=2, ge=0, le=8, description="0: never")
+    unanswered_after_minutes: int = Field(default=60, ge=0, le=24 * 60)
+    extra_when_risk_at_least: float | None = Field(default=0.5, ge=0, le=1)
+    extra_offset_hours: int = Field(default=72, ge=1, le=24 * 30)
+    template: str = Field(default=REMINDER_TEMPLATE, min_length=1, max_length=600)
+
+    @field_validator("offsets_hours")
+    @classmethod
+    def _offsets(cls, value: list[int]) -> list[int]:
+        if any(h < 1 or h > 24 * 30 for h in value):
+            raise ValueError("each offset is a whole number of hours from 1 to 720")
+        if len(set(value)) != len(value):
+            raise ValueError("offsets must differ")
+        return sorted(value, reverse=True)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(**dict.fromkeys(REMINDER_FIELDS, ""))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"the template may name only {{{'}, {'.join(REMINDER_FIELDS)}}} ({exc!r})"
+            ) from exc
+        return value
+
+
 class ClinicConfig(_Model):
     """The whole clinic file."""
 
@@ -247,6 +298,7 @@ class ClinicConfig(_Model):
     rules: Rules = Field(default_factory=Rules)
     existing_patient: ExistingPatient = Field(default_factory=ExistingPatient)
     waitlist: WaitlistPolicy = Field(default_factory=WaitlistPolicy)
+    reminders: Reminders = Field(default_factory=Reminders)
 
     @field_validator("timezone")
     @classmethod
@@ -302,6 +354,7 @@ class ClinicConfig(_Model):
         for i, c in enumerate(r.daily_caps):
             check("visit type", visits, [c.visit_type], f"rules.daily_caps[{i}]")
             check("practitioner", pracs, c.practitioners, f"rules.daily_caps[{i}]")
+        check("visit type", visits, self.reminders.visit_types, "reminders.visit_types")
         for v in self.visit_types:
             if v.minutes % self.slot_minutes:
                 raise ValueError(

@@ -67,7 +67,10 @@ ROLE_SCOPES = {
     ),
     "clinician": _scopes("user", "*.rs Appointment.u", _OPERATIONS),
     "compliance": _scopes("user", "AuditEvent.rs Communication.rs"),
-    "patient": _scopes("patient", "Patient.rs Appointment.rs", _OPERATIONS, _DIRECTORY),
+    # Communication.rs: the texts the clinic sent the patient (reminders, offers) and replies
+    "patient": _scopes(
+        "patient", "Patient.rs Appointment.rs Communication.rs", _OPERATIONS, _DIRECTORY
+    ),
 }
 ROLES = tuple(ROLE_SCOPES)
 # scopes about identity and session, allowed to every signed-in user
