@@ -40,6 +40,7 @@ from fhir_server.keyring import open_keys
 from fhir_server.metrics import Metrics, MetricsMiddleware
 from fhir_server.openapi import ERRORS
 from fhir_server.openapi import install as install_openapi
+from fhir_server.risk_runtime import risk_job
 from fhir_server.routes import agent as agent_routes
 from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
 from fhir_server.routes import metrics as metrics_routes
@@ -256,6 +257,10 @@ def create_app(
             job = asyncio.create_task(
                 _extend_horizon(db, store, clinic, settings.clinic_refresh_seconds)
             )
+        scoring = None
+        if clinic is not None and settings.risk_refresh_seconds:
+            every, base = settings.risk_refresh_seconds, settings.fhir_base
+            scoring = asyncio.create_task(risk_job(db, store, clinic, server=base, every=every))
         checkpoints, checkpointing = None, None
         if settings.audit_enabled and settings.audit_checkpoint_seconds:
             checkpoints = AuditCheckpoints(
@@ -283,9 +288,10 @@ def create_app(
         finally:
             if bridge is not None:
                 await bridge.close()
-            if job is not None:
-                job.cancel()
-                await asyncio.gather(job, return_exceptions=True)
+            for task in (job, scoring):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if checkpoints is not None and checkpointing is not None:
                 checkpointing.cancel()
                 await asyncio.gather(checkpointing, return_exceptions=True)
