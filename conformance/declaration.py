@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "APPOINTMENT_RISK",
     "COMMON_PARAMS",
     "CUSTOM_SEARCH_PARAMETERS",
+    "NO_SHOW_RISK_URL",
     "RESOURCE_TYPES",
     "ParamType",
     "ResourceDecl",
@@ -297,6 +299,19 @@ def _slot() -> ResourceDecl:
     )
 
 
+# The no-show risk the server writes on booked Appointments (``scheduling/risk.py``): an
+# extension whose ``score`` sub-extension holds a decimal from 0 to 1.
+NO_SHOW_RISK_URL = "urn:fhir-sched:StructureDefinition/no-show-risk"
+APPOINTMENT_RISK = SearchParam(
+    "risk",
+    "number",
+    (f"extension.where(url='{NO_SHOW_RISK_URL}').extension.where(url='score').value",),
+    url=f"{CUSTOM_SP_BASE}Appointment-risk",
+    description="The no-show risk score (0 to 1) the server computed for a booked Appointment "
+    "(custom), e.g. risk=ge0.5",
+)
+
+
 def _appointment() -> ResourceDecl:
     t = "Appointment"
     return ResourceDecl(
@@ -323,6 +338,7 @@ def _appointment() -> ResourceDecl:
             _sp(t, "reason-code", "token", "reasonCode"),
             _sp(t, "part-status", "token", "participant.status"),
             _sp(t, "based-on", "reference", "basedOn", targets=("ServiceRequest",)),
+            APPOINTMENT_RISK,
             _sp(
                 t,
                 "_tag",
@@ -387,6 +403,7 @@ RESOURCE_TYPES: dict[str, ResourceDecl] = {
 CUSTOM_SEARCH_PARAMETERS: dict[str, tuple[str, SearchParam]] = {
     "Slot-end": ("Slot", SLOT_END),
     "Communication-about": ("Communication", COMMUNICATION_ABOUT),
+    "Appointment-risk": ("Appointment", APPOINTMENT_RISK),
 }
 
 

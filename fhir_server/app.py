@@ -42,6 +42,7 @@ from fhir_server.metrics import Metrics, MetricsMiddleware
 from fhir_server.openapi import ERRORS
 from fhir_server.openapi import install as install_openapi
 from fhir_server.outreach_runtime import build_outreach, reminder_job, reminders_on
+from fhir_server.risk_runtime import risk_job
 from fhir_server.routes import agent as agent_routes
 from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
 from fhir_server.routes import metrics as metrics_routes
@@ -269,6 +270,10 @@ def create_app(
                     every=settings.reminder_seconds,
                 )
             )
+        scoring = None
+        if clinic is not None and settings.risk_refresh_seconds:
+            every, base = settings.risk_refresh_seconds, settings.fhir_base
+            scoring = asyncio.create_task(risk_job(db, store, clinic, server=base, every=every))
         checkpoints, checkpointing = None, None
         if settings.audit_enabled and settings.audit_checkpoint_seconds:
             checkpoints = AuditCheckpoints(
@@ -304,7 +309,7 @@ def create_app(
         finally:
             if bridge is not None:
                 await bridge.close()
-            for task in (job, late, waitlisting, reminding):
+            for task in (job, late, waitlisting, reminding, scoring):
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)

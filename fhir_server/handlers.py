@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import orjson
@@ -35,6 +35,7 @@ from resources.search.query import SearchQuery
 from resources.service import Outcome, Paging
 from resources.sql.async_reads import AsyncReader
 from resources.store import Store, StoredVersion, format_instant
+from scheduling.risk import RISK_URL, without_risk
 from security.principal import Principal
 from security.trail import Trail
 
@@ -254,6 +255,35 @@ def _visible(ctx: Context, conn: Connection | None, access: Access, stored: Any)
             raise Forbidden(f"this {access.rtype} is outside what the token's scopes allow")
 
 
+_RISK = RISK_URL.encode()
+
+
+def shown(access: Access, stored: StoredVersion | None) -> StoredVersion | None:
+    """What ``access`` is shown of a version: to a patient's token, an Appointment without
+    its no-show risk (``scheduling/risk.py``), which is for staff only."""
+    if (
+        access.patient is None
+        or stored is None
+        or stored.body is None
+        or stored.res_type != "Appointment"
+        or _RISK not in stored.body
+    ):
+        return stored
+    return replace(stored, body=orjson.dumps(without_risk(stored.resource())))
+
+
+def _asks_risk(params: list[tuple[str, str]]) -> bool:
+    return any(
+        k.split(":")[0].split(".")[0] == "risk"
+        or (k == "_sort" and "risk" in {i.lstrip("-") for i in v.split(",")})
+        for k, v in params
+    )
+
+
+def _shown_outcome(access: Access, outcome: Outcome) -> Outcome:
+    return replace(outcome, stored=shown(access, outcome.stored))
+
+
 def read(
     ctx: Context, conn: Connection, rtype: str, rid: str, params: list[tuple[str, str]]
 ) -> FHIRResponse:
@@ -262,7 +292,7 @@ def read(
     outcome = service.read(conn, store=ctx.store, resource_type=rtype, resource_id=rid)
     _renote(ctx, rtype, rid, outcome.stored)
     _visible(ctx, conn, access, outcome.stored)
-    return read_response(ctx, outcome, params)
+    return read_response(ctx, _shown_outcome(access, outcome), params)
 
 
 def _renote(ctx: Context, rtype: str, rid: str, stored: StoredVersion | None) -> None:
@@ -285,6 +315,7 @@ async def read_async(
     stored = ctx.store.open_row(row) if row is not None else None
     _renote(ctx, rtype, rid, stored)
     _visible(ctx, None, access, stored)
+    stored = shown(access, stored)
     outcome = service.read_outcome(stored, resource_type=rtype, resource_id=rid)
     return read_response(ctx, outcome, params)
 
@@ -316,13 +347,15 @@ def vread(ctx: Context, conn: Connection, rtype: str, rid: str, vid: str) -> FHI
     )
     _renote(ctx, rtype, rid, outcome.stored)
     _visible(ctx, conn, access, outcome.stored)
-    return resource_response(ctx, outcome, Prefer())
+    return resource_response(ctx, _shown_outcome(access, outcome), Prefer())
 
 
 def search(
     ctx: Context, conn: Connection, rtype: str, params: list[tuple[str, str]], prefer: Prefer
 ) -> FHIRResponse:
     access = authz.require(ctx.principal, rtype, "s")
+    if access.patient is not None and rtype == "Appointment" and _asks_risk(params):
+        raise Forbidden("a patient's token cannot search or sort by risk")
     params = access.search_params(params)
     note(ctx, "search-type", rtype, query=f"{rtype}?{urlencode(params)}", patients=set())
     query, result = service.search(
@@ -340,6 +373,12 @@ def search(
         for found in (*result.matches, *result.included):
             touched |= patients_of(found.res_type, found.res_id, found)
         ctx.trail.facts[-1].patients = touched
+    if access.patient is not None:
+        result = replace(
+            result,
+            matches=[cast(StoredVersion, shown(access, s)) for s in result.matches],
+            included=[cast(StoredVersion, shown(access, s)) for s in result.included],
+        )
     bundle = searchset(ctx, resource_type=rtype, params=params, query=query, result=result)
     return FHIRResponse(200, bundle)
 
@@ -544,7 +583,7 @@ def history(
         token = orjson.dumps([nxt[0].isoformat(), nxt[1], nxt[2]]).hex()
         links.append({"relation": "next", "url": f"{url}?{_link_params(params, _cursor=token)}"})
     entries = []
-    for v in page:
+    for v in (cast(StoredVersion, shown(access, v)) for v in page):
         entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{v.res_type}/{v.res_id}"}
         if v.body is not None:
             entry["resource"] = orjson.Fragment(v.body)

@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         description="Run the reminder job this often while serving, when the clinic file "
         "turns reminders on (0: never)",
     )
+    risk_refresh_seconds: int = Field(
+        default=900,
+        ge=0,
+        description="Rescore the no-show risk of upcoming booked Appointments this often "
+        "while serving, with a clinic file (0: never)",
+    )
     clinic_file: FilePath | None = Field(
         default=None,
         description="Clinic file whose rules $find applies (see docs/clinic-config.md)",

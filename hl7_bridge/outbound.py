@@ -37,6 +37,7 @@ from hl7_bridge.siu_to_fhir import key_system
 from resources.sql.engine import Database
 from resources.store import Store, StoredVersion
 from scheduling.booking import participant_id
+from scheduling.risk import RISK_URL
 from security.balp import Actor
 from security.trail import Trail
 
@@ -77,7 +78,13 @@ def trigger(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str | Non
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in resource.items() if k not in ("meta", "slot")}
+    """What the EMR is told of: not the version, the Slots or the no-show risk the server
+    writes on its own (``scheduling/risk.py``), which no SIU field carries."""
+    out = {k: v for k, v in resource.items() if k not in ("meta", "slot", "extension")}
+    kept = [e for e in resource.get("extension", []) if e.get("url") != RISK_URL]
+    if kept:
+        out["extension"] = kept
+    return out
 
 
 class Outbox:

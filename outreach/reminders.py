@@ -38,7 +38,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from functools import lru_cache
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -56,9 +55,9 @@ from resources.sql.tables import IdxDate, IdxToken, OutreachMessage, ResourceRow
 from resources.store import Store
 from scheduling.clinic import VISIT_TYPE_SYSTEM
 from scheduling.config import ClinicConfig, QuietHours, Reminders
+from scheduling.risk import risk_of
 
 __all__ = [
-    "RISK_URL",
     "Report",
     "due_offset",
     "late_limit",
@@ -66,14 +65,12 @@ __all__ = [
     "phone_of",
     "planned",
     "quiet_at",
-    "risk_of",
     "run_reminders",
     "shown_time",
 ]
 
 log = get_logger("outreach.reminders")
 
-RISK_URL = "urn:fhir-sched:StructureDefinition/no-show-risk"
 R = cast(Table, ResourceRow.__table__)
 D = cast(Table, IdxDate.__table__)
 TK = cast(Table, IdxToken.__table__)
@@ -97,22 +94,6 @@ class Report:
     settled: int = 0  # left "sending" by a crash, now "unknown"
     quiet: bool = False
     dedupes: list[str] = field(default_factory=list)  # the keys sent in this pass
-
-
-def risk_of(appointment: dict[str, Any]) -> float | None:
-    """The Appointment's no-show risk score (0 to 1), or None if it has none.
-
-    The extension is written by ``scheduling.risk``; this reads the same URL and sub-extension
-    (``score``, valueDecimal) until that module is the one to ask."""
-    for ext in appointment.get("extension") or []:
-        if not isinstance(ext, dict) or ext.get("url") != RISK_URL:
-            continue
-        for sub in ext.get("extension") or []:
-            if isinstance(sub, dict) and sub.get("url") == "score":
-                value = sub.get("valueDecimal")
-                if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-                    return float(value)
-    return None
 
 
 def phone_of(patient: dict[str, Any]) -> str | None:

@@ -1,13 +1,23 @@
 """Turn a resource into search-index rows, following ``conformance.declaration``.
 
-Plain values go to ``idx_string``/``idx_token``/``idx_date``/``idx_reference``; values of
-``phi=True`` parameters go only to ``idx_blind`` as keyed digests (see :mod:`resources.blind`).
+Plain values go to ``idx_string``/``idx_token``/``idx_date``/``idx_reference``/``idx_number``;
+values of ``phi=True`` parameters go only to ``idx_blind`` as keyed digests (see
+:mod:`resources.blind`).
+
+A parameter's path is dotted element names, as FHIRPath writes them, with two more of
+FHIRPath's forms (https://hl7.org/fhirpath/N1/): ``where(key='value')`` keeps the elements
+whose ``key`` is that string (an extension by its ``url``), and ``value`` names a choice
+element ``value[x]`` (``valueDecimal``, ``valueString``, ...).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from conformance.declaration import RESOURCE_TYPES, SearchParam
@@ -16,7 +26,14 @@ from resources.fhirdate import MAX_INSTANT, MIN_INSTANT, DateRange, parse_fhir_d
 from resources.normalize import PHONE_SYSTEMS, norm_string, norm_token_code, phone_variants
 from security.crypto import KeyRing
 
-__all__ = ["IndexRows", "element_values", "index_kinds", "index_resource", "split_reference"]
+__all__ = [
+    "IndexRows",
+    "element_values",
+    "index_kinds",
+    "index_resource",
+    "number_values",
+    "split_reference",
+]
 
 STRING_PARTS = ("text", "family", "given", "prefix", "suffix")
 ADDRESS_PARTS = ("text", "line", "city", "district", "state", "postalCode", "country")
@@ -26,7 +43,7 @@ def index_kinds(rtype: str) -> tuple[str, ...]:
     """The index tables (``IndexRows`` fields) a resource of this type can have rows in."""
     kinds: set[str] = {"slot"} if rtype == "Slot" else set()
     for param in RESOURCE_TYPES[rtype].params.values():
-        if param.type in ("string", "token", "date", "reference"):
+        if param.type in ("string", "token", "date", "reference", "number"):
             kinds.add(param.index_table)
     return tuple(sorted(kinds))
 
@@ -39,20 +56,56 @@ class IndexRows:
     reference: list[dict[str, Any]] = field(default_factory=list)
     slot: list[dict[str, Any]] = field(default_factory=list)  # Slot only: table slot_time
     blind: list[dict[str, Any]] = field(default_factory=list)
+    number: list[dict[str, Any]] = field(default_factory=list)
+
+
+# a path's steps: element names, or where(key='value') (quoted values may hold dots)
+_STEP = re.compile(r"where\((\w+)='([^']*)'\)|([A-Za-z_]\w*)")
+
+
+@lru_cache(maxsize=128)
+def _steps(path: str) -> tuple[tuple[str, str | None], ...]:
+    """``path`` as steps: ``(name, None)`` for an element, ``(key, value)`` for a ``where``."""
+    steps: list[tuple[str, str | None]] = []
+    pos = 0
+    while pos < len(path):
+        m = _STEP.match(path, pos)
+        if m is None:
+            raise ValueError(f"unsupported search path {path!r}")
+        steps.append((m[1], m[2]) if m[1] else (m[3], None))
+        pos = m.end()
+        if pos < len(path):
+            if path[pos] != ".":
+                raise ValueError(f"unsupported search path {path!r}")
+            pos += 1
+    return tuple(steps)
+
+
+def _child(node: dict[str, Any], name: str) -> Any:
+    if name in node:
+        return node[name]
+    if name == "value":  # the choice element value[x]
+        for key, item in node.items():
+            if key.startswith("value") and key[5:6].isupper():
+                return item
+    return None
 
 
 def element_values(resource: dict[str, Any], path: str) -> list[Any]:
-    """Values at a dotted path, flattening lists: ``element_values(p, "name.given")``."""
+    """Values at a dotted path, flattening lists: ``element_values(p, "name.given")``,
+    ``element_values(a, "extension.where(url='urn:x').extension.where(url='score').value")``."""
     nodes: list[Any] = [resource]
-    for part in path.split("."):
+    for name, wanted in _steps(path):
+        if wanted is not None:
+            nodes = [n for n in nodes if isinstance(n, dict) and n.get(name) == wanted]
+            continue
         nxt: list[Any] = []
         for node in nodes:
-            if isinstance(node, dict) and part in node:
-                value = node[part]
-                if isinstance(value, list):
-                    nxt.extend(value)
-                else:
-                    nxt.append(value)
+            value = _child(node, name) if isinstance(node, dict) else None
+            if isinstance(value, list):
+                nxt.extend(value)
+            elif value is not None:
+                nxt.append(value)
         nodes = nxt
     return nodes
 
@@ -117,6 +170,16 @@ def date_ranges(value: Any) -> list[DateRange]:
         high = parse_fhir_date(value["end"]).high if value.get("end") else MAX_INSTANT
         return [DateRange(low, high, "period")]
     return []
+
+
+def number_values(value: Any) -> list[float]:
+    """A decimal or integer (a Quantity's ``value``) as a float; booleans are not numbers."""
+    if isinstance(value, dict):
+        value = value.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return []
+    number = float(value)
+    return [number] if math.isfinite(number) else []
 
 
 def split_reference(reference: str, base_url: str = "") -> tuple[str | None, str] | None:
@@ -193,6 +256,9 @@ def index_resource(
             rows.reference.extend(
                 {**base, "target_type": tt, "target_id": ti} for tt, ti in seen_refs
             )
+        elif param.type == "number":
+            numbers = {n for v in values for n in number_values(v)}
+            rows.number.extend({**base, "value": n} for n in sorted(numbers))
     if rtype == "Slot":
         rows.slot.extend(_slot_row(resource, seq, base_url))
     return rows

@@ -26,6 +26,7 @@ from resources.sql.direct import Direct, pipelined
 from resources.sql.tables import (
     IdxBlind,
     IdxDate,
+    IdxNumber,
     IdxReference,
     IdxString,
     IdxToken,
@@ -45,6 +46,7 @@ INDEX_TABLES: dict[str, Table] = {
     "date": cast(Table, IdxDate.__table__),
     "reference": cast(Table, IdxReference.__table__),
     "blind": cast(Table, IdxBlind.__table__),
+    "number": cast(Table, IdxNumber.__table__),
     "slot": cast(Table, SlotTime.__table__),
 }
 # The index tables each type can have rows in: a write touches only those.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, Table, and_, false, not_, or_, select, true
@@ -14,7 +15,7 @@ from resources import blind
 from resources.fhirdate import MAX_INSTANT, MIN_INSTANT, DateRange, parse_fhir_date
 from resources.indexing import split_reference
 from resources.normalize import norm_phone, norm_string
-from resources.search.query import Clause
+from resources.search.query import Clause, split_number
 from resources.store import INDEX_TABLES, R
 from security.crypto import KeyRing
 
@@ -151,6 +152,8 @@ class ConditionBuilder:
             return self._date(table.c.low, table.c.high, value, point=param.point)
         if param.type == "reference":
             return self._reference(table, clause, value)
+        if param.type == "number":
+            return _number(table.c.value, value, param.name)
         raise BadRequest(f"search on {param.type} parameter {param.name} is not supported")
 
     def blind_digests(
@@ -297,6 +300,33 @@ class ConditionBuilder:
             table.c.target_type == clause.target_type,
             table.c.target_id.in_(inner),
         )
+
+
+def _number(column: Any, value: str, name: str) -> ColumnElement[bool]:
+    """R4 number search (https://hl7.org/fhir/R4/search.html#number). ``eq`` (the default) and
+    ``ne`` use the range the value's precision implies: ``100`` is [99.5, 100.5), ``0.5`` is
+    [0.45, 0.55), ``1e2`` is [50, 150); ``ap`` is within 10 % of the value; the others compare
+    with the value itself (a stored value is exact: ``sa`` is ``gt``, ``eb`` is ``lt``)."""
+    prefix, number = split_number(value, name)
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)  # split_number refuses NaN and infinities
+    half = Decimal(5).scaleb(exponent - 1)
+    low, high = float(number - half), float(number + half)
+    if prefix == "ap":
+        slack = abs(number) / 10
+        return and_(column >= float(number - slack), column <= float(number + slack))
+    exact = float(number)
+    compare: dict[str, ColumnElement[bool]] = {
+        "eq": and_(column >= low, column < high),
+        "ne": or_(column < low, column >= high),
+        "gt": column > exact,
+        "sa": column > exact,
+        "lt": column < exact,
+        "eb": column < exact,
+        "ge": column >= exact,
+        "le": column <= exact,
+    }
+    return compare[prefix]
 
 
 def _is_point_range(clause: Clause) -> bool:

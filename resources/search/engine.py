@@ -37,6 +37,7 @@ __all__ = ["SearchResult", "run_search"]
 
 MAX_INCLUDES = 1000
 HIGH_TEXT = "\U0010ffff"
+NUMBER_END = 1e308  # sorts after any stored number (a resource without one sorts last)
 
 
 @dataclass
@@ -60,9 +61,10 @@ def _sort_expr(key: SortKey) -> Any:
         "string": (table.c.value_norm if param.type == "string" else None, ""),
         "token": (table.c.code if param.type == "token" else None, ""),
         "reference": (table.c.target_id if param.type == "reference" else None, ""),
+        "number": (table.c.value if param.type == "number" else None, -NUMBER_END),
     }[param.type]
     if not key.descending:
-        sentinel = MAX_INSTANT if param.type == "date" else HIGH_TEXT
+        sentinel = {"date": MAX_INSTANT, "number": NUMBER_END}.get(param.type, HIGH_TEXT)
     sub = (
         select(agg(column))
         .where(table.c.seq == R.c.seq, table.c.param == param.name)
@@ -78,7 +80,9 @@ def _encode_cursor(values: list[Any]) -> str:
 
 def _sort_kind(key: SortKey) -> type:
     """The Python type of :func:`_sort_expr`'s values for ``key``."""
-    return datetime if key.param.name == "_lastUpdated" or key.param.type == "date" else str
+    if key.param.name == "_lastUpdated" or key.param.type == "date":
+        return datetime
+    return float if key.param.type == "number" else str
 
 
 def _decode_cursor(text: str, kinds: list[type]) -> list[Any]:

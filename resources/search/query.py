@@ -8,13 +8,15 @@ values OR together.  Unknown parameters are collected (reported, or refused unde
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 
 from base.errors import BadRequest, NotSupported
 from conformance.declaration import RESOURCE_TYPES, SearchParam, search_param
 
-__all__ = ["Clause", "Include", "SearchQuery", "SortKey", "parse_query"]
+__all__ = ["Clause", "Include", "SearchQuery", "SortKey", "parse_query", "split_number"]
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+NUMBER_PREFIXES = DATE_PREFIXES
 MODIFIERS = {
     "string": {"exact", "contains", "missing"},
     "token": {"not", "missing"},
@@ -150,7 +152,27 @@ def _clause(rtype: str, name: str, raw: str, depth: int = 0) -> Clause | None:
             prefix = value[:2]
             if prefix.isalpha() and prefix not in DATE_PREFIXES:
                 raise BadRequest(f"unknown date prefix {prefix!r} in {name}={value}")
+    if param.type == "number" and modifier != "missing":
+        for value in values:
+            split_number(value, name)
     return Clause(param, modifier, values, target_type=target_type)
+
+
+def split_number(value: str, name: str = "") -> tuple[str, Decimal]:
+    """A number search value as (prefix, number): ``ge0.5`` → ("ge", Decimal("0.5")); a bare
+    number is ``eq``. Anything else is a 400 (https://hl7.org/fhir/R4/search.html#number)."""
+    prefix, text = "eq", value
+    if value[:2].isalpha():
+        prefix, text = value[:2], value[2:]
+        if prefix not in NUMBER_PREFIXES:
+            raise BadRequest(f"unknown number prefix {prefix!r} in {name}={value}")
+    try:
+        number = Decimal(text)
+    except InvalidOperation as exc:
+        raise BadRequest(f"{name}={value}: {text!r} is not a number") from exc
+    if not number.is_finite() or text.strip() != text:
+        raise BadRequest(f"{name}={value}: {text!r} is not a number")
+    return prefix, number
 
 
 def _int(name: str, raw: str, *, minimum: int = 0) -> int:
@@ -226,7 +248,8 @@ def _control(query: SearchQuery, rtype: str, name: str, raw: str, *, max_count: 
             desc = item.startswith("-")
             key = item[1:] if desc else item
             param = search_param(rtype, key)
-            if param is None or param.type not in ("date", "string", "token", "reference"):
+            sortable = ("date", "string", "token", "reference", "number")
+            if param is None or param.type not in sortable:
                 raise BadRequest(f"_sort={item}: {key} is not a sortable parameter of {rtype}")
             if param.phi:
                 raise NotSupported(f"_sort={key}: protected patient data cannot be sorted")

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -42,6 +43,7 @@ __all__ = [
     "IdempotencyKey",
     "IdxBlind",
     "IdxDate",
+    "IdxNumber",
     "IdxReference",
     "IdxString",
     "IdxToken",
@@ -139,6 +141,19 @@ class IdxDate(Base):
     low: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     high: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     __table_args__ = (Index("ix_idx_date_lookup", "res_type", "param", "low", "seq"),)
+
+
+class IdxNumber(Base):
+    """Plain number values (a decimal as a double): the no-show risk score of an Appointment.
+    A search's implicit range (``eq0.5`` is [0.45, 0.55)) is computed from the query."""
+
+    __tablename__ = "idx_number"
+    pk: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    res_type: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_idx_number_lookup", "res_type", "param", "value", "seq"),)
 
 
 class IdxReference(Base):

@@ -26,6 +26,7 @@ from resources.store import Store
 from scheduling import booking
 from scheduling.clinic import load_clinic
 from scheduling.config import ClinicConfig
+from scheduling.risk import RISK_URL, rescore_upcoming, risk_of
 from security.crypto import KeyRing
 from tests.builders import FHIR_JSON, create, make_patient
 from tests.fakes.emr import StandInEMR
@@ -34,6 +35,10 @@ from tests.hl7_bridge.test_listener import DEMO, MONDAY, Bridge, at, book_here, 
 from tests.smart import backend_token
 
 pytestmark = pytest.mark.anyio
+
+
+RISK = {"url": RISK_URL, "extension": [{"url": "score", "valueDecimal": 0.7}]}
+OTHER = {"url": "urn:other", "valueString": "x"}
 
 
 def _appt(status: str, **extra: Any) -> dict[str, Any]:
@@ -50,6 +55,8 @@ def _appt(status: str, **extra: Any) -> dict[str, Any]:
         (_appt("booked"), _appt("booked", start="t"), "S13"),
         (_appt("booked"), _appt("booked", comment="x"), "S14"),
         (_appt("booked"), _appt("booked", meta={"versionId": "2"}), None),
+        (_appt("booked"), _appt("booked", extension=[RISK]), None),  # the server's own
+        (_appt("booked", extension=[RISK]), _appt("booked", extension=[RISK, OTHER]), "S14"),
         (_appt("booked"), _appt("cancelled"), "S15"),
         (_appt("booked"), _appt("noshow"), "S26"),
         (_appt("booked"), _appt("entered-in-error"), "S17"),
@@ -167,6 +174,20 @@ async def test_the_emr_down_mid_stream_gets_everything_when_it_returns(
     assert set(emr.control_ids()) == {r.control_id for r in _outbox(bridge)}
     firsts = list(dict.fromkeys(emr.control_ids()))  # resends keep their MSH-10
     assert firsts == [r.control_id for r in _outbox(bridge)]
+
+
+async def test_a_risk_score_written_by_the_server_sends_nothing(
+    bridge: Bridge, clinic: ClinicConfig
+) -> None:
+    bridge.store.watch("Appointment", Outbox(bridge.store, [_endpoint(9)]).on_change)
+    booked = _book(bridge, clinic, at(9))
+    assert [r.event for r in _outbox(bridge)] == ["SIU^S12"]
+    with bridge.db.write() as conn:
+        written = rescore_upcoming(conn, store=bridge.store, config=clinic, now=at(8))
+        stored = bridge.store.read(conn, "Appointment", booked)
+    assert written == 1
+    assert stored is not None and risk_of(stored.resource()) is not None
+    assert [r.event for r in _outbox(bridge)] == ["SIU^S12"]  # no S14 for the score
 
 
 async def test_rejections_are_set_aside_and_stray_acks_ignored(

@@ -18,7 +18,6 @@ from sqlalchemy import select, text, update
 from fhir_server.demo import DEMO_CLINIC
 from outreach.hooks import AppointmentFacts
 from outreach.reminders import (
-    RISK_URL,
     due_offset,
     phone_of,
     planned,
@@ -33,6 +32,7 @@ from resources.sql.tables import OutreachMessage
 from resources.store import Store
 from scheduling.clinic import VISIT_TYPE_SYSTEM
 from scheduling.config import ClinicConfig, ClinicConfigError, QuietHours, parse_clinic_config
+from scheduling.risk import RISK_URL
 from security.crypto import KeyRing
 from tests.builders import make_appointment, make_patient
 
