@@ -18,6 +18,7 @@ from sqlalchemy import select
 from fhir_server.app import create_app
 from fhir_server.cli import main
 from fhir_server.demo import DEMO_CLINIC
+from fhir_server.replies_runtime import conversations_of
 from fhir_server.settings import Settings
 from outreach.hooks import NoConversations
 from resources.sql.engine import Database
@@ -67,7 +68,8 @@ def test_the_server_sends_due_reminders_and_the_outbox_command_shows_them(
         }
     )
     app = create_app(settings, keys=keys, db=db)
-    assert isinstance(app.state.conversations, NoConversations)
+    assert app.state.agent is None  # no agent registered: its conversations are nobody's
+    assert isinstance(conversations_of(app), NoConversations)
     with TestClient(app) as client:
         auth = {"Authorization": f"Bearer {backend_token(client, db)}", **FHIR_JSON}
         patient = make_patient("Outbox", ["Olive"], phone="+1 413 555 0177")

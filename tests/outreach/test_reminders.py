@@ -285,7 +285,11 @@ def test_each_reminder_is_sent_once_at_its_time_and_the_conversation_is_told(
     number, noted, facts = world.conversations.notes[0]
     assert (number, noted) == ("+14135550101", body)
     assert facts.appointment_id == aid and facts.visit_type == "follow-up"
-    assert facts.patient == {"family": "Smith", "given": "Peter", "birthDate": "1980-05-02"}
+    assert facts.patient == {  # named as $book names a patient
+        "resourceType": "Patient",
+        "name": [{"family": "Smith", "given": ["Peter"]}],
+        "birthDate": "1980-05-02",
+    }
     assert facts.start == "2026-12-08T14:30:00-05:00"
     assert facts.shown["visit"] == "Follow-up visit"
     assert other not in " ".join(world.keys_sent())
