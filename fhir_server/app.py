@@ -292,6 +292,12 @@ def create_app(
             )
             app.state.agent_tasks.add(waiting)
             waiting.add_done_callback(app.state.agent_tasks.discard)
+        # inbound texts kept but not handled before a stop: handled now (outreach, then agent)
+        replayed = asyncio.get_running_loop().run_in_executor(
+            agent_pool, replies_runtime.handle_waiting, app
+        )
+        app.state.agent_tasks.add(replayed)
+        replayed.add_done_callback(app.state.agent_tasks.discard)
         late = None
         if clinic is not None:  # late cancellations to the staff queue
             late = asyncio.create_task(replies_runtime.escalations(app))

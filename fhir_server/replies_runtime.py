@@ -28,6 +28,7 @@ __all__ = [
     "LiveConversations",
     "conversations_of",
     "escalations",
+    "handle_waiting",
     "install",
     "outreach_of",
     "replies_for",
@@ -107,6 +108,23 @@ def replies_for(app: FastAPI) -> Replies | None:
         conversations=conversations_of(app),
         waitlist=getattr(app.state, "waitlist", None),
     )
+
+
+def handle_waiting(app: FastAPI) -> int:
+    """At start-up: the inbound texts a stopped process kept but never handled, handled now,
+    oldest first. Returns how many."""
+    replies = replies_for(app)
+    if replies is None:
+        return 0
+    done = 0
+    for message in replies.outreach.waiting_inbound():
+        sid = message.dedupe.removeprefix("inbound:")
+        replies.handle(message.to, message.body, message_sid=sid, opt_out_type=message.opt_out_type)
+        replies.outreach.handled(message.id)
+        done += 1
+    if done:
+        log.info("outreach.inbox_replayed", count=done)
+    return done
 
 
 def _pass(app: FastAPI) -> int:

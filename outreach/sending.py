@@ -94,6 +94,7 @@ class Message:
     answer: str | None
     to: str
     body: str
+    opt_out_type: str = ""  # an inbound text: the provider's OptOutType, if it sent one
 
 
 def number_opted_out(conn: Connection, keys: KeyRing, number: str) -> bool:
@@ -153,8 +154,8 @@ class Outreach:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _sealed(self, mid: str, to: str, body: str) -> dict[str, Any]:
-        doc = json.dumps({"to": to, "body": body}, separators=(",", ":")).encode()
+    def _sealed(self, mid: str, to: str, body: str, **extra: str) -> dict[str, Any]:
+        doc = json.dumps({"to": to, "body": body, **extra}, separators=(",", ":")).encode()
         s = self.keys.seal(doc, aad=_aad(mid))
         return {
             "kek_id": s.kek_id,
@@ -371,6 +372,58 @@ class Outreach:
             log.warning("outreach.unknown", count=done.rowcount)
         return int(done.rowcount or 0)
 
+    # -- the inbox ----------------------------------------------------------------------------
+
+    def receive(
+        self, number: str, body: str, *, sid: str = "", opt_out_type: str = ""
+    ) -> str | None:
+        """Keep an inbound text (kind ``inbound``, state ``received``) before anything answers
+        it, so a process that stops before handling it handles it at its next start
+        (:meth:`waiting_inbound`). Keyed by the provider's message id: a webhook the provider
+        retries is kept once (None for the retry)."""
+        mid = str(uuid.uuid4())
+        number = normalize_phone(number)
+        try:
+            with self.db.write() as conn:
+                conn.execute(
+                    insert(T).values(
+                        id=mid,
+                        kind="inbound",
+                        dedupe=f"inbound:{sid or mid}"[:200],
+                        appointment_id=None,
+                        to_digest=self.digest(number),
+                        state="received",
+                        provider=self.sender.name,
+                        provider_id=sid[:200] or None,
+                        created=self.clock(),
+                        **self._sealed(mid, number, body, opt_out_type=opt_out_type),
+                    )
+                )
+        except IntegrityError:
+            return None
+        return mid
+
+    def handled(self, mid: str) -> None:
+        """An inbound text was answered (by outreach or handed to the agent)."""
+        with self.db.write() as conn:
+            conn.execute(
+                update(T).where(T.c.id == mid, T.c.state == "received").values(state="handled")
+            )
+
+    def waiting_inbound(self, *, within: timedelta = timedelta(hours=24)) -> list[Message]:
+        """Inbound texts kept but never handled (a stop between the two), oldest first."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(T)
+                .where(
+                    T.c.kind == "inbound",
+                    T.c.state == "received",
+                    T.c.created >= self.clock() - within,
+                )
+                .order_by(T.c.created, T.c.id)
+            ).all()
+        return [self._open(r) for r in rows]
+
     # -- reading ------------------------------------------------------------------------------
 
     def _open(self, row: Any) -> Message:
@@ -389,6 +442,7 @@ class Outreach:
             row.answer,
             doc["to"],
             doc["body"],
+            doc.get("opt_out_type", ""),
         )
 
     def last_sent_to(
@@ -430,8 +484,9 @@ class Outreach:
     def messages(
         self, *, to: str | None = None, kinds: tuple[str, ...] | None = None
     ) -> list[Message]:
-        """Every message, oldest first (``fhir-sched outbox``), optionally to one number."""
-        query = select(T).order_by(T.c.created, T.c.id)
+        """Every message sent or claimed (not the inbox), oldest first (``fhir-sched outbox``),
+        optionally to one number."""
+        query = select(T).where(T.c.kind != "inbound").order_by(T.c.created, T.c.id)
         if to is not None:
             query = query.where(T.c.to_digest == self.digest(to))
         if kinds:

@@ -208,10 +208,25 @@ async def sms_webhook(request: Request) -> Response:
         message = inbound(params)
         normalize_phone(message.from_number)
         if replies is not None:
-            # outreach's first (YES, CANCEL, STOP... to an automated text), after the
-            # acknowledgement, on the agent's threads; what it does not take, the agent's
+            # kept before Twilio is answered (a retried webhook is kept once); then outreach's
+            # first (YES, CANCEL, STOP... to an automated text), after the acknowledgement, on
+            # the agent's threads; what it does not take, the agent's
             opt_out = params.get("OptOutType", "")
-            _background(request, _outreach_reply(request, replies, message, opt_out, actor))
+            kept = await _in_pool(
+                request,
+                lambda: replies.outreach.receive(
+                    message.from_number,
+                    message.body,
+                    sid=message.message_sid,
+                    opt_out_type=opt_out,
+                ),
+            )
+            if kept is None:  # Twilio sent this message before: it is being handled
+                await _record(request, "agent-message:sms", actor, None, 200, "HTTP 200; resent")
+            else:
+                _background(
+                    request, _outreach_reply(request, replies, message, opt_out, actor, kept)
+                )
             return Response(EMPTY_TWIML, media_type="text/xml")
         agent = _agent(request)
         row = await _in_pool(request, agent.accept_sms, message.from_number, message.body)
@@ -234,7 +249,12 @@ def _background(request: Request, work: Awaitable[Any]) -> None:
 
 
 async def _outreach_reply(
-    request: Request, replies: Replies, message: InboundSms, opt_out: str, actor: Actor
+    request: Request,
+    replies: Replies,
+    message: InboundSms,
+    opt_out: str,
+    actor: Actor,
+    kept: str,
 ) -> None:
     """Hand the text to outreach on the agent's threads (a reply it does not take becomes an
     agent turn there), then record the message, naming the conversation if the agent got it.
@@ -250,9 +270,11 @@ async def _outreach_reply(
             ),
         )
     except Exception as exc:  # noqa: BLE001 - after the acknowledgement: logged and audited
+        # the text stays in the inbox (``received``): the next start handles it again
         log.error("outreach.reply_failed", error_type=type(exc).__name__)
         await _record(request, "agent-message:sms", actor, None, 500, "reply failed")
         return
+    await _in_pool(request, replies.outreach.handled, kept)
     cid = None
     agent: Agent | None = getattr(request.app.state, "agent", None)
     if handled.by_agent and agent is not None:

@@ -154,3 +154,34 @@ def test_after_stop_nothing_automated_reaches_the_number(world: World) -> None:
     assert len(world.agent.store.outbox(DIGITS)) == 1
     _sms(world, "START", "SM22")
     assert "subscribed again" in _texts(world, 2)[-1]
+
+
+def test_a_webhook_twilio_sends_again_is_answered_once(world: World) -> None:
+    appt = staff_book(
+        world, "pat-1", world.at(world.monday + timedelta(days=2), 10), clinician="dr-smith"
+    )
+    _remind(world, appt, 1)
+    _sms(world, "YES", "SM30")
+    _sms(world, "YES", "SM30")  # Twilio retried the webhook: the same MessageSid
+    _texts(world, 2)
+    time.sleep(0.5)
+    assert len(world.agent.store.outbox(DIGITS)) == 2  # the reminder and one confirmation
+    assert _outreach(world).waiting_inbound() == []
+
+
+def test_a_text_kept_before_a_stop_is_handled_at_the_next_start(world: World) -> None:
+    appt = staff_book(
+        world, "pat-1", world.at(world.monday + timedelta(days=2), 10), clinician="dr-smith"
+    )
+    _remind(world, appt, 1)
+    outreach = _outreach(world)
+    # the webhook kept the text and answered Twilio; the process stopped before handling it
+    kept = outreach.receive(NUMBER, "Can't come", sid="SM50")
+    assert kept is not None and outreach.receive(NUMBER, "Can't come", sid="SM50") is None
+    assert [m.id for m in outreach.waiting_inbound()] == [kept]
+    assert _status(world, appt) == "booked"
+    assert replies_runtime.handle_waiting(world.client.app) == 1  # type: ignore[arg-type]
+    assert _status(world, appt) == "cancelled"
+    assert "is cancelled" in _texts(world, 2)[-1]
+    assert outreach.waiting_inbound() == []
+    assert replies_runtime.handle_waiting(world.client.app) == 0  # type: ignore[arg-type]
