@@ -49,6 +49,7 @@ def listen(host: str | None, port: int | None) -> None:
     from base.logging import configure_logging
     from fhir_server.heap import settle_heap
     from fhir_server.hl7_runtime import install_outbox, start_bridge
+    from fhir_server.replies_runtime import install_outreach_watch
     from resources.store import Store
 
     settings = Settings()
@@ -61,6 +62,7 @@ def listen(host: str | None, port: int | None) -> None:
     assert ring is not None
     store = Store(ring, base_url=settings.fhir_base)
     install_outbox(settings, store)
+    install_outreach_watch(store, _clinic(settings))
     settle_heap()
 
     async def run() -> None:
@@ -178,6 +180,7 @@ def replay(message_ids: tuple[str, ...], all_failed: bool) -> None:
     """Apply failed inbound messages again (after the cause is fixed)."""
     from base.logging import configure_logging
     from fhir_server.hl7_runtime import bridge_config, install_outbox
+    from fhir_server.replies_runtime import install_outreach_watch
     from hl7_bridge.listener import Listener
     from hl7_bridge.messages import MessageStore
     from resources.store import Store
@@ -191,6 +194,7 @@ def replay(message_ids: tuple[str, ...], all_failed: bool) -> None:
     clinic = _clinic(settings)
     store = Store(ring, base_url=settings.fhir_base)
     install_outbox(settings, store)  # a replayed change reaches the other EMRs too
+    install_outreach_watch(store, clinic)
     listener = Listener(
         database, ring, store, clinic=clinic, config=bridge_config(settings, clinic)
     )

@@ -18,10 +18,13 @@ from base.logging import get_logger
 from fhir_server.agent_conversations import AgentConversations
 from fhir_server.agent_runtime import agent_store, sms_provider
 from fhir_server.http import Services
+from fhir_server.waitlist_runtime import install_waitlist_watch
 from outreach.escalations import LateCancellations, escalate_late_cancellations
 from outreach.hooks import AppointmentFacts, Conversations, NoConversations
 from outreach.replies import Replies
 from outreach.sending import Outreach
+from resources.store import Store
+from scheduling.config import ClinicConfig
 
 __all__ = [
     "ESCALATE_EVERY",
@@ -30,6 +33,7 @@ __all__ = [
     "escalations",
     "handle_waiting",
     "install",
+    "install_outreach_watch",
     "outreach_of",
     "replies_for",
 ]
@@ -37,6 +41,15 @@ __all__ = [
 log = get_logger("fhir_server.replies")
 
 ESCALATE_EVERY = 60.0  # seconds between passes of the late-cancellation job
+
+
+def install_outreach_watch(store: Store, clinic: ClinicConfig | None) -> None:
+    """What a process that changes Appointments outside ``serve`` (``fhir-sched hl7 listen``,
+    ``hl7 replay``) must watch too: waitlist entries checked and freed time queued, late
+    cancellations queued. The server's jobs pick up what is queued."""
+    install_waitlist_watch(store, clinic)
+    if clinic is not None:
+        store.watch("Appointment", LateCancellations(store, clinic).on_change)
 
 
 def install(app: FastAPI) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +22,9 @@ from tests.integration.test_demo_command import free_port
 EXE = Path(sys.executable).with_name("fhir-sched")
 
 
-def _message(control: str, status: str, hour: int, *, minutes: str = "30") -> bytes:
+def _message(
+    control: str, status: str, hour: int, *, minutes: str = "30", event: str = "S12", ids: str = ""
+) -> bytes:
     day = datetime.now(NY).date() + timedelta(days=8)
     while day.weekday() != 1:  # a Tuesday
         day += timedelta(days=1)
@@ -30,12 +33,13 @@ def _message(control: str, status: str, hour: int, *, minutes: str = "30") -> by
         [
             seg(
                 "MSH",
-                {3: "EMR", 4: "MSFP", 7: hl7_time(start), 9: "SIU^S12", 10: control}
+                {3: "EMR", 4: "MSFP", 7: hl7_time(start), 9: f"SIU^{event}", 10: control}
                 | {11: "P", 12: "2.5.1"},
             ),
             seg(
                 "SCH",
-                {1: f"P{control}", 2: f"F{control}", 9: minutes, 10: "min", 25: status},
+                {1: f"P{ids or control}", 2: f"F{ids or control}", 9: minutes, 10: "min"}
+                | {25: status},
             ),
             seg("TQ1", {1: "1", 7: hl7_time(start)}),
             seg("PID", {1: "1", 3: "MRN77^^^MSFP^MR", 5: "STONE^EMMA", 7: "19900101"}),
@@ -89,11 +93,13 @@ def test_listen_review_and_replay(tmp_path: Path) -> None:
                         _message("1", "Booked", 9),
                         _message("2", "Confirmed", 10, minutes=""),  # no length: AE
                         _message("3", "1^SCH", 11),  # a local status: applied, with a warning
+                        _message("4", "Booked", 14),
+                        _message("5", "Cancelled", 14, event="S15", ids="4"),
                     )
                 )
             except OSError:
                 time.sleep(0.2)
-        assert acks == [("AA", "1"), ("AE", "2"), ("AA", "3")]
+        assert acks == [("AA", "1"), ("AE", "2"), ("AA", "3"), ("AA", "4"), ("AA", "5")]
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
@@ -130,4 +136,8 @@ def test_listen_review_and_replay(tmp_path: Path) -> None:
     fixed = _run(env, "hl7", "replay", "--all-failed")
     assert fixed.returncode == 0 and f"{message_id}: applied" in fixed.stdout
     applied = _run(env, "hl7", "messages", "--status", "applied")
-    assert len(applied.stdout.splitlines()) == 3
+    assert len(applied.stdout.splitlines()) == 5
+    # the EMR's cancellation, applied by the listener's own process, freed time for the
+    # waitlist job of the server (the demo clinic keeps a waitlist)
+    with sqlite3.connect(tmp_path / "hl7.db") as conn:
+        assert conn.execute("SELECT count(*) FROM waitlist_freed").fetchone() == (1,)
