@@ -45,6 +45,7 @@ from fhir_server.outreach_runtime import build_outreach, reminder_job, reminders
 from fhir_server.risk_runtime import risk_job
 from fhir_server.routes import agent as agent_routes
 from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
+from fhir_server.routes import hl7 as hl7_routes
 from fhir_server.routes import metrics as metrics_routes
 from fhir_server.settings import Settings
 from fhir_server.waitlist_runtime import install_waitlist_watch, run_waitlist, start_waitlist
@@ -383,6 +384,7 @@ def create_app(
     app.state.audit_writer = audit_writer
     app.include_router(metadata.health)
     app.include_router(agent_routes.router)
+    app.include_router(hl7_routes.router)
     app.include_router(auth.router)
     app.include_router(authorize.router)
     app.include_router(docs.router)
