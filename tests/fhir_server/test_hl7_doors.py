@@ -42,7 +42,7 @@ def signed_in(anonymous: TestClient, db: Database, keys: KeyRing, role: str) -> 
     login = f"{role}-{uuid.uuid4().hex[:6]}"
     with db.write() as conn:
         add_user(conn, keys, login=login, password="staff-password-1", role=role)
-    scope = "openid fhirUser user/*.rs"
+    scope = "openid fhirUser user/*.rs user/AuditEvent.rs"  # the log is granted only by name
     register_app(db, client_id=f"app-{login}", scope=scope)
     verifier, challenge = pkce()
     params = authorize_params(f"app-{login}", challenge, scope=scope)
