@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from fhir_server.audit_handlers import require_audit_scope
 from fhir_server.doors import Door, through
 from fhir_server.http import Services, run_sync
+from fhir_server.openapi import CHAIN_STATUS, json_answer, token_door
 from security.audit_status import ChainStatus
 
 __all__ = ["router"]
@@ -28,6 +29,8 @@ router = APIRouter(prefix="/audit", tags=["audit log"])
 @router.get(
     "/verify",
     summary="The audit chain: intact, up to which record, when verified (compliance)",
+    responses=json_answer(CHAIN_STATUS, "The chain's status"),
+    openapi_extra=token_door(),
 )
 async def verify(request: Request) -> JSONResponse:
     door = Door(request, "console-audit:audit verify")

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fhir_server import hl7_review
 from fhir_server.doors import Door, require_role, through
 from fhir_server.http import Services, run_sync
+from fhir_server.openapi import HL7_LIST, HL7_OPENED, json_answer, token_door
 from hl7_bridge.messages import HL7_MESSAGE, STATUSES
 
 __all__ = ["router"]
@@ -42,8 +43,9 @@ def _services(request: Request) -> Services:
 @router.get(
     "/messages",
     summary="Stored HL7 messages, newest first, without content (roles interface, front-desk)",
-    openapi_extra={
-        "parameters": [
+    responses=json_answer(HL7_LIST, "The messages and the next page's before"),
+    openapi_extra=token_door(
+        parameters=[
             {
                 "name": "status",
                 "in": "query",
@@ -78,7 +80,7 @@ def _services(request: Request) -> Services:
                 "description": "the next page: the previous answer's next_before",
             },
         ]
-    },
+    ),
 )
 async def messages(request: Request) -> JSONResponse:
     door = Door(request, "console-query:hl7 messages")
@@ -98,6 +100,8 @@ async def messages(request: Request) -> JSONResponse:
 @router.get(
     "/messages/{message_id}",
     summary="One message, its ACK and why it failed: patient data (role interface)",
+    responses=json_answer(HL7_OPENED, "The message as `fhir-sched hl7 show` prints it"),
+    openapi_extra=token_door(),
 )
 async def message(message_id: MESSAGE_ID, request: Request) -> JSONResponse:
     door = Door(request, "console-export:hl7 show", [(HL7_MESSAGE, message_id)])
@@ -119,6 +123,8 @@ async def message(message_id: MESSAGE_ID, request: Request) -> JSONResponse:
 @router.post(
     "/messages/{message_id}/replay",
     summary="Apply a failed inbound message again (role interface)",
+    responses=json_answer(HL7_OPENED, "The message as it now stands (no message text)"),
+    openapi_extra=token_door(),
 )
 async def replay(message_id: MESSAGE_ID, request: Request) -> JSONResponse:
     door = Door(request, "console-import:hl7 replay", [(HL7_MESSAGE, message_id)])
