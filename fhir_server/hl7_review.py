@@ -18,6 +18,7 @@ from fhir_server.hl7_runtime import bridge_config
 from fhir_server.settings import Settings
 from hl7_bridge.listener import Listener
 from hl7_bridge.messages import STATUSES, MessageRecord, MessageStore
+from resources.fhirdate import as_utc
 from resources.sql.engine import Database
 from resources.store import Store
 from scheduling.config import ClinicConfig
@@ -80,7 +81,7 @@ def _summary(r: MessageRecord | Any) -> dict[str, Any]:
     return {
         "id": r.id,
         "seq": r.seq,
-        "created": r.created.isoformat(),
+        "created": as_utc(r.created).isoformat(),  # SQLite hands back naive UTC
         "direction": r.direction,
         "peer": r.peer,
         "control_id": r.control_id,
@@ -91,7 +92,7 @@ def _summary(r: MessageRecord | Any) -> dict[str, Any]:
         "warnings": (r.warnings or "").split(),
         "appointment_id": r.appointment_id,
         "attempts": r.attempts,
-        "next_attempt": r.next_attempt.isoformat() if r.next_attempt else None,
+        "next_attempt": as_utc(r.next_attempt).isoformat() if r.next_attempt else None,
     }
 
 

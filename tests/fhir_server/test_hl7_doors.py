@@ -126,6 +126,7 @@ def test_the_emr_team_lists_newest_first_without_content(
         "ack_code", "error", "warnings", "appointment_id", "attempts", "next_attempt",
     }  # fmt: skip
     assert first["warnings"] == ["status-unknown"]
+    assert datetime.fromisoformat(first["created"]).utcoffset() is not None  # on both databases
     assert "RIVERA" not in listed.text and "10.0.0.9" not in listed.text  # no content
 
     failed = anonymous.get("/hl7/messages?status=failed&_count=1", headers=team).json()
