@@ -33,10 +33,10 @@ _TYPES = {
 }
 # sha256 of "": the empty <style data-fullcalendar> the page carries (FullCalendar fills it
 # with insertRule, which CSP does not govern; it never sets inline text)
-_EMPTY_STYLE = "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hlsHc='"
+_EMPTY_STYLE = "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; "
-    f"style-src 'self' {_EMPTY_STYLE}; img-src 'self' data:; "
+    f"style-src 'self' {_EMPTY_STYLE}; img-src 'self' data:; font-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 _HEADERS = {

@@ -40,6 +40,8 @@ ROOT = Path(__file__).parents[2]
 EXE = Path(sys.executable).with_name("fhir-sched")
 PASSWORDS = {login: password for login, password, *_ in DEMO_USERS}
 LAPTOP = {"width": 1366, "height": 900}
+TABLET = {"width": 820, "height": 1180}
+CLINIC_ZONE = "America/New_York"  # fhir_server/demo_clinic.yaml
 
 SignedIn = Callable[..., Page]
 
@@ -93,7 +95,11 @@ def open_console(browser: Browser, console_server: Server) -> Iterator[Callable[
     contexts = []
 
     def open_(viewport: dict[str, int] | None = None) -> Page:
-        context = browser.new_context(viewport=viewport or LAPTOP)  # type: ignore[arg-type]
+        context = browser.new_context(  # the demo clinic's zone, as at its front desk
+            viewport=viewport or LAPTOP,  # type: ignore[arg-type]
+            timezone_id=CLINIC_ZONE,
+            locale="en-US",
+        )
         contexts.append(context)
         page = context.new_page()
         page.goto(f"{console_server.root}/console/")

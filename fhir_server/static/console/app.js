@@ -79,7 +79,8 @@ async function show(session) {
   // a screen the menu does not offer is still opened when asked for by address: the server
   // decides what the token may read, and the screen shows its refusal
   const screen = SCREENS.find((s) => s.id === wanted) || screens[0];
-  $('who').textContent = `Signed in as ${session.claims.fhirUser || session.claims.sub || 'staff'}`;
+  const who = (session.claims.fhirUser || '').replace(`${config.issuer.replace(/\/$/, '')}/`, '');
+  $('who').textContent = `Signed in as ${who || session.claims.sub || 'staff'}`;
   $('signout').hidden = false;
   menu(screens, screen?.id);
   if (leaveScreen) { leaveScreen(); leaveScreen = null; }
