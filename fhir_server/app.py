@@ -44,7 +44,16 @@ from fhir_server.openapi import install as install_openapi
 from fhir_server.outreach_runtime import build_outreach, reminder_job, reminders_on
 from fhir_server.risk_runtime import risk_job
 from fhir_server.routes import agent as agent_routes
-from fhir_server.routes import audit, auth, authorize, docs, metadata, operations, resources
+from fhir_server.routes import (
+    audit,
+    auth,
+    authorize,
+    console,
+    docs,
+    metadata,
+    operations,
+    resources,
+)
 from fhir_server.routes import chain as chain_routes
 from fhir_server.routes import hl7 as hl7_routes
 from fhir_server.routes import metrics as metrics_routes
@@ -396,6 +405,7 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(authorize.router)
     app.include_router(docs.router)
+    app.include_router(console.router)
     if settings.metrics_token is not None:
         app.include_router(metrics_routes.router)
     for fhir in (metadata, operations, audit, resources):

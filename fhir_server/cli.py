@@ -16,6 +16,7 @@ Examples::
     fhir-sched backup DIR                # online copy, keys sealed (see fhir_server/cli_backup.py)
     fhir-sched restore DIR [--force]     # into the configured database and key file
     fhir-sched outbox [--to N]           # the automated texts (see fhir_server/cli_outreach.py)
+    fhir-sched console register          # the staff console's client (see docs/console.md)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fhir_server.cli_agent import agent
 from fhir_server.cli_audit import audit
 from fhir_server.cli_auth import client, launch, user
 from fhir_server.cli_backup import backup, restore
+from fhir_server.cli_console import console
 from fhir_server.cli_errors import config_error, shows_tracebacks
 from fhir_server.cli_hl7 import hl7
 from fhir_server.cli_outreach import outbox
@@ -84,6 +86,7 @@ main.add_command(agent)
 main.add_command(backup)
 main.add_command(restore)
 main.add_command(outbox)
+main.add_command(console)
 
 
 def _serve(settings: Settings) -> None:
@@ -176,6 +179,7 @@ def demo(host: str | None, port: int | None, weeks: int) -> None:
     )
     model = f"Claude ({settings.agent_model})" if settings.anthropic_api_key else "offline rules"
     click.echo(f"booking agent ({model}): chat with it at {root}/agent/chat", err=True)
+    click.echo(f"staff console (sign in as frontdesk / frontdesk-demo): {root}/console/", err=True)
     _serve(settings)
 
 

@@ -1,7 +1,7 @@
 """The demo clinic: ``fhir_server/demo_clinic.yaml`` plus four demo patients (two of them seen
 here last year, so they are existing patients), the demo's clients and users (the front desk's
-record, ``PractitionerRole/front-desk``, with them), and the booking agent's client (its key
-made beside the key file).
+record, ``PractitionerRole/front-desk``, with them), the booking agent's client (its key
+made beside the key file) and the staff console's (``fhir_server/console_client.py``).
 
 Three practitioners (two GPs, one physical therapist), two locations, a HealthcareService per
 visit type, a Schedule per practitioner and location, and 15-minute Slots over the next weeks.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_server.agent_runtime import register_agent
+from fhir_server.console_client import register_console
 from fhir_server.keyring import open_keys
 from fhir_server.settings import Settings
 from resources import service
@@ -125,6 +126,17 @@ def _load_identities(conn: Any, keys: Any) -> int:
     return added
 
 
+def _register_console(conn: Any, settings: Settings) -> int:
+    """The staff console's client at this server's /console/ (docs/console.md), unless the
+    address is one no redirect URI may have (plain http beyond loopback, as in some tests)."""
+    from security.smart.registry import RegistryError
+
+    try:
+        return int(register_console(conn, settings.public_root) != "unchanged")
+    except RegistryError:
+        return 0
+
+
 def demo_patients() -> list[dict[str, Any]]:
     return [
         {
@@ -212,6 +224,7 @@ def load_demo(
                     patients[rtype] += 1
             patients["identities"] += _load_identities(conn, keys)
             patients["identities"] += int(register_agent(conn, settings))
+            patients["identities"] += _register_console(conn, settings)
     finally:
         db.dispose()
     return report, patients

@@ -38,6 +38,7 @@ __all__ = [
     "RegistryError",
     "User",
     "add_client",
+    "add_redirect_uris",
     "add_user",
     "find_user",
     "get_client",
@@ -235,6 +236,23 @@ def add_client(
     client = get_client(conn, str(row["client_id"]))
     assert client is not None
     return client, secret
+
+
+def add_redirect_uris(conn: Connection, client_id: str, uris: list[str]) -> list[str]:
+    """Add redirect URIs to a registered client (those it lacks); returns the ones added."""
+    client = get_client(conn, client_id)
+    if client is None:
+        raise RegistryError(f"no client {client_id!r}")
+    for uri in uris:
+        if not uri.startswith(("https://", "http://localhost", "http://127.0.0.1")):
+            raise RegistryError(f"redirect URI {uri!r} must be https (or http on loopback)")
+    added = [u for u in dict.fromkeys(uris) if u not in client.redirect_uris]
+    if added:
+        joined = " ".join([*client.redirect_uris, *added])
+        conn.execute(
+            update(OAuthClient).filter_by(client_id=client_id).values(redirect_uris=joined)
+        )
+    return added
 
 
 def _client(row: Any) -> Client:
