@@ -72,3 +72,30 @@ def test_only_the_console_files_are_served(console_server: Server) -> None:
         answer = httpx.get(f"{root}/{wrong}", timeout=10)
         assert answer.status_code == 404, wrong
         assert answer.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_session_that_ends_mid_task_signs_in_again_and_keeps_what_was_typed(
+    signed_in: SignedIn, console_server: Server
+) -> None:
+    """The front desk is typing when the session ends at the server (here: its tokens revoked,
+    the refresh token with them). The next call gets 401, the refresh fails, the console keeps
+    the typed fields, signs in again and puts them back."""
+    page = signed_in("frontdesk")
+    field = page.get_by_label("Patient: name, birth date")
+    field.fill("Stone 1990")
+    id_token = page.evaluate("JSON.parse(sessionStorage.getItem('console.session')).idToken")
+    ended = httpx.get(
+        f"{console_server.root}/auth/logout",
+        params={"id_token_hint": id_token},
+        follow_redirects=False,
+        timeout=30,
+    )
+    assert ended.status_code in (200, 302, 303), ended.text
+    page.get_by_role("button", name="Search patients").click()
+    page.get_by_label("User name").fill("frontdesk")  # the server's own sign-in page
+    page.get_by_label("Password").fill("frontdesk-demo")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Allow").click()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(page.locator("#notice")).to_contain_text("What you had typed is back")
+    expect(page.get_by_label("Patient: name, birth date")).to_have_value("Stone 1990")
