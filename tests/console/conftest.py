@@ -50,7 +50,13 @@ SignedIn = Callable[..., Page]
 def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("console")
     port = free_port()
-    env = server_env(tmp, f"sqlite:///{tmp}/demo.db", FHIRSCHED_PORT=str(port))
+    # the no-show risk job every few seconds, so a booking shows its score while a test runs
+    env = server_env(
+        tmp,
+        f"sqlite:///{tmp}/demo.db",
+        FHIRSCHED_PORT=str(port),
+        FHIRSCHED_RISK_REFRESH_SECONDS="3",
+    )
     log_path = tmp / "server.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(

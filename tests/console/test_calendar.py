@@ -179,3 +179,51 @@ def test_the_calendar_by_keyboard_and_axe(
     page.keyboard.press("Enter")
     expect(page.get_by_role("button", name="Move")).to_be_focused()
     check_a11y(page)
+
+
+def test_a_booking_shows_its_no_show_risk_with_its_reasons(
+    signed_in: SignedIn, console_server: Server
+) -> None:
+    """The server's risk job scores a new booking within seconds; the calendar shows the score
+    on the event and, in its detail, the reasons the score gives."""
+    day = _a_day_with_times(console_server, "Patient/pat-1", skip=3)
+    page = signed_in("frontdesk", screen="calendar")
+    _open_finder(page, day, "Chalmers", "Peter James Chalmers, born 1974-12-25")
+    page.locator("#find-options button").first.click()
+    expect(page.get_by_role("alert")).to_contain_text("Booked: Peter James Chalmers")
+    start = datetime.combine(day, time(0), tzinfo=TZ)
+    params = [
+        ("patient", "Patient/pat-1"),
+        ("status", "booked"),
+        ("date", f"ge{start.isoformat()}"),
+        ("date", f"lt{(start + timedelta(days=1)).isoformat()}"),
+    ]
+    deadline = datetime.now() + timedelta(seconds=60)
+    scored: dict[str, Any] = {}
+    while not scored:  # the job runs every 3 seconds here (FHIRSCHED_RISK_REFRESH_SECONDS)
+        found = httpx.get(
+            f"{console_server.base}/Appointment",
+            params=params,
+            headers=console_server.headers,
+            timeout=30,
+        ).json()
+        for entry in found.get("entry", []):
+            if any(
+                e["url"].endswith("/no-show-risk") for e in entry["resource"].get("extension", [])
+            ):
+                scored = entry["resource"]
+        assert scored or datetime.now() < deadline, "the booking was never scored"
+    (ext,) = [e for e in scored["extension"] if e["url"].endswith("/no-show-risk")]
+    score = next(x["valueDecimal"] for x in ext["extension"] if x["url"] == "score")
+    reasons = [x["valueString"] for x in ext["extension"] if x["url"] == "reason"]
+    page.get_by_role("button", name="Week").click()  # another range: the calendar reads again
+    event = page.locator(".fc-event", has_text="Peter James Chalmers")
+    expect(event).to_contain_text(f"⚠ {round(score * 100)}%")
+    event.click()
+    detail = page.locator("#appt-detail")
+    expect(detail).to_contain_text(f"No-show risk{round(score * 100)}%")
+    for reason in reasons:
+        expect(detail).to_contain_text(reason)
+    page.get_by_role("button", name="Cancel appointment").click()  # leave the day as it was
+    page.get_by_role("button", name="Yes, cancel it").click()
+    expect(page.get_by_role("alert")).to_contain_text("Cancelled: Peter James Chalmers")
