@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+import phonenumbers
+
 __all__ = ["mask_phone", "normalize_phone"]
 
 _SEPARATORS = re.compile(r"[\s\-().]")
@@ -23,17 +25,31 @@ def mask_phone(number: str) -> str:
     return "***-**" + digits[-2:].rjust(2, "*")
 
 
-def normalize_phone(number: str) -> str:
+def normalize_phone(number: str, region: str | None = None) -> str:
     """``number`` as digits, with the leading ``+`` kept if it had one: the form numbers are
     compared in. Spaces, dashes, dots and parentheses are dropped; anything else is refused
     (the error does not quote the number).
 
-    No country code is added: ``"555-0101"`` and ``"+15550101"`` stay different, since which
-    country a local number belongs to is the clinic's to say.
+    Which country a national number belongs to is the clinic's to say: with ``region`` (ISO
+    3166 alpha-2, the clinic file's ``phone_region``), a national number that is a possible
+    number there becomes E.164, as SMS providers send and expect numbers; without it, or for a
+    number that is not possible there (a short demo number), no country code is added.
 
     >>> normalize_phone("+1 (555) 010-1"), normalize_phone("555-0101")
     ('+15550101', '5550101')
+    >>> normalize_phone("(413) 555-0101", "US"), normalize_phone("+1 413 555 0101", "US")
+    ('+14135550101', '+14135550101')
+    >>> normalize_phone("555-0101", "US")
+    '5550101'
     """
+    if region and not number.strip().startswith("+"):
+        try:
+            parsed = phonenumbers.parse(number, region)
+        except phonenumbers.NumberParseException:
+            parsed = None
+        possible = phonenumbers.ValidationResult.IS_POSSIBLE
+        if parsed is not None and phonenumbers.is_possible_number_with_reason(parsed) == possible:
+            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     text = number.strip()
     plus = text.startswith("+")
     digits = _SEPARATORS.sub("", text[1:] if plus else text)

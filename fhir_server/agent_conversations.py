@@ -52,10 +52,12 @@ class AgentConversations:
         self.agent.answer(row.id, body)
 
 
-def opted_out_check(db: Database, keys: KeyRing) -> Callable[[str], bool]:
+def opted_out_check(
+    db: Database, keys: KeyRing, region: str | None = None
+) -> Callable[[str], bool]:
     def opted_out(number: str) -> bool:
         with db.read() as conn:
-            return number_opted_out(conn, keys, number)
+            return number_opted_out(conn, keys, number, region)
 
     return opted_out
 

@@ -154,6 +154,8 @@ def build_agent(
         fhir=fhir,
         model=model or make_model(config, offline),
         # no text to a number that opted out of automated texts (STOP)
-        sms=OptOutAware(sms_provider(settings, store), opted_out_check(db, keys)),
+        sms=OptOutAware(
+            sms_provider(settings, store), opted_out_check(db, keys, clinic.phone_region)
+        ),
         **extra,
     )

@@ -375,7 +375,9 @@ def create_app(
     )
     clinic_config = app.state.services.clinic
     # automated texts (outreach/): reminders, replies and waitlist offers share one Outreach
-    app.state.outreach = build_outreach(settings, db=db, store=store, keys=keys)
+    app.state.outreach = build_outreach(
+        settings, db=db, store=store, keys=keys, clinic=clinic_config
+    )
     replies_runtime.install(app)
     install_waitlist_watch(store, clinic_config)
     start_waitlist(app, settings, db=db, store=store, keys=keys, clinic=clinic_config)

@@ -42,8 +42,10 @@ def outbox(to: str | None, unmasked: bool) -> None:
     from base.phones import mask_phone
     from outreach.sending import Outreach
     from resources.store import Store
+    from scheduling.config import load_clinic_config
 
     settings = Settings()
+    clinic = load_clinic_config(settings.clinic_file) if settings.clinic_file else None
     database, ring = open_database(keys=True)
     assert ring is not None
     try:
@@ -62,6 +64,7 @@ def outbox(to: str | None, unmasked: bool) -> None:
             sender=_Reading(settings.sms_provider),
             server=settings.fhir_base,
             audit=False,
+            region=clinic.phone_region if clinic is not None else None,  # --to as texts go
         )
         if settings.sms_provider == "outbox":
             click.echo(

@@ -36,8 +36,10 @@ def build_outreach(
     store: Store,
     keys: KeyRing,
     clock: Callable[[], datetime] | None = None,
+    clinic: ClinicConfig | None = None,
 ) -> Outreach:
-    """Automated texts through ``FHIRSCHED_SMS_PROVIDER``, audited as the server's."""
+    """Automated texts through ``FHIRSCHED_SMS_PROVIDER``, audited as the server's, to numbers
+    read in the clinic's ``phone_region``."""
     return Outreach(
         db=db,
         store=store,
@@ -46,6 +48,7 @@ def build_outreach(
         server=settings.fhir_base,
         clock=clock,
         audit=settings.audit_enabled,
+        region=clinic.phone_region if clinic is not None else None,
     )
 
 

@@ -16,7 +16,6 @@ from fastapi import FastAPI
 
 from base.logging import get_logger
 from fhir_server.agent_conversations import AgentConversations
-from fhir_server.agent_runtime import agent_store, sms_provider
 from fhir_server.http import Services
 from fhir_server.waitlist_runtime import install_waitlist_watch
 from outreach.escalations import LateCancellations, escalate_late_cancellations
@@ -62,27 +61,9 @@ def install(app: FastAPI) -> None:
 
 
 def outreach_of(app: FastAPI) -> Outreach | None:
-    """``app.state.outreach``, or one built here on the agent's SMS provider."""
+    """The app's :class:`Outreach` (``fhir_server/outreach_runtime.py: build_outreach``)."""
     found: Outreach | None = getattr(app.state, "outreach", None)
-    if found is not None:
-        return found
-    services: Services = app.state.services
-    settings, db, keys = services.settings, services.db, services.store.keys
-    try:
-        sender = sms_provider(settings, agent_store(db, keys))
-    except ValueError:
-        log.warning("outreach.no_sms_provider")
-        return None
-    built = Outreach(
-        db=db,
-        store=services.store,
-        keys=keys,
-        sender=sender,
-        server=settings.fhir_base,
-        audit=settings.audit_enabled,
-    )
-    app.state.outreach = built
-    return built
+    return found
 
 
 def conversations_of(app: FastAPI) -> Conversations:

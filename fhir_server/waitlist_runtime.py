@@ -15,7 +15,6 @@ import asyncio
 from fastapi import FastAPI
 
 from base.logging import get_logger
-from fhir_server.agent_runtime import agent_store, sms_provider
 from fhir_server.settings import Settings
 from outreach.sending import Outreach
 from outreach.waitlist import Waitlist, waitlist_watcher
@@ -49,17 +48,7 @@ def start_waitlist(
     app.state.waitlist = None
     if clinic is None or not clinic.waitlist.enabled:
         return None
-    outreach = getattr(app.state, "outreach", None)
-    if outreach is None:
-        outreach = Outreach(
-            db=db,
-            store=store,
-            keys=keys,
-            sender=sms_provider(settings, agent_store(db, keys)),
-            server=settings.fhir_base,
-            audit=settings.audit_enabled,
-        )
-        app.state.outreach = outreach
+    outreach: Outreach = app.state.outreach  # built before (create_app: build_outreach)
     app.state.waitlist = Waitlist(outreach, db, store, clinic)
     return app.state.waitlist  # type: ignore[no-any-return]
 

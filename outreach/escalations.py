@@ -15,16 +15,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from base.logging import get_logger
-from base.phones import normalize_phone
 from outreach.hooks import Conversations
-from outreach.sending import Outreach
+from outreach.sending import Outreach, phone_of
 from resources.fhirdate import parse_fhir_date
 from resources.sql.engine import Database
 from resources.sql.tables import OutreachEscalation
@@ -32,7 +30,7 @@ from resources.store import Store, StoredVersion
 from scheduling.booking import participant_id
 from scheduling.config import ClinicConfig
 
-__all__ = ["LateCancellations", "escalate_late_cancellations", "patient_phone"]
+__all__ = ["LateCancellations", "escalate_late_cancellations"]
 
 log = get_logger("outreach.escalations")
 
@@ -146,7 +144,7 @@ def _describe(
         patient_id = participant_id(appt, "Patient") if appt else None
         patient = store.read(conn, "Patient", patient_id) if patient_id else None
         number = (
-            patient_phone(patient.resource())
+            phone_of(patient.resource(), clinic.phone_region)
             if patient is not None and not patient.deleted
             else None
         )
@@ -160,19 +158,3 @@ def _describe(
         "the time is free at short notice."
     )
     return appointment_id, summary, number, patient_id
-
-
-def patient_phone(patient: dict[str, Any]) -> str | None:
-    """The number texts go to: a mobile phone first, then any phone."""
-    phones = [
-        t
-        for t in patient.get("telecom", []) or []
-        if isinstance(t, dict) and t.get("system") == "phone" and t.get("value")
-    ]
-    phones.sort(key=lambda t: t.get("use") != "mobile")
-    for t in phones:
-        try:
-            return normalize_phone(str(t["value"]))
-        except ValueError:
-            continue
-    return None

@@ -45,10 +45,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, exists, false, select, update
 
 from base.logging import get_logger
-from base.phones import normalize_phone
 from outreach.hooks import Conversations
 from outreach.replies import appointment_facts
-from outreach.sending import Outreach
+from outreach.sending import Outreach, phone_of
 from resources.fhirdate import as_utc
 from resources.sql.engine import Database
 from resources.sql.tables import IdxDate, IdxToken, OutreachMessage, ResourceRow
@@ -94,21 +93,6 @@ class Report:
     settled: int = 0  # left "sending" by a crash, now "unknown"
     quiet: bool = False
     dedupes: list[str] = field(default_factory=list)  # the keys sent in this pass
-
-
-def phone_of(patient: dict[str, Any]) -> str | None:
-    """The Patient's phone number for texts: a mobile one first, never one marked old."""
-    phones = [
-        t
-        for t in patient.get("telecom") or []
-        if isinstance(t, dict)
-        and t.get("system") == "phone"
-        and isinstance(t.get("value"), str)
-        and t["value"].strip()
-        and t.get("use") != "old"
-    ]
-    phones.sort(key=lambda t: t.get("use") != "mobile")
-    return str(phones[0]["value"]) if phones else None
 
 
 # -- times ------------------------------------------------------------------------------------
@@ -481,11 +465,10 @@ def _send(
 ) -> None:
     patient_id = _participant(body, "Patient")
     patient = patients.get(patient_id or "")
-    found = phone_of(patient) if patient else None
-    if patient_id is None or patient is None or found is None:
+    number = outreach.phone_of(patient) if patient else None
+    if patient_id is None or patient is None or number is None:
         report.no_phone += 1
         return
-    number = normalize_phone(found)
     shown = _shown(config, up, body)
     text = config.reminders.template.format(**shown)
     dedupe = _key(up, hours)

@@ -42,7 +42,6 @@ from sqlalchemy import Connection, Table, select
 
 from base.errors import BadRequest, BusinessRule
 from base.logging import get_logger
-from base.phones import normalize_phone
 from outreach.hooks import AppointmentFacts, Conversations
 from outreach.sending import Message, Outreach
 from resources import service
@@ -261,7 +260,7 @@ class Replies:
         """Act on the text ``body`` from ``number`` (``message_sid``: the provider's id of the
         inbound message, which keys the one answer; ``opt_out_type``: Twilio's
         ``OptOutType``, when Twilio answered a keyword itself)."""
-        number = normalize_phone(number)
+        number = self.outreach.normalize(number)
         sid = message_sid or str(uuid.uuid4())
         handled_by_twilio = _opt_out_type(opt_out_type)
         word = handled_by_twilio or classify(body)

@@ -45,7 +45,7 @@ from security.balp import Actor
 from security.crypto import KeyRing, Sealed
 from security.trail import Trail
 
-__all__ = ["ADDRESS", "Message", "Outreach", "Sender", "Sent", "number_opted_out"]
+__all__ = ["ADDRESS", "Message", "Outreach", "Sender", "Sent", "number_opted_out", "phone_of"]
 
 log = get_logger("outreach.sending")
 
@@ -97,10 +97,13 @@ class Message:
     opt_out_type: str = ""  # an inbound text: the provider's OptOutType, if it sent one
 
 
-def number_opted_out(conn: Connection, keys: KeyRing, number: str) -> bool:
+def number_opted_out(
+    conn: Connection, keys: KeyRing, number: str, region: str | None = None
+) -> bool:
     """Whether ``number`` texted STOP (and not START since): for senders outside outreach, such
-    as the booking agent's SMS, which must not text it either."""
-    digest = keys.blind(ADDRESS, normalize_phone(number))
+    as the booking agent's SMS, which must not text it either. ``region`` as for
+    :class:`Outreach`, so a number as filed and as the provider writes it are one."""
+    digest = keys.blind(ADDRESS, normalize_phone(number, region))
     return bool(conn.execute(select(OPT.c.opted_out).where(OPT.c.to_digest == digest)).scalar())
 
 
@@ -108,8 +111,33 @@ def _aad(mid: str) -> bytes:
     return f"outreach_message|{mid}".encode()
 
 
+def phone_of(patient: dict[str, Any], region: str | None = None) -> str | None:
+    """The number texts to a Patient go to, as numbers are compared (:func:`normalize_phone`
+    with the clinic's ``region``): an ``sms`` one first, then a mobile phone, then any phone;
+    never one marked ``old``; None when none reads as a number."""
+    phones = [
+        t
+        for t in patient.get("telecom") or []
+        if isinstance(t, dict)
+        and t.get("system") in ("sms", "phone")
+        and isinstance(t.get("value"), str)
+        and t["value"].strip()
+        and t.get("use") != "old"
+    ]
+    phones.sort(key=lambda t: (t.get("system") != "sms", t.get("use") != "mobile"))
+    for t in phones:
+        try:
+            return normalize_phone(t["value"], region)
+        except ValueError:
+            continue
+    return None
+
+
 class Outreach:
-    """Automated texts: sending once, opt-outs, and the messages a reply may answer."""
+    """Automated texts: sending once, opt-outs, and the messages a reply may answer.
+
+    ``region`` is the clinic file's ``phone_region``: a number filed nationally is texted,
+    and matched to the replies from it, in E.164."""
 
     def __init__(
         self,
@@ -121,22 +149,32 @@ class Outreach:
         server: str,
         clock: Callable[[], datetime] | None = None,
         audit: bool = True,
+        region: str | None = None,
     ) -> None:
         self.db, self.store, self.keys, self.sender = db, store, keys, sender
+        self.region = region
         self.server, self.audit = server, audit
         self.clock = clock or (lambda: datetime.now(UTC))
         self.actor = Actor(client_id="outreach")
 
     # -- numbers ------------------------------------------------------------------------------
 
+    def normalize(self, number: str) -> str:
+        """``number`` as texts go to it and replies come from it (E.164 where the region
+        reads it)."""
+        return normalize_phone(number, self.region)
+
+    def phone_of(self, patient: dict[str, Any]) -> str | None:
+        return phone_of(patient, self.region)
+
     def digest(self, number: str) -> bytes:
-        return self.keys.blind(ADDRESS, normalize_phone(number))
+        return self.keys.blind(ADDRESS, self.normalize(number))
 
     def opted_out(self, number: str, conn: Connection | None = None) -> bool:
         if conn is None:
             with self.db.read() as c:
                 return self.opted_out(number, c)
-        return number_opted_out(conn, self.keys, number)
+        return number_opted_out(conn, self.keys, number, self.region)
 
     def set_opt_out(self, number: str, out: bool, conn: Connection | None = None) -> None:
         """STOP (``out``) or START for ``number``."""
@@ -177,7 +215,7 @@ class Outreach:
         """Claim ``dedupe`` in ``conn``'s transaction: (message id, ``sending`` or ``skipped``),
         or None if it was claimed before. On PostgreSQL a concurrent claim of the same key waits
         for this transaction and then finds it taken."""
-        number = normalize_phone(to)
+        number = self.normalize(to)
         mid = str(uuid.uuid4())
         state = "skipped" if self.opted_out(number, conn) else "sending"
         try:
@@ -236,7 +274,7 @@ class Outreach:
     ) -> Sent:
         """Steps 2 and 3 for a claimed message."""
         try:
-            provider_id = self.sender.send(normalize_phone(to), body)
+            provider_id = self.sender.send(self.normalize(to), body)
         except Exception as exc:  # noqa: BLE001 - any refusal is final and recorded
             log.warning("outreach.send_failed", message_id=mid, error_type=type(exc).__name__)
             with self.db.write() as conn:
@@ -382,7 +420,7 @@ class Outreach:
         (:meth:`waiting_inbound`). Keyed by the provider's message id: a webhook the provider
         retries is kept once (None for the retry)."""
         mid = str(uuid.uuid4())
-        number = normalize_phone(number)
+        number = self.normalize(number)
         try:
             with self.db.write() as conn:
                 conn.execute(

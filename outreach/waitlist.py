@@ -141,16 +141,6 @@ class _Fit:
     phone: str
 
 
-def _phone(patient: dict[str, Any]) -> str | None:
-    phones = [
-        t
-        for t in patient.get("telecom", []) or []
-        if isinstance(t, dict) and t.get("system") in ("phone", "sms") and t.get("value")
-    ]
-    phones.sort(key=lambda t: (t.get("system") != "sms", t.get("use") != "mobile"))
-    return str(phones[0]["value"]) if phones else None
-
-
 class Waitlist:
     """The waitlist job (:meth:`run`) and the answers to its offers (:meth:`answer`)."""
 
@@ -325,7 +315,11 @@ class Waitlist:
             if self._option(conn, freed, visit, entry.patient, now) is None:
                 continue
             patient = self.store.read(conn, "Patient", entry.patient)
-            phone = _phone(patient.resource()) if patient and not patient.deleted else None
+            phone = (
+                self.outreach.phone_of(patient.resource())
+                if patient and not patient.deleted
+                else None
+            )
             if phone is None:
                 continue
             fits.append(_Fit(entry, visit, phone))
@@ -437,7 +431,11 @@ class Waitlist:
                     else None
                 )
                 patient = self.store.read(conn, "Patient", patient_id) if patient_id else None
-                phone = _phone(patient.resource()) if patient and not patient.deleted else None
+                phone = (
+                    self.outreach.phone_of(patient.resource())
+                    if patient and not patient.deleted
+                    else None
+                )
                 targets.append((row.waitlist_id, patient_id, phone))
         body = (
             f"Good news: an earlier time is free: "

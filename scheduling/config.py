@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 import yaml
 from pydantic import (
     BaseModel,
@@ -287,6 +288,8 @@ class ClinicConfig(_Model):
 
     name: str
     timezone: str
+    # the country of phone numbers filed without one: texts go to them in E.164
+    phone_region: str | None = "US"
     slot_minutes: int = Field(default=15, gt=0, le=120)
     horizon_weeks: int = Field(default=8, ge=1, le=104)
     hold_seconds: int = Field(default=90, ge=10, le=3600)
@@ -309,6 +312,16 @@ class ClinicConfig(_Model):
             raise ValueError(
                 f"{value!r} is not an IANA time zone name such as America/New_York"
             ) from exc
+        return value
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                f"{value!r} is not a region of phone numbers: an ISO 3166 country code in "
+                "capitals, such as US, CA or GB (or null: numbers are texted as filed)"
+            )
         return value
 
     @property

@@ -474,3 +474,42 @@ def test_appointment_facts_name_it_as_the_agent_does(w: World) -> None:
     assert facts.shown["clinician"] == "Dr. Alice Smith"
     assert facts.shown["location"] == "Main Street Clinic"
     assert facts.shown["time"].endswith(("AM", "PM")) and facts.visit_type == "follow-up"
+
+
+def test_a_number_filed_nationally_is_texted_in_e164_and_its_reply_matched(
+    db: Database, store: Store, keys: KeyRing, w: World
+) -> None:
+    """The clinic files "(413) 555-0101"; Twilio needs, and sends back, "+14135550101". With
+    the clinic's phone_region the reminder goes to the E.164 form, and the patient's YES from
+    it answers that reminder; without a region the two would never meet."""
+    assert w.cfg.phone_region == "US"  # the default
+    regional = Outreach(
+        db=db,
+        store=store,
+        keys=keys,
+        sender=w.sender,
+        server="http://test/fhir",
+        clock=w.clock,
+        region=w.cfg.phone_region,
+    )
+    replies = Replies(outreach=regional, db=db, store=store, clinic=w.cfg, conversations=w.talk)
+    appt = w.book(2, 9)
+    _needs_action(w, appt)
+    patient = {"telecom": [{"system": "phone", "value": "(413) 555-0101", "use": "mobile"}]}
+    filed = regional.phone_of(patient)
+    assert filed == "+14135550101"
+    sent = regional.send_once(
+        kind="reminder",
+        dedupe=f"reminder:{appt['id']}:national",
+        to="(413) 555-0101",
+        body="Reminder: Dr. Alice Smith. Reply YES to confirm or CANCEL to cancel",
+        appointment_id=appt["id"],
+        patient_id="pat-1",
+    )
+    assert sent.state == "sent" and w.sender.sent[-1][0] == "+14135550101"
+    done = replies.handle("+14135550101", "yes", message_sid="SMe164")  # Twilio's From
+    assert done.kind == "confirmed" and done.appointment_id == appt["id"]
+    assert _patient_status(w.read(appt["id"])[0]) == "accepted"
+    # the same number as filed and as Twilio writes it is one number to opt out
+    regional.set_opt_out("+14135550101", True)
+    assert regional.opted_out("413-555-0101")

@@ -97,6 +97,7 @@ BAD = [
         "existing_patient.within_years",
         "greater than or equal to 1",
     ),
+    ({"phone_region": "Usa"}, "phone_region", "ISO 3166 country code"),
 ]
 
 
@@ -113,6 +114,7 @@ BAD = [
         "extra",
         "existing-status",
         "existing-years",
+        "phone-region",
     ],
 )
 def test_bad_config_names_the_field(override: dict[str, Any], path: str, why: str) -> None:
