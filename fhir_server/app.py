@@ -54,6 +54,8 @@ from fhir_server.routes import (
     operations,
     resources,
 )
+from fhir_server.routes import chain as chain_routes
+from fhir_server.routes import hl7 as hl7_routes
 from fhir_server.routes import metrics as metrics_routes
 from fhir_server.settings import Settings
 from fhir_server.waitlist_runtime import install_waitlist_watch, run_waitlist, start_waitlist
@@ -64,6 +66,7 @@ from resources.store import Store
 from scheduling.clinic import LoadReport, load_clinic, lock_clinic_loads
 from scheduling.config import ClinicConfig, load_clinic_config
 from security.audit_checkpoint import Checkpoint, CheckpointLog, read_head
+from security.audit_status import ChainStatus
 from security.crypto import KeyRing
 from security.smart.server import SmartServer
 from security.smart.signing import load_signer
@@ -390,8 +393,15 @@ def create_app(
         db, keys, enabled=settings.audit_enabled, reader=reader, metrics=metrics
     )
     app.state.audit_writer = audit_writer
+    # the chain's status for GET /audit/verify: walked incrementally, in full once a day
+    app.state.chain_status = ChainStatus(
+        keys,
+        CheckpointLog(settings.audit_checkpoint_path, syslog=settings.audit_checkpoint_syslog),
+    )
     app.include_router(metadata.health)
     app.include_router(agent_routes.router)
+    app.include_router(hl7_routes.router)
+    app.include_router(chain_routes.router)
     app.include_router(auth.router)
     app.include_router(authorize.router)
     app.include_router(docs.router)

@@ -150,7 +150,7 @@ def user() -> None:
 @click.option("--login", required=True, help="Sign-in name (stored only as a keyed digest)")
 @click.option(
     "--role",
-    type=click.Choice(["front-desk", "clinician", "compliance", "patient"]),
+    type=click.Choice(["front-desk", "clinician", "compliance", "interface", "patient"]),
     required=True,
 )
 @click.option("--fhir-user", help="Practitioner/<id> or Patient/<id> this user is")

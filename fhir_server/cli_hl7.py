@@ -18,12 +18,10 @@ import click
 from fhir_server.cli_auth import open_database
 from fhir_server.console_trail import audited, record
 from fhir_server.settings import Settings
+from hl7_bridge.messages import HL7_MESSAGE
 from scheduling.config import ClinicConfig
 
 __all__ = ["hl7"]
-
-
-HL7_MESSAGE = "urn:fhir-sched:hl7-message"  # AuditEvent entity: a stored message's id
 
 
 def _messages(ids: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -87,6 +87,7 @@ DEMO_USERS = [
     ("frontdesk", "frontdesk-demo", "front-desk", "PractitionerRole/front-desk", []),
     ("drsmith", "drsmith-demo", "clinician", "Practitioner/dr-smith", []),
     ("compliance", "compliance-demo", "compliance", None, []),
+    ("interface", "interface-demo", "interface", None, []),
     ("peter", "peter-demo-1", "patient", "Patient/pat-1", []),
     ("maria", "maria-demo-1", "patient", "Patient/pat-2", ["pat-4"]),
 ]

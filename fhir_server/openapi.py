@@ -29,9 +29,12 @@ from conformance.declaration import RESOURCE_TYPES
 from security.smart.consent import describe
 
 __all__ = [
+    "CHAIN_STATUS",
     "CODING",
     "ERRORS",
     "FHIR_JSON",
+    "HL7_LIST",
+    "HL7_OPENED",
     "ID_SCHEMA",
     "REFERENCE",
     "RESOURCE_ID",
@@ -40,7 +43,9 @@ __all__ = [
     "answers",
     "body",
     "install",
+    "json_answer",
     "parameters",
+    "token_door",
 ]
 
 FHIR_JSON = "application/fhir+json"
@@ -350,3 +355,77 @@ def install(app: FastAPI, *, smart: dict[str, Any]) -> None:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# -- the staff console's doors outside FHIR (routes/hl7.py, routes/chain.py) ----------------
+_STR = {"type": "string"}
+_NSTR = {"type": ["string", "null"]}
+HL7_SUMMARY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": _STR,
+        "seq": {"type": "integer"},
+        "created": _STR,
+        "direction": {"enum": ["in", "out"]},
+        "peer": _STR,
+        "control_id": _STR,
+        "event": _STR,
+        "status": _STR,
+        "ack_code": _NSTR,
+        "error": _NSTR,
+        "warnings": {"type": "array", "items": _STR},
+        "appointment_id": _NSTR,
+        "attempts": {"type": "integer"},
+        "next_attempt": _NSTR,
+    },
+}
+HL7_OPENED: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        **HL7_SUMMARY["properties"],
+        "address": _NSTR,
+        "reason": _NSTR,
+        "warning_texts": {"type": "array", "items": _STR},
+        "message": _STR,
+        "ack": _NSTR,
+    },
+}
+HL7_LIST: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "messages": {"type": "array", "items": HL7_SUMMARY},
+        "next_before": {"type": ["integer", "null"]},
+    },
+}
+CHAIN_STATUS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "intact": {"type": "boolean"},
+        "verified_through": {
+            "type": "object",
+            "properties": {"seq": {"type": "integer"}, "recorded": _NSTR},
+        },
+        "verified_at": _NSTR,
+        "full_verified_at": _NSTR,
+        "mode": {"enum": ["full", "incremental", "cached"]},
+        "broken_at": {"type": ["integer", "null"]},
+        "reason": _NSTR,
+        "findings": {"type": "array", "items": {"type": "object"}},
+        "finding_count": {"type": "integer"},
+        "checkpoints": {"type": "integer"},
+        "last_checkpoint": {"type": ["object", "null"]},
+    },
+}
+
+
+def json_answer(schema: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a JSON door outside FHIR: its 200 body, and errors as
+    OperationOutcomes."""
+    ok = {"description": description, "content": {"application/json": {"schema": schema}}}
+    return {200: ok, **ERRORS}
+
+
+def token_door(**extra: Any) -> dict[str, Any]:
+    """``openapi_extra=`` for a door that checks the token itself (to audit a refusal), so
+    FastAPI does not see it take one: it takes a token by either scheme."""
+    return {"security": [dict(r) for r in SECURITY], **extra}

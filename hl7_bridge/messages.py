@@ -33,9 +33,20 @@ from resources.sql.direct import Direct
 from resources.sql.tables import HL7Message
 from security.crypto import KeyRing, Sealed
 
-__all__ = ["HM", "MessageRecord", "MessageStore", "Opened", "content_key"]
+__all__ = [
+    "HL7_MESSAGE",
+    "HM",
+    "STATUSES",
+    "MessageRecord",
+    "MessageStore",
+    "Opened",
+    "content_key",
+]
 
 HM = cast(Table, HL7Message.__table__)
+HL7_MESSAGE = "urn:fhir-sched:hl7-message"  # AuditEvent entity identifier: a stored message's id
+INBOUND = ("received", "applied", "conflict", "superseded", "failed", "rejected")
+STATUSES = (*INBOUND, "pending", "sent")  # outbound: pending, sent, rejected
 
 # Built once: every inbound message runs these (no statement construction per message).
 _INSERT = Direct(insert(HM).inline(), deferrable=True)  # every message writes one
@@ -280,8 +291,16 @@ class MessageStore:
         statuses: list[str] | None = None,
         limit: int = 100,
         warned: bool = False,
+        newest_first: bool = False,
+        before: int | None = None,
     ) -> list[MessageRecord]:
-        query = select(*[HM.c[f] for f in MessageRecord.__slots__]).order_by(HM.c.seq)
+        """Stored messages in arrival order (``newest_first``: the other way), without their
+        content; ``before``: only those stored before the message numbered ``seq`` (a page's
+        last, for the next page newest first)."""
+        order = HM.c.seq.desc() if newest_first else HM.c.seq
+        query = select(*[HM.c[f] for f in MessageRecord.__slots__]).order_by(order)
+        if before is not None:
+            query = query.where(HM.c.seq < before)
         if warned:
             query = query.where(HM.c.warnings.is_not(None))
         if direction:

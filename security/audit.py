@@ -421,6 +421,7 @@ class ChainReport:
     records: int
     findings: tuple[Finding, ...] = ()
     checkpoints: int = 0  # checkpoints the chain was checked against
+    last: tuple[int, bytes | None] = (0, GENESIS)  # the last record walked: seq and MAC
 
     @property
     def intact(self) -> bool:
@@ -613,7 +614,7 @@ class _Walk:
 
     def report(self) -> ChainReport:
         ordered = sorted(self.found, key=lambda f: (f.seq is None, f.seq or 0))
-        return ChainReport(self.records, tuple(ordered))
+        return ChainReport(self.records, tuple(ordered), last=(self.last, self.prev))
 
 
 def _param(name: str) -> str:
@@ -626,14 +627,32 @@ def verify(
     *,
     batch: int = 2000,
     checkpoints: Iterable[tuple[int, bytes]] = (),
+    start: tuple[int, bytes] | None = None,
 ) -> ChainReport:
     """Walk the chain from the start and report every anomaly: records missing, out of
     order, edited, unreadable or of the wrong type; search columns changed; index rows
     missing or extra (the index rebuilt from the records); the head not pointing at the last
     record; and, for each ``(seq, mac)`` checkpoint kept outside the database
-    (``security.audit_checkpoint``), its record gone or not the one checkpointed."""
+    (``security.audit_checkpoint``), its record gone or not the one checkpointed.
+
+    ``start``: the sequence number and MAC of a record found good by an earlier walk; only
+    the records after it (and their index rows) are walked, linked from it, and a checkpoint
+    at or before it is compared with the stored record's MAC. Records up to it are not
+    looked at again: what was done to them since is found by the next walk from the start."""
     walk = _Walk(keys, checkpoints)
     after = _FIRST
+    if start is not None:
+        after, walk.prev = start
+        walk.expected, walk.last = after + 1, after
+        below = sorted(seq for seq in walk.wanted if seq <= after)
+        for n in range(0, len(below), 500):
+            chunk = below[n : n + 500]
+            walk.macs |= {
+                int(r[0]): _blob(r[1])
+                for r in conn.execute(
+                    select(AuditLog.seq, AuditLog.mac).where(AuditLog.seq.in_(chunk))
+                )
+            }
     while True:
         rows = conn.execute(_WALK, {"after": after, "n": batch}).all()
         for row in rows:

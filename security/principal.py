@@ -26,6 +26,9 @@ class Principal:
     fhir_user: str | None = None
     jti: str | None = None
     expires_at: float | None = None  # epoch seconds, for caches
+    # the signed-in user's role (``security.smart.registry.ROLES``) as registered when the token
+    # was last checked: what the doors outside FHIR (``/hl7``) decide on; None without a user
+    role: str | None = None
 
 
 SYSTEM = Principal(client_id="fhir-sched", grants=Grants.parse("system/*.cruds"))

@@ -32,6 +32,7 @@ from security.smart.tokens import revocations
 __all__ = [
     "CLIENT_KINDS",
     "ROLES",
+    "ROLE_DOORS",
     "ROLE_SCOPES",
     "Client",
     "RegistryError",
@@ -68,12 +69,23 @@ ROLE_SCOPES = {
     ),
     "clinician": _scopes("user", "*.rs Appointment.u", _OPERATIONS),
     "compliance": _scopes("user", "AuditEvent.rs Communication.rs"),
+    # the EMR team: reviews and replays HL7 messages (ROLE_DOORS); of FHIR only the directory
+    # (who and where a message names), no patient data beyond what the message screens show
+    "interface": _scopes("user", _DIRECTORY),
     # Communication.rs: the texts the clinic sent the patient (reminders, offers) and replies
     "patient": _scopes(
         "patient", "Patient.rs Appointment.rs Communication.rs", _OPERATIONS, _DIRECTORY
     ),
 }
 ROLES = tuple(ROLE_SCOPES)
+# What each role may do at the doors that are not FHIR resources, so no scope names them
+# (``fhir_server/routes/hl7.py``): a door is open to a user token whose role is listed.
+# The listing shows no message content; ``show`` does (PHI) and ``replay`` changes data.
+ROLE_DOORS: dict[str, frozenset[str]] = {
+    "hl7.list": frozenset({"interface", "front-desk"}),
+    "hl7.show": frozenset({"interface"}),
+    "hl7.replay": frozenset({"interface"}),
+}
 # scopes about identity and session, allowed to every signed-in user
 SESSION_SCOPES = "openid fhirUser profile launch launch/patient offline_access"
 

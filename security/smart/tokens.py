@@ -337,7 +337,8 @@ def take_launch(conn: Connection, launch: str) -> Any:
 # One query answers "is this bearer token good, and for whom": the token, its client and its
 # user must all still be in good standing.
 ACTIVE_ACCESS_SQL = (
-    "SELECT t.client_id, t.scope, t.user_id, t.patient, t.jti, t.expires_at, u.fhir_user "
+    "SELECT t.client_id, t.scope, t.user_id, t.patient, t.jti, t.expires_at, u.fhir_user, "
+    "u.role "
     "FROM auth_token t JOIN oauth_client c ON c.client_id = t.client_id "
     "LEFT JOIN oauth_user u ON u.user_id = t.user_id "
     "WHERE t.token_hash = {p} AND t.kind = 'access' AND NOT t.revoked AND NOT c.revoked "
@@ -357,6 +358,7 @@ def principal_from_row(row: Any) -> Principal | None:
         patient=row[3],
         jti=row[4],
         fhir_user=row[6],
+        role=row[7],
     )
 
 
