@@ -33,7 +33,8 @@ export class ApiError extends Error {
 /** The words of an OperationOutcome's issues, or null. */
 export function outcomeText(body) {
   if (!body || body.resourceType !== 'OperationOutcome') return null;
-  const texts = (body.issue || []).map((i) => i.details?.text || i.diagnostics || i.code).filter(Boolean);
+  // this server's issues carry their words in diagnostics and a message id (FS-0403) in details
+  const texts = (body.issue || []).map((i) => i.diagnostics || i.details?.text || i.code).filter(Boolean);
   return texts.join(' ') || null;
 }
 

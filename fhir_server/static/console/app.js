@@ -72,9 +72,20 @@ function menu(screens, active) {
   $('nav').replaceChildren(...links);
 }
 
+// A screen behind a door that no scope names (HL7: ROLE_DOORS) has a `probe(api)`: one cheap
+// call, made once per page load; the menu offers the screen when the server answers it.
+const probes = new Map();
+function probe(screen) {
+  if (!screen.probe) return Promise.resolve(true);
+  if (!probes.has(screen.id)) probes.set(screen.id, screen.probe(api).then(() => true, () => false));
+  return probes.get(screen.id);
+}
+
 async function show(session) {
   const grants = auth.grants(session.scope);
-  const screens = SCREENS.filter((s) => s.allowed(grants));
+  const offered = SCREENS.filter((s) => s.allowed(grants));
+  const answered = await Promise.all(offered.map(probe));
+  const screens = offered.filter((_, i) => answered[i]);
   const wanted = location.hash.slice(1);
   // a screen the menu does not offer is still opened when asked for by address: the server
   // decides what the token may read, and the screen shows its refusal

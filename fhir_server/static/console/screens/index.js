@@ -8,4 +8,24 @@ export const SCREENS = [
     module: './screens/calendar.js',
     allowed: (g) => g.can('Appointment', 'r'),
   },
+  {
+    id: 'handovers',
+    title: 'Handovers',
+    module: './screens/handovers.js',
+    allowed: (g) => g.can('Communication', 'r'),
+  },
+  {
+    id: 'hl7',
+    title: 'HL7 messages',
+    module: './screens/hl7.js',
+    // no scope names the HL7 doors (roles interface and front-desk may list): ask the server
+    allowed: () => true,
+    probe: (api) => api.get('/hl7/messages', { _count: 1 }),
+  },
+  {
+    id: 'audit',
+    title: 'Audit',
+    module: './screens/audit.js',
+    allowed: (g) => g.can('AuditEvent', 'r'),
+  },
 ];
