@@ -91,7 +91,9 @@ async function show(session) {
   // decides what the token may read, and the screen shows its refusal
   const screen = SCREENS.find((s) => s.id === wanted) || screens[0];
   const who = (session.claims.fhirUser || '').replace(`${config.issuer.replace(/\/$/, '')}/`, '');
-  $('who').textContent = `Signed in as ${who || session.claims.sub || 'staff'}`;
+  // a user with no clinic record (fhirUser) is named by the start of their user id
+  const sub = session.claims.sub ? `user ${String(session.claims.sub).slice(0, 8)}` : 'staff';
+  $('who').textContent = `Signed in as ${who || sub}`;
   $('signout').hidden = false;
   menu(screens, screen?.id);
   if (leaveScreen) { leaveScreen(); leaveScreen = null; }
