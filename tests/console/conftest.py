@@ -46,7 +46,7 @@ CLINIC_ZONE = "America/New_York"  # fhir_server/demo_clinic.yaml
 SignedIn = Callable[..., Page]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("console")
     port = free_port()
@@ -87,8 +87,11 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
                 proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # gone before the next package: see below
 def browser() -> Iterator[Browser]:
+    """One headless chromium for this package's tests. Playwright's sync API runs an event loop
+    on the test thread while it is open, and ``asyncio.run`` refuses to start under a running
+    loop; so it must close when the console's tests are done, not at the end of the session."""
     assert CHROMIUM.exists(), "install Debian's chromium: apt-get install -y chromium"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
