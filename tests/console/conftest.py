@@ -22,18 +22,15 @@ Fixtures (see docs/console.md):
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from fhir_server.demo import DEMO_USERS
-from tests.integration.server import Server, free_port, server_env
+from tests.integration.server import Server, running_server, server_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).parents[2]
@@ -49,42 +46,10 @@ SignedIn = Callable[..., Page]
 @pytest.fixture(scope="package")
 def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("console")
-    port = free_port()
     # the no-show risk job every few seconds, so a booking shows its score while a test runs
-    env = server_env(
-        tmp,
-        f"sqlite:///{tmp}/demo.db",
-        FHIRSCHED_PORT=str(port),
-        FHIRSCHED_RISK_REFRESH_SECONDS="3",
-    )
-    log_path = tmp / "server.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [str(EXE), "demo", "--port", str(port), "--weeks", "2"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}/fhir"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the demo server did not start"
-                time.sleep(0.2)
-            yield Server(base, env, log_path, proc.pid)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    env = server_env(tmp, f"sqlite:///{tmp}/demo.db", FHIRSCHED_RISK_REFRESH_SECONDS="3")
+    with running_server(tmp, env, command=("demo", "--weeks", "2"), start_within=120) as server:
+        yield server
 
 
 @pytest.fixture(scope="package")  # gone before the next package: see below

@@ -75,17 +75,25 @@ def server_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, str
 
 
 @contextmanager
-def running_server(tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
+def running_server(
+    tmp_path: Path,
+    env: dict[str, str],
+    *,
+    command: tuple[str, ...] = ("serve",),
+    start_within: float = 60,
+) -> Iterator[Server]:
+    """``fhir-sched <command>`` (``serve``, or ``demo …``) on a free port (FHIRSCHED_PORT),
+    once it answers ``/metadata``; stopped at the end."""
     port = free_port()
     env = {**env, "FHIRSCHED_PORT": str(port)}
     log_path = tmp_path / f"server-{port}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [str(EXE), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            [str(EXE), *command], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
         )
         base = f"http://127.0.0.1:{port}/fhir"
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + start_within
             while True:
                 assert proc.poll() is None, log_path.read_text()
                 try:
