@@ -10,6 +10,7 @@ A compliance query is itself recorded.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -108,11 +109,13 @@ def search_log(ctx: Context, conn: Connection, params: list[tuple[str, str]]) ->
     query = parse_audit_query(params, ctx.paging.default_count, ctx.paging.max_count)
     if ctx.trail is not None:
         ctx.trail.note("search-type", query=f"AuditEvent?{urlencode(params)}")
-    total, rows = search(conn, ctx.store.keys, query)
+    # one row more than the page: a next link only when there is a next page
+    total, rows = search(conn, ctx.store.keys, replace(query, count=query.count + 1))
+    more, rows = len(rows) > query.count, rows[: query.count]
     url = f"{ctx.base_url}/AuditEvent"
     kept = [(k, v) for k, v in params if k != "_cursor"]
     links = [{"relation": "self", "url": f"{url}?{urlencode(params)}"}]
-    if len(rows) == query.count:
+    if more:
         nxt = urlencode([*kept, ("_cursor", str(rows[-1].seq))])
         links.append({"relation": "next", "url": f"{url}?{nxt}"})
     entries = []

@@ -160,6 +160,7 @@ def test_compliance_queries(anonymous: TestClient, db: Database, keys: KeyRing) 
     rest = anonymous.get(nxt.removeprefix("http://testserver"), headers=auditor).json()
     seen = {e["resource"]["id"] for e in page["entry"] + rest["entry"]}
     assert len(seen) == 4
+    assert [link["relation"] for link in rest["link"]] == ["self"]  # no empty page after it
     future = anonymous.get("/fhir/AuditEvent", params={"date": "ge2999"}, headers=auditor)
     assert future.json()["total"] == 0
     one = entries[0]["id"]
