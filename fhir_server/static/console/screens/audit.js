@@ -3,23 +3,13 @@
 // user or client, date range, action and outcome; each event in words (who, what, when, from
 // where, outcome, the conversation when there is one); "Export NDJSON" of the whole result.
 import { transcriptList, when } from './handovers.js';
+import { el, scrollable } from '../dom.js';
 
 const PAGE = 20;
 const CONVERSATION = 'urn:fhir-sched:conversation';
 
 const ACTIONS = { C: 'Create', R: 'Read', U: 'Update', D: 'Delete', E: 'Execute' };
 const OUTCOMES = { 0: 'Success', 4: 'Minor failure', 8: 'Serious failure', 12: 'Major failure' };
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === 'class') node.className = v;
-    else if (k === 'text') node.textContent = v;
-    else node.setAttribute(k, v);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
 
 function field(id, label, input, hint) {
   input.id = id;
@@ -140,7 +130,7 @@ export async function render(root, ctx) {
       'Searching is itself recorded.' }),
     form,
     el('div', { class: 'row' }, summary, exportButton, exported),
-    el('div', { class: 'scroll' }, table),
+    scrollable('Audit events', table),
     el('div', { class: 'row' }, previous, next),
     conversation);
 

@@ -4,6 +4,8 @@
 // again every few seconds while the screen is open, so a new handover appears by itself and
 // is announced politely to screen readers.
 
+import { el, scrollable } from '../dom.js';
+
 export const POLL_MS = 4000;
 
 const REASONS = {
@@ -35,17 +37,6 @@ export function when(iso) {
   if (!iso) return '';
   const d = new Date(iso);
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
-}
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === 'class') node.className = v;
-    else if (k === 'text') node.textContent = v;
-    else node.setAttribute(k, v);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
 }
 
 /** A conversation's transcript as an ordered list (also used by the audit screen). */
@@ -81,7 +72,7 @@ export async function render(root, ctx) {
     tbody);
   const queuePanel = el('section', { class: 'panel', 'aria-labelledby': 'handovers-queue-title' },
     el('h2', { id: 'handovers-queue-title', text: 'Waiting for staff' }), count,
-    el('div', { class: 'scroll' }, table));
+    scrollable('Handed-over conversations', table));
   const detail = el('section', { class: 'panel', id: 'handovers-detail', 'aria-labelledby': 'handovers-conv-title' });
   root.append(live, el('div', { class: 'split' }, queuePanel, detail));
 

@@ -3,6 +3,8 @@
 // and POST /hl7/messages/{id}/replay (role interface only: the message is patient data, a
 // replay changes appointments). The server decides: a refusal is shown as it answered.
 
+import { el, scrollable } from '../dom.js';
+
 const PAGE = 25;
 
 const FILTERS = {
@@ -38,17 +40,6 @@ const STATUS_TEXT = {
   pending: 'Waiting to be sent',
   sent: 'Sent',
 };
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === 'class') node.className = v;
-    else if (k === 'text') node.textContent = v;
-    else node.setAttribute(k, v);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
 
 function when(iso) {
   if (!iso) return '';
@@ -87,7 +78,7 @@ export async function render(root, ctx) {
     el('h1', { id: 'hl7-title', text: 'HL7 messages' }),
     el('p', { class: 'muted', text: 'Messages the EMRs sent (and this server sent them). Open one ' +
       'to read it and why it failed; the EMR team replays a failed one once its cause is fixed.' }),
-    form, count, el('div', { class: 'scroll' }, table), el('div', { class: 'row' }, more), detail);
+    form, count, scrollable('HL7 messages', table), el('div', { class: 'row' }, more), detail);
 
   let before = null;
   let shown = 0;
