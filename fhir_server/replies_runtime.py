@@ -112,7 +112,7 @@ def handle_waiting(app: FastAPI) -> int:
         return 0
     done = 0
     for message in replies.outreach.waiting_inbound():
-        sid = message.dedupe.removeprefix("inbound:")
+        sid = message.provider_id or ""  # the provider's id of the text, as received
         replies.handle(message.to, message.body, message_sid=sid, opt_out_type=message.opt_out_type)
         replies.outreach.handled(message.id)
         done += 1

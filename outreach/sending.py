@@ -417,8 +417,8 @@ class Outreach:
     ) -> str | None:
         """Keep an inbound text (kind ``inbound``, state ``received``) before anything answers
         it, so a process that stops before handling it handles it at its next start
-        (:meth:`waiting_inbound`). Keyed by the provider's message id: a webhook the provider
-        retries is kept once (None for the retry)."""
+        (:meth:`waiting_inbound`). Keyed by the provider's message id and the text: a webhook
+        the provider retries is kept once (None for the retry)."""
         mid = str(uuid.uuid4())
         number = self.normalize(number)
         try:
@@ -427,7 +427,7 @@ class Outreach:
                     insert(T).values(
                         id=mid,
                         kind="inbound",
-                        dedupe=f"inbound:{sid or mid}"[:200],
+                        dedupe=f"inbound:{self._inbound_key(sid or mid, number, body)}",
                         appointment_id=None,
                         to_digest=self.digest(number),
                         state="received",
@@ -440,6 +440,13 @@ class Outreach:
         except IntegrityError:
             return None
         return mid
+
+    def _inbound_key(self, sid: str, number: str, body: str) -> str:
+        """The provider's message id with a keyed digest of the sender and text: a webhook
+        retried is the same message and is kept once, but a different text that comes with an
+        id seen before (a sender that reuses ids) is kept too, never dropped as a retry."""
+        content = self.keys.blind("outreach.inbound", f"{number}|{body}").hex()
+        return f"{sid[:120]}:{content}"
 
     def handled(self, mid: str) -> None:
         """An inbound text was answered (by outreach or handed to the agent)."""

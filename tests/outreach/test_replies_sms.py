@@ -178,6 +178,10 @@ def test_a_text_kept_before_a_stop_is_handled_at_the_next_start(world: World) ->
     # the webhook kept the text and answered Twilio; the process stopped before handling it
     kept = outreach.receive(NUMBER, "Can't come", sid="SM50")
     assert kept is not None and outreach.receive(NUMBER, "Can't come", sid="SM50") is None
+    # a sender that reuses an id for another text: kept, never dropped as a retry
+    other = outreach.receive(NUMBER, "And one more thing", sid="SM50")
+    assert other is not None
+    outreach.handled(other)
     assert [m.id for m in outreach.waiting_inbound()] == [kept]
     assert _status(world, appt) == "booked"
     assert replies_runtime.handle_waiting(world.client.app) == 1  # type: ignore[arg-type]
