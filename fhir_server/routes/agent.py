@@ -33,10 +33,10 @@ from agent.sms import EMPTY_TWIML, InboundSms, inbound, normalize_phone, signatu
 from base.errors import BadRequest, FHIRError, Forbidden, NotFound
 from base.logging import get_logger
 from fhir_server import replies_runtime
-from fhir_server.auditing import AuditWriter
+from fhir_server.doors import record
 from fhir_server.http import Services, actor_of, get_principal, json_body
 from outreach.replies import Replies
-from security.balp import CONVERSATION, Actor, balp_event
+from security.balp import CONVERSATION, Actor
 from security.principal import Principal
 
 __all__ = ["router"]
@@ -65,20 +65,9 @@ def _services(request: Request) -> Services:
 async def _record(
     request: Request, kind: str, actor: Actor, cid: str | None, status: int, detail: str = ""
 ) -> None:
-    services = _services(request)
-    if not services.settings.audit_enabled:
-        return
-    outcome = "success" if status < 400 else ("minor" if status < 500 else "serious")
-    event = balp_event(
-        kind=kind,
-        actor=actor,
-        server=services.settings.fhir_base,
-        outcome=outcome,
-        description=detail or f"HTTP {status}",
-        identifiers=[(CONVERSATION, cid)] if cid else None,
-    )
-    writer: AuditWriter = request.app.state.audit_writer
-    await writer.record([event])
+    """One AuditEvent of an agent door, naming the conversation (``fhir_server/doors.py``)."""
+    identifiers = [(CONVERSATION, cid)] if cid else None
+    await record(request, kind, actor, status, detail=detail, identifiers=identifiers)
 
 
 async def _door(
